@@ -1,0 +1,2 @@
+//! Architecture-specific setup. flint runs on x86_64 only.
+pub mod x86_64;

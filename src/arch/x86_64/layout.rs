@@ -1,0 +1,56 @@
+//! The guest physical memory map: every fixed address flint uses lives here.
+//!
+//! Low memory (below 1 MiB) holds the boot structures; the kernel loads at its own physical
+//! address (16 MiB for a non-relocatable vmlinux, 1 MiB for a bzImage); the initrd goes at the top
+//! of low RAM. Between 3 GiB and 4 GiB is a hole for MMIO devices and the APICs; RAM that does not
+//! fit below it continues at 4 GiB.
+
+/// GDT used for the 64-bit and PVH entries.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// An empty IDT: the guest sets its own before enabling interrupts.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info`, followed by its memory map.
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_MEMMAP_START: u64 = 0x6040;
+/// Linux "zero page" (`struct boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack for the 64-bit entry (grows down, below the page tables).
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity page tables for the 64-bit entry: one PML4, one PDPT, one PD of 2 MiB pages.
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+/// Kernel command line (NUL-terminated).
+pub const CMDLINE_START: u64 = 0x20000;
+/// Linux's own limit on x86 (`COMMAND_LINE_SIZE`), used when the kernel does not state one.
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// Start of the Extended BIOS Data Area; the MP table lives in its first KiB, where Linux looks.
+pub const EBDA_START: u64 = 0x9fc00;
+pub const MPTABLE_START: u64 = EBDA_START;
+/// Everything from here to 1 MiB is the legacy VGA/BIOS area and is not RAM in the e820 map.
+pub const LEGACY_HOLE_START: u64 = 0xa0000;
+/// First address of "high" memory: kernels and initrds load at or above it.
+pub const HIMEM_START: u64 = 0x10_0000;
+
+/// The 32-bit MMIO hole: no RAM between these addresses.
+pub const MMIO32_START: u64 = 0xc000_0000;
+pub const MMIO32_END: u64 = 0x1_0000_0000;
+/// Where flint's own MMIO devices go (boot timer, then virtio-mmio windows).
+pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
+pub const MMIO_DEVICE_WINDOW: u64 = 0x1000;
+/// The guest writes `BOOT_TIMER_MAGIC` (one byte) here when its init starts; same address and
+/// value as Firecracker's boot timer, so the same guest init works on both.
+pub const BOOT_TIMER_ADDR: u64 = MMIO_DEVICES_START;
+pub const BOOT_TIMER_MAGIC: u8 = 123;
+/// Where the IOAPIC and local APIC sit (architectural defaults).
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+pub const APIC_ADDR: u64 = 0xfee0_0000;
+/// TSS and identity-map pages KVM needs on Intel (placed just below the IOAPIC, inside the hole).
+pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
+pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+
+/// Legacy interrupt lines (ISA IRQs on the IOAPIC / PIC).
+pub const SERIAL_IRQ: u32 = 4;
+/// First GSI free for virtio-mmio devices; the IOAPIC has 24 pins.
+pub const IRQ_DEVICES_START: u32 = 5;
+pub const IRQ_MAX: u32 = 23;

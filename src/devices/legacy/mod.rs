@@ -1,0 +1,5 @@
+//! Legacy PC devices a Linux guest probes for: serial, i8042, CMOS/RTC, and the boot timer.
+pub mod boot_timer;
+pub mod cmos;
+pub mod i8042;
+pub mod serial;

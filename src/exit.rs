@@ -1,0 +1,77 @@
+//! How the VM ends: the first reason reported wins, and an eventfd wakes the event loop.
+
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Why a VM stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off (i8042 reset with `reboot=k`, `KVM_EXIT_SHUTDOWN` after an orderly
+    /// reboot, or a PSCI/ACPI-less halt path). flint treats reset as power-off, like Firecracker.
+    Shutdown,
+    /// SIGINT/SIGTERM (or another host-side stop request).
+    Signal(i32),
+    /// A vCPU hit something it cannot go on from; the string says what, with the vCPU's RIP.
+    VcpuFailure(String),
+}
+
+impl ExitReason {
+    /// The process exit code a user sees.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::Shutdown => 0,
+            ExitReason::Signal(sig) => 128 + sig,
+            ExitReason::VcpuFailure(_) => 1,
+        }
+    }
+}
+
+pub struct ExitEvent {
+    fd: EventFd,
+    reason: Mutex<Option<ExitReason>>,
+}
+
+impl ExitEvent {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ExitEvent {
+            fd: EventFd::new(EFD_NONBLOCK)?,
+            reason: Mutex::new(None),
+        })
+    }
+
+    /// Records `reason` unless another came first, and wakes whoever waits on `fd()`.
+    pub fn request(&self, reason: ExitReason) {
+        let mut r = crate::bus::lock(&self.reason);
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        // A full eventfd counter still wakes the reader; nothing to do on error.
+        let _ = self.fd.write(1);
+    }
+
+    pub fn reason(&self) -> Option<ExitReason> {
+        crate::bus::lock(&self.reason).clone()
+    }
+
+    pub fn fd(&self) -> &EventFd {
+        &self.fd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins_and_fd_is_signalled() {
+        let e = ExitEvent::new().unwrap();
+        assert_eq!(e.reason(), None);
+        assert!(e.fd().read().is_err(), "nothing signalled yet");
+        e.request(ExitReason::Shutdown);
+        e.request(ExitReason::Signal(15));
+        assert_eq!(e.reason(), Some(ExitReason::Shutdown));
+        assert_eq!(e.fd().read().unwrap(), 2);
+        assert_eq!(ExitReason::Signal(15).exit_code(), 143);
+    }
+}
