@@ -1,0 +1,84 @@
+#!/bin/bash
+# Build the lab's cached initramfs pieces (uncompressed cpio, concatenated per run):
+#   $FLINT_CACHE/lab/base.cpio   busybox, Debian's KVM modules, resources/lab/init
+#   $FLINT_CACHE/lab/guest.cpio  the guest artifacts under /guest/
+#   $FLINT_CACHE/lab/qemu.cpio   (--with-qemu) qemu-system-x86_64, its libraries and firmware
+# Assumes the guest artifacts exist (resources/guest/build.sh). Prints the archive paths.
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+
+with_qemu=no
+[ "${1:-}" = --with-qemu ] && with_qemu=yes
+
+out=$FLINT_CACHE/lab
+deb=$FLINT_CACHE/debian
+g=$FLINT_CACHE/guest
+need_pkgs busybox-static cpio
+mkdir -p "$out"
+lock lab
+
+newwork() { rm -rf "$out/work"; mkdir -p "$out/work"; }
+trap 'rm -rf "$out/work"' EXIT
+# Cheap change detection for big inputs: name, size and mtime, not contents.
+statsum() { stat -L -c '%n %s %Y' "$@"; }
+
+# --- base ---
+[ -f "$deb/modules/load-order" ] || die "no Debian modules: run resources/guest/fetch-debian-kernel.sh"
+hash=$(stamp_hash "busybox $(busybox_version)" "file:$FLINT_RESOURCES/lab/init" \
+    "file:$FLINT_RESOURCES/lib.sh" "$(statsum "$deb/modules"/*)")
+if ! stamp_ok "$out/base.stamp" "$hash" "$out/base.cpio"; then
+    newwork
+    busybox_tree "$out/work"
+    install -m 755 "$FLINT_RESOURCES/lab/init" "$out/work/init"
+    mkdir -p "$out/work/lib/modules" "$out/work/usr/local/bin" "$out/work/guest"
+    cp "$deb/modules"/* "$out/work/lib/modules/"
+    echo 'root:x:0:0:root:/root:/bin/sh' > "$out/work/etc/passwd"
+    echo 'root:x:0:' > "$out/work/etc/group"
+    cpio_pack "$out/work" "$out/base.cpio"
+    stamp_write "$out/base.stamp" "$hash"
+    log "built $out/base.cpio"
+fi
+
+# --- guest artifacts ---
+guest_files=("$g/vmlinux" "$g/bzImage" "$g/initramfs.cpio.gz" "$g/rootfs.ext4" "$deb/vmlinuz")
+for f in "${guest_files[@]}"; do
+    [ -f "$f" ] || die "missing $f: run resources/guest/build.sh"
+done
+hash=$(stamp_hash "$(statsum "${guest_files[@]}")")
+if ! stamp_ok "$out/guest.stamp" "$hash" "$out/guest.cpio"; then
+    newwork
+    mkdir -p "$out/work/guest"
+    cp "${guest_files[@]:0:4}" "$out/work/guest/"
+    cp "$deb/vmlinuz" "$out/work/guest/debian-vmlinuz"
+    cpio_pack "$out/work" "$out/guest.cpio"
+    stamp_write "$out/guest.stamp" "$hash"
+    log "built $out/guest.cpio"
+fi
+
+# --- QEMU, to compare against flint inside the lab ---
+if [ "$with_qemu" = yes ]; then
+    need_pkgs qemu-system-x86
+    qemu=/usr/bin/qemu-system-x86_64
+    # accel-tcg is a loadable module in Debian's build; carry it in case -accel tcg is wanted.
+    modules=(/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so)
+    # Firmware for -M microvm (qboot) and -M pc/q35 (SeaBIOS), and the -kernel option ROMs.
+    firmware=(/usr/share/qemu/{qboot.rom,bios-microvm.bin,pvh.bin,linuxboot.bin,linuxboot_dma.bin}
+              /usr/share/qemu/{multiboot.bin,multiboot_dma.bin,kvmvapic.bin}
+              /usr/share/seabios/{bios.bin,bios-256k.bin,bios-microvm.bin})
+    mapfile -t libs < <(ldd "$qemu" "${modules[@]}" | awk '$1 ~ /^\/.*[^:]$/ { print $1 } $3 ~ /^\// { print $3 }' | sort -u)
+    hash=$(stamp_hash "$(statsum "$qemu" "${modules[@]}" "${firmware[@]}" "${libs[@]}")")
+    if ! stamp_ok "$out/qemu.stamp" "$hash" "$out/qemu.cpio"; then
+        newwork
+        for f in "$qemu" "${modules[@]}" "${firmware[@]}" "${libs[@]}"; do
+            mkdir -p "$out/work$(dirname "$f")"
+            cp -L "$f" "$out/work$f"
+        done
+        cpio_pack "$out/work" "$out/qemu.cpio"
+        stamp_write "$out/qemu.stamp" "$hash"
+        log "built $out/qemu.cpio"
+    fi
+fi
+
+echo "$out/base.cpio"
+echo "$out/guest.cpio"
+[ "$with_qemu" = no ] || echo "$out/qemu.cpio"
