@@ -8,8 +8,8 @@
 
 FLINT_CACHE=${FLINT_CACHE:-/var/cache/flint}
 export FLINT_CACHE
+# shellcheck disable=SC2034  # used by the scripts that source this file
 FLINT_RESOURCES=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-FLINT_REPO=$(dirname "$FLINT_RESOURCES")
 _flint_me=$(basename "$0")
 
 log()  { printf '%s: %s\n' "$_flint_me" "$*" >&2; }

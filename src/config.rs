@@ -1,1 +1,183 @@
-//! TODO
+//! The VM's configuration, validated once; the CLI (and later an API or OCI bundle) builds it.
+
+use std::path::{Path, PathBuf};
+
+/// What a guest gets when the user gives no `--cmdline`: the serial console, reboot through the
+/// i8042 (flint's power-off path), and no probing for hardware a microVM does not have.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+pub const DEFAULT_VCPUS: u32 = 1;
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The full kernel command line.
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Report the time from flint's start to the guest's boot-timer write.
+    pub boot_timer: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--cpus must be at least 1")]
+    NoVcpus,
+    #[error("--cpus {requested} is more than flint can give a VM on this host (at most {max})")]
+    TooManyVcpus { requested: u32, max: u32 },
+    #[error("--memory must be at least 1 MiB")]
+    NoMemory,
+    #[error("--memory {requested} MiB is more than this host's {host} MiB of RAM")]
+    TooMuchMemory { requested: u64, host: u64 },
+    #[error("{what} {path}: {reason}")]
+    BadFile {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+}
+
+/// Builds the command line: `cmdline` replaces the default, `append` extends it.
+pub fn compose_cmdline(cmdline: Option<&str>, append: Option<&str>) -> String {
+    let mut s = cmdline.unwrap_or(DEFAULT_CMDLINE).trim().to_string();
+    if let Some(extra) = append.map(str::trim).filter(|a| !a.is_empty()) {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(extra);
+    }
+    s
+}
+
+/// Checks that `path` names a readable regular file.
+pub fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::BadFile {
+        what,
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(io_reason(&e)))?;
+    if meta.is_dir() {
+        return Err(bad("is a directory, not a file".into()));
+    }
+    std::fs::File::open(path).map_err(|e| bad(io_reason(&e)))?;
+    Ok(())
+}
+
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Total RAM of this host in MiB, from /proc/meminfo.
+pub fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+impl VmConfig {
+    /// Checks everything that can be checked without KVM. `max_vcpus` is what this host's KVM
+    /// and flint's MP table allow.
+    pub fn validate(&self, max_vcpus: u32) -> Result<(), ConfigError> {
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if self.vcpus > max_vcpus {
+            return Err(ConfigError::TooManyVcpus {
+                requested: self.vcpus,
+                max: max_vcpus,
+            });
+        }
+        if self.memory_mib == 0 {
+            return Err(ConfigError::NoMemory);
+        }
+        if let Some(host) = host_memory_mib() {
+            if self.memory_mib > host {
+                return Err(ConfigError::TooMuchMemory {
+                    requested: self.memory_mib,
+                    host,
+                });
+            }
+        }
+        check_file("--kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_file("--initrd", initrd)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VmConfig {
+        VmConfig {
+            kernel: PathBuf::from("/proc/self/exe"),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            vcpus: 1,
+            memory_mib: 128,
+            boot_timer: false,
+        }
+    }
+
+    #[test]
+    fn cmdline_default_replace_append() {
+        assert_eq!(compose_cmdline(None, None), DEFAULT_CMDLINE);
+        assert_eq!(compose_cmdline(Some("a=1"), Some(" b ")), "a=1 b");
+        assert_eq!(
+            compose_cmdline(None, Some("quiet")),
+            format!("{DEFAULT_CMDLINE} quiet")
+        );
+        assert_eq!(compose_cmdline(Some(""), Some("x")), "x");
+    }
+
+    #[test]
+    fn validation_errors() {
+        assert_eq!(cfg().validate(4), Ok(()));
+        let c = VmConfig { vcpus: 0, ..cfg() };
+        assert_eq!(c.validate(4), Err(ConfigError::NoVcpus));
+        let c = VmConfig { vcpus: 5, ..cfg() };
+        assert_eq!(
+            c.validate(4),
+            Err(ConfigError::TooManyVcpus {
+                requested: 5,
+                max: 4
+            })
+        );
+        let c = VmConfig {
+            memory_mib: 0,
+            ..cfg()
+        };
+        assert_eq!(c.validate(4), Err(ConfigError::NoMemory));
+        let c = VmConfig {
+            memory_mib: 1 << 40,
+            ..cfg()
+        };
+        assert!(matches!(
+            c.validate(4),
+            Err(ConfigError::TooMuchMemory { .. })
+        ));
+        let c = VmConfig {
+            kernel: "/nonexistent/vmlinux".into(),
+            ..cfg()
+        };
+        assert_eq!(
+            c.validate(4).unwrap_err().to_string(),
+            "--kernel /nonexistent/vmlinux: no such file"
+        );
+        let c = VmConfig {
+            initrd: Some("/".into()),
+            ..cfg()
+        };
+        assert!(c.validate(4).unwrap_err().to_string().contains("directory"));
+    }
+}

@@ -10,6 +10,7 @@ pub mod boot;
 pub mod bus;
 pub mod config;
 pub mod devices;
+pub mod event_loop;
 pub mod exit;
 pub mod kvm;
 pub mod terminal;

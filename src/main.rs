@@ -1,3 +1,120 @@
-fn main() {
-    println!("Hello, world!");
+//! The `flint` command line: parse, build a VmConfig, run the VM, turn the outcome into an exit
+//! code. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use flint::config::{self, VmConfig};
+use flint::exit::ExitReason;
+use flint::terminal::RawTerminal;
+use flint::vmm::{self, Vmm};
+
+#[derive(Parser)]
+#[command(
+    name = "flint",
+    version,
+    about = "A small, fast, secure virtual machine monitor on Linux KVM",
+    long_about = "flint boots lightweight VMs on Linux KVM: a Linux kernel (ELF vmlinux, with \
+                  its PVH entry when present, or bzImage), an optional initramfs and command \
+                  line, with the guest's serial console on your terminal."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a VM and attach its serial console to this terminal.
+    ///
+    /// The guest's console (ttyS0) appears on stdout and stdin is its input; on a terminal,
+    /// keys go to the guest as typed (Ctrl-C included) and Ctrl-A x quits. flint exits 0 when
+    /// the guest powers off or reboots, 128+N when stopped by signal N (SIGINT, SIGTERM,
+    /// SIGHUP), and 1 when a vCPU fails or the VM cannot be built.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Guest kernel: an ELF vmlinux (booted through its PVH entry when it has one, else its
+    /// 64-bit entry) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initramfs (or initrd) image to load with the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line, replacing flint's default:
+    #[arg(long, value_name = "STRING", long_help = format!(
+        "Kernel command line, replacing flint's default:\n  {}", config::DEFAULT_CMDLINE))]
+    cmdline: Option<String>,
+    /// Extra kernel command line arguments, appended to the default (or to --cmdline).
+    #[arg(long, value_name = "STRING")]
+    append: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_VCPUS)]
+    cpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = config::DEFAULT_MEMORY_MIB)]
+    memory: u64,
+    /// Print the time from flint's start to the guest init's boot-timer write (one byte, value
+    /// 123, to guest physical address 0xd0000000 — Firecracker's boot timer) on stderr, as
+    /// "flint: guest booted in N us".
+    #[arg(long)]
+    boot_timer: bool,
+}
+
+/// The error and its causes on one line, without repeating a cause the message already quotes.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut msg = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: config::compose_cmdline(args.cmdline.as_deref(), args.append.as_deref()),
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        boot_timer: args.boot_timer,
+    };
+    let vmm = Vmm::build(&config, vmm::stdio_console(), start)?;
+    // Raw mode only once the VM is built, and restored when `_raw` drops on every return.
+    let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
+    Ok(vmm.run()?)
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args, start),
+    };
+    match result {
+        Ok(ExitReason::Shutdown) => ExitCode::SUCCESS,
+        Ok(reason @ ExitReason::Signal(sig)) => {
+            eprintln!("flint: stopped by signal {sig}; the VM was shut down");
+            ExitCode::from(reason.exit_code() as u8)
+        }
+        Ok(reason @ ExitReason::VcpuFailure(_)) => {
+            if let ExitReason::VcpuFailure(what) = &reason {
+                eprintln!("flint: the VM failed: {what}");
+            }
+            ExitCode::from(reason.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("flint: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
 }

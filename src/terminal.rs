@@ -1,1 +1,43 @@
-//! TODO
+//! Raw mode for an interactive console: keys go to the guest as typed (Ctrl-C included); the
+//! saved settings come back when the guard drops, on every exit path that unwinds.
+
+use std::io;
+use std::os::fd::RawFd;
+
+pub struct RawTerminal {
+    fd: RawFd,
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    /// Switches `fd` to raw mode if it is a terminal; `None` for pipes and files.
+    pub fn enable_if_tty(fd: RawFd) -> io::Result<Option<RawTerminal>> {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(fd) } != 1 {
+            return Ok(None);
+        }
+        // SAFETY: an all-zero termios is a valid value for tcgetattr to overwrite.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `saved` is a valid termios for the call to fill.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw only modifies the struct it is given.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // Keep output post-processing so our own stderr lines still start at column 0.
+        raw.c_oflag |= libc::OPOST | libc::ONLCR;
+        // SAFETY: `raw` is a valid, fully initialised termios.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Some(RawTerminal { fd, saved }))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read from this same descriptor.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}

@@ -2,6 +2,7 @@
 # Build the guest initramfs: static busybox + resources/guest/init as /init.
 # Output: $FLINT_CACHE/guest/initramfs.cpio.gz
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 
 init=$FLINT_RESOURCES/guest/init

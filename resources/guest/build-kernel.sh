@@ -4,6 +4,7 @@
 #          $FLINT_CACHE/guest/bzImage. Rebuilds only when the fragment or the
 #          source package version changed. A full build takes ~2.5 min on 2 cores.
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 
 fragment=$FLINT_RESOURCES/guest/microvm.config

@@ -3,6 +3,7 @@
 # resources/guest/init as /sbin/init (mkfs.ext4 -d: no loop mount, no root needed).
 # Output: $FLINT_CACHE/guest/rootfs.ext4
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 
 init=$FLINT_RESOURCES/guest/init

@@ -2,6 +2,7 @@
 # Build (or reuse from the cache) every guest artifact and print their paths.
 set -euo pipefail
 here=$(dirname "$0")
+# shellcheck source=../lib.sh
 source "$here/../lib.sh"
 
 "$here/build-kernel.sh"

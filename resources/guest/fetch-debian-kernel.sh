@@ -8,6 +8,7 @@
 #          $FLINT_CACHE/debian/modules/load-order their names, dependencies first
 # Re-downloads only when the linux-image-amd64 metapackage points at a new package.
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 
 # What the lab needs: KVM for AMD (kvm-amd pulls kvm, irqbypass, ccp) and tun.

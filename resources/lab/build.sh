@@ -5,6 +5,7 @@
 #   $FLINT_CACHE/lab/qemu.cpio   (--with-qemu) qemu-system-x86_64, its libraries and firmware
 # Assumes the guest artifacts exist (resources/guest/build.sh). Prints the archive paths.
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 
 with_qemu=no

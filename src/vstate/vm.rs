@@ -1,1 +1,60 @@
-//! TODO
+//! The KVM VM: guest memory slots, the in-kernel interrupt controllers and the PIT.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch::x86_64::layout::KVM_TSS_ADDR;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("KVM_CREATE_VM failed: {0}")]
+    Create(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    TssAddr(#[source] kvm_ioctls::Error),
+    #[error("creating the in-kernel IOAPIC/PIC (KVM_CREATE_IRQCHIP) failed: {0}")]
+    Irqchip(#[source] kvm_ioctls::Error),
+    #[error("creating the in-kernel PIT (KVM_CREATE_PIT2) failed: {0}")]
+    Pit(#[source] kvm_ioctls::Error),
+    #[error("registering guest memory with KVM failed: {0}")]
+    MemorySlot(#[source] kvm_ioctls::Error),
+    #[error("guest memory needs {needed} KVM memory slots, this KVM has {max}")]
+    TooManySlots { needed: usize, max: usize },
+}
+
+pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(VmError::Create)?;
+    // Intel VT-x needs three pages for a real-mode TSS; harmless elsewhere.
+    vm.set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(VmError::TssAddr)?;
+
+    let max_slots = kvm.get_nr_memslots();
+    if mem.num_regions() > max_slots {
+        return Err(VmError::TooManySlots {
+            needed: mem.num_regions(),
+            max: max_slots,
+        });
+    }
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the mapping is owned by `mem`, which the VMM keeps alive (it holds it for as
+        // long as the VM fd exists), and the range is exactly that mapping's.
+        unsafe { vm.set_user_memory_region(r) }.map_err(VmError::MemorySlot)?;
+    }
+
+    // The in-kernel PIC + IOAPIC; LAPICs come with each vCPU. Must precede vCPU creation.
+    vm.create_irq_chip().map_err(VmError::Irqchip)?;
+    // The PIT drives IRQ 0, which Linux calibrates against; the speaker port stays a dummy.
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(VmError::Pit)?;
+    Ok(vm)
+}

@@ -1,0 +1,184 @@
+//! The device event loop's subscribers (`event-manager`): host input for the serial console, and
+//! the control events that end a VM (the exit eventfd, SIGINT/SIGTERM/SIGHUP via a signalfd).
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+
+use crate::bus::lock;
+use crate::devices::legacy::serial::{SerialDevice, MAX_PENDING_INPUT};
+use crate::exit::{ExitEvent, ExitReason};
+
+/// Signals that stop the VM; blocked in every thread and read from a signalfd instead.
+pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set before sigaddset uses it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        set
+    }
+}
+
+/// Blocks the stop signals in the calling thread (and so in every thread it starts after) and
+/// returns a signalfd that reports them.
+pub fn block_stop_signals() -> std::io::Result<OwnedFd> {
+    let set = sigset(&STOP_SIGNALS);
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: -1 asks for a new fd; flags are valid.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by signalfd and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Ends the loop on the exit eventfd or a stop signal.
+pub struct Control {
+    pub exit: Arc<ExitEvent>,
+    pub signals: OwnedFd,
+}
+
+impl MutEventSubscriber for Control {
+    fn init(&mut self, ops: &mut EventOps) {
+        // Without these two the VM could not be stopped: failing here is a bug worth a loud exit.
+        if let Err(e) = ops
+            .add(Events::new(self.exit.fd(), EventSet::IN))
+            .and_then(|_| ops.add(Events::new(&self.signals, EventSet::IN)))
+        {
+            self.exit.request(ExitReason::VcpuFailure(format!(
+                "cannot watch the exit events: {e:?}"
+            )));
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.exit.fd().as_raw_fd() {
+            let _ = self.exit.fd().read();
+        } else if events.fd() == self.signals.as_raw_fd() {
+            let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+            // SAFETY: reads at most `info.len()` bytes into the buffer.
+            let n = unsafe {
+                libc::read(
+                    self.signals.as_raw_fd(),
+                    info.as_mut_ptr().cast(),
+                    info.len(),
+                )
+            };
+            if n == info.len() as isize {
+                let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+                self.exit.request(ExitReason::Signal(signo as i32));
+            }
+        }
+    }
+}
+
+/// Ctrl-A then `x` quits when the console is a terminal (raw mode sends Ctrl-C to the guest);
+/// Ctrl-A twice sends one Ctrl-A.
+const ESCAPE: u8 = 0x01;
+
+/// Host input (stdin) → the serial console.
+pub struct ConsoleInput {
+    pub input: RawFd,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub exit: Arc<ExitEvent>,
+    /// Interactive terminal: honour the Ctrl-A escape.
+    pub escapes: bool,
+    pub after_escape: bool,
+    /// Watching the input fd; false after EOF or while the guest has lots of input unread.
+    pub watching: bool,
+}
+
+impl ConsoleInput {
+    fn forward(&mut self, bytes: &[u8]) {
+        let mut out = Vec::with_capacity(bytes.len());
+        for &b in bytes {
+            if !self.escapes {
+                out.push(b);
+            } else if self.after_escape {
+                self.after_escape = false;
+                match b {
+                    b'x' | b'X' => self.exit.request(ExitReason::Signal(libc::SIGINT)),
+                    ESCAPE => out.push(ESCAPE),
+                    _ => out.extend([ESCAPE, b]),
+                }
+            } else if b == ESCAPE {
+                self.after_escape = true;
+            } else {
+                out.push(b);
+            }
+        }
+        lock(&self.serial).queue_input(&out);
+    }
+
+    /// Resumes watching once the guest has drained its backlog (called from the loop).
+    pub fn maybe_resume(&mut self, ops: &mut EventOps) {
+        if !self.watching
+            && self.input >= 0
+            && lock(&self.serial).pending_input() < MAX_PENDING_INPUT / 2
+            && ops.add(Events::new_raw(self.input, EventSet::IN)).is_ok()
+        {
+            self.watching = true;
+        }
+    }
+}
+
+impl MutEventSubscriber for ConsoleInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        if ops.add(Events::new_raw(self.input, EventSet::IN)).is_ok() {
+            self.watching = true;
+            return;
+        }
+        // epoll refuses regular files (stdin redirected from a file): hand over what it holds.
+        let mut buf = Vec::new();
+        // SAFETY: the fd stays owned by the process (stdin); ManuallyDrop keeps it open.
+        let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.input) });
+        let _ = (&mut *f)
+            .take(MAX_PENDING_INPUT as u64)
+            .read_to_end(&mut buf);
+        self.forward(&buf);
+        self.input = -1;
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut buf = [0u8; 4096];
+        // SAFETY: reads at most `buf.len()` bytes into the buffer.
+        let n = unsafe { libc::read(self.input, buf.as_mut_ptr().cast(), buf.len()) };
+        let stop_watching = match n {
+            n if n > 0 => {
+                self.forward(&buf[..n as usize]);
+                lock(&self.serial).pending_input() >= MAX_PENDING_INPUT
+            }
+            0 => {
+                self.input = -1; // EOF: the guest keeps running with no more input
+                true
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                let again = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                );
+                if !again {
+                    self.input = -1;
+                }
+                !again || events.event_set().contains(EventSet::HANG_UP)
+            }
+        };
+        if stop_watching && self.watching {
+            let _ = ops.remove(events);
+            self.watching = false;
+        }
+    }
+}
