@@ -1,0 +1,168 @@
+//! Bad input gets one clear line on stderr and a non-zero exit, never a panic.
+
+mod common;
+
+use common::*;
+
+fn fails_with(args: &[&str], needle: &str) {
+    let r = run(args);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "args {args:?}: stdout {} stderr {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(needle),
+        "args {args:?}: want {needle:?} in {:?}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "one line: {:?}", r.stderr);
+}
+
+fn hello() -> String {
+    firmware("hello").to_str().unwrap().to_string()
+}
+
+#[test]
+fn missing_kernel() {
+    fails_with(
+        &["run", "--kernel", "/nonexistent/vmlinux"],
+        "--kernel /nonexistent/vmlinux: no such file",
+    );
+}
+
+#[test]
+fn kernel_is_a_directory() {
+    fails_with(&["run", "--kernel", "/"], "is a directory");
+}
+
+#[test]
+fn kernel_is_not_a_kernel() {
+    let f = TempFile::new("notakernel", b"#!/bin/sh\necho I am a script\n");
+    fails_with(&["run", "--kernel", f.path()], "not a kernel image");
+    let empty = TempFile::new("empty", b"");
+    fails_with(&["run", "--kernel", empty.path()], "not a kernel image");
+}
+
+#[test]
+fn truncated_elf_is_a_load_error() {
+    let f = TempFile::new("truncated-elf", b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    fails_with(&["run", "--kernel", f.path()], "cannot load the kernel");
+}
+
+#[test]
+fn missing_initrd() {
+    fails_with(
+        &[
+            "run",
+            "--kernel",
+            &hello(),
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
+        "--initrd /nonexistent/initrd: no such file",
+    );
+}
+
+#[test]
+fn zero_and_too_many_cpus() {
+    fails_with(
+        &["run", "--kernel", &hello(), "--cpus", "0"],
+        "--cpus must be at least 1",
+    );
+    fails_with(
+        &["run", "--kernel", &hello(), "--cpus", "100000"],
+        "more than flint can give a VM",
+    );
+}
+
+#[test]
+fn zero_and_too_much_memory() {
+    fails_with(
+        &["run", "--kernel", &hello(), "--memory", "0"],
+        "--memory must be at least 1 MiB",
+    );
+    fails_with(
+        &["run", "--kernel", &hello(), "--memory", "100000000"],
+        "more than this host's",
+    );
+}
+
+#[test]
+fn command_line_too_long() {
+    let long = "x".repeat(3000);
+    fails_with(
+        &["run", "--kernel", &hello(), "--cmdline", &long],
+        "at most 2047",
+    );
+}
+
+#[test]
+fn initrd_that_does_not_fit() {
+    let big = TempFile::new("big-initrd", &vec![0u8; 3 << 20]);
+    fails_with(
+        &[
+            "run",
+            "--kernel",
+            &hello(),
+            "--memory",
+            "2",
+            "--initrd",
+            big.path(),
+        ],
+        "does not fit",
+    );
+}
+
+#[test]
+fn unparsable_numbers_are_clap_errors() {
+    let r = run(&["run", "--kernel", &hello(), "--cpus", "two"]);
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("invalid value 'two'"), "{}", r.stderr);
+}
+
+#[test]
+fn linux_kernel_on_a_kvm_that_cannot_boot_it() {
+    // The smallest thing flint recognises as a Linux bzImage.
+    let mut bz = vec![0u8; 0x1000];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    let f = TempFile::new("fake-bzimage", &bz);
+    if kvm_is_pvm() {
+        fails_with(
+            &["run", "--kernel", f.path()],
+            "this /dev/kvm cannot boot a Linux kernel",
+        );
+        let r = run(&["run", "--kernel", f.path()]);
+        assert!(
+            r.stderr.contains("resources/lab/run"),
+            "points to the lab: {}",
+            r.stderr
+        );
+    } else if have_kvm() {
+        // A real KVM gets past the check and rejects the fake image itself.
+        fails_with(&["run", "--kernel", f.path()], "cannot load the kernel");
+    }
+}
+
+#[test]
+fn help_documents_every_option() {
+    let r = run(&["run", "--help"]);
+    assert_eq!(r.code, Some(0));
+    for opt in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--append",
+        "--cpus",
+        "--memory",
+        "--boot-timer",
+    ] {
+        assert!(r.stdout.contains(opt), "{opt} missing from help");
+    }
+    let r = run(&["--help"]);
+    assert_eq!(r.code, Some(0));
+    assert!(r.stdout.contains("run"));
+}

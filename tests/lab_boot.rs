@@ -1,0 +1,167 @@
+//! Lab tier: real Linux guests on flint, inside the lab (QEMU/TCG with nested SVM, where
+//! Debian's kvm-amd gives a real /dev/kvm; see resources/lab/). One lab boot runs every
+//! scenario below and each test checks its own; the first test to ask starts the lab.
+//!
+//! These are `#[ignore]`d in a plain `cargo test` (a lab run builds kernels and takes minutes);
+//! `cargo test -- --include-ignored` (what the README and CI run) includes them.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// (name, flint arguments). Every guest's init prints `flint-guest:` lines and powers off.
+const SCENARIOS: &[(&str, &str)] = &[
+    ("small-pvh-1cpu", "--kernel /guest/vmlinux --initrd /guest/initramfs.cpio.gz --boot-timer"),
+    ("small-pvh-2cpu", "--kernel /guest/vmlinux --initrd /guest/initramfs.cpio.gz --cpus 2 --memory 256"),
+    ("small-bzimage-cmdline", "--kernel /guest/bzImage --initrd /guest/initramfs.cpio.gz --cmdline 'console=ttyS0 reboot=k panic=1 flint.test=custom'"),
+    ("debian-1cpu-append", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --append 'quiet flint.test=appended'"),
+    ("debian-2cpu", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --append quiet --boot-timer"),
+    ("no-initrd-panics", "--kernel /guest/vmlinux --append 'panic=-1'"),
+];
+
+struct Outcome {
+    output: String,
+    code: i32,
+}
+
+fn lab() -> &'static HashMap<String, Outcome> {
+    static RESULTS: OnceLock<HashMap<String, Outcome>> = OnceLock::new();
+    RESULTS.get_or_init(|| {
+        let mut script = String::from("#!/bin/sh\n");
+        for (name, args) in SCENARIOS {
+            script.push_str(&format!(
+                "echo '=== begin {name}'\nflint run {args} 2>&1 </dev/null\necho \"=== end {name} $?\"\n"
+            ));
+        }
+        let path = std::env::temp_dir().join(format!("flint-lab-scenarios-{}.sh", std::process::id()));
+        std::fs::write(&path, script).unwrap();
+        let run = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lab/run");
+        let out = Command::new(run)
+            .args(["--timeout", "1200", "--add"])
+            .arg(format!("{}:/scenarios.sh", path.display()))
+            .args(["--", "sh", "/scenarios.sh"])
+            .output()
+            .expect("run resources/lab/run");
+        let _ = std::fs::remove_file(&path);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "the lab failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse(&stdout)
+    })
+}
+
+fn parse(stdout: &str) -> HashMap<String, Outcome> {
+    let mut results = HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in stdout.lines() {
+        if let Some(name) = line.strip_prefix("=== begin ") {
+            current = Some((name.to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix("=== end ") {
+            let (name, code) = rest.rsplit_once(' ').unwrap();
+            let (_, output) = current.take().unwrap();
+            let outcome = Outcome {
+                output,
+                code: code.parse().unwrap(),
+            };
+            results.insert(name.to_string(), outcome);
+        } else if let Some((_, out)) = current.as_mut() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    results
+}
+
+fn scenario(name: &str) -> &'static Outcome {
+    lab()
+        .get(name)
+        .unwrap_or_else(|| panic!("scenario {name} did not run"))
+}
+
+/// Asserts the guest's init ran and powered off cleanly, and returns its `flint-guest:` lines.
+fn booted(name: &str) -> Vec<&'static str> {
+    let o = scenario(name);
+    assert_eq!(o.code, 0, "{name}: flint exited {}:\n{}", o.code, o.output);
+    let lines: Vec<&str> = o
+        .output
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("flint-guest: "))
+        .collect();
+    assert!(lines.contains(&"init started"), "{name}:\n{}", o.output);
+    assert!(lines.contains(&"powering off"), "{name}:\n{}", o.output);
+    lines
+}
+
+fn boot_time_us(name: &str) -> u64 {
+    scenario(name)
+        .output
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("flint: guest booted in ")?
+                .strip_suffix(" us")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{name}: no boot time"))
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn small_kernel_pvh_one_cpu() {
+    let lines = booted("small-pvh-1cpu");
+    assert!(lines.contains(&"cpus=1"), "{lines:?}");
+    assert!(lines.contains(&"root=initramfs"));
+    let default = format!("cmdline={}", flint::config::DEFAULT_CMDLINE);
+    assert!(lines.contains(&default.as_str()), "{lines:?}");
+    assert!(boot_time_us("small-pvh-1cpu") > 0);
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn small_kernel_sees_two_cpus() {
+    assert!(booted("small-pvh-2cpu").contains(&"cpus=2"));
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn small_bzimage_with_replaced_cmdline() {
+    let lines = booted("small-bzimage-cmdline");
+    assert!(
+        lines.contains(&"cmdline=console=ttyS0 reboot=k panic=1 flint.test=custom"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn debian_kernel_with_appended_cmdline() {
+    let lines = booted("debian-1cpu-append");
+    assert!(lines.contains(&"cpus=1"));
+    let want = format!(
+        "cmdline={} quiet flint.test=appended",
+        flint::config::DEFAULT_CMDLINE
+    );
+    assert!(lines.contains(&want.as_str()), "{lines:?}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn debian_kernel_sees_two_cpus() {
+    assert!(booted("debian-2cpu").contains(&"cpus=2"));
+    assert!(boot_time_us("debian-2cpu") > 0);
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn kernel_panic_reboots_and_flint_exits() {
+    // No initrd and no root disk: the kernel panics and, with panic=-1, reboots at once. A
+    // guest-initiated reboot ends the VM with exit 0, like a power-off; flint must not hang.
+    let o = scenario("no-initrd-panics");
+    assert_eq!(o.code, 0, "{}", o.output);
+    assert!(o.output.contains("Kernel panic"), "{}", o.output);
+    assert!(!o.output.contains("flint-guest: init started"));
+}
