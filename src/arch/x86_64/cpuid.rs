@@ -73,12 +73,8 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) {
                 e.ebx = apic_id & 0xff; // core id; threads per core - 1 = 0
                 e.ecx = 0; // one node
             }
-            0x8000_0001 => {
-                // CmpLegacy tells an AMD-aware kernel that HTT counts cores, not threads.
-                if num_cpus > 1 {
-                    e.ecx |= ECX_AMD_CMP_LEGACY;
-                }
-            }
+            // CmpLegacy tells an AMD-aware kernel that HTT counts cores, not threads.
+            0x8000_0001 if num_cpus > 1 => e.ecx |= ECX_AMD_CMP_LEGACY,
             _ => {}
         }
     }
