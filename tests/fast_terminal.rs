@@ -1,0 +1,109 @@
+//! Fast tier: on a terminal, flint puts the console in raw mode and restores it on every exit
+//! path; Ctrl-A x quits. Uses a real pseudo-terminal as flint's stdin and stdout.
+
+mod common;
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn openpty() -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the given ints; null name/termios/winsize.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+fn lflag(fd: &OwnedFd) -> libc::tcflag_t {
+    // SAFETY: a zeroed termios is valid for tcgetattr to fill.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` is a valid termios and `fd` a terminal.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    t.c_lflag
+}
+
+/// Runs `fw` with the pty slave as stdin/stdout, calls `act` once `ready` shows on the console,
+/// and checks that the terminal is back in its original mode after flint exits.
+fn run_on_pty(fw: &str, ready: &str, act: impl FnOnce(u32, &OwnedFd)) -> (Option<i32>, String) {
+    let (master, slave) = openpty();
+    let before = lflag(&slave);
+    assert_ne!(
+        before & libc::ICANON,
+        0,
+        "a fresh pty starts in canonical mode"
+    );
+    let mut child = flint()
+        .args(["run", "--kernel", firmware(fw).to_str().unwrap()])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut console = std::fs::File::from(master.try_clone().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 256];
+    while !seen.contains(ready) {
+        assert!(
+            Instant::now() < deadline,
+            "no {ready:?} on the console: {seen:?}"
+        );
+        let n = console.read(&mut buf).unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // Raw while the VM runs: no line editing, no echo, no signals from keys.
+    assert_eq!(lflag(&slave) & (libc::ICANON | libc::ECHO | libc::ISIG), 0);
+    act(child.id(), &master);
+    let status = child.wait().unwrap();
+    assert_eq!(lflag(&slave), before, "terminal mode restored");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code(), err)
+}
+
+#[test]
+fn raw_mode_is_restored_after_guest_power_off() {
+    let (code, err) = run_on_pty("echo", "ready", |_, master| {
+        // SAFETY: writes a short buffer to the pty master.
+        let n = unsafe { libc::write(master.as_raw_fd(), b"hi\r".as_ptr().cast(), 3) };
+        assert_eq!(n, 3);
+    });
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn raw_mode_is_restored_after_sigterm() {
+    let (code, _) = run_on_pty("spin", "spinning", |pid, _| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    });
+    assert_eq!(code, Some(128 + libc::SIGTERM));
+}
+
+#[test]
+fn ctrl_a_x_quits() {
+    let (code, err) = run_on_pty("spin", "spinning", |_, master| {
+        // SAFETY: writes a short buffer to the pty master.
+        let n = unsafe { libc::write(master.as_raw_fd(), b"\x01x".as_ptr().cast(), 2) };
+        assert_eq!(n, 2);
+    });
+    assert_eq!(code, Some(128 + libc::SIGINT), "{err}");
+}
