@@ -119,16 +119,8 @@ fn boot_timer_reports_microseconds() {
     let r = run(&["run", "--kernel", fw.to_str().unwrap(), "--boot-timer"]);
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     assert!(r.stdout.contains("flint-fw: boot timer written"));
-    let us: u64 = r
-        .stderr
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("flint: guest booted in ")?
-                .strip_suffix(" us")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no boot time in stderr: {}", r.stderr));
+    let us =
+        boot_time_us(&r.stderr).unwrap_or_else(|| panic!("no boot time in stderr: {}", r.stderr));
     assert!(us > 0 && us < 60_000_000, "{us} us");
     // Without the flag, the write is ignored and nothing is printed.
     let r = run(&["run", "--kernel", fw.to_str().unwrap()]);

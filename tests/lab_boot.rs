@@ -5,6 +5,8 @@
 //! These are `#[ignore]`d in a plain `cargo test` (a lab run builds kernels and takes minutes);
 //! `cargo test -- --include-ignored` (what the README and CI run) includes them.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -96,17 +98,8 @@ fn booted(name: &str) -> Vec<&'static str> {
     lines
 }
 
-fn boot_time_us(name: &str) -> u64 {
-    scenario(name)
-        .output
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("flint: guest booted in ")?
-                .strip_suffix(" us")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{name}: no boot time"))
+fn boot_time(name: &str) -> u64 {
+    common::boot_time_us(&scenario(name).output).unwrap_or_else(|| panic!("{name}: no boot time"))
 }
 
 #[test]
@@ -117,7 +110,7 @@ fn small_kernel_pvh_one_cpu() {
     assert!(lines.contains(&"root=initramfs"));
     let default = format!("cmdline={}", flint::config::DEFAULT_CMDLINE);
     assert!(lines.contains(&default.as_str()), "{lines:?}");
-    assert!(boot_time_us("small-pvh-1cpu") > 0);
+    assert!(boot_time("small-pvh-1cpu") > 0);
 }
 
 #[test]
@@ -152,7 +145,7 @@ fn debian_kernel_with_appended_cmdline() {
 #[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
 fn debian_kernel_sees_two_cpus() {
     assert!(booted("debian-2cpu").contains(&"cpus=2"));
-    assert!(boot_time_us("debian-2cpu") > 0);
+    assert!(boot_time("debian-2cpu") > 0);
 }
 
 #[test]

@@ -92,3 +92,13 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// The boot time flint printed for `--boot-timer` ("flint: guest booted in N us"), if any.
+pub fn boot_time_us(output: &str) -> Option<u64> {
+    output.lines().find_map(|l| {
+        l.strip_prefix("flint: guest booted in ")?
+            .strip_suffix(" us")?
+            .parse()
+            .ok()
+    })
+}
