@@ -9,6 +9,64 @@ pub const DEFAULT_CMDLINE: &str =
 pub const DEFAULT_VCPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 
+/// A disk: a raw image attached as a virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (VIRTIO_BLK_T_GET_ID, /sys/block/vdX/serial).
+    pub serial: Option<String>,
+}
+
+/// At most this many virtio devices: one IOAPIC pin each, from IRQ 5 to IRQ 23.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// virtio-blk's GET_ID answer is 20 bytes.
+pub const MAX_SERIAL_LEN: usize = 20;
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    /// `path=FILE[,ro][,serial=ID]`, or just `FILE`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if !s.contains('=') {
+            return if s.is_empty() {
+                Err("empty disk path".into())
+            } else {
+                Ok(DiskConfig {
+                    path: s.into(),
+                    read_only: false,
+                    serial: None,
+                })
+            };
+        }
+        let (mut path, mut read_only, mut serial) = (None, false, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+                Some(("serial", id)) => {
+                    if id.len() > MAX_SERIAL_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(format!(
+                            "serial '{id}' must be at most {MAX_SERIAL_LEN} printable ASCII characters"
+                        ));
+                    }
+                    serial = Some(id.to_string());
+                }
+                None if part == "ro" => read_only = true,
+                _ => {
+                    return Err(format!(
+                        "unknown disk option '{part}' (expected path=FILE, ro, serial=ID)"
+                    ));
+                }
+            }
+        }
+        Ok(DiskConfig {
+            path: path.ok_or("missing path=FILE")?,
+            read_only,
+            serial,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -19,6 +77,10 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Report the time from flint's start to the guest's boot-timer write.
     pub boot_timer: bool,
+    /// Disks in guest order (/dev/vda, /dev/vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// The first disk is the root filesystem (`root=/dev/vda` on the command line).
+    pub root_on_first_disk: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,6 +93,12 @@ pub enum ConfigError {
     NoMemory,
     #[error("--memory {requested} MiB is more than this host's {host} MiB of RAM")]
     TooMuchMemory { requested: u64, host: u64 },
+    #[error("{count} disks: flint attaches at most {max}")]
+    TooManyDisks { count: usize, max: usize },
+    #[error(
+        "{path} is attached more than once and at least once writable: the guest would corrupt it"
+    )]
+    SharedWritableDisk { path: String },
     #[error("{what} {path}: {reason}")]
     BadFile {
         what: &'static str,
@@ -110,6 +178,40 @@ impl VmConfig {
         if let Some(initrd) = &self.initrd {
             check_file("--initrd", initrd)?;
         }
+        self.validate_disks()
+    }
+
+    fn validate_disks(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt;
+        if self.disks.len() > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDisks {
+                count: self.disks.len(),
+                max: MAX_VIRTIO_DEVICES,
+            });
+        }
+        let mut seen: Vec<((u64, u64), bool)> = Vec::new();
+        for (i, d) in self.disks.iter().enumerate() {
+            let what = if i == 0 && self.root_on_first_disk {
+                "--rootfs"
+            } else {
+                "--disk"
+            };
+            check_file(what, &d.path)?;
+            let meta = std::fs::metadata(&d.path).map_err(|e| ConfigError::BadFile {
+                what,
+                path: d.path.display().to_string(),
+                reason: io_reason(&e),
+            })?;
+            let id = (meta.dev(), meta.ino());
+            if let Some((_, ro)) = seen.iter().find(|(s, _)| *s == id) {
+                if !(*ro && d.read_only) {
+                    return Err(ConfigError::SharedWritableDisk {
+                        path: d.path.display().to_string(),
+                    });
+                }
+            }
+            seen.push((id, d.read_only));
+        }
         Ok(())
     }
 }
@@ -126,7 +228,78 @@ mod tests {
             vcpus: 1,
             memory_mib: 128,
             boot_timer: false,
+            disks: vec![],
+            root_on_first_disk: false,
         }
+    }
+
+    #[test]
+    fn disk_option_syntax() {
+        let d: DiskConfig = "path=/a.img,ro,serial=abc".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "/a.img".into(),
+                read_only: true,
+                serial: Some("abc".into())
+            }
+        );
+        let d: DiskConfig = "/b.img".parse().unwrap();
+        assert!(!d.read_only && d.serial.is_none());
+        assert!("ro".parse::<DiskConfig>().is_ok()); // a file named "ro"
+        assert!("path=/a,bogus"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("unknown disk option"));
+        assert!("ro,serial=x"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("missing path"));
+        assert!("path=/a,serial=has space".parse::<DiskConfig>().is_err());
+        assert!("path=/a,serial=123456789012345678901"
+            .parse::<DiskConfig>()
+            .is_err());
+        assert!("".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn the_same_image_twice_and_writable_is_rejected() {
+        let disk = |path: &str, read_only| DiskConfig {
+            path: path.into(),
+            read_only,
+            serial: None,
+        };
+        let exe = "/proc/self/exe";
+        let c = VmConfig {
+            disks: vec![disk(exe, true), disk(exe, true)],
+            ..cfg()
+        };
+        assert_eq!(c.validate(4), Ok(()));
+        let c = VmConfig {
+            disks: vec![disk(exe, true), disk(exe, false)],
+            ..cfg()
+        };
+        assert!(matches!(
+            c.validate(4),
+            Err(ConfigError::SharedWritableDisk { .. })
+        ));
+        let c = VmConfig {
+            disks: vec![disk("/nonexistent.img", false)],
+            root_on_first_disk: true,
+            ..cfg()
+        };
+        assert_eq!(
+            c.validate(4).unwrap_err().to_string(),
+            "--rootfs /nonexistent.img: no such file"
+        );
+        let c = VmConfig {
+            disks: vec![disk(exe, true); 20],
+            ..cfg()
+        };
+        assert!(matches!(
+            c.validate(4),
+            Err(ConfigError::TooManyDisks { .. })
+        ));
     }
 
     #[test]

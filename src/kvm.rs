@@ -24,15 +24,14 @@ pub enum KvmError {
     CannotBootLinux(String),
 }
 
-/// Capabilities every flint VM relies on.
+/// Capabilities every flint VM relies on. (irqfd and ioeventfd are used where present, with a
+/// slower fallback where not.)
 const REQUIRED_CAPS: &[Cap] = &[
     Cap::Irqchip,
     Cap::Pit2,
     Cap::UserMemory,
     Cap::SetTssAddr,
     Cap::ImmediateExit,
-    Cap::Irqfd,
-    Cap::Ioeventfd,
     Cap::ExtCpuid,
     Cap::MpState,
 ];

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use flint::config::{self, VmConfig};
+use flint::config::{self, DiskConfig, VmConfig};
 use flint::exit::ExitReason;
 use flint::terminal::RawTerminal;
 use flint::vmm::{self, Vmm};
@@ -59,6 +59,15 @@ struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = config::DEFAULT_MEMORY_MIB)]
     memory: u64,
+    /// Root filesystem image: attached as the first disk (/dev/vda) and booted from
+    /// (`root=/dev/vda rw` on the command line). Takes the same options as --disk.
+    #[arg(long, value_name = "PATH")]
+    rootfs: Option<DiskConfig>,
+    /// A raw disk image as a virtio-blk device, after the rootfs, in order (/dev/vdb, ...):
+    /// `path=FILE[,ro][,serial=ID]`. `ro` opens the file read-only and the guest sees a read-only
+    /// disk; `serial` (up to 20 characters) is what the guest reads as its ID. Repeatable.
+    #[arg(long, value_name = "path=FILE[,ro][,serial=ID]")]
+    disk: Vec<DiskConfig>,
     /// Print the time from flint's start to the guest init's boot-timer write (one byte, value
     /// 123, to guest physical address 0xd0000000 — Firecracker's boot timer) on stderr, as
     /// "flint: guest booted in N us".
@@ -87,6 +96,8 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
         vcpus: args.cpus,
         memory_mib: args.memory,
         boot_timer: args.boot_timer,
+        root_on_first_disk: args.rootfs.is_some(),
+        disks: args.rootfs.into_iter().chain(args.disk).collect(),
     };
     let vmm = Vmm::build(&config, vmm::stdio_console(), start)?;
     // Raw mode only once the VM is built, and restored when `_raw` drops on every return.

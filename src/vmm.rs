@@ -10,19 +10,22 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::arch::x86_64::{layout, mptable};
 use crate::boot::{self, KernelInfo};
 use crate::bus::{Bus, BusError};
 use crate::config::{check_file, io_reason, ConfigError, VmConfig};
+use crate::devices::irq::IrqLine;
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::cmos::Cmos;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialDevice, SerialOut};
+use crate::devices::virtio::block::{Block, DiskError, DiskImage};
+use crate::devices::virtio::mmio::{MmioTransport, QueueEvents, TransportError, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::Interrupt;
 use crate::event_loop::{block_stop_signals, ConsoleInput, Control};
 use crate::exit::{ExitEvent, ExitReason};
 use crate::kvm::{self, KvmError};
@@ -66,6 +69,12 @@ pub enum VmmError {
     EventLoop(String),
     #[error("{0}: {1}")]
     Io(&'static str, #[source] std::io::Error),
+    #[error("{0} {1}")]
+    Disk(&'static str, #[source] DiskError),
+    #[error("setting up a virtio device failed: {0}")]
+    Transport(#[from] TransportError),
+    #[error("registering a virtio queue notification with KVM (KVM_IOEVENTFD) failed: {0}")]
+    IoEvent(#[source] kvm_ioctls::Error),
 }
 
 /// Where the console's bytes come from and go to.
@@ -84,13 +93,34 @@ pub struct Vmm {
     console_input: Option<std::os::fd::RawFd>,
     escapes: bool,
     signals: std::os::fd::OwnedFd,
-    _vm: VmFd,
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    _vm: Arc<VmFd>,
     _mem: GuestMemoryMmap,
 }
 
 /// The most vCPUs flint can give a VM here: what KVM allows and what the MP table can describe.
 pub fn max_vcpus(kvm: &Kvm) -> u32 {
     (kvm.get_max_vcpus() as u32).min(mptable::MAX_SUPPORTED_CPUS as u32)
+}
+
+/// Whether to use a KVM fast path: present, and not switched off with `FLINT_NO_<NAME>=1` (how the
+/// tests exercise the fallbacks on hosts that have both).
+fn use_fast_path(kvm: &Kvm, cap: Cap, name: &str) -> bool {
+    kvm.check_extension(cap)
+        && std::env::var_os(format!("FLINT_NO_{name}")).is_none_or(|v| v != "1")
+}
+
+/// Adds `extra` to the kernel's own arguments, before any `--` that starts init's.
+fn with_boot_args(cmdline: &str, extra: &[String]) -> String {
+    if extra.is_empty() {
+        return cmdline.to_string();
+    }
+    let extra = extra.join(" ");
+    match cmdline.find(" -- ") {
+        Some(i) => format!("{} {extra}{}", &cmdline[..i], &cmdline[i..]),
+        None if cmdline.is_empty() => extra,
+        None => format!("{cmdline} {extra}"),
+    }
 }
 
 fn open_file(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
@@ -130,22 +160,60 @@ impl Vmm {
 
         let mem_size = config.memory_mib << 20;
         let mem = create_guest_memory(config.memory_mib)?;
-        let vm = create_vm(&kvm, &mem)?;
-        let loaded = boot::load(
-            &mem,
-            mem_size,
-            &mut kernel,
-            info,
-            initrd.as_mut(),
-            &config.cmdline,
-        )?;
+        let vm = Arc::new(create_vm(&kvm, &mem)?);
+        let irqfd = use_fast_path(&kvm, Cap::Irqfd, "IRQFD");
+        let ioeventfd = use_fast_path(&kvm, Cap::Ioeventfd, "IOEVENTFD");
+
+        // virtio-mmio devices: one 4 KiB window after the boot timer's and one IOAPIC pin each,
+        // announced to the kernel on its command line.
+        let mut mmio = Bus::new();
+        let mut boot_args = Vec::new();
+        let mut virtio = Vec::new();
+        for (i, disk) in config.disks.iter().enumerate() {
+            let what = if i == 0 && config.root_on_first_disk {
+                "--rootfs"
+            } else {
+                "--disk"
+            };
+            let image =
+                DiskImage::open(&disk.path, disk.read_only).map_err(|e| VmmError::Disk(what, e))?;
+            let serial = disk
+                .serial
+                .clone()
+                .unwrap_or_else(|| format!("flint-vd{}", (b'a' + i as u8) as char));
+            let base = layout::MMIO_DEVICES_START + (i as u64 + 1) * layout::MMIO_DEVICE_WINDOW;
+            let gsi = layout::IRQ_DEVICES_START + i as u32;
+            let line = IrqLine::new(&vm, gsi, irqfd).map_err(|e| VmmError::Irq("a disk", e))?;
+            let mut transport = MmioTransport::new(
+                Box::new(Block::new(image, &serial)),
+                mem.clone(),
+                Arc::new(Interrupt::new(line)),
+            )?;
+            if ioeventfd {
+                for (q, evt) in transport.queue_evts().iter().enumerate() {
+                    let addr = IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY);
+                    vm.register_ioevent(evt, &addr, q as u32)
+                        .map_err(VmmError::IoEvent)?;
+                }
+                transport.set_ioeventfd(true);
+            }
+            let transport = Arc::new(Mutex::new(transport));
+            mmio.insert(base, layout::MMIO_DEVICE_WINDOW, transport.clone())?;
+            boot_args.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+            virtio.push(transport);
+        }
+        if let (true, Some(root)) = (config.root_on_first_disk, config.disks.first()) {
+            let mode = if root.read_only { "ro" } else { "rw" };
+            boot_args.push(format!("root=/dev/vda {mode}"));
+        }
+        let cmdline = with_boot_args(&config.cmdline, &boot_args);
+
+        let loaded = boot::load(&mem, mem_size, &mut kernel, info, initrd.as_mut(), &cmdline)?;
         let num_cpus = config.vcpus as u8;
         mptable::setup_mptable(&mem, num_cpus)?;
 
         let exit = Arc::new(ExitEvent::new().map_err(|e| VmmError::Io("eventfd", e))?);
-        let serial_irq =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Io("eventfd", e))?;
-        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+        let serial_irq = IrqLine::new(&vm, layout::SERIAL_IRQ, irqfd)
             .map_err(|e| VmmError::Irq("the serial port", e))?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.output)));
 
@@ -158,7 +226,6 @@ impl Vmm {
             2,
             Arc::new(Mutex::new(Cmos::new(below_4g, mem_size - below_4g))),
         )?;
-        let mut mmio = Bus::new();
         if config.boot_timer {
             let report = Box::new(|d: Duration| {
                 eprintln!("flint: guest booted in {} us", d.as_micros());
@@ -194,6 +261,7 @@ impl Vmm {
             console_input: console.input,
             escapes: console.escapes,
             signals,
+            virtio,
             _vm: vm,
             _mem: mem,
         })
@@ -212,6 +280,10 @@ impl Vmm {
             exit: self.ctx.exit.clone(),
             signals,
         })));
+        for t in &self.virtio {
+            let events = QueueEvents::new(t.clone()).map_err(|e| VmmError::Io("eventfd", e))?;
+            em.add_subscriber(Arc::new(Mutex::new(events)));
+        }
         let input = self.console_input.map(|fd| {
             let sub = Arc::new(Mutex::new(ConsoleInput {
                 input: fd,

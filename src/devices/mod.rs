@@ -1,2 +1,4 @@
 //! Emulated devices.
+pub mod irq;
 pub mod legacy;
+pub mod virtio;

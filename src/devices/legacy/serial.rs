@@ -6,18 +6,17 @@
 use std::collections::VecDeque;
 use std::io::Write;
 
-use vm_superio::{Serial, Trigger};
-use vmm_sys_util::eventfd::EventFd;
-
 use crate::bus::BusDevice;
+use crate::devices::irq::IrqLine;
+use vm_superio::{Serial, Trigger};
 
-/// Raises the serial interrupt through an eventfd registered as a KVM irqfd.
-pub struct IrqTrigger(pub EventFd);
+/// Raises the serial interrupt (IRQ 4).
+pub struct IrqTrigger(pub IrqLine);
 
 impl Trigger for IrqTrigger {
     type E = std::io::Error;
     fn trigger(&self) -> std::io::Result<()> {
-        self.0.write(1)
+        self.0.trigger()
     }
 }
 
@@ -46,7 +45,7 @@ pub struct SerialDevice {
 pub const MAX_PENDING_INPUT: usize = 1 << 20;
 
 impl SerialDevice {
-    pub fn new(irq: EventFd, out: SerialOut) -> Self {
+    pub fn new(irq: IrqLine, out: SerialOut) -> Self {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), out),
             pending_input: VecDeque::new(),
@@ -98,6 +97,11 @@ impl BusDevice for SerialDevice {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn line(fd: &EventFd) -> IrqLine {
+        IrqLine::Fd(fd.try_clone().unwrap())
+    }
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -119,7 +123,10 @@ mod tests {
     #[test]
     fn output_reaches_the_writer() {
         let out = Shared::default();
-        let mut s = SerialDevice::new(EventFd::new(0).unwrap(), Box::new(Unbuffered(out.clone())));
+        let mut s = SerialDevice::new(
+            line(&EventFd::new(0).unwrap()),
+            Box::new(Unbuffered(out.clone())),
+        );
         for b in b"hi\n" {
             s.write(THR_RBR, &[*b]);
         }
@@ -129,7 +136,7 @@ mod tests {
     #[test]
     fn input_larger_than_the_fifo_is_not_lost() {
         let irq = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
-        let mut s = SerialDevice::new(irq.try_clone().unwrap(), Box::new(std::io::sink()));
+        let mut s = SerialDevice::new(line(&irq), Box::new(std::io::sink()));
         // The driver enables the received-data interrupt (IER bit 0) before it expects input.
         s.write(IER, &[1]);
         let input: Vec<u8> = (0..200u32).map(|i| (i % 251) as u8).collect();
@@ -151,7 +158,7 @@ mod tests {
 
     #[test]
     fn odd_accesses_do_not_panic() {
-        let mut s = SerialDevice::new(EventFd::new(0).unwrap(), Box::new(std::io::sink()));
+        let mut s = SerialDevice::new(line(&EventFd::new(0).unwrap()), Box::new(std::io::sink()));
         s.write(u64::MAX, &[1]);
         s.write(3, &[]);
         let mut four = [0xffu8; 4];

@@ -1,0 +1,197 @@
+//! The virtio-blk device: what it offers, its config space, and its one request queue.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::request::{self, Limits};
+use super::*;
+use crate::devices::virtio::{
+    read_config_bytes, ActivateContext, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+
+pub const QUEUE_SIZE: u16 = 256;
+const DEVICE_TYPE_BLOCK: u32 = 2;
+
+const LIMITS: Limits = Limits {
+    // Header and status take two of a chain's descriptors.
+    seg_max: QUEUE_SIZE as usize - 2,
+    discard_seg_max: 32,
+    discard_sectors_max: u32::MAX >> 9,
+    max_data: 32 << 20,
+};
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+    features: u64,
+}
+
+/// Counters of what the guest sent that could not be served.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlockStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub dropped_chains: u64,
+}
+
+pub struct Block {
+    disk: DiskImage,
+    serial: [u8; VIRTIO_BLK_ID_BYTES],
+    features: u64,
+    config: Vec<u8>,
+    queue_sizes: [u16; 1],
+    active: Option<Active>,
+    stats: BlockStats,
+}
+
+impl Block {
+    /// `serial` is what GET_ID answers (at most 20 bytes; the config layer checks it).
+    pub fn new(disk: DiskImage, serial: &str) -> Block {
+        let mut id = [0u8; VIRTIO_BLK_ID_BYTES];
+        let n = serial.len().min(VIRTIO_BLK_ID_BYTES);
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_BLK_SIZE
+            | VIRTIO_BLK_F_FLUSH;
+        if disk.read_only() {
+            features |= VIRTIO_BLK_F_RO;
+        }
+        if disk.supports_discard() {
+            features |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        let config = config_space(disk.size() >> SECTOR_SHIFT);
+        Block {
+            disk,
+            serial: id,
+            features,
+            config,
+            queue_sizes: [QUEUE_SIZE],
+            active: None,
+            stats: BlockStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> BlockStats {
+        self.stats
+    }
+}
+
+/// The config space (§5.2.4), little-endian, up to `write_zeroes_may_unmap`.
+fn config_space(capacity_sectors: u64) -> Vec<u8> {
+    let mut c = vec![0u8; 60];
+    let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
+    put(0, &capacity_sectors.to_le_bytes());
+    put(12, &(LIMITS.seg_max as u32).to_le_bytes()); // seg_max
+    put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+    put(34, &1u16.to_le_bytes()); // num_queues
+    put(36, &LIMITS.discard_sectors_max.to_le_bytes()); // max_discard_sectors
+    put(40, &(LIMITS.discard_seg_max as u32).to_le_bytes()); // max_discard_seg
+    put(44, &1u32.to_le_bytes()); // discard_sector_alignment
+    put(48, &LIMITS.discard_sectors_max.to_le_bytes()); // max_write_zeroes_sectors
+    put(52, &(LIMITS.discard_seg_max as u32).to_le_bytes()); // max_write_zeroes_seg
+    put(56, &[1]); // write_zeroes_may_unmap
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) {
+        if let Some(queue) = ctx.queues.into_iter().next() {
+            self.active = Some(Active {
+                mem: ctx.mem,
+                queue,
+                interrupt: ctx.interrupt,
+                features: ctx.acked_features,
+            });
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+
+    fn process_queue(&mut self, index: usize) -> bool {
+        let Some(a) = self.active.as_mut() else {
+            return true;
+        };
+        if index != 0 {
+            return true;
+        }
+        let event_idx = a.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        loop {
+            if event_idx && a.queue.disable_notification(&a.mem).is_err() {
+                return false;
+            }
+            // A malformed avail ring (index out of range) is a broken driver: stop serving.
+            let chains: Vec<_> = match a.queue.iter(&a.mem) {
+                Ok(iter) => iter.collect(),
+                Err(_) => return false,
+            };
+            for chain in chains {
+                let head = chain.head_index();
+                // The walk ends by itself: virtio-queue bounds it by the queue (or indirect
+                // table) size and stops at descriptors outside guest memory.
+                let descs: Vec<_> = chain.collect();
+                self.stats.requests += 1;
+                let written = match request::handle(
+                    &descs,
+                    &a.mem,
+                    &self.disk,
+                    &self.serial,
+                    a.features,
+                    &LIMITS,
+                ) {
+                    Ok(out) => {
+                        if out.status != VIRTIO_BLK_S_OK {
+                            self.stats.errors += 1;
+                        }
+                        out.written
+                    }
+                    Err(_) => {
+                        self.stats.dropped_chains += 1;
+                        0
+                    }
+                };
+                if a.queue.add_used(&a.mem, head, written).is_err() {
+                    return false;
+                }
+            }
+            if !event_idx {
+                break;
+            }
+            match a.queue.enable_notification(&a.mem) {
+                Ok(true) => continue, // more arrived while notifications were off
+                Ok(false) => break,
+                Err(_) => return false,
+            }
+        }
+        match a.queue.needs_notification(&a.mem) {
+            Ok(true) => a.interrupt.trigger(INT_USED_RING),
+            Ok(false) => {}
+            Err(_) => return false,
+        }
+        true
+    }
+}

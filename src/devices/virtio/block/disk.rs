@@ -1,0 +1,239 @@
+//! The host side of a disk: a raw image file, opened read-only or read-write and locked so that
+//! no two flint processes write the same image, with positioned vectored I/O.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use super::SECTOR_SIZE;
+use crate::config::io_reason;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DiskError {
+    #[error("{path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("{path}: is a directory, not a disk image")]
+    Directory { path: String },
+    #[error("{path}: size {size} is not a multiple of 512 bytes")]
+    Unaligned { path: String, size: u64 },
+    #[error("{path}: the image is in use by another process (it holds a lock on it)")]
+    Locked { path: String },
+}
+
+pub struct DiskImage {
+    file: File,
+    size: u64,
+    read_only: bool,
+    discard: bool,
+}
+
+impl DiskImage {
+    pub fn open(path: &Path, read_only: bool) -> Result<DiskImage, DiskError> {
+        let name = path.display().to_string();
+        let open_err = |e: std::io::Error| DiskError::Open {
+            path: name.clone(),
+            reason: io_reason(&e),
+        };
+        let meta = std::fs::metadata(path).map_err(open_err)?;
+        if meta.is_dir() {
+            return Err(DiskError::Directory { path: name });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        // Writers take the image exclusively, readers share it: another flint (or anyone using
+        // flock) writing the same image would corrupt the guest's filesystem.
+        let op = if read_only {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+            return Err(DiskError::Locked { path: name });
+        }
+        let size = file.metadata().map_err(open_err)?.len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(DiskError::Unaligned { path: name, size });
+        }
+        let discard = !read_only && punch_hole_supported(&file, size);
+        Ok(DiskImage {
+            file,
+            size,
+            read_only,
+            discard,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether the host file can deallocate ranges (for DISCARD and WRITE_ZEROES).
+    pub fn supports_discard(&self) -> bool {
+        self.discard
+    }
+
+    /// Reads `total` bytes at `offset` into the host buffers `iov` (guest memory).
+    ///
+    /// # Safety
+    /// Every iovec must point to memory valid for writes of its length for the whole call.
+    pub unsafe fn read_vectored_at(
+        &self,
+        iov: &[libc::iovec],
+        offset: u64,
+    ) -> std::io::Result<usize> {
+        // SAFETY: the caller guarantees the buffers; the fd is ours.
+        let n = unsafe {
+            libc::preadv(
+                self.file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as i32,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Writes the host buffers `iov` (guest memory) at `offset`.
+    ///
+    /// # Safety
+    /// Every iovec must point to memory valid for reads of its length for the whole call.
+    pub unsafe fn write_vectored_at(
+        &self,
+        iov: &[libc::iovec],
+        offset: u64,
+    ) -> std::io::Result<usize> {
+        // SAFETY: the caller guarantees the buffers; the fd is ours.
+        let n = unsafe {
+            libc::pwritev(
+                self.file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as i32,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Makes every completed write durable on the host (fdatasync).
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Deallocates `len` bytes at `offset`; they read back as zeros.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        fallocate(
+            &self.file,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    }
+
+    /// Zeroes `len` bytes at `offset`, keeping them allocated where the host can; falls back to
+    /// punching a hole (which also reads back as zeros).
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        fallocate(
+            &self.file,
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+        .or_else(|_| self.punch_hole(offset, len))
+    }
+}
+
+fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Probes hole punching past the end of the file, where it cannot change any data.
+fn punch_hole_supported(file: &File, size: u64) -> bool {
+    fallocate(
+        file,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        size,
+        SECTOR_SIZE,
+    )
+    .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn image(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("flint-disk-{}-{name}", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn bad_images_are_clear_errors() {
+        assert!(matches!(
+            DiskImage::open(Path::new("/nonexistent.img"), false),
+            Err(DiskError::Open { reason, .. }) if reason == "no such file"
+        ));
+        assert!(matches!(
+            DiskImage::open(Path::new("/"), true),
+            Err(DiskError::Directory { .. })
+        ));
+        let p = image("odd", &[0; 1000]);
+        assert!(matches!(
+            DiskImage::open(&p, false),
+            Err(DiskError::Unaligned { size: 1000, .. })
+        ));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn writers_exclude_each_other_readers_share() {
+        let p = image("lock", &[0; 4096]);
+        let w = DiskImage::open(&p, false).unwrap();
+        assert!(matches!(
+            DiskImage::open(&p, false),
+            Err(DiskError::Locked { .. })
+        ));
+        assert!(matches!(
+            DiskImage::open(&p, true),
+            Err(DiskError::Locked { .. })
+        ));
+        drop(w);
+        let r1 = DiskImage::open(&p, true).unwrap();
+        let _r2 = DiskImage::open(&p, true).unwrap();
+        assert!(r1.read_only() && !r1.supports_discard());
+        assert!(matches!(
+            DiskImage::open(&p, false),
+            Err(DiskError::Locked { .. })
+        ));
+        std::fs::remove_file(p).unwrap();
+    }
+}

@@ -1,0 +1,360 @@
+//! The virtio-mmio transport (virtio 1.1 §4.2.2, version 2 registers only), plus the event-loop
+//! subscriber that turns queue notifications into device work.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{
+    status, ActivateContext, Interrupt, VirtioDevice, INT_CONFIG_CHANGE, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use crate::bus::{lock, BusDevice};
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x544e_4c46; // "FLNT"
+
+/// Register offsets.
+pub const REG_MAGIC: u64 = 0x000;
+pub const REG_VERSION: u64 = 0x004;
+pub const REG_DEVICE_ID: u64 = 0x008;
+pub const REG_VENDOR_ID: u64 = 0x00c;
+pub const REG_DEVICE_FEATURES: u64 = 0x010;
+pub const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+pub const REG_DRIVER_FEATURES: u64 = 0x020;
+pub const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+pub const REG_QUEUE_SEL: u64 = 0x030;
+pub const REG_QUEUE_NUM_MAX: u64 = 0x034;
+pub const REG_QUEUE_NUM: u64 = 0x038;
+pub const REG_QUEUE_READY: u64 = 0x044;
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+pub const REG_INTERRUPT_STATUS: u64 = 0x060;
+pub const REG_INTERRUPT_ACK: u64 = 0x064;
+pub const REG_STATUS: u64 = 0x070;
+pub const REG_QUEUE_DESC_LOW: u64 = 0x080;
+pub const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+pub const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+pub const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+pub const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+pub const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+pub const REG_CONFIG_GENERATION: u64 = 0x0fc;
+pub const CONFIG_SPACE: u64 = 0x100;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    /// One per queue; the event loop watches them. KVM writes them directly when the notify
+    /// register is backed by an ioeventfd; otherwise the transport does on the MMIO exit.
+    queue_evts: Vec<EventFd>,
+    ioeventfd: bool,
+    queues: Vec<Queue>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    status: u32,
+    active: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("creating a queue notification eventfd failed: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("a device queue size is not a power of two up to 32768")]
+    QueueSize,
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<Self, TransportError> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max).map_err(|_| TransportError::QueueSize))
+            .collect::<Result<Vec<_>, _>>()?;
+        let queue_evts = (0..queues.len())
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MmioTransport {
+            device,
+            mem,
+            interrupt,
+            queue_evts,
+            ioeventfd: false,
+            queues,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            status: 0,
+            active: false,
+        })
+    }
+
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// KVM now signals `queue_evts` on notify writes without an exit.
+    pub fn set_ioeventfd(&mut self, on: bool) {
+        self.ioeventfd = on;
+    }
+
+    pub fn device_status(&self) -> u32 {
+        self.status
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue registers may change only between FEATURES_OK and DRIVER_OK, on a queue not yet
+    /// ready (§4.2.3.2).
+    fn queue_config_allowed(&self) -> bool {
+        self.status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED)
+            == status::FEATURES_OK
+    }
+
+    fn reset(&mut self) {
+        if self.active {
+            self.device.reset();
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.active = false;
+        self.status = 0;
+        self.acked_features = 0;
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn needs_reset(&mut self) {
+        self.status |= status::DEVICE_NEEDS_RESET;
+        if self.status & status::DRIVER_OK != 0 {
+            self.interrupt.trigger(INT_CONFIG_CHANGE);
+        }
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        // Bits are only ever added; anything else (other than a reset) is a driver bug to ignore.
+        if v & self.status != self.status {
+            return;
+        }
+        let new = v & !self.status;
+        let has = |bit| v & bit != 0;
+        let step_ok = match new {
+            status::ACKNOWLEDGE => true,
+            status::DRIVER => has(status::ACKNOWLEDGE),
+            status::FEATURES_OK => {
+                has(status::DRIVER)
+                    && self.acked_features & !self.device.features() == 0
+                    && self.acked_features & VIRTIO_F_VERSION_1 != 0
+            }
+            status::DRIVER_OK => has(status::FEATURES_OK),
+            status::FAILED => true,
+            _ => false,
+        };
+        if !step_ok {
+            return;
+        }
+        self.status = v;
+        if new == status::DRIVER_OK {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let valid = self
+            .queues
+            .iter()
+            .all(|q| !q.ready() || q.is_valid(&self.mem));
+        if !valid || !self.queues.iter().any(|q| q.ready()) {
+            self.needs_reset();
+            return;
+        }
+        // The device takes over the queues; the transport keeps fresh ones of the same shape so
+        // that the registers still read back (QueueNumMax, QueueReady) until the next reset.
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for q in &mut self.queues {
+            let mut fresh = match Queue::new(q.max_size()) {
+                Ok(f) => f,
+                Err(_) => {
+                    self.status |= status::DEVICE_NEEDS_RESET;
+                    return;
+                }
+            };
+            fresh.set_size(q.size());
+            fresh.set_ready(q.ready());
+            let mut taken = std::mem::replace(q, fresh);
+            taken.set_event_idx(event_idx);
+            queues.push(taken);
+        }
+        self.device.activate(ActivateContext {
+            mem: self.mem.clone(),
+            queues,
+            acked_features: self.acked_features,
+            interrupt: self.interrupt.clone(),
+        });
+        self.active = true;
+    }
+
+    /// Called by the event loop when queue `index` was notified.
+    pub fn process_queue(&mut self, index: usize) {
+        if self.active
+            && self.status & status::DEVICE_NEEDS_RESET == 0
+            && !self.device.process_queue(index)
+        {
+            self.needs_reset();
+        }
+    }
+
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        match offset {
+            REG_MAGIC => MAGIC,
+            REG_VERSION => VERSION,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
+            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready() as u32),
+            REG_INTERRUPT_STATUS => self.interrupt.status(),
+            REG_STATUS => self.status,
+            // The config space never changes under the driver.
+            REG_CONFIG_GENERATION => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        let queue_ok = self.queue_config_allowed();
+        let features_ok = self.status & (status::DRIVER | status::FEATURES_OK) == status::DRIVER;
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            REG_DRIVER_FEATURES if features_ok => {
+                let shift = match self.driver_features_sel {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                self.acked_features =
+                    (self.acked_features & !(0xffff_ffffu64 << shift)) | ((v as u64) << shift);
+            }
+            REG_QUEUE_SEL => self.queue_sel = v,
+            REG_QUEUE_NOTIFY => {
+                if !self.ioeventfd {
+                    if let Some(evt) = self.queue_evts.get(v as usize) {
+                        let _ = evt.write(1);
+                    }
+                }
+            }
+            REG_INTERRUPT_ACK => self.interrupt.ack(v),
+            REG_STATUS => self.set_status(v),
+            _ if !queue_ok => {}
+            _ => {
+                let Some(q) = self.queues.get_mut(self.queue_sel as usize) else {
+                    return;
+                };
+                if q.ready() && offset != REG_QUEUE_READY {
+                    return;
+                }
+                match offset {
+                    REG_QUEUE_NUM => {
+                        let _ = q.try_set_size(v as u16).or_else(|_| {
+                            // An invalid size invalidates the queue; is_valid() will say so.
+                            q.set_size(0);
+                            Ok::<(), ()>(())
+                        });
+                    }
+                    REG_QUEUE_READY => q.set_ready(v == 1),
+                    REG_QUEUE_DESC_LOW => q.set_desc_table_address(Some(v), None),
+                    REG_QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(v)),
+                    REG_QUEUE_DRIVER_LOW => q.set_avail_ring_address(Some(v), None),
+                    REG_QUEUE_DRIVER_HIGH => q.set_avail_ring_address(None, Some(v)),
+                    REG_QUEUE_DEVICE_LOW => q.set_used_ring_address(Some(v), None),
+                    REG_QUEUE_DEVICE_HIGH => q.set_used_ring_address(None, Some(v)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+        } else if data.len() == 4 && offset.is_multiple_of(4) {
+            data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+        } else {
+            // Registers are 32-bit and aligned (§4.2.2.2): anything else reads as zero.
+            data.fill(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+        } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
+            self.write_reg(offset, u32::from_le_bytes(bytes));
+        }
+    }
+}
+
+/// Watches a transport's queue eventfds and runs the device's queue processing on the event
+/// loop thread.
+pub struct QueueEvents {
+    transport: Arc<Mutex<MmioTransport>>,
+    evts: Vec<EventFd>,
+}
+
+impl QueueEvents {
+    pub fn new(transport: Arc<Mutex<MmioTransport>>) -> std::io::Result<Self> {
+        let evts = lock(&transport)
+            .queue_evts()
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(QueueEvents { transport, evts })
+    }
+}
+
+impl MutEventSubscriber for QueueEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in self.evts.iter().enumerate() {
+            // A queue we cannot watch is a device that never answers; the guest driver times out
+            // on it rather than flint failing: log it.
+            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
+                eprintln!("flint: cannot watch virtio queue {i}: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data() as usize;
+        if let Some(evt) = self.evts.get(index) {
+            let _ = evt.read();
+            lock(&self.transport).process_queue(index);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! virtio devices over the virtio-mmio transport (virtio 1.x, "modern" only).
+//!
+//! A device implements [`VirtioDevice`]; the [`mmio::MmioTransport`] owns it, speaks the register
+//! protocol to the guest driver (feature negotiation, status, queue setup, reset) and hands the
+//! device its queues when the driver is ready. Queue notifications reach the device on the event
+//! loop thread (through an ioeventfd, or the transport's fallback), never on a vCPU thread.
+
+pub mod block;
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+pub use crate::devices::irq::IrqLine;
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+/// Device status bits (virtio 1.1 §2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// InterruptStatus bits (virtio 1.1 §4.2.2).
+pub const INT_USED_RING: u32 = 1;
+pub const INT_CONFIG_CHANGE: u32 = 2;
+
+/// The interrupt of one virtio-mmio device and its InterruptStatus register.
+pub struct Interrupt {
+    line: IrqLine,
+    status: AtomicU32,
+}
+
+impl Interrupt {
+    pub fn new(line: IrqLine) -> Self {
+        Interrupt {
+            line,
+            status: AtomicU32::new(0),
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    /// Sets `bits` in InterruptStatus and interrupts the guest.
+    pub fn trigger(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::AcqRel);
+        // A failed injection leaves the bit set; the driver finds the work on its next look.
+        let _ = self.line.trigger();
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct ActivateContext {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub acked_features: u64,
+    pub interrupt: Arc<Interrupt>,
+}
+
+pub trait VirtioDevice: Send {
+    /// virtio device ID (2 = block, 1 = net).
+    fn device_type(&self) -> u32;
+    /// Feature bits offered (VERSION_1 included).
+    fn features(&self) -> u64;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device-specific configuration space (bytes beyond it read as 0).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the configuration space (most devices ignore it).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver is ready: start serving the queues.
+    fn activate(&mut self, ctx: ActivateContext);
+    /// The driver reset the device: drop the queues and go back to the initial state.
+    fn reset(&mut self);
+    /// Queue `index` was notified; process what the driver made available. Returns false when
+    /// the device found the driver's queue state broken and needs a reset.
+    fn process_queue(&mut self, index: usize) -> bool;
+}
+
+/// Reads `data.len()` bytes at `offset` from a config-space byte image; out of range reads 0.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
