@@ -171,3 +171,36 @@ fn c_firmware_uses_integer_instructions_only() {
         bad.join("\n")
     );
 }
+
+#[test]
+fn works_without_ioeventfd_and_irqfd() {
+    // The fallbacks for a KVM without them: notify writes exit to flint, which signals the queue
+    // itself, and interrupts go through KVM_IRQ_LINE.
+    let img = TempFile::new("fallback.img", &image());
+    let fw = firmware("virtio_blk");
+    let out = flint()
+        .args([
+            "run",
+            "--kernel",
+            fw.to_str().unwrap(),
+            "--disk",
+            img.path(),
+        ])
+        .env("FLINT_NO_IOEVENTFD", "1")
+        .env("FLINT_NO_IRQFD", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(reply(&r.stdout, "flint-fw: sector0=").0, "hello-from-host!");
+    assert_eq!(reply(&r.stdout, "flint-fw: write").1, 0);
+    assert!(
+        r.stdout.contains("flint-fw: interrupt status seen=0x1"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("flint-fw: virtio-blk done"));
+    let file = std::fs::read(img.path()).unwrap();
+    assert_eq!(&file[SECTOR..SECTOR + WRITTEN.len()], WRITTEN);
+}
