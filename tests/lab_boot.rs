@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// (name, flint arguments). Every guest's init prints `flint-guest:` lines and powers off.
@@ -35,47 +34,11 @@ fn lab() -> &'static HashMap<String, Outcome> {
                 "echo '=== begin {name}'\nflint run {args} 2>&1 </dev/null\necho \"=== end {name} $?\"\n"
             ));
         }
-        let path = std::env::temp_dir().join(format!("flint-lab-scenarios-{}.sh", std::process::id()));
-        std::fs::write(&path, script).unwrap();
-        let run = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lab/run");
-        let out = Command::new(run)
-            .args(["--timeout", "1200", "--add"])
-            .arg(format!("{}:/scenarios.sh", path.display()))
-            .args(["--", "sh", "/scenarios.sh"])
-            .output()
-            .expect("run resources/lab/run");
-        let _ = std::fs::remove_file(&path);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "the lab failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        parse(&stdout)
+        common::scenarios(&common::run_in_lab(&script))
+            .into_iter()
+            .map(|(name, (output, code))| (name, Outcome { output, code }))
+            .collect()
     })
-}
-
-fn parse(stdout: &str) -> HashMap<String, Outcome> {
-    let mut results = HashMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in stdout.lines() {
-        if let Some(name) = line.strip_prefix("=== begin ") {
-            current = Some((name.to_string(), String::new()));
-        } else if let Some(rest) = line.strip_prefix("=== end ") {
-            let (name, code) = rest.rsplit_once(' ').unwrap();
-            let (_, output) = current.take().unwrap();
-            let outcome = Outcome {
-                output,
-                code: code.parse().unwrap(),
-            };
-            results.insert(name.to_string(), outcome);
-        } else if let Some((_, out)) = current.as_mut() {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    results
 }
 
 fn scenario(name: &str) -> &'static Outcome {

@@ -102,3 +102,71 @@ pub fn boot_time_us(output: &str) -> Option<u64> {
             .ok()
     })
 }
+
+/// Standard base64 (for `flint.run=` scripts on a guest's command line).
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Runs `script` (a shell script) inside the lab, with extra files, and returns its stdout.
+/// Panics with everything the lab printed if the lab itself fails.
+pub fn run_in_lab(script: &str) -> String {
+    let path = std::env::temp_dir().join(format!(
+        "flint-lab-{}-{}.sh",
+        std::process::id(),
+        script.len()
+    ));
+    std::fs::write(&path, script).unwrap();
+    let run = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lab/run");
+    let out = Command::new(run)
+        .args(["--timeout", "1200", "--add"])
+        .arg(format!("{}:/scenarios.sh", path.display()))
+        .args(["--", "sh", "/scenarios.sh"])
+        .output()
+        .expect("run resources/lab/run");
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the lab failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Splits lab output into scenarios delimited by `=== begin NAME` / `=== end NAME CODE`.
+pub fn scenarios(stdout: &str) -> std::collections::HashMap<String, (String, i32)> {
+    let mut results = std::collections::HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in stdout.lines() {
+        if let Some(name) = line.strip_prefix("=== begin ") {
+            current = Some((name.to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix("=== end ") {
+            let (name, code) = rest.rsplit_once(' ').unwrap();
+            let (_, output) = current.take().unwrap();
+            results.insert(name.to_string(), (output, code.parse().unwrap()));
+        } else if let Some((_, out)) = current.as_mut() {
+            out.push_str(line.trim_end_matches('\r'));
+            out.push('\n');
+        }
+    }
+    results
+}
