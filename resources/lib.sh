@@ -38,12 +38,13 @@ apt_update_once() {
     export FLINT_APT_UPDATED=1
 }
 
-# stamp_hash ARG... : one hash over the given strings and files ("file:PATH" hashes contents).
+# stamp_hash ARG... : one hash over the given strings and files ("file:PATH" hashes the
+# contents and base name, not the directory: clones elsewhere, e.g. CI's, share the cache).
 stamp_hash() {
     local a
     for a in "$@"; do
         case $a in
-            file:*) printf 'F %s\n' "${a#file:}"; cat "${a#file:}" ;;
+            file:*) printf 'F %s\n' "$(basename "${a#file:}")"; cat "${a#file:}" ;;
             *)      printf 'S %s\n' "$a" ;;
         esac
     done | sha256sum | cut -d' ' -f1
@@ -84,6 +85,7 @@ busybox_tree() {
     local dir=$1 applet
     need_pkgs busybox-static
     mkdir -p "$dir"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc,mnt}
+    chmod 1777 "$dir/tmp"
     cp /bin/busybox "$dir/bin/busybox"
     for applet in $(/bin/busybox --list-full); do
         [ -e "$dir/$applet" ] || ln -s /bin/busybox "$dir/$applet"

@@ -40,17 +40,22 @@ quietly "make olddefconfig" make ARCH=x86_64 olddefconfig
 
 # Kconfig silently drops options whose dependencies are unmet, so check that
 # every line of the fragment made it into the final .config.
+satisfied() {
+    case $1 in
+        CONFIG_*=*) grep -qxF "$1" .config ;;
+        "# CONFIG_"*" is not set") local opt=${1#\# }; ! grep -qE "^${opt%% *}=[ym]$" .config ;;
+        *) return 0 ;;  # comments, blank lines
+    esac
+}
 bad=0
 while IFS= read -r line; do
-    case $line in
-        CONFIG_*=*)
-            grep -qxF "$line" .config || { warn "wanted '$line', got: $(grep -E "^(# )?${line%%=*}[= ]" .config || echo 'absent')"; bad=1; } ;;
-        "# CONFIG_"*" is not set")
-            opt=${line#\# }; opt=${opt%% *}
-            ! grep -qE "^$opt=[ym]" .config || { warn "wanted '$line', got: $(grep "^$opt=" .config)"; bad=1; } ;;
-    esac
+    if ! satisfied "$line"; then
+        opt=${line#\# }; opt=${opt%%[= ]*}
+        warn "wanted '$line', .config has: $(grep -E "^(# )?${opt}[= ]" .config || echo nothing)"
+        bad=1
+    fi
 done < "$fragment"
-[ "$bad" -eq 0 ] || die "kernel .config does not match $fragment (see above)"
+[ "$bad" -eq 0 ] || die "the kernel .config lacks options from $fragment (see above)"
 
 mkdir -p "$out"
 log "building vmlinux and bzImage (make -j$(nproc); takes a few minutes)"
