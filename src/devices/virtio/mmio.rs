@@ -358,3 +358,218 @@ impl MutEventSubscriber for QueueEvents {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::irq::IrqLine;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use vm_memory::GuestAddress;
+
+    /// A device that records what the transport does to it.
+    struct Probe {
+        activations: Arc<AtomicUsize>,
+        resets: Arc<AtomicUsize>,
+        sizes: [u16; 2],
+    }
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1 << 3
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.sizes
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[1, 2, 3, 4], offset, data);
+        }
+        fn activate(&mut self, ctx: ActivateContext) {
+            assert_eq!(ctx.queues.len(), 2);
+            self.activations.fetch_add(1, Ordering::SeqCst);
+        }
+        fn reset(&mut self) {
+            self.resets.fetch_add(1, Ordering::SeqCst);
+        }
+        fn process_queue(&mut self, _: usize) -> bool {
+            false
+        }
+    }
+
+    struct T {
+        t: MmioTransport,
+        activations: Arc<AtomicUsize>,
+        resets: Arc<AtomicUsize>,
+        irq: EventFd,
+    }
+
+    fn transport() -> T {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (activations, resets) = (Arc::default(), Arc::default());
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let probe = Probe {
+            activations: Arc::clone(&activations),
+            resets: Arc::clone(&resets),
+            sizes: [16, 16],
+        };
+        let interrupt = Arc::new(Interrupt::new(IrqLine::Fd(irq.try_clone().unwrap())));
+        T {
+            t: MmioTransport::new(Box::new(probe), mem, interrupt).unwrap(),
+            activations,
+            resets,
+            irq,
+        }
+    }
+
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    /// Takes the driver up to FEATURES_OK accepting `features`.
+    fn negotiate(t: &mut MmioTransport, features: u64) {
+        wr(t, REG_STATUS, status::ACKNOWLEDGE);
+        wr(t, REG_STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        for sel in 0..2 {
+            wr(t, REG_DRIVER_FEATURES_SEL, sel);
+            wr(t, REG_DRIVER_FEATURES, (features >> (32 * sel)) as u32);
+        }
+        wr(
+            t,
+            REG_STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+    }
+
+    /// Sets up queue `q` of size 16 at valid addresses and marks it ready.
+    fn setup_queue(t: &mut MmioTransport, q: u32) {
+        let base = 0x1000 * (q + 1);
+        wr(t, REG_QUEUE_SEL, q);
+        wr(t, REG_QUEUE_NUM, 16);
+        wr(t, REG_QUEUE_DESC_LOW, base);
+        wr(t, REG_QUEUE_DRIVER_LOW, base + 0x100);
+        wr(t, REG_QUEUE_DEVICE_LOW, base + 0x200);
+        wr(t, REG_QUEUE_READY, 1);
+    }
+
+    const ALL_OK: u32 =
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+
+    #[test]
+    fn identity_registers_and_config_space() {
+        let mut x = transport();
+        assert_eq!(rd(&mut x.t, REG_MAGIC), MAGIC);
+        assert_eq!(rd(&mut x.t, REG_VERSION), 2);
+        assert_eq!(rd(&mut x.t, REG_DEVICE_ID), 42);
+        wr(&mut x.t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut x.t, REG_DEVICE_FEATURES), 1);
+        wr(&mut x.t, REG_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&mut x.t, REG_DEVICE_FEATURES), 1 << 3);
+        let mut c = [0u8; 2];
+        x.t.read(CONFIG_SPACE + 2, &mut c);
+        assert_eq!(c, [3, 4]);
+        // Unaligned or narrow register accesses read zero and change nothing.
+        let mut b = [0xffu8; 2];
+        x.t.read(REG_MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+        x.t.write(REG_STATUS, &[1]);
+        assert_eq!(rd(&mut x.t, REG_STATUS), 0);
+    }
+
+    #[test]
+    fn full_negotiation_activates_once() {
+        let mut x = transport();
+        negotiate(&mut x.t, VIRTIO_F_VERSION_1);
+        assert_ne!(rd(&mut x.t, REG_STATUS) & status::FEATURES_OK, 0);
+        setup_queue(&mut x.t, 0);
+        setup_queue(&mut x.t, 1);
+        wr(&mut x.t, REG_STATUS, ALL_OK);
+        assert_eq!(rd(&mut x.t, REG_STATUS), ALL_OK);
+        assert_eq!(x.activations.load(Ordering::SeqCst), 1);
+        // Queue registers are frozen now.
+        wr(&mut x.t, REG_QUEUE_SEL, 0);
+        wr(&mut x.t, REG_QUEUE_NUM, 4);
+        wr(&mut x.t, REG_QUEUE_READY, 0);
+        assert_eq!(rd(&mut x.t, REG_QUEUE_READY), 1);
+        // Reset: the device is told, everything is back to the start.
+        wr(&mut x.t, REG_STATUS, 0);
+        assert_eq!(x.resets.load(Ordering::SeqCst), 1);
+        assert_eq!(rd(&mut x.t, REG_STATUS), 0);
+        assert_eq!(rd(&mut x.t, REG_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn features_ok_needs_version_1_and_offered_bits_only() {
+        let mut x = transport();
+        negotiate(&mut x.t, 1 << 3); // no VERSION_1: legacy drivers are not served
+        assert_eq!(rd(&mut x.t, REG_STATUS) & status::FEATURES_OK, 0);
+        wr(&mut x.t, REG_STATUS, 0);
+        negotiate(&mut x.t, VIRTIO_F_VERSION_1 | 1 << 7); // a bit never offered
+        assert_eq!(rd(&mut x.t, REG_STATUS) & status::FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn out_of_order_status_is_ignored() {
+        let mut x = transport();
+        wr(&mut x.t, REG_STATUS, status::DRIVER); // DRIVER before ACKNOWLEDGE
+        assert_eq!(rd(&mut x.t, REG_STATUS), 0);
+        wr(
+            &mut x.t,
+            REG_STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+        );
+        assert_eq!(rd(&mut x.t, REG_STATUS), 0);
+        // Queue setup before FEATURES_OK is ignored.
+        setup_queue(&mut x.t, 0);
+        assert_eq!(rd(&mut x.t, REG_QUEUE_READY), 0);
+        assert_eq!(x.activations.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn broken_queue_at_driver_ok_needs_reset() {
+        let mut x = transport();
+        negotiate(&mut x.t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut x.t, 0);
+        // Queue 1: rings outside guest memory.
+        wr(&mut x.t, REG_QUEUE_SEL, 1);
+        wr(&mut x.t, REG_QUEUE_NUM, 16);
+        wr(&mut x.t, REG_QUEUE_DESC_HIGH, 1);
+        wr(&mut x.t, REG_QUEUE_READY, 1);
+        wr(&mut x.t, REG_STATUS, ALL_OK);
+        assert_ne!(rd(&mut x.t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(x.activations.load(Ordering::SeqCst), 0);
+        assert_eq!(rd(&mut x.t, REG_INTERRUPT_STATUS), INT_CONFIG_CHANGE);
+        assert!(x.irq.read().is_ok(), "the driver is told");
+        wr(&mut x.t, REG_INTERRUPT_ACK, INT_CONFIG_CHANGE);
+        assert_eq!(rd(&mut x.t, REG_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn device_that_gives_up_marks_needs_reset() {
+        let mut x = transport();
+        negotiate(&mut x.t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut x.t, 0);
+        setup_queue(&mut x.t, 1);
+        wr(&mut x.t, REG_STATUS, ALL_OK);
+        x.t.process_queue(0); // the probe reports a broken queue
+        assert_ne!(rd(&mut x.t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn notify_without_ioeventfd_signals_the_queue() {
+        let mut x = transport();
+        wr(&mut x.t, REG_QUEUE_NOTIFY, 1);
+        assert_eq!(x.t.queue_evts()[1].read().unwrap(), 1);
+        wr(&mut x.t, REG_QUEUE_NOTIFY, 99); // no such queue: ignored
+        x.t.set_ioeventfd(true);
+        wr(&mut x.t, REG_QUEUE_NOTIFY, 1); // KVM does it then
+        assert!(x.t.queue_evts()[1].read().is_err());
+    }
+}
