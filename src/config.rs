@@ -18,6 +18,38 @@ pub struct DiskConfig {
     pub serial: Option<String>,
 }
 
+/// A network interface: a virtio-net device on an existing TAP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    /// None: a stable MAC derived from the TAP's name.
+    pub mac: Option<crate::devices::virtio::net::Mac>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut tap, mut mac) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+                Some(("mac", m)) => mac = Some(m.parse()?),
+                _ => {
+                    return Err(format!(
+                        "unknown net option '{part}' (expected tap=NAME, mac=XX:XX:XX:XX:XX:XX)"
+                    ));
+                }
+            }
+        }
+        Ok(NetConfig {
+            tap: tap.ok_or("missing tap=NAME")?,
+            mac,
+        })
+    }
+}
+
 /// At most this many virtio devices: one IOAPIC pin each, from IRQ 5 to IRQ 23.
 pub const MAX_VIRTIO_DEVICES: usize = 19;
 /// virtio-blk's GET_ID answer is 20 bytes.
@@ -81,6 +113,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The first disk is the root filesystem (`root=/dev/vda` on the command line).
     pub root_on_first_disk: bool,
+    /// Network interfaces in guest order (eth0, eth1, ...).
+    pub nets: Vec<NetConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -93,8 +127,10 @@ pub enum ConfigError {
     NoMemory,
     #[error("--memory {requested} MiB is more than this host's {host} MiB of RAM")]
     TooMuchMemory { requested: u64, host: u64 },
-    #[error("{count} disks: flint attaches at most {max}")]
-    TooManyDisks { count: usize, max: usize },
+    #[error("{count} disks and network interfaces: flint attaches at most {max}")]
+    TooManyDevices { count: usize, max: usize },
+    #[error("TAP '{0}' is given to more than one --net")]
+    SharedTap(String),
     #[error(
         "{path} is attached more than once and at least once writable: the guest would corrupt it"
     )]
@@ -183,11 +219,17 @@ impl VmConfig {
 
     fn validate_disks(&self) -> Result<(), ConfigError> {
         use std::os::unix::fs::MetadataExt;
-        if self.disks.len() > MAX_VIRTIO_DEVICES {
-            return Err(ConfigError::TooManyDisks {
-                count: self.disks.len(),
+        let count = self.disks.len() + self.nets.len();
+        if count > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices {
+                count,
                 max: MAX_VIRTIO_DEVICES,
             });
+        }
+        for (i, n) in self.nets.iter().enumerate() {
+            if self.nets[..i].iter().any(|m| m.tap == n.tap) {
+                return Err(ConfigError::SharedTap(n.tap.clone()));
+            }
         }
         let mut seen: Vec<((u64, u64), bool)> = Vec::new();
         for (i, d) in self.disks.iter().enumerate() {
@@ -230,7 +272,33 @@ mod tests {
             boot_timer: false,
             disks: vec![],
             root_on_first_disk: false,
+            nets: vec![],
         }
+    }
+
+    #[test]
+    fn net_option_syntax_and_duplicates() {
+        let n: NetConfig = "tap=tap0,mac=52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac.unwrap().to_string(), "52:54:00:12:34:56");
+        assert!("tap=tap0".parse::<NetConfig>().unwrap().mac.is_none());
+        assert!("mac=52:54:00:12:34:56"
+            .parse::<NetConfig>()
+            .unwrap_err()
+            .contains("missing tap"));
+        assert!("tap=t,mac=zz"
+            .parse::<NetConfig>()
+            .unwrap_err()
+            .contains("not a MAC"));
+        assert!("tap=t,speed=10"
+            .parse::<NetConfig>()
+            .unwrap_err()
+            .contains("unknown net option"));
+        let c = VmConfig {
+            nets: vec!["tap=a".parse().unwrap(), "tap=a".parse().unwrap()],
+            ..cfg()
+        };
+        assert_eq!(c.validate(4), Err(ConfigError::SharedTap("a".into())));
     }
 
     #[test]
@@ -298,7 +366,7 @@ mod tests {
         };
         assert!(matches!(
             c.validate(4),
-            Err(ConfigError::TooManyDisks { .. })
+            Err(ConfigError::TooManyDevices { .. })
         ));
     }
 

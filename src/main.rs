@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use flint::config::{self, DiskConfig, VmConfig};
+use flint::config::{self, DiskConfig, NetConfig, VmConfig};
 use flint::exit::ExitReason;
 use flint::terminal::RawTerminal;
 use flint::vmm::{self, Vmm};
@@ -68,6 +68,11 @@ struct RunArgs {
     /// disk; `serial` (up to 20 characters) is what the guest reads as its ID. Repeatable.
     #[arg(long, value_name = "path=FILE[,ro][,serial=ID]")]
     disk: Vec<DiskConfig>,
+    /// A network interface on an existing TAP device: `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`. The
+    /// guest sees virtio-net interfaces eth0, eth1, ... in order; without `mac=` flint picks a
+    /// stable locally administered MAC from the TAP's name. Repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<NetConfig>,
     /// Print the time from flint's start to the guest init's boot-timer write (one byte, value
     /// 123, to guest physical address 0xd0000000 — Firecracker's boot timer) on stderr, as
     /// "flint: guest booted in N us".
@@ -98,6 +103,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
         boot_timer: args.boot_timer,
         root_on_first_disk: args.rootfs.is_some(),
         disks: args.rootfs.into_iter().chain(args.disk).collect(),
+        nets: args.net,
     };
     let vmm = Vmm::build(&config, vmm::stdio_console(), start)?;
     // Raw mode only once the VM is built, and restored when `_raw` drops on every return.

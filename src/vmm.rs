@@ -25,7 +25,8 @@ use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialDevice, SerialOut};
 use crate::devices::virtio::block::{Block, DiskError, DiskImage};
 use crate::devices::virtio::mmio::{MmioTransport, QueueEvents, TransportError, REG_QUEUE_NOTIFY};
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::net::{Mac, Net, Tap, TapError};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::{block_stop_signals, ConsoleInput, Control};
 use crate::exit::{ExitEvent, ExitReason};
 use crate::kvm::{self, KvmError};
@@ -73,6 +74,8 @@ pub enum VmmError {
     Disk(&'static str, #[source] DiskError),
     #[error("setting up a virtio device failed: {0}")]
     Transport(#[from] TransportError),
+    #[error("--net: {0}")]
+    Tap(#[from] TapError),
     #[error("registering a virtio queue notification with KVM (KVM_IOEVENTFD) failed: {0}")]
     IoEvent(#[source] kvm_ioctls::Error),
 }
@@ -165,10 +168,11 @@ impl Vmm {
         let ioeventfd = use_fast_path(&kvm, Cap::Ioeventfd, "IOEVENTFD");
 
         // virtio-mmio devices: one 4 KiB window after the boot timer's and one IOAPIC pin each,
-        // announced to the kernel on its command line.
+        // announced to the kernel on its command line. Disks first (vda, vdb, ...), then NICs.
         let mut mmio = Bus::new();
         let mut boot_args = Vec::new();
         let mut virtio = Vec::new();
+        let mut devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
             let what = if i == 0 && config.root_on_first_disk {
                 "--rootfs"
@@ -181,14 +185,22 @@ impl Vmm {
                 .serial
                 .clone()
                 .unwrap_or_else(|| format!("flint-vd{}", (b'a' + i as u8) as char));
+            devices.push(("a disk", Box::new(Block::new(image, &serial))));
+        }
+        for net in &config.nets {
+            let tap = Tap::open(&net.tap)?;
+            let mac = net.mac.unwrap_or_else(|| Mac::for_tap(&net.tap));
+            devices.push((
+                "a network interface",
+                Box::new(Net::new(Box::new(tap), mac)),
+            ));
+        }
+        for (i, (what, device)) in devices.into_iter().enumerate() {
             let base = layout::MMIO_DEVICES_START + (i as u64 + 1) * layout::MMIO_DEVICE_WINDOW;
             let gsi = layout::IRQ_DEVICES_START + i as u32;
-            let line = IrqLine::new(&vm, gsi, irqfd).map_err(|e| VmmError::Irq("a disk", e))?;
-            let mut transport = MmioTransport::new(
-                Box::new(Block::new(image, &serial)),
-                mem.clone(),
-                Arc::new(Interrupt::new(line)),
-            )?;
+            let line = IrqLine::new(&vm, gsi, irqfd).map_err(|e| VmmError::Irq(what, e))?;
+            let mut transport =
+                MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(line)))?;
             if ioeventfd {
                 for (q, evt) in transport.queue_evts().iter().enumerate() {
                     let addr = IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY);

@@ -166,3 +166,62 @@ fn help_documents_every_option() {
     assert_eq!(r.code, Some(0));
     assert!(r.stdout.contains("run"));
 }
+
+#[test]
+fn net_errors() {
+    fails_with(
+        &["run", "--kernel", &hello(), "--net", "tap=flintnosuch0"],
+        "there is no network interface 'flintnosuch0'",
+    );
+    fails_with(
+        &["run", "--kernel", &hello(), "--net", "tap=lo"],
+        "is not a TAP device",
+    );
+    fails_with(
+        &[
+            "run",
+            "--kernel",
+            &hello(),
+            "--net",
+            "tap=x",
+            "--net",
+            "tap=x",
+        ],
+        "given to more than one --net",
+    );
+    let r = run(&[
+        "run",
+        "--kernel",
+        &hello(),
+        "--net",
+        "tap=t,mac=52:54:00:12:34",
+    ]);
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("not a MAC address"), "{}", r.stderr);
+}
+
+#[test]
+fn attaches_to_a_real_tap() {
+    // Needs CAP_NET_ADMIN to create one (CI and the lab run as root).
+    let name = format!("flt{}", std::process::id() % 100_000);
+    let created = std::process::Command::new("ip")
+        .args(["tuntap", "add", "dev", &name, "mode", "tap"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !created {
+        eprintln!("cannot create a TAP here (not root?): skipping the positive case");
+        return;
+    }
+    let r = run(&["run", "--kernel", &hello(), "--net", &format!("tap={name}")]);
+    let _ = std::process::Command::new("ip")
+        .args(["tuntap", "del", "dev", &name, "mode", "tap"])
+        .status();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("flint-fw: bye"));
+    // The device is announced on the guest's command line after the boot timer's window.
+    assert!(
+        r.stdout.contains("virtio_mmio.device=4K@0xd0001000:5"),
+        "{}",
+        r.stdout
+    );
+}

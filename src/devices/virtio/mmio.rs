@@ -212,14 +212,35 @@ impl MmioTransport {
             interrupt: self.interrupt.clone(),
         });
         self.active = true;
+        // Wake the event loop so that it starts watching the device's backend (and serves
+        // anything the driver queued before DRIVER_OK).
+        for evt in &self.queue_evts {
+            let _ = evt.write(1);
+        }
+    }
+
+    fn serving(&self) -> bool {
+        self.active && self.status & status::DEVICE_NEEDS_RESET == 0
+    }
+
+    pub fn backend_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.device.backend_fds()
+    }
+
+    pub fn process_backend(&mut self, index: usize) {
+        if self.serving() && !self.device.process_backend(index) {
+            self.needs_reset();
+        }
+    }
+
+    /// Watch backend `index` only while the device is serving and wants input.
+    pub fn backend_wanted(&self, index: usize) -> bool {
+        self.serving() && self.device.backend_wanted(index)
     }
 
     /// Called by the event loop when queue `index` was notified.
     pub fn process_queue(&mut self, index: usize) {
-        if self.active
-            && self.status & status::DEVICE_NEEDS_RESET == 0
-            && !self.device.process_queue(index)
-        {
+        if self.serving() && !self.device.process_queue(index) {
             self.needs_reset();
         }
     }
@@ -321,21 +342,52 @@ impl BusDevice for MmioTransport {
     }
 }
 
-/// Watches a transport's queue eventfds and runs the device's queue processing on the event
-/// loop thread.
+/// Watches a transport's queue eventfds and its device's backend descriptors, and runs the
+/// device's work for them on the event loop thread.
 pub struct QueueEvents {
     transport: Arc<Mutex<MmioTransport>>,
     evts: Vec<EventFd>,
+    backends: Vec<std::os::fd::RawFd>,
+    watching: Vec<bool>,
 }
+
+/// Event data for backend descriptor `i` is `BACKEND_TAG + i`; queue `i` is `i`.
+const BACKEND_TAG: u32 = 1 << 16;
 
 impl QueueEvents {
     pub fn new(transport: Arc<Mutex<MmioTransport>>) -> std::io::Result<Self> {
-        let evts = lock(&transport)
-            .queue_evts()
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(QueueEvents { transport, evts })
+        let (evts, backends) = {
+            let t = lock(&transport);
+            let evts = t
+                .queue_evts()
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            (evts, t.backend_fds())
+        };
+        let watching = vec![false; backends.len()];
+        Ok(QueueEvents {
+            transport,
+            evts,
+            backends,
+            watching,
+        })
+    }
+
+    /// Starts or stops watching each backend as the device wants.
+    fn sync_backends(&mut self, ops: &mut EventOps) {
+        let t = lock(&self.transport);
+        for (i, &fd) in self.backends.iter().enumerate() {
+            let wanted = t.backend_wanted(i);
+            if wanted == self.watching[i] {
+                continue;
+            }
+            let ev = Events::with_data_raw(fd, BACKEND_TAG + i as u32, EventSet::IN);
+            let ok = if wanted { ops.add(ev) } else { ops.remove(ev) };
+            if ok.is_ok() {
+                self.watching[i] = wanted;
+            }
+        }
     }
 }
 
@@ -348,14 +400,18 @@ impl MutEventSubscriber for QueueEvents {
                 eprintln!("flint: cannot watch virtio queue {i}: {e:?}");
             }
         }
+        self.sync_backends(ops);
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let index = events.data() as usize;
-        if let Some(evt) = self.evts.get(index) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let data = events.data();
+        if data >= BACKEND_TAG {
+            lock(&self.transport).process_backend((data - BACKEND_TAG) as usize);
+        } else if let Some(evt) = self.evts.get(data as usize) {
             let _ = evt.read();
-            lock(&self.transport).process_queue(index);
+            lock(&self.transport).process_queue(data as usize);
         }
+        self.sync_backends(ops);
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod block;
 pub mod mmio;
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -89,6 +90,19 @@ pub trait VirtioDevice: Send {
     /// Queue `index` was notified; process what the driver made available. Returns false when
     /// the device found the driver's queue state broken and needs a reset.
     fn process_queue(&mut self, index: usize) -> bool;
+    /// Host-side descriptors the event loop watches for this device (a TAP, say).
+    fn backend_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Backend descriptor `index` is readable. Returns false as `process_queue` does.
+    fn process_backend(&mut self, _index: usize) -> bool {
+        true
+    }
+    /// Whether to watch backend descriptor `index` now: a device that cannot take more input
+    /// (no guest buffers) says no, instead of dropping it or spinning on it.
+    fn backend_wanted(&self, _index: usize) -> bool {
+        true
+    }
 }
 
 /// Reads `data.len()` bytes at `offset` from a config-space byte image; out of range reads 0.
@@ -102,3 +116,7 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
         data[..n].copy_from_slice(&src[..n]);
     }
 }
+pub mod net;
+
+#[cfg(test)]
+pub mod testing;

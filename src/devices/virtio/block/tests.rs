@@ -4,14 +4,12 @@
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::irq::IrqLine;
+use crate::devices::virtio::testing::TestQueue;
 use crate::devices::virtio::{ActivateContext, Interrupt, VirtioDevice};
 
 const MEM_SIZE: usize = 4 << 20;
@@ -23,15 +21,10 @@ const W: u16 = VRING_DESC_F_WRITE as u16;
 
 struct Harness {
     mem: GuestMemoryMmap,
-    // Ring addresses, taken once from the mock: building a mock re-initialises the rings.
-    desc: GuestAddress,
-    avail: GuestAddress,
-    used: GuestAddress,
+    q: TestQueue,
     path: std::path::PathBuf,
     block: Block,
     irq: EventFd,
-    next_desc: u16,
-    next_avail: u16,
 }
 
 impl Harness {
@@ -43,9 +36,7 @@ impl Harness {
         std::fs::write(&path, image).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let mut block = Block::new(DiskImage::open(&path, read_only).unwrap(), "test-serial");
-        let mock = MockSplitQueue::new(&mem, QSIZE);
-        let queue: Queue = mock.create_queue().unwrap();
-        let (desc, avail, used) = (mock.desc_table_addr(), mock.avail_addr(), mock.used_addr());
+        let (q, queue) = TestQueue::new(&mem, GuestAddress(0), QSIZE);
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let features = block.features();
         block.activate(ActivateContext {
@@ -56,77 +47,34 @@ impl Harness {
         });
         Harness {
             mem,
-            desc,
-            avail,
-            used,
+            q,
             path,
             block,
             irq,
-            next_desc: 0,
-            next_avail: 0,
         }
     }
 
-    /// Puts raw descriptors (addr, len, flags, next) in the table; returns the first's index.
     fn put_raw(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
-        let head = self.next_desc;
-        assert!(
-            head as usize + descs.len() <= QSIZE as usize,
-            "descriptor table full"
-        );
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            let at = self.desc.unchecked_add(16 * (head as u64 + i as u64));
-            self.mem.write_obj(d, at).unwrap();
-        }
-        self.next_desc += descs.len() as u16;
-        head
-    }
-
-    fn set_avail_idx(&self, idx: u16) {
-        self.mem
-            .write_obj(idx, self.avail.unchecked_add(2))
-            .unwrap();
-    }
-
-    fn used_idx(&self) -> u16 {
-        self.mem.read_obj(self.used.unchecked_add(2)).unwrap()
+        self.q.put_raw(&self.mem, descs)
     }
 
     /// Makes `head` available, runs the device, returns the used ring entry's length.
     fn run(&mut self, head: u16) -> u32 {
-        let slot = (self.next_avail % QSIZE) as u64;
-        self.mem
-            .write_obj(head, self.avail.unchecked_add(4 + 2 * slot))
-            .unwrap();
-        self.next_avail += 1;
-        self.set_avail_idx(self.next_avail);
+        self.q.make_available(&self.mem, head);
         assert!(self.block.process_queue(0), "device must not need a reset");
-        assert_eq!(self.used_idx(), self.next_avail, "request completed");
+        let n = self.q.made_available();
+        assert_eq!(self.q.used_idx(&self.mem), n, "request completed");
         // Completed requests give their descriptors back.
-        self.next_desc = 0;
-        let elem = self.used.unchecked_add(4 + 8 * slot);
-        let id: u32 = self.mem.read_obj(elem).unwrap();
+        self.q.recycle();
+        let (id, len) = self.q.used(&self.mem, n - 1);
         assert_eq!(id, head as u32);
-        self.mem.read_obj(elem.unchecked_add(4)).unwrap()
+        len
     }
 
     /// Submits a chain (addr, len, flags) with NEXT links filled in; returns (used len, status).
     fn submit(&mut self, descs: &[(u64, u32, u16)]) -> (u32, u8) {
-        let base = self.next_desc;
-        let raw: Vec<_> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(a, l, f))| {
-                if i + 1 < descs.len() {
-                    (a, l, f | VRING_DESC_F_NEXT as u16, base + i as u16 + 1)
-                } else {
-                    (a, l, f, 0)
-                }
-            })
-            .collect();
         self.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
-        let head = self.put_raw(&raw);
+        let head = self.q.put_chain(&self.mem, descs);
         let len = self.run(head);
         (len, self.mem.read_obj(GuestAddress(STATUS)).unwrap())
     }
@@ -268,10 +216,7 @@ fn addresses_outside_guest_memory() {
         VIRTIO_BLK_S_IOERR
     );
     // Status outside RAM: no status can be written; the chain completes with nothing written.
-    let head = h.put_raw(&[
-        (HDR, 16, VRING_DESC_F_NEXT as u16, h.next_desc + 1),
-        (outside, 1, W, 0),
-    ]);
+    let head = h.put_raw(&[(HDR, 16, VRING_DESC_F_NEXT as u16, 1), (outside, 1, W, 0)]);
     assert_eq!(h.run(head), 0);
     assert_eq!(h.block.stats().dropped_chains, 1);
 }
@@ -294,8 +239,7 @@ fn looping_chain_terminates() {
     h.header(VIRTIO_BLK_T_IN, 0);
     let n = VRING_DESC_F_NEXT as u16;
     // 0 -> 1 -> 0 -> ...: the walk is bounded by the queue size; no hang, no panic.
-    let base = h.next_desc;
-    let head = h.put_raw(&[(HDR, 16, n, base + 1), (DATA, 512, W | n, base)]);
+    let head = h.put_raw(&[(HDR, 16, n, 1), (DATA, 512, W | n, 0)]);
     let len = h.run(head);
     assert!(len <= 1, "completed with at most a status byte, got {len}");
     // A `next` index beyond the table.
@@ -380,7 +324,7 @@ fn discard_and_write_zeroes() {
 fn bogus_avail_index_needs_reset() {
     let mut h = Harness::new("avail", 8, false);
     // More entries "available" than the queue holds: a broken or hostile driver.
-    h.set_avail_idx(QSIZE + 5);
+    h.q.set_avail_idx(&h.mem, QSIZE + 5);
     assert!(!h.block.process_queue(0));
 }
 

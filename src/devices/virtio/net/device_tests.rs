@@ -1,0 +1,278 @@
+//! The net device with its queues in guest memory and a SOCK_SEQPACKET socket pair standing in
+//! for the TAP (it keeps frame boundaries): frames both ways, mergeable buffers, waiting for
+//! buffers, and malformed chains from a hostile guest.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::*;
+use crate::devices::irq::IrqLine;
+use crate::devices::virtio::testing::TestQueue;
+use crate::devices::virtio::{ActivateContext, Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX};
+
+const MEM_SIZE: usize = 4 << 20;
+const QSIZE: u16 = 16;
+const W: u16 = VRING_DESC_F_WRITE as u16;
+const RXBUF: u64 = 0x10_0000;
+const TXBUF: u64 = 0x20_0000;
+
+struct Pair(OwnedFd);
+
+impl Backend for Pair {
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+    fn supports_offloads(&self) -> bool {
+        false
+    }
+    fn set_offload(&self, _: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Harness {
+    mem: GuestMemoryMmap,
+    rx: TestQueue,
+    tx: TestQueue,
+    net: Net,
+    /// The "host" end of the link.
+    peer: OwnedFd,
+    irq: EventFd,
+}
+
+fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new descriptors into `fds`.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+impl Harness {
+    fn new(features: u64) -> Harness {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let (dev_end, peer) = seqpacket_pair();
+        let mut net = Net::new(Box::new(Pair(dev_end)), Mac([6, 1, 2, 3, 4, 5]));
+        let (rx, rxq) = TestQueue::new(&mem, GuestAddress(0), QSIZE);
+        let (tx, txq) = TestQueue::new(&mem, GuestAddress(0x8000), QSIZE);
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        net.activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![rxq, txq],
+            acked_features: net.features() & features,
+            interrupt: Arc::new(Interrupt::new(IrqLine::Fd(irq.try_clone().unwrap()))),
+        });
+        Harness {
+            mem,
+            rx,
+            tx,
+            net,
+            peer,
+            irq,
+        }
+    }
+
+    /// The host sends a frame (header + payload) to the guest.
+    fn host_sends(&self, frame: &[u8]) {
+        // SAFETY: sends from a valid buffer on our socket.
+        let n = unsafe { libc::send(self.peer.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(n, frame.len() as isize);
+    }
+
+    /// What the host received, if anything.
+    fn host_receives(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; MAX_FRAME_LEN + 100];
+        // SAFETY: receives into our own buffer.
+        let n = unsafe { libc::recv(self.peer.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n >= 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
+    }
+
+    /// The guest posts one RX chain of writable buffers (addr, len).
+    fn post_rx(&mut self, bufs: &[(u64, u32)]) -> u16 {
+        let descs: Vec<_> = bufs.iter().map(|&(a, l)| (a, l, W)).collect();
+        let head = self.rx.put_chain(&self.mem, &descs);
+        self.rx.make_available(&self.mem, head);
+        head
+    }
+
+    /// The guest queues a TX chain (addr, len, flags) and kicks TX.
+    fn guest_sends(&mut self, descs: &[(u64, u32, u16)]) {
+        let head = self.tx.put_chain(&self.mem, descs);
+        self.tx.make_available(&self.mem, head);
+        assert!(self.net.process_queue(1));
+        self.tx.recycle();
+    }
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend_from_slice(payload);
+    f
+}
+
+const ALL: u64 = u64::MAX;
+
+#[test]
+fn transmit_reaches_the_host_intact() {
+    let mut h = Harness::new(ALL);
+    let f = frame(b"hello, host");
+    h.mem
+        .write_slice(&f[..VNET_HDR_LEN], GuestAddress(TXBUF))
+        .unwrap();
+    h.mem
+        .write_slice(&f[VNET_HDR_LEN..], GuestAddress(TXBUF + 0x1000))
+        .unwrap();
+    h.guest_sends(&[(TXBUF, VNET_HDR_LEN as u32, 0), (TXBUF + 0x1000, 11, 0)]);
+    assert_eq!(h.host_receives().unwrap(), f);
+    assert_eq!(h.tx.used_idx(&h.mem), 1);
+    assert_eq!(h.tx.used(&h.mem, 0), (0, 0));
+    assert_eq!(h.net.stats().tx_frames, 1);
+    assert!(h.irq.read().is_ok());
+}
+
+#[test]
+fn malformed_tx_chains_are_dropped_and_counted() {
+    let mut h = Harness::new(ALL);
+    let outside = MEM_SIZE as u64;
+    let bad: [&[(u64, u32, u16)]; 4] = [
+        &[(TXBUF, 100, W)],                      // device-writable: not a frame to send
+        &[(TXBUF, 8, 0)],                        // shorter than the header
+        &[(outside - 10, 100, 0)],               // runs out of guest memory
+        &[(TXBUF, 65536, 0), (TXBUF, 65536, 0)], // larger than any frame
+    ];
+    for chain in bad {
+        h.guest_sends(chain);
+        assert!(h.host_receives().is_none(), "{chain:?} must not be sent");
+    }
+    assert_eq!(h.net.stats().tx_dropped, 4);
+    // Every chain still comes back to the guest.
+    assert_eq!(h.tx.used_idx(&h.mem), 4);
+}
+
+#[test]
+fn receive_into_one_buffer() {
+    let mut h = Harness::new(ALL);
+    h.post_rx(&[(RXBUF, 2048)]);
+    let f = frame(b"hello, guest");
+    h.host_sends(&f);
+    assert!(h.net.process_backend(0));
+    assert_eq!(h.rx.used(&h.mem, 0), (0, f.len() as u32));
+    let mut got = vec![0u8; f.len()];
+    h.mem.read_slice(&mut got, GuestAddress(RXBUF)).unwrap();
+    assert_eq!(&got[VNET_HDR_LEN..], b"hello, guest");
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+    assert!(h.irq.read().is_ok());
+}
+
+#[test]
+fn mergeable_buffers_carry_a_large_frame() {
+    let mut h = Harness::new(ALL);
+    for i in 0..3 {
+        h.post_rx(&[(RXBUF + i * 0x1000, 1500)]);
+    }
+    let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    let f = frame(&payload);
+    h.host_sends(&f);
+    assert!(h.net.process_backend(0));
+    assert_eq!(h.rx.used_idx(&h.mem), 3);
+    let lens: Vec<u32> = (0..3).map(|i| h.rx.used(&h.mem, i).1).collect();
+    assert_eq!(lens, vec![1500, 1500, f.len() as u32 - 3000]);
+    let mut got = Vec::new();
+    for (i, len) in lens.iter().enumerate() {
+        let mut part = vec![0u8; *len as usize];
+        h.mem
+            .read_slice(&mut part, GuestAddress(RXBUF + i as u64 * 0x1000))
+            .unwrap();
+        got.extend(part);
+    }
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
+    assert_eq!(&got[VNET_HDR_LEN..], &payload[..]);
+}
+
+#[test]
+fn rx_waits_for_guest_buffers_without_dropping() {
+    let mut h = Harness::new(ALL);
+    h.host_sends(&frame(b"first"));
+    h.host_sends(&frame(b"second"));
+    assert!(h.net.process_backend(0));
+    // No buffers: the frame is held and the backend is no longer watched.
+    assert!(!h.net.backend_wanted(0));
+    assert_eq!(h.rx.used_idx(&h.mem), 0);
+    assert_eq!(h.net.stats().rx_dropped, 0);
+    // The guest adds buffers and kicks RX: both frames arrive, in order.
+    h.post_rx(&[(RXBUF, 2048)]);
+    h.post_rx(&[(RXBUF + 0x1000, 2048)]);
+    assert!(h.net.process_queue(0));
+    assert!(h.net.backend_wanted(0));
+    assert_eq!(h.rx.used_idx(&h.mem), 2);
+    let mut second = [0u8; 6];
+    h.mem
+        .read_slice(
+            &mut second,
+            GuestAddress(RXBUF + 0x1000 + VNET_HDR_LEN as u64),
+        )
+        .unwrap();
+    assert_eq!(&second, b"second");
+    assert_eq!(h.net.stats().rx_frames, 2);
+}
+
+#[test]
+fn too_small_buffer_without_mergeable_drops_the_frame() {
+    let mut h = Harness::new(ALL & !VIRTIO_NET_F_MRG_RXBUF & !VIRTIO_RING_F_EVENT_IDX);
+    h.post_rx(&[(RXBUF, 64)]);
+    h.host_sends(&frame(&[7u8; 200]));
+    assert!(h.net.process_backend(0));
+    assert_eq!(h.rx.used(&h.mem, 0), (0, 0), "buffer returned unused");
+    assert_eq!(h.net.stats().rx_dropped, 1);
+    assert!(h.net.backend_wanted(0), "not stuck on the dropped frame");
+}
+
+#[test]
+fn bad_rx_buffers_do_not_hurt_the_host() {
+    let mut h = Harness::new(ALL);
+    // A chain with no writable buffer is handed back empty; the frame goes to the next chain.
+    let head = h.rx.put_chain(&h.mem, &[(RXBUF, 2048, 0)]);
+    h.rx.make_available(&h.mem, head);
+    h.post_rx(&[(RXBUF + 0x1000, 2048)]);
+    h.host_sends(&frame(b"x"));
+    assert!(h.net.process_backend(0));
+    assert_eq!(h.rx.used(&h.mem, 0), (0, 0));
+    assert_eq!(h.rx.used(&h.mem, 1).1, VNET_HDR_LEN as u32 + 1);
+    // A buffer outside guest memory: the frame is dropped, the buffer returned unused.
+    h.rx.recycle();
+    h.post_rx(&[(MEM_SIZE as u64 - 4, 2048)]);
+    h.host_sends(&frame(b"y"));
+    assert!(h.net.process_backend(0));
+    assert_eq!(h.rx.used(&h.mem, 2).1, 0);
+    assert_eq!(h.net.stats().rx_dropped, 1);
+}
+
+#[test]
+fn config_space_has_mac_and_link_up() {
+    let h = Harness::new(ALL);
+    let mut c = [0u8; 8];
+    h.net.read_config(0, &mut c);
+    assert_eq!(&c[..6], &[6, 1, 2, 3, 4, 5]);
+    assert_eq!(u16::from_le_bytes([c[6], c[7]]), VIRTIO_NET_S_LINK_UP);
+    assert_ne!(h.net.features() & VIRTIO_NET_F_MAC, 0);
+    assert_eq!(
+        h.net.features() & VIRTIO_NET_F_HOST_TSO4,
+        0,
+        "no offloads on this backend"
+    );
+}

@@ -1,0 +1,102 @@
+//! Test support: a split virtqueue in guest memory that tests drive like a guest driver would.
+
+use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+pub struct TestQueue {
+    // Ring addresses, taken once from the mock: building a mock re-initialises the rings.
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    size: u16,
+    next_desc: u16,
+    next_avail: u16,
+}
+
+impl TestQueue {
+    /// A queue of `size` entries at `base`, and the device-side `Queue` for it.
+    pub fn new(mem: &GuestMemoryMmap, base: GuestAddress, size: u16) -> (TestQueue, Queue) {
+        let mock = MockSplitQueue::create(mem, base, size);
+        let queue = mock.create_queue().unwrap();
+        let tq = TestQueue {
+            desc: mock.desc_table_addr(),
+            avail: mock.avail_addr(),
+            used: mock.used_addr(),
+            size,
+            next_desc: 0,
+            next_avail: 0,
+        };
+        (tq, queue)
+    }
+
+    /// Puts raw descriptors (addr, len, flags, next) in the table; returns the first's index.
+    pub fn put_raw(&mut self, mem: &GuestMemoryMmap, descs: &[(u64, u32, u16, u16)]) -> u16 {
+        let head = self.next_desc;
+        assert!(
+            head as usize + descs.len() <= self.size as usize,
+            "descriptor table full"
+        );
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+            let at = self.desc.unchecked_add(16 * (head as u64 + i as u64));
+            mem.write_obj(d, at).unwrap();
+        }
+        self.next_desc += descs.len() as u16;
+        head
+    }
+
+    /// Puts a chain (addr, len, flags) with its NEXT links filled in; returns its head.
+    pub fn put_chain(&mut self, mem: &GuestMemoryMmap, descs: &[(u64, u32, u16)]) -> u16 {
+        let base = self.next_desc;
+        let raw: Vec<_> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(a, l, f))| {
+                if i + 1 < descs.len() {
+                    (a, l, f | VRING_DESC_F_NEXT as u16, base + i as u16 + 1)
+                } else {
+                    (a, l, f, 0)
+                }
+            })
+            .collect();
+        self.put_raw(mem, &raw)
+    }
+
+    /// Makes the chain at `head` available to the device.
+    pub fn make_available(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        let slot = (self.next_avail % self.size) as u64;
+        mem.write_obj(head, self.avail.unchecked_add(4 + 2 * slot))
+            .unwrap();
+        self.next_avail += 1;
+        self.set_avail_idx(mem, self.next_avail);
+    }
+
+    pub fn set_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
+        mem.write_obj(idx, self.avail.unchecked_add(2)).unwrap();
+    }
+
+    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(self.used.unchecked_add(2)).unwrap()
+    }
+
+    /// The used ring entry `n` (counting from 0 since the start): (descriptor head, length).
+    pub fn used(&self, mem: &GuestMemoryMmap, n: u16) -> (u32, u32) {
+        let elem = self.used.unchecked_add(4 + 8 * (n % self.size) as u64);
+        (
+            mem.read_obj(elem).unwrap(),
+            mem.read_obj(elem.unchecked_add(4)).unwrap(),
+        )
+    }
+
+    /// Chains the device completed can be reused: start filling the table from the top again.
+    pub fn recycle(&mut self) {
+        self.next_desc = 0;
+    }
+
+    pub fn made_available(&self) -> u16 {
+        self.next_avail
+    }
+}
