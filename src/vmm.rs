@@ -14,7 +14,7 @@ use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
-use crate::arch::x86_64::{layout, mptable};
+use crate::arch::x86_64::{cpuid, layout, mptable};
 use crate::boot::{self, KernelInfo};
 use crate::bus::{Bus, BusError};
 use crate::config::{check_file, io_reason, ConfigError, VmConfig};
@@ -252,11 +252,14 @@ impl Vmm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmmError::Cpuid)?;
+        let caps = cpuid::HostCaps {
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        };
         let mut vcpus = Vec::with_capacity(num_cpus as usize);
         for i in 0..num_cpus {
             let entry = (i == 0).then_some(loaded.entry);
             vcpus.push((
-                vcpu::create_vcpu(&vm, i, num_cpus, &supported, &mem, entry)?,
+                vcpu::create_vcpu(&vm, i, num_cpus, &supported, caps, &mem, entry)?,
                 i,
             ));
         }

@@ -51,6 +51,7 @@ pub fn create_vcpu(
     index: u8,
     num_cpus: u8,
     supported_cpuid: &CpuId,
+    caps: cpuid::HostCaps,
     mem: &GuestMemoryMmap,
     entry: Option<regs::EntryMode>,
 ) -> Result<VcpuFd, VcpuError> {
@@ -66,7 +67,7 @@ pub fn create_vcpu(
     };
 
     let mut cpuid = supported_cpuid.clone();
-    cpuid::filter_cpuid(&mut cpuid, index, num_cpus);
+    cpuid::filter_cpuid(&mut cpuid, index, num_cpus, caps);
     fd.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
 
     let msrs = msr::boot_msrs().map_err(|_| VcpuError::MsrList(index))?;

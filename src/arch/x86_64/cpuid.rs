@@ -10,6 +10,7 @@ const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY_EXT: u32 = 0x8000_001e;
 
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 const ECX_AMD_CMP_LEGACY: u32 = 1 << 1;
@@ -19,8 +20,16 @@ fn core_id_bits(num_cpus: u8) -> u32 {
     (num_cpus as u32).next_power_of_two().trailing_zeros()
 }
 
+/// What the host's KVM can do beyond what `KVM_GET_SUPPORTED_CPUID` reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostCaps {
+    /// `KVM_CAP_TSC_DEADLINE_TIMER`: the LAPIC's TSC-deadline mode works, but KVM leaves its
+    /// CPUID bit for the VMM to set. Without it Linux calibrates the APIC timer against the PIT.
+    pub tsc_deadline: bool,
+}
+
 /// Adjusts `cpuid` (from `KVM_GET_SUPPORTED_CPUID`) for vCPU `cpu_index` of `num_cpus`.
-pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) {
+pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8, caps: HostCaps) {
     let apic_id = cpu_index as u32;
     let cpus = num_cpus as u32;
     for e in cpuid.as_mut_slice() {
@@ -30,6 +39,9 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) {
                 // CLFLUSH line size in quadwords (8 = 64 bytes).
                 e.ebx = (apic_id << 24) | (cpus << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR;
+                if caps.tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if num_cpus > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -122,11 +134,12 @@ mod tests {
     #[test]
     fn apic_id_topology_and_hypervisor_bit() {
         let mut c = sample();
-        filter_cpuid(&mut c, 2, 3);
+        filter_cpuid(&mut c, 2, 3, HostCaps { tsc_deadline: true });
         let l1 = find(&c, 1, 0).unwrap();
         assert_eq!(l1.ebx >> 24, 2);
         assert_eq!((l1.ebx >> 16) & 0xff, 3);
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(l1.ecx & ECX_TSC_DEADLINE, 0);
         assert_ne!(l1.edx & EDX_HTT, 0);
         let core = find(&c, 0xb, 1).unwrap();
         assert_eq!((core.eax, core.ebx, core.edx, core.ecx >> 8), (2, 3, 2, 2));
@@ -141,8 +154,9 @@ mod tests {
     fn single_cpu_has_no_htt() {
         let mut c = sample();
         c.as_mut_slice()[0].edx = EDX_HTT;
-        filter_cpuid(&mut c, 0, 1);
+        filter_cpuid(&mut c, 0, 1, HostCaps::default());
         assert_eq!(find(&c, 1, 0).unwrap().edx & EDX_HTT, 0);
+        assert_eq!(find(&c, 1, 0).unwrap().ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(find(&c, 0xb, 1).unwrap().eax, 0);
     }
 }
