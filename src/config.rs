@@ -34,7 +34,8 @@ impl std::str::FromStr for NetConfig {
         let (mut tap, mut mac) = (None, None);
         for part in s.split(',') {
             match part.split_once('=') {
-                Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+                Some(("tap", "")) => return Err("tap= needs a TAP device name".into()),
+                Some(("tap", name)) => tap = Some(name.to_string()),
                 Some(("mac", m)) => mac = Some(m.parse()?),
                 _ => {
                     return Err(format!(

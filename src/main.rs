@@ -111,9 +111,39 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
     Ok(vmm.run()?)
 }
 
+/// Parses the command line; a usage error is one line on stderr and exit code 2 (help and
+/// version print as usual).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+            _ => {
+                // clap's message runs until its first blank line (the usage follows).
+                let text = e.to_string();
+                let what: Vec<&str> = text
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                let what = what.join(" ");
+                let what = what.strip_prefix("error: ").unwrap_or(&what);
+                eprintln!("flint: error: {what} (see flint --help)");
+                Err(ExitCode::from(2))
+            }
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let start = Instant::now();
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Command::Run(args) => run(args, start),
     };

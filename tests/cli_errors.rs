@@ -122,6 +122,14 @@ fn unparsable_numbers_are_clap_errors() {
     let r = run(&["run", "--kernel", &hello(), "--cpus", "two"]);
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("invalid value 'two'"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
+    let r = run(&["run"]);
+    assert_eq!(r.code, Some(2));
+    assert!(
+        r.stderr.contains("--kernel"),
+        "names what is missing: {}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -91,6 +91,13 @@ impl TestQueue {
         )
     }
 
+    /// `avail_event` (after the used ring): with EVENT_IDX, the driver kicks when its avail
+    /// index moves past this.
+    pub fn avail_event(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(self.used.unchecked_add(4 + 8 * self.size as u64))
+            .unwrap()
+    }
+
     /// Chains the device completed can be reused: start filling the table from the top again.
     pub fn recycle(&mut self) {
         self.next_desc = 0;

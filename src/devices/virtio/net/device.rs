@@ -30,12 +30,19 @@ pub struct NetStats {
     pub tx_dropped: u64,
 }
 
+/// An RX chain taken from the ring: its head and its device-writable buffers.
+type RxChain = (u16, Vec<(GuestAddress, usize)>);
+
 struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
     interrupt: Arc<Interrupt>,
     features: u64,
+    /// Chains already taken for the waiting frame when it needs more (mergeable) buffers than
+    /// the guest has posted. Held, not handed back: rewinding the ring would publish an
+    /// `avail_event` the driver has already passed, and it would never kick RX again.
+    rx_held: Vec<RxChain>,
 }
 
 pub struct Net {
@@ -234,15 +241,10 @@ fn send(fd: std::os::fd::RawFd, descs: &[Descriptor], mem: &GuestMemoryMmap) -> 
 /// mergeable buffers, setting `num_buffers` in the header accordingly.
 fn deliver(a: &mut Active, frame: &mut [u8]) -> Delivery {
     let mergeable = a.features & VIRTIO_NET_F_MRG_RXBUF != 0;
-    let mut chains: Vec<(u16, Vec<(GuestAddress, usize)>)> = Vec::new();
-    let mut capacity = 0usize;
-    while capacity < frame.len() {
+    let mut capacity: usize = a.rx_held.iter().flat_map(|c| &c.1).map(|b| b.1).sum();
+    while capacity < frame.len() && (mergeable || a.rx_held.is_empty()) {
         let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
-            // Not enough buffers yet: give back what was taken, keep the frame.
-            for _ in 0..chains.len() {
-                a.rx.go_to_previous_position();
-            }
-            return Delivery::NoBuffers;
+            return Delivery::NoBuffers; // what was taken stays held for the next try
         };
         let head = chain.head_index();
         // Only device-writable buffers take data; the walk is bounded by the queue size.
@@ -259,19 +261,16 @@ fn deliver(a: &mut Active, frame: &mut [u8]) -> Delivery {
             continue;
         }
         capacity += size;
-        chains.push((head, bufs));
-        if !mergeable {
-            break;
-        }
+        a.rx_held.push((head, bufs));
     }
-    let fits = capacity >= frame.len();
-    if fits {
-        let n = chains.len() as u16;
-        frame[10..12].copy_from_slice(&n.to_le_bytes());
+    let chains = std::mem::take(&mut a.rx_held);
+    // Without mergeable buffers a frame must fit one chain; if it does not, it is dropped.
+    let mut ok = capacity >= frame.len();
+    if ok {
+        frame[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
     }
     let mut off = 0usize;
     let mut used = Vec::with_capacity(chains.len());
-    let mut ok = fits;
     for (head, bufs) in &chains {
         let mut written = 0u32;
         for &(addr, len) in bufs {
@@ -347,6 +346,7 @@ impl VirtioDevice for Net {
             tx,
             interrupt: ctx.interrupt,
             features: f,
+            rx_held: Vec::new(),
         });
     }
 
