@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use common::base64;
+use common::{base64, has_line, value};
 
 /// The guest's address on tap0, configured by the kernel (IP_PNP) before init runs.
 const IP_EQ: &str = "ip=169.254.100.2::169.254.100.1:255.255.255.0::eth0:off";
@@ -153,15 +153,6 @@ fn scenario(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("scenario {name} did not run"));
     assert_eq!(*code, 0, "{name} failed ({code}):\n{out}");
     out
-}
-
-fn has_line(out: &str, line: &str) -> bool {
-    out.lines().any(|l| l == line)
-}
-
-/// The value after `prefix` on the first line that starts with it.
-fn value<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
-    out.lines().find_map(|l| l.strip_prefix(prefix))
 }
 
 fn all_values<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {

@@ -34,22 +34,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchlib.h"
+
 #define BUF_SIZE (128 * 1024)
 #define IO_TIMEOUT_S 30
 #define WARMUP_PINGS 20
 
 static char buf[BUF_SIZE];
-
-static double now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static void fail(const char *what) {
     fprintf(stderr, "netbench: %s: %s\n", what, strerror(errno));

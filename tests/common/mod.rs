@@ -170,3 +170,13 @@ pub fn scenarios(stdout: &str) -> std::collections::HashMap<String, (String, i32
     }
     results
 }
+
+/// Whether `out` has exactly this line.
+pub fn has_line(out: &str, line: &str) -> bool {
+    out.lines().any(|l| l == line)
+}
+
+/// The rest of the first line of `out` that starts with `prefix`.
+pub fn value<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
+    out.lines().find_map(|l| l.strip_prefix(prefix))
+}

@@ -12,7 +12,8 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub use crate::devices::irq::IrqLine;
@@ -102,6 +103,60 @@ pub trait VirtioDevice: Send {
     /// (no guest buffers) says no, instead of dropping it or spinning on it.
     fn backend_wanted(&self, _index: usize) -> bool {
         true
+    }
+}
+
+/// Serves every descriptor chain the driver makes available on `queue`: `handle` gets each
+/// chain's descriptors (the walk is bounded by virtio-queue: queue or indirect-table size, and
+/// it stops at descriptors outside guest memory) and returns the length to put in the used
+/// ring. With EVENT_IDX, notifications stay off while serving and the ring is re-checked before
+/// stopping. Then the driver is interrupted if the ring's rules ask for it. Returns false if
+/// the driver's queue state is broken (the device then needs a reset).
+pub fn serve_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    mut handle: impl FnMut(&[Descriptor]) -> u32,
+) -> bool {
+    let event_idx = queue.event_idx_enabled();
+    loop {
+        if event_idx && queue.disable_notification(mem).is_err() {
+            return false;
+        }
+        // A malformed avail ring (index out of range) is a broken driver: stop serving.
+        let chains: Vec<_> = match queue.iter(mem) {
+            Ok(iter) => iter.collect(),
+            Err(_) => return false,
+        };
+        for chain in chains {
+            let head = chain.head_index();
+            let descs: Vec<Descriptor> = chain.collect();
+            if queue.add_used(mem, head, handle(&descs)).is_err() {
+                return false;
+            }
+        }
+        if !event_idx {
+            break;
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue, // more arrived while notifications were off
+            Ok(false) => break,
+            Err(_) => return false,
+        }
+    }
+    notify_if_needed(queue, mem, interrupt)
+}
+
+/// Interrupts the driver if the queue's notification rules (EVENT_IDX) say so. Returns false if
+/// the ring cannot be read.
+pub fn notify_if_needed(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) -> bool {
+    match queue.needs_notification(mem) {
+        Ok(true) => {
+            interrupt.trigger(INT_USED_RING);
+            true
+        }
+        Ok(false) => true,
+        Err(_) => false,
     }
 }
 

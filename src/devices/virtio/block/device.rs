@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::request::{self, Limits};
 use super::*;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateContext, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1,
+    read_config_bytes, serve_queue, ActivateContext, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -133,65 +133,34 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, index: usize) -> bool {
-        let Some(a) = self.active.as_mut() else {
+        let Block {
+            active: Some(a),
+            disk,
+            serial,
+            stats,
+            ..
+        } = self
+        else {
             return true;
         };
         if index != 0 {
             return true;
         }
-        let event_idx = a.features & VIRTIO_RING_F_EVENT_IDX != 0;
-        loop {
-            if event_idx && a.queue.disable_notification(&a.mem).is_err() {
-                return false;
-            }
-            // A malformed avail ring (index out of range) is a broken driver: stop serving.
-            let chains: Vec<_> = match a.queue.iter(&a.mem) {
-                Ok(iter) => iter.collect(),
-                Err(_) => return false,
-            };
-            for chain in chains {
-                let head = chain.head_index();
-                // The walk ends by itself: virtio-queue bounds it by the queue (or indirect
-                // table) size and stops at descriptors outside guest memory.
-                let descs: Vec<_> = chain.collect();
-                self.stats.requests += 1;
-                let written = match request::handle(
-                    &descs,
-                    &a.mem,
-                    &self.disk,
-                    &self.serial,
-                    a.features,
-                    &LIMITS,
-                ) {
-                    Ok(out) => {
-                        if out.status != VIRTIO_BLK_S_OK {
-                            self.stats.errors += 1;
-                        }
-                        out.written
+        let features = a.features;
+        serve_queue(&mut a.queue, &a.mem, &a.interrupt, |descs| {
+            stats.requests += 1;
+            match request::handle(descs, &a.mem, disk, serial, features, &LIMITS) {
+                Ok(out) => {
+                    if out.status != VIRTIO_BLK_S_OK {
+                        stats.errors += 1;
                     }
-                    Err(_) => {
-                        self.stats.dropped_chains += 1;
-                        0
-                    }
-                };
-                if a.queue.add_used(&a.mem, head, written).is_err() {
-                    return false;
+                    out.written
+                }
+                Err(_) => {
+                    stats.dropped_chains += 1;
+                    0
                 }
             }
-            if !event_idx {
-                break;
-            }
-            match a.queue.enable_notification(&a.mem) {
-                Ok(true) => continue, // more arrived while notifications were off
-                Ok(false) => break,
-                Err(_) => return false,
-            }
-        }
-        match a.queue.needs_notification(&a.mem) {
-            Ok(true) => a.interrupt.trigger(INT_USED_RING),
-            Ok(false) => {}
-            Err(_) => return false,
-        }
-        true
+        })
     }
 }

@@ -80,7 +80,7 @@ impl DiskImage {
         self.discard
     }
 
-    /// Reads `total` bytes at `offset` into the host buffers `iov` (guest memory).
+    /// Reads into the host buffers `iov` (guest memory) from `offset`; returns bytes read.
     ///
     /// # Safety
     /// Every iovec must point to memory valid for writes of its length for the whole call.
@@ -90,22 +90,17 @@ impl DiskImage {
         offset: u64,
     ) -> std::io::Result<usize> {
         // SAFETY: the caller guarantees the buffers; the fd is ours.
-        let n = unsafe {
+        check(unsafe {
             libc::preadv(
                 self.file.as_raw_fd(),
                 iov.as_ptr(),
                 iov.len() as i32,
                 offset as libc::off_t,
             )
-        };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        })
     }
 
-    /// Writes the host buffers `iov` (guest memory) at `offset`.
+    /// Writes the host buffers `iov` (guest memory) at `offset`; returns bytes written.
     ///
     /// # Safety
     /// Every iovec must point to memory valid for reads of its length for the whole call.
@@ -115,19 +110,14 @@ impl DiskImage {
         offset: u64,
     ) -> std::io::Result<usize> {
         // SAFETY: the caller guarantees the buffers; the fd is ours.
-        let n = unsafe {
+        check(unsafe {
             libc::pwritev(
                 self.file.as_raw_fd(),
                 iov.as_ptr(),
                 iov.len() as i32,
                 offset as libc::off_t,
             )
-        };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        })
     }
 
     /// Makes every completed write durable on the host (fdatasync).
@@ -156,6 +146,11 @@ impl DiskImage {
         )
         .or_else(|_| self.punch_hole(offset, len))
     }
+}
+
+/// A byte count from a syscall that returns -1 and sets errno on failure.
+fn check(n: isize) -> std::io::Result<usize> {
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
 }
 
 fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::*;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateContext, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    notify_if_needed, read_config_bytes, serve_queue, ActivateContext, Interrupt, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -153,57 +153,29 @@ impl Net {
                 Delivery::Broken => return false,
             }
         }
-        !delivered || notify(&mut a.rx, &a.mem, &a.interrupt)
+        !delivered || notify_if_needed(&mut a.rx, &a.mem, &a.interrupt)
     }
 
     /// Sends every frame the guest queued on TX. Returns false if the TX queue is broken.
     fn transmit(&mut self) -> bool {
-        let Some(a) = self.active.as_mut() else {
+        let Net {
+            active: Some(a),
+            backend,
+            stats,
+            ..
+        } = self
+        else {
             return true;
         };
-        let event_idx = a.features & VIRTIO_RING_F_EVENT_IDX != 0;
-        loop {
-            if event_idx && a.tx.disable_notification(&a.mem).is_err() {
-                return false;
+        let fd = backend.fd();
+        serve_queue(&mut a.tx, &a.mem, &a.interrupt, |descs| {
+            if send(fd, descs, &a.mem) {
+                stats.tx_frames += 1;
+            } else {
+                stats.tx_dropped += 1;
             }
-            let chains: Vec<_> = match a.tx.iter(&a.mem) {
-                Ok(iter) => iter.collect(),
-                Err(_) => return false,
-            };
-            for chain in chains {
-                let head = chain.head_index();
-                let descs: Vec<Descriptor> = chain.collect();
-                if send(self.backend.fd(), &descs, &a.mem) {
-                    self.stats.tx_frames += 1;
-                } else {
-                    self.stats.tx_dropped += 1;
-                }
-                if a.tx.add_used(&a.mem, head, 0).is_err() {
-                    return false;
-                }
-            }
-            if !event_idx {
-                break;
-            }
-            match a.tx.enable_notification(&a.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(_) => return false,
-            }
-        }
-        notify(&mut a.tx, &a.mem, &a.interrupt)
-    }
-}
-
-/// Interrupts the guest if the queue's notification rules say so.
-fn notify(q: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) -> bool {
-    match q.needs_notification(mem) {
-        Ok(true) => {
-            interrupt.trigger(INT_USED_RING);
-            true
-        }
-        Ok(false) => true,
-        Err(_) => false,
+            0
+        })
     }
 }
 
