@@ -233,3 +233,34 @@ fn attaches_to_a_real_tap() {
         r.stdout
     );
 }
+
+#[test]
+fn tap_owned_by_someone_else_without_cap_net_admin() {
+    let name = format!("flo{}", std::process::id() % 100_000);
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ip(&[
+        "tuntap", "add", "dev", &name, "mode", "tap", "user", "nobody",
+    ]) {
+        eprintln!("cannot create a TAP here (not root?): skipping");
+        return;
+    }
+    // Drop CAP_NET_ADMIN for flint: then only the TAP's owner may attach.
+    let out = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-net_admin", "--bounding-set=-net_admin"])
+        .arg(env!("CARGO_BIN_EXE_flint"))
+        .args(["run", "--kernel", &hello(), "--net", &format!("tap={name}")])
+        .stdin(std::process::Stdio::null())
+        .output();
+    ip(&["tuntap", "del", "dev", &name, "mode", "tap"]);
+    let r = Run::from(out.expect("setpriv (util-linux) runs"));
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("permission denied"), "{}", r.stderr);
+    assert!(r.stderr.contains("CAP_NET_ADMIN"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1);
+    assert!(r.stdout.is_empty(), "no guest ran: {}", r.stdout);
+}
