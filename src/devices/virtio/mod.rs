@@ -175,3 +175,6 @@ pub mod net;
 
 #[cfg(test)]
 pub mod testing;
+
+#[cfg(test)]
+mod robustness_tests;

@@ -1,0 +1,219 @@
+//! A hostile driver: random register writes and random ring contents, thousands of times, against
+//! the real transport with a block and a net device behind it. Nothing may panic, and what the
+//! guest can read back must stay within the spec's bounds.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::block::{Block, DiskImage};
+use super::mmio::*;
+use super::net::{Backend, Mac, Net};
+use super::{status, Interrupt, VirtioDevice};
+use crate::bus::BusDevice;
+use crate::devices::irq::IrqLine;
+
+const MEM_SIZE: usize = 1 << 20;
+
+/// xorshift64*: reproducible without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const REGS: [u64; 22] = [
+    REG_MAGIC,
+    REG_DEVICE_FEATURES_SEL,
+    REG_DRIVER_FEATURES,
+    REG_DRIVER_FEATURES_SEL,
+    REG_QUEUE_SEL,
+    REG_QUEUE_NUM,
+    REG_QUEUE_READY,
+    REG_QUEUE_NOTIFY,
+    REG_INTERRUPT_ACK,
+    REG_STATUS,
+    REG_STATUS,
+    REG_STATUS,
+    REG_QUEUE_DESC_LOW,
+    REG_QUEUE_DESC_HIGH,
+    REG_QUEUE_DRIVER_LOW,
+    REG_QUEUE_DRIVER_HIGH,
+    REG_QUEUE_DEVICE_LOW,
+    REG_QUEUE_DEVICE_HIGH,
+    CONFIG_SPACE,
+    CONFIG_SPACE + 8,
+    0x3,
+    0xfff,
+];
+
+/// A register value a driver might plausibly (or maliciously) write.
+fn value(rng: &mut Rng) -> u32 {
+    match rng.below(6) {
+        0 => rng.below(16) as u32,
+        1 => [1, 3, 7, 11, 15, 0x8f][rng.below(6) as usize],
+        2 => (rng.below(MEM_SIZE as u64 / 0x100) * 0x100) as u32,
+        3 => 1 << rng.below(32),
+        4 => u32::MAX,
+        _ => rng.next() as u32,
+    }
+}
+
+/// Sets the device up as a driver would, but with random queue sizes and ring addresses.
+fn negotiate(t: &mut MmioTransport, rng: &mut Rng) {
+    let w = |t: &mut MmioTransport, off: u64, v: u32| t.write(off, &v.to_le_bytes());
+    w(t, REG_STATUS, 0);
+    w(t, REG_STATUS, status::ACKNOWLEDGE);
+    w(t, REG_STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    w(t, REG_DEVICE_FEATURES_SEL, 0);
+    let mut f = [0u8; 4];
+    t.read(REG_DEVICE_FEATURES, &mut f);
+    w(t, REG_DRIVER_FEATURES_SEL, 0);
+    w(
+        t,
+        REG_DRIVER_FEATURES,
+        u32::from_le_bytes(f) & rng.next() as u32,
+    );
+    w(t, REG_DRIVER_FEATURES_SEL, 1);
+    w(t, REG_DRIVER_FEATURES, 1); // VERSION_1
+    w(
+        t,
+        REG_STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    for q in 0..2 {
+        w(t, REG_QUEUE_SEL, q);
+        w(t, REG_QUEUE_NUM, 1 << rng.below(9));
+        let base = rng.below(0x1_0000) as u32 & !0xf;
+        w(t, REG_QUEUE_DESC_LOW, base);
+        w(t, REG_QUEUE_DRIVER_LOW, base + 0x1000);
+        w(t, REG_QUEUE_DEVICE_LOW, base + 0x2000);
+        w(t, REG_QUEUE_READY, 1);
+    }
+    w(
+        t,
+        REG_STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
+}
+
+/// Returns in how many rounds the device was being served (DRIVER_OK without NEEDS_RESET).
+fn hammer(device: Box<dyn VirtioDevice>, seed: u64, rounds: usize) -> usize {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let interrupt = Arc::new(Interrupt::new(IrqLine::Fd(irq.try_clone().unwrap())));
+    let mut t = MmioTransport::new(device, mem.clone(), interrupt).unwrap();
+    let mut rng = Rng(seed);
+    let mut served = 0;
+    for _ in 0..rounds {
+        if rng.below(40) == 0 {
+            negotiate(&mut t, &mut rng);
+        }
+        // Scribble over the part of RAM where rings and buffers usually are.
+        for _ in 0..rng.below(64) {
+            let at = GuestAddress(rng.below(0x2_0000));
+            mem.write_obj(rng.next(), at).unwrap_or(());
+        }
+        for _ in 0..rng.below(8) {
+            let off = REGS[rng.below(REGS.len() as u64) as usize];
+            let mut v = value(&mut rng).to_le_bytes().to_vec();
+            v.truncate([4, 4, 4, 1, 2, 8][rng.below(6) as usize].min(4));
+            t.write(off, &v);
+            let mut r = vec![0u8; [4, 1, 8][rng.below(3) as usize]];
+            t.read(rng.below(0x200), &mut r);
+        }
+        for q in 0..3 {
+            t.process_queue(q);
+        }
+        for b in 0..2 {
+            t.process_backend(b);
+        }
+        let mut s = [0u8; 4];
+        t.read(REG_STATUS, &mut s);
+        let st = u32::from_le_bytes(s);
+        let known = status::ACKNOWLEDGE
+            | status::DRIVER
+            | status::DRIVER_OK
+            | status::FEATURES_OK
+            | status::DEVICE_NEEDS_RESET
+            | status::FAILED;
+        assert_eq!(st & !known, 0, "status {st:#x}");
+        if st & (status::DRIVER_OK | status::DEVICE_NEEDS_RESET) == status::DRIVER_OK {
+            served += 1;
+        }
+        t.read(REG_INTERRUPT_STATUS, &mut s);
+        assert_eq!(u32::from_le_bytes(s) & !3, 0);
+    }
+    served
+}
+
+#[test]
+fn hostile_driver_against_block() {
+    let path = std::env::temp_dir().join(format!("flint-robust-{}.img", std::process::id()));
+    std::fs::write(&path, vec![0u8; 64 * 1024]).unwrap();
+    for seed in 1..=8 {
+        let disk = DiskImage::open(&path, seed % 2 == 0).unwrap();
+        let served = hammer(Box::new(Block::new(disk, "robust")), seed, 3000);
+        assert!(
+            served > 100,
+            "seed {seed}: the device was served in only {served} rounds"
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+struct Sock(OwnedFd);
+impl Backend for Sock {
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+    fn supports_offloads(&self) -> bool {
+        false
+    }
+    fn set_offload(&self, _: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn hostile_driver_against_net() {
+    for seed in 1..=8 {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two new descriptors into `fds`.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: both descriptors are new and owned by nobody else.
+        let (dev, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // The host side keeps sending frames of every size while the driver misbehaves.
+        let sender = std::thread::spawn(move || {
+            let mut rng = Rng(seed * 77);
+            for _ in 0..2000 {
+                let frame = vec![0x5au8; 1 + rng.below(9000) as usize];
+                // SAFETY: sends from a valid buffer on our socket; a full socket just fails.
+                unsafe { libc::send(peer.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+            }
+        });
+        hammer(
+            Box::new(Net::new(Box::new(Sock(dev)), Mac([6, 0, 0, 0, 0, 1]))),
+            seed,
+            3000,
+        );
+        sender.join().unwrap();
+    }
+}
