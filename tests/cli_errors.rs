@@ -264,3 +264,42 @@ fn tap_owned_by_someone_else_without_cap_net_admin() {
     assert_eq!(r.stderr.lines().count(), 1);
     assert!(r.stdout.is_empty(), "no guest ran: {}", r.stdout);
 }
+
+#[test]
+fn unreadable_kernel_and_initrd() {
+    // Root reads any file; without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH a mode-000 file is
+    // unreadable to it too.
+    use std::os::unix::fs::PermissionsExt;
+    let f = TempFile::new("unreadable", &std::fs::read(firmware("hello")).unwrap());
+    std::fs::set_permissions(&f.0, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let without_dac = |args: &[&str]| -> Run {
+        std::process::Command::new("setpriv")
+            .args([
+                "--inh-caps=-dac_override,-dac_read_search",
+                "--bounding-set=-dac_override,-dac_read_search",
+            ])
+            .arg(env!("CARGO_BIN_EXE_flint"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("setpriv (util-linux) runs")
+            .into()
+    };
+    for (args, what) in [
+        (vec!["run", "--kernel", f.path()], "--kernel"),
+        (
+            vec!["run", "--kernel", &hello(), "--initrd", f.path()],
+            "--initrd",
+        ),
+    ] {
+        let r = without_dac(&args);
+        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("{what} {}: permission denied", f.path())),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    }
+}
