@@ -188,9 +188,15 @@ pub fn host_memory_mib() -> Option<u64> {
 }
 
 impl VmConfig {
-    /// Checks everything that can be checked without KVM. `max_vcpus` is what this host's KVM
-    /// and flint's MP table allow.
+    /// Checks the whole configuration. `max_vcpus` is what this host's KVM and flint's MP table
+    /// allow.
     pub fn validate(&self, max_vcpus: u32) -> Result<(), ConfigError> {
+        self.validate_limits(max_vcpus)?;
+        self.validate_inputs()
+    }
+
+    /// Sizes: vCPUs against `max_vcpus`, memory against the host's.
+    pub fn validate_limits(&self, max_vcpus: u32) -> Result<(), ConfigError> {
         if self.vcpus == 0 {
             return Err(ConfigError::NoVcpus);
         }
@@ -211,14 +217,19 @@ impl VmConfig {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The files and devices named: kernel, initrd, disks, TAPs (no KVM needed).
+    pub fn validate_inputs(&self) -> Result<(), ConfigError> {
         check_file("--kernel", &self.kernel)?;
         if let Some(initrd) = &self.initrd {
             check_file("--initrd", initrd)?;
         }
-        self.validate_disks()
+        self.validate_devices()
     }
 
-    fn validate_disks(&self) -> Result<(), ConfigError> {
+    fn validate_devices(&self) -> Result<(), ConfigError> {
         use std::os::unix::fs::MetadataExt;
         let count = self.disks.len() + self.nets.len();
         if count > MAX_VIRTIO_DEVICES {

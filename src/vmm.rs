@@ -17,7 +17,7 @@ use vmm_sys_util::signal::Killable;
 use crate::arch::x86_64::{cpuid, layout, mptable};
 use crate::boot::{self, KernelInfo};
 use crate::bus::{Bus, BusError};
-use crate::config::{check_file, io_reason, ConfigError, VmConfig};
+use crate::config::{io_reason, ConfigError, VmConfig};
 use crate::devices::irq::IrqLine;
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::cmos::Cmos;
@@ -138,7 +138,7 @@ impl Vmm {
     /// Builds the VM. `start` is when the process started (for the boot timer).
     pub fn build(config: &VmConfig, console: Console, start: Instant) -> Result<Vmm, VmmError> {
         // Input checks that need no KVM come first, so a typo never waits on anything.
-        check_file("--kernel", &config.kernel)?;
+        config.validate_inputs()?;
         let mut kernel = open_file("--kernel", &config.kernel)?;
         let info: KernelInfo = boot::kernel::inspect(&mut kernel)
             .map_err(|e| VmmError::Read {
@@ -149,7 +149,7 @@ impl Vmm {
             .ok_or_else(|| VmmError::NotAKernel(config.kernel.display().to_string()))?;
 
         let kvm = kvm::open()?;
-        config.validate(max_vcpus(&kvm))?;
+        config.validate_limits(max_vcpus(&kvm))?;
         if info.is_linux {
             kvm::check_can_boot_linux()?;
         }
