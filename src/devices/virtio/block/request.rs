@@ -111,30 +111,12 @@ fn execute(
         return Err(VIRTIO_BLK_S_IOERR);
     }
     match hdr.type_.to_native() {
-        VIRTIO_BLK_T_IN => {
-            let (iov, _guards, len) = guest_buffers(data, mem, true, limits)?;
-            let offset = checked_range(sector, len, disk.size())?;
-            // SAFETY: the iovecs point into guest memory validated by `guest_buffers`, whose
-            // guards (and the mapping, owned by `mem`) outlive the call.
-            let n =
-                unsafe { disk.read_vectored_at(&iov, offset) }.map_err(|_| VIRTIO_BLK_S_IOERR)?;
-            if n as u64 != len {
-                return Err(VIRTIO_BLK_S_IOERR);
-            }
-            Ok(len as u32)
-        }
+        VIRTIO_BLK_T_IN => Ok(transfer(data, mem, disk, sector, limits, true)? as u32),
         VIRTIO_BLK_T_OUT => {
             if disk.read_only() {
                 return Err(VIRTIO_BLK_S_IOERR);
             }
-            let (iov, _guards, len) = guest_buffers(data, mem, false, limits)?;
-            let offset = checked_range(sector, len, disk.size())?;
-            // SAFETY: as for reads; the buffers are only read from.
-            let n =
-                unsafe { disk.write_vectored_at(&iov, offset) }.map_err(|_| VIRTIO_BLK_S_IOERR)?;
-            if n as u64 != len {
-                return Err(VIRTIO_BLK_S_IOERR);
-            }
+            transfer(data, mem, disk, sector, limits, false)?;
             Ok(0)
         }
         VIRTIO_BLK_T_FLUSH => {
@@ -171,6 +153,34 @@ fn execute(
         }
         _ => Err(VIRTIO_BLK_S_UNSUPP),
     }
+}
+
+/// Moves the data buffers between guest memory and the disk at `sector`: into the guest when
+/// `to_guest` (a read), out of it otherwise. Returns the bytes moved.
+fn transfer(
+    data: &[Descriptor],
+    mem: &GuestMemoryMmap,
+    disk: &DiskImage,
+    sector: u64,
+    limits: &Limits,
+    to_guest: bool,
+) -> Result<u64, u8> {
+    let (iov, _guards, len) = guest_buffers(data, mem, to_guest, limits)?;
+    let offset = checked_range(sector, len, disk.size())?;
+    // SAFETY: the iovecs point into guest memory validated by `guest_buffers` in the direction
+    // used here; its guards (and the mapping, owned by `mem`) outlive the call.
+    let n = unsafe {
+        if to_guest {
+            disk.read_vectored_at(&iov, offset)
+        } else {
+            disk.write_vectored_at(&iov, offset)
+        }
+    }
+    .map_err(|_| VIRTIO_BLK_S_IOERR)?;
+    if n as u64 != len {
+        return Err(VIRTIO_BLK_S_IOERR);
+    }
+    Ok(len)
 }
 
 /// Byte offset of `sector`, if `len` bytes from there lie inside a disk of `size` bytes.
