@@ -2,7 +2,7 @@
 //! the real transport with a block and a net device behind it. Nothing may panic, and what the
 //! guest can read back must stay within the spec's bounds.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -10,7 +10,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::block::{Block, DiskImage};
 use super::mmio::*;
-use super::net::{Backend, Mac, Net};
+use super::net::{Mac, Net};
+use super::testing::{seqpacket_pair, SocketBackend};
 use super::{status, Interrupt, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::devices::irq::IrqLine;
@@ -171,35 +172,10 @@ fn hostile_driver_against_block() {
     std::fs::remove_file(&path).unwrap();
 }
 
-struct Sock(OwnedFd);
-impl Backend for Sock {
-    fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-    fn supports_offloads(&self) -> bool {
-        false
-    }
-    fn set_offload(&self, _: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn hostile_driver_against_net() {
     for seed in 1..=8 {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair writes two new descriptors into `fds`.
-        let rc = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(rc, 0);
-        // SAFETY: both descriptors are new and owned by nobody else.
-        let (dev, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (dev, peer) = seqpacket_pair();
         // The host side keeps sending frames of every size while the driver misbehaves.
         let sender = std::thread::spawn(move || {
             let mut rng = Rng(seed * 77);
@@ -210,7 +186,10 @@ fn hostile_driver_against_net() {
             }
         });
         hammer(
-            Box::new(Net::new(Box::new(Sock(dev)), Mac([6, 0, 0, 0, 0, 1]))),
+            Box::new(Net::new(
+                Box::new(SocketBackend(dev)),
+                Mac([6, 0, 0, 0, 0, 1]),
+            )),
             seed,
             3000,
         );

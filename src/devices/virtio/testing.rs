@@ -1,10 +1,14 @@
 //! Test support: a split virtqueue in guest memory that tests drive like a guest driver would.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::net::Backend;
 
 pub struct TestQueue {
     // Ring addresses, taken once from the mock: building a mock re-initialises the rings.
@@ -105,5 +109,37 @@ impl TestQueue {
 
     pub fn made_available(&self) -> u16 {
         self.next_avail
+    }
+}
+
+/// A connected, non-blocking SOCK_SEQPACKET pair: it keeps frame boundaries like a TAP does.
+pub fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new descriptors into `fds`.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A net backend on one end of a socket pair, without offloads: a TAP for tests.
+pub struct SocketBackend(pub OwnedFd);
+
+impl Backend for SocketBackend {
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+    fn supports_offloads(&self) -> bool {
+        false
+    }
+    fn set_offload(&self, _: u32) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! for the TAP (it keeps frame boundaries): frames both ways, mergeable buffers, waiting for
 //! buffers, and malformed chains from a hostile guest.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::irq::IrqLine;
-use crate::devices::virtio::testing::TestQueue;
+use crate::devices::virtio::testing::{seqpacket_pair, SocketBackend, TestQueue};
 use crate::devices::virtio::{ActivateContext, Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX};
 
 const MEM_SIZE: usize = 4 << 20;
@@ -20,20 +20,6 @@ const QSIZE: u16 = 16;
 const W: u16 = VRING_DESC_F_WRITE as u16;
 const RXBUF: u64 = 0x10_0000;
 const TXBUF: u64 = 0x20_0000;
-
-struct Pair(OwnedFd);
-
-impl Backend for Pair {
-    fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-    fn supports_offloads(&self) -> bool {
-        false
-    }
-    fn set_offload(&self, _: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Harness {
     mem: GuestMemoryMmap,
@@ -45,27 +31,11 @@ struct Harness {
     irq: EventFd,
 }
 
-fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two new descriptors into `fds`.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
 impl Harness {
     fn new(features: u64) -> Harness {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let (dev_end, peer) = seqpacket_pair();
-        let mut net = Net::new(Box::new(Pair(dev_end)), Mac([6, 1, 2, 3, 4, 5]));
+        let mut net = Net::new(Box::new(SocketBackend(dev_end)), Mac([6, 1, 2, 3, 4, 5]));
         let (rx, mut rxq) = TestQueue::new(&mem, GuestAddress(0), QSIZE);
         let (tx, mut txq) = TestQueue::new(&mem, GuestAddress(0x8000), QSIZE);
         // As the transport does for a driver that negotiated EVENT_IDX.
