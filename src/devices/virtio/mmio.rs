@@ -108,10 +108,6 @@ impl MmioTransport {
         self.ioeventfd = on;
     }
 
-    pub fn device_status(&self) -> u32 {
-        self.status
-    }
-
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
     }
