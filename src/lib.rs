@@ -6,6 +6,7 @@
 //! [`exit::ExitReason`] → the process exit code.
 
 pub mod arch;
+pub mod bench;
 pub mod boot;
 pub mod bus;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod kvm;
+pub mod oci;
 pub mod terminal;
 pub mod vmm;
 pub mod vstate;

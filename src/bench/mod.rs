@@ -1,0 +1,1 @@
+//! `flint bench`: benchmarks (in progress).

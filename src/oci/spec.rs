@@ -1,0 +1,190 @@
+//! The run spec: what flint's guest init (`src/oci/init/flint-init.c`) must set up and run,
+//! written by the host into the generated initramfs as `/flint/spec`.
+//!
+//! Format: a sequence of NUL-terminated strings. It starts with the magic `flint-spec-1`;
+//! then records, each a keyword followed by a fixed number of string arguments; it ends with
+//! the keyword `end`. Numbers are unsigned decimal. Records and their arguments:
+//!
+//! | keyword | arguments | meaning |
+//! |---|---|---|
+//! | `arg` | S | the next element of the process's argv (at least one) |
+//! | `env` | `K=V` | one environment entry, in order |
+//! | `cwd` | PATH | the working directory (absolute) |
+//! | `uid`, `gid` | N | the process's user and group |
+//! | `group` | N | one additional group |
+//! | `umask` | N | the umask (decimal) |
+//! | `hostname` | S | the guest's hostname |
+//! | `terminal` | 0/1 | 1: stdin/stdout/stderr are ttyS0 as a controlling terminal, cooked |
+//! | `root-readonly` | 0/1 | 1: the root is the image itself, read-only; 0: an overlay with a tmpfs upper layer |
+//! | `no-new-privileges` | 0/1 | `PR_SET_NO_NEW_PRIVS` before exec |
+//! | `rlimit` | RES SOFT HARD | `setrlimit(RES, ...)`; RES is the Linux resource number |
+//! | `caps` | BND EFF INH PRM AMB | capability sets as 64-bit masks (bit N = capability N) |
+//! | `mount` | DEST TYPE SOURCE FLAGS DATA | `mount(SOURCE, root+DEST, TYPE, FLAGS, DATA)`; FLAGS are `MS_*` bits |
+//! | `masked` | PATH | hide PATH: /dev/null over a file, an empty read-only tmpfs over a directory |
+//! | `readonly-path` | PATH | bind PATH onto itself read-only |
+//! | `sysctl` | KEY VALUE | write VALUE to /proc/sys/KEY (dots as slashes) |
+//!
+//! Arguments are bytes without NUL; nothing else is escaped.
+
+/// The magic string that opens a spec.
+pub const MAGIC: &str = "flint-spec-1";
+
+/// A mount the init performs inside the new root, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub destination: String,
+    pub fstype: String,
+    pub source: String,
+    /// `MS_*` flags.
+    pub flags: u64,
+    /// Filesystem-specific options (`mode=755,size=65536k`, ...).
+    pub data: String,
+}
+
+/// One resource limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// The Linux resource number (`RLIMIT_NOFILE` = 7, ...).
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Capability sets as bit masks (bit N = capability number N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Caps {
+    pub bounding: u64,
+    pub effective: u64,
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub ambient: u64,
+}
+
+/// Everything the guest init needs to run the bundle's process.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    pub hostname: Option<String>,
+    pub terminal: bool,
+    pub root_readonly: bool,
+    pub no_new_privileges: bool,
+    pub rlimits: Vec<Rlimit>,
+    pub caps: Option<Caps>,
+    pub mounts: Vec<Mount>,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    pub sysctl: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0} contains a NUL byte, which cannot be passed to the guest")]
+pub struct NulInSpec(pub String);
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn record(&mut self, what: &str, keyword: &str, args: &[&str]) -> Result<(), NulInSpec> {
+        self.0.extend_from_slice(keyword.as_bytes());
+        self.0.push(0);
+        for a in args {
+            if a.contains('\0') {
+                return Err(NulInSpec(what.to_string()));
+            }
+            self.0.extend_from_slice(a.as_bytes());
+            self.0.push(0);
+        }
+        Ok(())
+    }
+}
+
+fn flag(b: bool) -> &'static str {
+    if b {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+impl RunSpec {
+    /// Serializes the spec in the format above.
+    pub fn encode(&self) -> Result<Vec<u8>, NulInSpec> {
+        let mut w = Writer(Vec::new());
+        w.0.extend_from_slice(MAGIC.as_bytes());
+        w.0.push(0);
+        for a in &self.args {
+            w.record("process.args", "arg", &[a])?;
+        }
+        for e in &self.env {
+            w.record("process.env", "env", &[e])?;
+        }
+        w.record("process.cwd", "cwd", &[&self.cwd])?;
+        w.record("", "uid", &[&self.uid.to_string()])?;
+        w.record("", "gid", &[&self.gid.to_string()])?;
+        for g in &self.additional_gids {
+            w.record("", "group", &[&g.to_string()])?;
+        }
+        if let Some(u) = self.umask {
+            w.record("", "umask", &[&u.to_string()])?;
+        }
+        if let Some(h) = &self.hostname {
+            w.record("hostname", "hostname", &[h])?;
+        }
+        w.record("", "terminal", &[flag(self.terminal)])?;
+        w.record("", "root-readonly", &[flag(self.root_readonly)])?;
+        w.record("", "no-new-privileges", &[flag(self.no_new_privileges)])?;
+        for r in &self.rlimits {
+            w.record(
+                "",
+                "rlimit",
+                &[
+                    &r.resource.to_string(),
+                    &r.soft.to_string(),
+                    &r.hard.to_string(),
+                ],
+            )?;
+        }
+        if let Some(c) = &self.caps {
+            w.record(
+                "",
+                "caps",
+                &[
+                    &c.bounding.to_string(),
+                    &c.effective.to_string(),
+                    &c.inheritable.to_string(),
+                    &c.permitted.to_string(),
+                    &c.ambient.to_string(),
+                ],
+            )?;
+        }
+        for m in &self.mounts {
+            w.record(
+                "mounts",
+                "mount",
+                &[
+                    &m.destination,
+                    &m.fstype,
+                    &m.source,
+                    &m.flags.to_string(),
+                    &m.data,
+                ],
+            )?;
+        }
+        for p in &self.masked_paths {
+            w.record("linux.maskedPaths", "masked", &[p])?;
+        }
+        for p in &self.readonly_paths {
+            w.record("linux.readonlyPaths", "readonly-path", &[p])?;
+        }
+        for (k, v) in &self.sysctl {
+            w.record("linux.sysctl", "sysctl", &[k, v])?;
+        }
+        w.record("", "end", &[])?;
+        Ok(w.0)
+    }
+}
