@@ -100,10 +100,17 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// An initramfs: a file the user named, or one flint made (an OCI bundle's init and spec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Initrd {
+    File(PathBuf),
+    Generated(Vec<u8>),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
     pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    pub initrd: Option<Initrd>,
     /// The full kernel command line.
     pub cmdline: String,
     pub vcpus: u32,
@@ -223,7 +230,7 @@ impl VmConfig {
     /// The files and devices named: kernel, initrd, disks, TAPs (no KVM needed).
     pub fn validate_inputs(&self) -> Result<(), ConfigError> {
         check_file("--kernel", &self.kernel)?;
-        if let Some(initrd) = &self.initrd {
+        if let Some(Initrd::File(initrd)) = &self.initrd {
             check_file("--initrd", initrd)?;
         }
         self.validate_devices()
@@ -428,7 +435,7 @@ mod tests {
             "--kernel /nonexistent/vmlinux: no such file"
         );
         let c = VmConfig {
-            initrd: Some("/".into()),
+            initrd: Some(Initrd::File("/".into())),
             ..cfg()
         };
         assert!(c.validate(4).unwrap_err().to_string().contains("directory"));

@@ -95,6 +95,8 @@ pub struct ConsoleInput {
     pub exit: Arc<ExitEvent>,
     /// Interactive terminal: honour the Ctrl-A escape.
     pub escapes: bool,
+    /// Queued for the guest once the input ends.
+    pub eof_byte: Option<u8>,
     pub after_escape: bool,
     /// Watching the input fd; false after EOF or while the guest has lots of input unread.
     pub watching: bool,
@@ -120,6 +122,13 @@ impl ConsoleInput {
             }
         }
         lock(&self.serial).queue_input(&out);
+    }
+
+    fn end_of_input(&mut self) {
+        self.input = -1;
+        if let Some(b) = self.eof_byte.take() {
+            lock(&self.serial).queue_input(&[b]);
+        }
     }
 
     /// Resumes watching once the guest has drained its backlog (called from the loop).
@@ -148,7 +157,7 @@ impl MutEventSubscriber for ConsoleInput {
             .take(MAX_PENDING_INPUT as u64)
             .read_to_end(&mut buf);
         self.forward(&buf);
-        self.input = -1;
+        self.end_of_input();
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -161,7 +170,7 @@ impl MutEventSubscriber for ConsoleInput {
                 lock(&self.serial).pending_input() >= MAX_PENDING_INPUT
             }
             0 => {
-                self.input = -1; // EOF: the guest keeps running with no more input
+                self.end_of_input(); // the guest keeps running with no more input
                 true
             }
             _ => {
@@ -171,7 +180,7 @@ impl MutEventSubscriber for ConsoleInput {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
                 );
                 if !again {
-                    self.input = -1;
+                    self.end_of_input();
                 }
                 !again || events.event_set().contains(EventSet::HANG_UP)
             }

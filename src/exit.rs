@@ -10,6 +10,8 @@ pub enum ExitReason {
     /// The guest powered off (i8042 reset with `reboot=k`, `KVM_EXIT_SHUTDOWN` after an orderly
     /// reboot, or a PSCI/ACPI-less halt path). flint treats reset as power-off, like Firecracker.
     Shutdown,
+    /// The guest wrote an exit status to the exit-status port (0x501).
+    Status(u8),
     /// SIGINT/SIGTERM (or another host-side stop request).
     Signal(i32),
     /// A vCPU hit something it cannot go on from; the string says what, with the vCPU's RIP.
@@ -21,6 +23,7 @@ impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitReason::Shutdown => 0,
+            ExitReason::Status(s) => *s as i32,
             ExitReason::Signal(sig) => 128 + sig,
             ExitReason::VcpuFailure(_) => 1,
         }

@@ -15,9 +15,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
 use crate::arch::x86_64::{cpuid, layout, mptable};
-use crate::boot::{self, KernelInfo};
+use crate::boot::{self, InitrdImage, KernelInfo};
 use crate::bus::{Bus, BusError};
-use crate::config::{io_reason, ConfigError, VmConfig};
+use crate::config::{io_reason, ConfigError, Initrd, VmConfig};
+use crate::devices::exit_status::ExitStatusPort;
 use crate::devices::irq::IrqLine;
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::cmos::Cmos;
@@ -30,6 +31,7 @@ use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::{block_stop_signals, ConsoleInput, Control};
 use crate::exit::{ExitEvent, ExitReason};
 use crate::kvm::{self, KvmError};
+use crate::oci::EXIT_STATUS_PORT;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{self, VcpuContext, VcpuError};
 use crate::vstate::vm::{create_vm, VmError};
@@ -84,8 +86,12 @@ pub enum VmmError {
 pub struct Console {
     pub input: Option<std::os::fd::RawFd>,
     pub output: SerialOut,
+    /// A second UART (COM2, the guest's ttyS1) writing here: the OCI workload's stderr.
+    pub error_output: Option<SerialOut>,
     /// Interactive terminal: Ctrl-A x quits.
     pub escapes: bool,
+    /// Sent to the guest when the input ends (^D lets a guest tty in canonical mode see EOF).
+    pub eof_byte: Option<u8>,
 }
 
 /// A VM ready to run. Field order matters for drop: vCPUs and the VM go before guest memory.
@@ -95,6 +101,7 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     console_input: Option<std::os::fd::RawFd>,
     escapes: bool,
+    eof_byte: Option<u8>,
     signals: std::os::fd::OwnedFd,
     virtio: Vec<Arc<Mutex<MmioTransport>>>,
     _vm: Arc<VmFd>,
@@ -153,9 +160,9 @@ impl Vmm {
         if info.is_linux {
             kvm::check_can_boot_linux()?;
         }
-        let mut initrd = match &config.initrd {
-            Some(p) => Some(open_file("--initrd", p)?),
-            None => None,
+        let mut initrd_file = match &config.initrd {
+            Some(Initrd::File(p)) => Some(open_file("--initrd", p)?),
+            _ => None,
         };
 
         // Signals are blocked before any thread starts so that they all inherit the mask.
@@ -220,7 +227,12 @@ impl Vmm {
         }
         let cmdline = with_boot_args(&config.cmdline, &boot_args);
 
-        let loaded = boot::load(&mem, mem_size, &mut kernel, info, initrd.as_mut(), &cmdline)?;
+        let initrd = match (&config.initrd, initrd_file.as_mut()) {
+            (_, Some(f)) => Some(InitrdImage::File(f)),
+            (Some(Initrd::Generated(bytes)), None) => Some(InitrdImage::Bytes(bytes)),
+            _ => None,
+        };
+        let loaded = boot::load(&mem, mem_size, &mut kernel, info, initrd, &cmdline)?;
         let num_cpus = config.vcpus as u8;
         mptable::setup_mptable(&mem, num_cpus)?;
 
@@ -231,6 +243,21 @@ impl Vmm {
 
         let mut pio = Bus::new();
         pio.insert(0x3f8, 8, serial.clone())?;
+        if let Some(out) = console.error_output {
+            let irq = IrqLine::new(&vm, layout::SERIAL2_IRQ, irqfd)
+                .map_err(|e| VmmError::Irq("the second serial port", e))?;
+            let serial2 = SerialDevice::new(irq, out);
+            pio.insert(
+                layout::SERIAL2_PORT as u64,
+                8,
+                Arc::new(Mutex::new(serial2)),
+            )?;
+        }
+        pio.insert(
+            EXIT_STATUS_PORT as u64,
+            1,
+            Arc::new(Mutex::new(ExitStatusPort::new(exit.clone()))),
+        )?;
         pio.insert(0x60, 5, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
         let below_4g = mem_size.min(layout::MMIO32_START);
         pio.insert(
@@ -275,6 +302,7 @@ impl Vmm {
             serial,
             console_input: console.input,
             escapes: console.escapes,
+            eof_byte: console.eof_byte,
             signals,
             virtio,
             _vm: vm,
@@ -305,6 +333,7 @@ impl Vmm {
                 serial: self.serial.clone(),
                 exit: self.ctx.exit.clone(),
                 escapes: self.escapes,
+                eof_byte: self.eof_byte,
                 after_escape: false,
                 watching: false,
             }));
@@ -373,6 +402,8 @@ pub fn stdio_console() -> Console {
     Console {
         input: Some(stdin),
         output: Box::new(Unbuffered(std::io::stdout())),
+        error_output: None,
         escapes: tty,
+        eof_byte: None,
     }
 }

@@ -69,7 +69,7 @@ pub fn load(
     mem_size: u64,
     kernel: &mut File,
     info: KernelInfo,
-    initrd: Option<&mut File>,
+    initrd: Option<InitrdImage>,
     cmdline: &str,
 ) -> Result<Loaded, BootError> {
     let himem = Some(GuestAddress(HIMEM_START));
@@ -102,7 +102,13 @@ pub fn load(
         .filter(|&m| m > 0)
         .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
     let initrd = match initrd {
-        Some(f) => Some(load_initrd(mem, mem_size, f, kernel_end, initrd_addr_max)?),
+        Some(image) => Some(load_initrd(
+            mem,
+            mem_size,
+            image,
+            kernel_end,
+            initrd_addr_max,
+        )?),
         None => None,
     };
 
@@ -124,15 +130,24 @@ pub fn load(
     Ok(Loaded { entry })
 }
 
+/// Where the initrd's bytes come from.
+pub enum InitrdImage<'a> {
+    File(&'a mut File),
+    Bytes(&'a [u8]),
+}
+
 /// Puts the initrd as high in low memory as the kernel allows, page-aligned, above the kernel.
 fn load_initrd(
     mem: &GuestMemoryMmap,
     mem_size: u64,
-    file: &mut File,
+    image: InitrdImage,
     kernel_end: u64,
     initrd_addr_max: u64,
 ) -> Result<Initrd, BootError> {
-    let size = file.metadata().map_err(BootError::InitrdRead)?.len();
+    let size = match &image {
+        InitrdImage::File(f) => f.metadata().map_err(BootError::InitrdRead)?.len(),
+        InitrdImage::Bytes(b) => b.len() as u64,
+    };
     let limit = mem_size
         .min(MMIO32_START)
         .min(initrd_addr_max.saturating_add(1));
@@ -147,10 +162,17 @@ fn load_initrd(
             })
         }
     };
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(0))
-        .map_err(BootError::InitrdRead)?;
-    mem.read_exact_volatile_from(GuestAddress(addr), file, size as usize)
-        .map_err(BootError::InitrdCopy)?;
+    match image {
+        InitrdImage::File(file) => {
+            use std::io::{Seek, SeekFrom};
+            file.seek(SeekFrom::Start(0))
+                .map_err(BootError::InitrdRead)?;
+            mem.read_exact_volatile_from(GuestAddress(addr), file, size as usize)
+        }
+        InitrdImage::Bytes(mut bytes) => {
+            mem.read_exact_volatile_from(GuestAddress(addr), &mut bytes, size as usize)
+        }
+    }
+    .map_err(BootError::InitrdCopy)?;
     Ok(Initrd { addr, size })
 }

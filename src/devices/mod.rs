@@ -1,4 +1,5 @@
 //! Emulated devices.
+pub mod exit_status;
 pub mod irq;
 pub mod legacy;
 pub mod virtio;

@@ -51,6 +51,9 @@ pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 
 /// Legacy interrupt lines (ISA IRQs on the IOAPIC / PIC).
 pub const SERIAL_IRQ: u32 = 4;
+/// The second UART (COM2: port 0x2f8, IRQ 3), present when the console has an error output.
+pub const SERIAL2_PORT: u16 = 0x2f8;
+pub const SERIAL2_IRQ: u32 = 3;
 /// First GSI free for virtio-mmio devices; the IOAPIC has 24 pins.
 pub const IRQ_DEVICES_START: u32 = 5;
 pub const IRQ_MAX: u32 = 23;
