@@ -1,13 +1,15 @@
-//! Builds the firmware test guests in `firmware/` with the machine's C toolchain (no extra Rust
-//! target can be installed here), each into `$OUT_DIR/firmware/NAME.elf`; tests find the
-//! directory through the `FLINT_FIRMWARE_DIR` variable set at compile time.
+//! Builds, with the machine's C toolchain (no extra Rust target can be installed here):
 //!
-//! - `NAME.S`: an assembly program (it includes `lib64.inc` for its helpers).
-//! - `NAME.c`: a C program, linked with the runtime: `crt64.S` (the entry, which calls
-//!   `fw_main(boot_params)`) and `fwlib.c` (serial, port and MMIO access, paging, …).
+//! - the firmware test guests in `firmware/`, each into `$OUT_DIR/firmware/NAME.elf`; tests
+//!   find the directory through the `FLINT_FIRMWARE_DIR` variable set at compile time.
+//!   - `NAME.S`: an assembly program (it includes `lib64.inc` for its helpers).
+//!   - `NAME.c`: a C program, linked with the runtime: `crt64.S` (the entry, which calls
+//!     `fw_main(boot_params)`) and `fwlib.c` (serial, port and MMIO access, paging, …).
 //!
-//! The guests run on KVMs that emulate guest kernel code and may not do SSE or x87, so C is
-//! compiled for general-purpose registers only.
+//!   The guests run on KVMs that emulate guest kernel code and may not do SSE or x87, so C is
+//!   compiled for general-purpose registers only.
+//! - flint's guest init for OCI bundles, from `src/oci/init/*.c`, into `$OUT_DIR/flint-init`;
+//!   the crate embeds it from the path in `FLINT_INIT_BIN`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,11 +54,17 @@ const C_FLAGS: &[&str] = &[
 
 fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    let dir = Path::new(&out).join("firmware");
-    std::fs::create_dir_all(&dir).expect("create the firmware output directory");
     let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
-    println!("cargo:rerun-if-changed=firmware");
     println!("cargo:rerun-if-env-changed=CC");
+    build_firmware(&cc, Path::new(&out));
+    build_oci_init(&cc, Path::new(&out));
+}
+
+/// The firmware test guests, into `OUT/firmware/`.
+fn build_firmware(cc: &str, out: &Path) {
+    let dir = out.join("firmware");
+    std::fs::create_dir_all(&dir).expect("create the firmware output directory");
+    println!("cargo:rerun-if-changed=firmware");
 
     for src in programs() {
         let name = src
@@ -64,25 +72,61 @@ fn main() {
             .and_then(|s| s.to_str())
             .expect("utf-8 name");
         let elf = dir.join(format!("{name}.elf"));
-        let mut cmd = Command::new(&cc);
+        let mut cmd = Command::new(cc);
         cmd.args(LINK_FLAGS).arg("-o").arg(&elf);
         if src.extension().is_some_and(|e| e == "c") {
             cmd.args(C_FLAGS);
             cmd.args(C_RUNTIME.iter().map(|f| Path::new("firmware").join(f)));
         }
         cmd.arg(&src);
-        let output = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cc} to build the firmware: {e}"));
-        assert!(
-            output.status.success(),
-            "building firmware {} failed: {:?}\n{}",
-            src.display(),
-            cmd,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        run(cmd, &format!("firmware {}", src.display()));
     }
     println!("cargo:rustc-env=FLINT_FIRMWARE_DIR={}", dir.display());
+}
+
+/// Where the guest init's sources are: every `*.c` there is part of it.
+const INIT_DIR: &str = "src/oci/init";
+
+/// Flags for the guest init, an ordinary Linux program: static (the initramfs has no
+/// libraries), small (it is copied into every guest's initramfs) and stripped. No `-march`:
+/// the guest's CPU may be an emulated one with fewer features than the build machine's.
+const INIT_FLAGS: &[&str] = &[
+    "-static",
+    "-Os",
+    "-s",
+    "-std=gnu11",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+];
+
+/// flint's guest init for OCI bundles, into `OUT/flint-init`.
+fn build_oci_init(cc: &str, out: &Path) {
+    println!("cargo:rerun-if-changed={INIT_DIR}");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(INIT_DIR)
+        .expect("src/oci/init/ exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .collect();
+    sources.sort();
+    let bin = out.join("flint-init");
+    let mut cmd = Command::new(cc);
+    cmd.args(INIT_FLAGS).arg("-o").arg(&bin).args(&sources);
+    run(cmd, "the guest init");
+    println!("cargo:rustc-env=FLINT_INIT_BIN={}", bin.display());
+}
+
+/// Runs a compiler command and fails the build, with its messages, if it fails.
+fn run(mut cmd: Command, what: &str) {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?} to build {what}: {e}", cmd.get_program()));
+    assert!(
+        output.status.success(),
+        "building {what} failed: {:?}\n{}",
+        cmd,
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The programs in `firmware/`: every `*.S` and `*.c` but the C runtime's own files.

@@ -35,14 +35,35 @@ enum Command {
     /// the guest powers off or reboots, 128+N when stopped by signal N (SIGINT, SIGTERM,
     /// SIGHUP), and 1 when a vCPU fails or the VM cannot be built.
     Run(RunArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
-#[derive(clap::Args)]
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Run one OCI bundle N times each as a flint microVM, a crun container and a QEMU microvm,
+    /// and compare time to first output and to exit, CPU time, memory and disk.
+    ///
+    /// Writes startup.json, startup.md and startup.svg to --out and prints the table.
+    Startup(flint::bench::StartupArgs),
+}
+
+#[derive(clap::Args, Clone)]
 struct RunArgs {
     /// Guest kernel: an ELF vmlinux (booted through its PVH entry when it has one, else its
-    /// 64-bit entry) or a bzImage.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    /// 64-bit entry) or a bzImage. Required, but with --oci-bundle, where flint's own kernel is
+    /// found through $FLINT_KERNEL or in /usr/local/share/flint/vmlinux or
+    /// /usr/share/flint/vmlinux.
+    #[arg(long, value_name = "PATH", required_unless_present = "oci_bundle")]
+    kernel: Option<PathBuf>,
+    /// Run an OCI runtime bundle (a directory with config.json and its rootfs, as crun and runc
+    /// take) in the VM: its process with its args, env, cwd, user and mounts, its stdout and
+    /// stderr on flint's, and its exit code as flint's. The rootfs becomes an ext4 image (cached
+    /// by content in $FLINT_IMAGE_CACHE, /var/cache/flint/images for root, else
+    /// ~/.cache/flint/images) shared read-only; the guest writes to a tmpfs layer over it.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["initrd", "cmdline", "rootfs"])]
+    oci_bundle: Option<PathBuf>,
     /// Initramfs (or initrd) image to load with the kernel.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -94,9 +115,15 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
+    if let Some(bundle) = &args.oci_bundle {
+        return run_bundle(bundle, args.clone(), start);
+    }
+    let Some(kernel) = args.kernel else {
+        anyhow::bail!("--kernel is required (or --oci-bundle)");
+    };
     let config = VmConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
+        kernel,
+        initrd: args.initrd.map(config::Initrd::File),
         cmdline: config::compose_cmdline(args.cmdline.as_deref(), args.append.as_deref()),
         vcpus: args.cpus,
         memory_mib: args.memory,
@@ -109,6 +136,53 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
     // Raw mode only once the VM is built, and restored when `_raw` drops on every return.
     let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
     Ok(vmm.run()?)
+}
+
+/// `run --oci-bundle`: the bundle's rootfs image first (/dev/vda, read-only), then any --disk;
+/// the workload's stdout on COM1 and stderr on COM2; its exit status as flint's.
+fn run_bundle(
+    bundle: &std::path::Path,
+    args: RunArgs,
+    start: Instant,
+) -> anyhow::Result<ExitReason> {
+    use flint::devices::legacy::serial::Unbuffered;
+    let kernel = match args.kernel.or_else(flint::oci::default_kernel) {
+        Some(k) => k,
+        None => anyhow::bail!(
+            "--oci-bundle needs flint's guest kernel: pass --kernel PATH or set FLINT_KERNEL, or \
+             install it as {} (resources/guest/build.sh builds it)",
+            flint::oci::DEFAULT_KERNELS[0]
+        ),
+    };
+    let plan = flint::oci::prepare(bundle, &flint::oci::default_cache_dir())?;
+    let root = DiskConfig {
+        path: plan.image.clone(),
+        read_only: true,
+        serial: Some("flint-rootfs".into()),
+    };
+    let config = VmConfig {
+        kernel,
+        initrd: Some(config::Initrd::Generated(plan.initramfs)),
+        cmdline: config::compose_cmdline(Some(&plan.kernel_args), args.append.as_deref()),
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        boot_timer: args.boot_timer,
+        root_on_first_disk: false,
+        disks: std::iter::once(root).chain(args.disk).collect(),
+        nets: args.net,
+    };
+    let mut console = vmm::stdio_console();
+    console.error_output = Some(Box::new(Unbuffered(std::io::stderr())));
+    console.eof_byte = Some(0x04);
+    let vmm = Vmm::build(&config, console, start)?;
+    let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
+    match vmm.run()? {
+        ExitReason::Shutdown => anyhow::bail!(
+            "the guest stopped without reporting the process's exit status (did the kernel \
+             panic? its messages go to stderr)"
+        ),
+        reason => Ok(reason),
+    }
 }
 
 /// Parses the command line; a usage error is one line on stderr and exit code 2 (help and
@@ -146,9 +220,19 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run(args, start),
+        Command::Bench(BenchCommand::Startup(args)) => {
+            return match flint::bench::startup(&args) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flint: error: {}", one_line(&e.into()));
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(ExitReason::Shutdown) => ExitCode::SUCCESS,
+        Ok(ExitReason::Status(status)) => ExitCode::from(status),
         Ok(reason @ ExitReason::Signal(sig)) => {
             eprintln!("flint: stopped by signal {sig}; the VM was shut down");
             ExitCode::from(reason.exit_code() as u8)

@@ -303,3 +303,89 @@ fn unreadable_kernel_and_initrd() {
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     }
 }
+
+#[test]
+fn bad_bundles() {
+    let k = hello();
+    let bundle_fails = |b: &TestBundle, needle: &str| {
+        let mut cmd = b.flint();
+        cmd.args(["run", "--oci-bundle", b.path(), "--kernel", &k]);
+        let r = run_command(cmd, b"", std::time::Duration::from_secs(60));
+        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        let want = format!("flint: error: --oci-bundle {}: {needle}", b.path());
+        assert!(
+            r.stderr.starts_with(&want),
+            "want {want:?} in {:?}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.lines().count(), 1, "one line: {:?}", r.stderr);
+        assert!(!b.cache().exists(), "no image is built for a bad bundle");
+    };
+    let b = TestBundle::new("no-config", "{}");
+    std::fs::remove_file(b.dir.join("config.json")).unwrap();
+    bundle_fails(&b, "config.json: no such file");
+    bundle_fails(
+        &TestBundle::new("bad-json", r#"{"ociVersion": "1.0.2", "process": "#),
+        "config.json is not valid: EOF while parsing",
+    );
+    bundle_fails(
+        &TestBundle::with_args("no-exe", r#"["nosuch", "x"]"#),
+        "process.args[0]: 'nosuch' is not found in the rootfs (searched the bundle's PATH: /bin)",
+    );
+    bundle_fails(
+        &TestBundle::new(
+            "hooks",
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["sh"], "cwd": "/"},
+                "hooks": {"prestart": [{"path": "/usr/bin/true"}]}}"#,
+        ),
+        "hooks is not supported by flint",
+    );
+    bundle_fails(
+        &TestBundle::new(
+            "unknown",
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["sh"], "cwd": "/", "priority": 3}}"#,
+        ),
+        "config.json is not valid: unknown field `priority`",
+    );
+    fails_with(
+        &["run", "--oci-bundle", "/nonexistent/bundle", "--kernel", &k],
+        "--oci-bundle /nonexistent/bundle: no such file",
+    );
+}
+
+#[test]
+fn bundle_option_conflicts_and_kernel() {
+    let r = run(&[
+        "run",
+        "--oci-bundle",
+        "/tmp",
+        "--initrd",
+        "/x",
+        "--kernel",
+        "/k",
+    ]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("--initrd"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    // Without --kernel, flint looks for its kernel; where there is none, it says where it looked.
+    if !flint::oci::DEFAULT_KERNELS
+        .iter()
+        .any(|k| std::path::Path::new(k).exists())
+    {
+        let b = TestBundle::with_args("nokernel", r#"["sh"]"#);
+        let mut cmd = b.flint();
+        cmd.env_remove("FLINT_KERNEL")
+            .args(["run", "--oci-bundle", b.path()]);
+        let r = run_command(cmd, b"", std::time::Duration::from_secs(60));
+        assert_eq!(r.code, Some(1));
+        assert!(
+            r.stderr
+                .contains("--oci-bundle needs flint's guest kernel: pass --kernel PATH"),
+            "{}",
+            r.stderr
+        );
+    }
+    let r = run(&["run", "--memory", "64"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("--kernel <PATH>"), "{}", r.stderr);
+}

@@ -7,9 +7,17 @@
 //! the root, sets up the process as a container runtime would and reports its exit status on
 //! the exit-status port, which becomes flint's exit code.
 
+pub mod bundle;
+pub mod image;
+#[cfg(test)]
+mod init_tests;
+pub mod initramfs;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
+
+pub use bundle::Bundle;
+use initramfs::{Cpio, Node};
 
 /// The guest writes the process's exit status (one byte) here. The same port as QEMU's
 /// `isa-debug-exit` device, so that the same guest also ends QEMU with a status.
@@ -17,9 +25,34 @@ pub const EXIT_STATUS_PORT: u16 = 0x501;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("--oci-bundle {bundle}: {what}")]
-    Bundle { bundle: String, what: String },
+    #[error("--oci-bundle {bundle}: {source}")]
+    Bundle {
+        bundle: String,
+        #[source]
+        source: bundle::BundleError,
+    },
+    #[error("--oci-bundle {bundle}: {source}")]
+    Image {
+        bundle: String,
+        #[source]
+        source: image::ImageError,
+    },
+    #[error("--oci-bundle {bundle}: {source}")]
+    Spec {
+        bundle: String,
+        #[source]
+        source: spec::NulInSpec,
+    },
 }
+
+/// flint's guest init, built from `src/oci/init/` by build.rs.
+const INIT: &[u8] = include_bytes!(env!("FLINT_INIT_BIN"));
+
+/// The guest kernel's arguments for a bundle run. The kernel's console is the second UART
+/// (the user's stderr) and shows only emergencies, so the workload's output is its own; a
+/// panic reboots at once, which flint reports as a guest that ended without a status.
+pub const KERNEL_ARGS: &str = "console=ttyS1 8250.nr_uarts=2 loglevel=1 reboot=k panic=-1 \
+     pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// What a VMM needs to run a bundle: the root image, the initramfs and the kernel arguments.
 #[derive(Debug)]
@@ -36,12 +69,38 @@ pub struct GuestPlan {
 }
 
 /// Reads and checks the bundle, builds (or finds) its image in `cache`, and returns the plan.
-pub fn prepare(bundle: &Path, cache: &Path) -> Result<GuestPlan, OciError> {
-    let _ = cache;
-    Err(OciError::Bundle {
-        bundle: bundle.display().to_string(),
-        what: "not implemented yet".into(),
+pub fn prepare(dir: &Path, cache: &Path) -> Result<GuestPlan, OciError> {
+    let name = || dir.display().to_string();
+    let bundle = Bundle::load(dir).map_err(|source| OciError::Bundle {
+        bundle: name(),
+        source,
+    })?;
+    let spec = bundle.spec.encode().map_err(|source| OciError::Spec {
+        bundle: name(),
+        source,
+    })?;
+    let image = image::image_for(&bundle.rootfs, cache).map_err(|source| OciError::Image {
+        bundle: name(),
+        source,
+    })?;
+    Ok(GuestPlan {
+        image,
+        initramfs: guest_initramfs(&spec),
+        kernel_args: KERNEL_ARGS.to_string(),
+        terminal: bundle.spec.terminal,
     })
+}
+
+/// The initramfs: the init, the spec, and a console node for the kernel to open before init.
+pub fn guest_initramfs(spec: &[u8]) -> Vec<u8> {
+    let mut c = Cpio::new();
+    c.add("dev", 0o755, Node::Dir)
+        .add("dev/console", 0o600, Node::CharDev(5, 1))
+        .add("mnt", 0o755, Node::Dir)
+        .add("flint", 0o755, Node::Dir)
+        .add("flint/spec", 0o644, Node::File(spec))
+        .add("init", 0o755, Node::File(INIT));
+    c.finish()
 }
 
 /// The image cache: `$FLINT_IMAGE_CACHE`, else `/var/cache/flint/images` for root, else
@@ -62,7 +121,8 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 /// Where flint looks for a guest kernel when `--kernel` is not given with `--oci-bundle`.
-pub const DEFAULT_KERNELS: &[&str] = &["/usr/local/share/flint/vmlinux", "/usr/share/flint/vmlinux"];
+pub const DEFAULT_KERNELS: &[&str] =
+    &["/usr/local/share/flint/vmlinux", "/usr/share/flint/vmlinux"];
 
 /// The guest kernel to use: `$FLINT_KERNEL`, else the first of [`DEFAULT_KERNELS`] that exists.
 pub fn default_kernel() -> Option<PathBuf> {

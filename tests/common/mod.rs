@@ -35,8 +35,14 @@ impl From<Output> for Run {
 
 /// Runs flint with `args` and `input` on stdin; kills it after `timeout`.
 pub fn run_with_input(args: &[&str], input: &[u8], timeout: Duration) -> Run {
-    let mut child = flint()
-        .args(args)
+    let mut cmd = flint();
+    cmd.args(args);
+    run_command(cmd, input, timeout)
+}
+
+/// Runs `cmd` with `input` on stdin; kills it after `timeout`.
+pub fn run_command(mut cmd: Command, input: &[u8], timeout: Duration) -> Run {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,8 +132,15 @@ pub fn base64(data: &[u8]) -> String {
 }
 
 /// Runs `script` (a shell script) inside the lab, with extra files, and returns its stdout.
-/// Panics with everything the lab printed if the lab itself fails.
+/// Panics with what the lab printed if it fails. A failure of the lab itself (exit 125: it
+/// died booting or stopped without CMD's status; QEMU/TCG emulating nested SVM is not a
+/// perfect machine) is retried once, and the first failure is printed.
 pub fn run_in_lab(script: &str) -> String {
+    run_in_lab_with(script, &[])
+}
+
+/// [`run_in_lab`] with extra `--add HOST:/LAB` files or directories and other `lab/run` options.
+pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
     let path = std::env::temp_dir().join(format!(
         "flint-lab-{}-{}.sh",
         std::process::id(),
@@ -135,21 +148,41 @@ pub fn run_in_lab(script: &str) -> String {
     ));
     std::fs::write(&path, script).unwrap();
     let run = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lab/run");
-    let out = Command::new(run)
-        .args(["--timeout", "1200", "--add"])
-        .arg(format!("{}:/scenarios.sh", path.display()))
-        .args(["--", "sh", "/scenarios.sh"])
-        .output()
-        .expect("run resources/lab/run");
+    let attempt = || {
+        Command::new(run)
+            .args(["--timeout", "1200", "--add"])
+            .arg(format!("{}:/scenarios.sh", path.display()))
+            .args(options)
+            .args(["--", "sh", "/scenarios.sh"])
+            .output()
+            .expect("run resources/lab/run")
+    };
+    let mut out = attempt();
+    if out.status.code() == Some(125) {
+        eprintln!(
+            "the lab failed (exit 125), retrying once; it printed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&String::from_utf8_lossy(&out.stdout), 40)
+        );
+        out = attempt();
+    }
     let _ = std::fs::remove_file(&path);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The lab's own messages first: a long console log would bury them.
     assert_eq!(
         out.status.code(),
         Some(0),
-        "the lab failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "the lab failed; its messages:\n{}\nthe end of its output:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&stdout, 60)
     );
     stdout
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Splits lab output into scenarios delimited by `=== begin NAME` / `=== end NAME CODE`.
@@ -179,4 +212,63 @@ pub fn has_line(out: &str, line: &str) -> bool {
 /// The rest of the first line of `out` that starts with `prefix`.
 pub fn value<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
     out.lines().find_map(|l| l.strip_prefix(prefix))
+}
+
+/// An OCI bundle in a temporary directory: `config.json` and a `rootfs/` with an executable
+/// `/bin/sh` (a placeholder: the fast tier's firmware never runs it), and an image cache of its
+/// own. Removed on drop.
+pub struct TestBundle {
+    pub dir: PathBuf,
+}
+
+impl TestBundle {
+    pub fn new(name: &str, config: &str) -> TestBundle {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("flint-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+        std::fs::create_dir_all(dir.join("rootfs/tmp")).unwrap();
+        std::fs::write(dir.join("rootfs/bin/sh"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            dir.join("rootfs/bin/sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        TestBundle { dir }
+    }
+
+    /// A bundle running `args` (JSON array text) in `/`.
+    pub fn with_args(name: &str, args: &str) -> TestBundle {
+        TestBundle::new(
+            name,
+            &format!(
+                r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
+                    "process": {{"args": {args}, "env": ["PATH=/bin"], "cwd": "/"}}}}"#
+            ),
+        )
+    }
+
+    pub fn path(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// The image cache this bundle's runs use (FLINT_IMAGE_CACHE).
+    pub fn cache(&self) -> PathBuf {
+        self.dir.with_extension("images")
+    }
+
+    /// flint with this bundle's image cache.
+    pub fn flint(&self) -> Command {
+        let mut c = flint();
+        c.env("FLINT_IMAGE_CACHE", self.cache());
+        c
+    }
+}
+
+impl Drop for TestBundle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(self.cache());
+    }
 }

@@ -1,0 +1,449 @@
+/*
+ * flint's guest init: the process's side. Runs as PID 1 of a new PID namespace, in its own
+ * mount namespace, and turns the guest into what a container runtime would have given the
+ * process: the bundle's root, its mounts and devices, hidden and read-only paths, sysctls,
+ * hostname, limits, credentials and capabilities; then executes it.
+ *
+ * Any failure is fatal: the message names what failed and the exit status is
+ * EXIT_SETUP_FAILED (the parent reports it as the VM's status).
+ */
+#include "flint-init.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+/* Where execvp would look when the spec's env has no PATH (runc's and crun's default). */
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+/* Prints "WHAT: strerror(errno)" (just "WHAT" if errno is 0) and exits with EXIT_SETUP_FAILED. */
+__attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...)
+{
+	int errnum = errno;
+	char what[768];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof what, fmt, ap);
+	va_end(ap);
+	print_error(errnum, "%s", what);
+	_exit(EXIT_SETUP_FAILED);
+}
+
+/*
+ * Makes the root file system mounted at `root` this namespace's root. pivot_root cannot be
+ * used: the old root is the initramfs, which cannot be unmounted. So the new root is moved
+ * over "/" and entered with chroot, as switch_root does; the initramfs stays underneath,
+ * unreachable from the new root.
+ */
+static void enter_root(const char *root)
+{
+	if (chdir(root) < 0)
+		die("chdir to the root %s", root);
+	if (mount(".", "/", NULL, MS_MOVE, NULL) < 0)
+		die("move the root %s to /", root);
+	if (chroot(".") < 0)
+		die("chroot to the root");
+	if (chdir("/") < 0)
+		die("chdir to /");
+}
+
+/*
+ * One `mount` record: a new file system (proc, tmpfs, ...). Bind mounts and propagation
+ * flags are refused: the host does not send them (there is no host path to bind, and no
+ * other mount namespace to propagate to), and mount(2) would read them as requests to bind
+ * or to change an existing mount's propagation, not to mount anything.
+ */
+static void mount_one(const struct spec_mount *m)
+{
+	const unsigned long refused =
+		MS_BIND | MS_MOVE | MS_REMOUNT | MS_SHARED | MS_PRIVATE | MS_SLAVE | MS_UNBINDABLE;
+	/* A cgroup-v2 guest has no v1 hierarchies: mount what crun mounts on such a host. */
+	const char *type = strcmp(m->fstype, "cgroup") == 0 ? "cgroup2" : m->fstype;
+
+	if (m->flags & refused) {
+		errno = 0;
+		die("mount %s on %s (type %s): flags %#lx include bind, move, remount or "
+		    "propagation flags, which flint-init does not support",
+		    m->source, m->destination, type, m->flags & refused);
+	}
+	if (mkdir_p(m->destination, 0755) < 0)
+		die("create the mount point %s", m->destination);
+	if (mount(m->source, m->destination, type, m->flags, m->data[0] ? m->data : NULL) < 0)
+		die("mount %s on %s (type %s)", m->source, m->destination, type);
+}
+
+/* Creates a device or link in /dev unless it is there already or /dev is read-only. */
+static void create_in_dev(int result, const char *path)
+{
+	if (result < 0 && errno != EEXIST && errno != EROFS)
+		die("create %s", path);
+}
+
+/*
+ * The devices and links every container has (runc and crun create the same), unless /dev
+ * already has them, as a devtmpfs does. For a terminal, /dev/console is the terminal too;
+ * `console_path` is an O_PATH descriptor of ttyS0 opened in this mount namespace (a bind
+ * mount's source must belong to the namespace, the parent's descriptor does not), bound
+ * through /proc because the path /dev/ttyS0 is not reachable from the new root.
+ */
+static void create_devices(int console_path)
+{
+	static const struct {
+		const char *path;
+		unsigned major, minor;
+	} devices[] = {
+		{"/dev/null", 1, 3},    {"/dev/zero", 1, 5},	{"/dev/full", 1, 7},
+		{"/dev/random", 1, 8},  {"/dev/urandom", 1, 9}, {"/dev/tty", 5, 0},
+	};
+	static const struct {
+		const char *path, *target;
+	} links[] = {
+		{"/dev/fd", "/proc/self/fd"},
+		{"/dev/stdin", "/proc/self/fd/0"},
+		{"/dev/stdout", "/proc/self/fd/1"},
+		{"/dev/stderr", "/proc/self/fd/2"},
+	};
+	struct stat st;
+
+	/* Without a /dev mount, in an image without /dev (runc creates it too). */
+	create_in_dev(mkdir("/dev", 0755), "/dev");
+	if (lstat("/dev/null", &st) < 0 && errno == ENOENT)
+		for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++)
+			create_in_dev(mknod(devices[i].path, S_IFCHR | 0666,
+					    makedev(devices[i].major, devices[i].minor)),
+				      devices[i].path);
+	for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+		create_in_dev(symlink(links[i].target, links[i].path), links[i].path);
+	if (lstat("/dev/pts/ptmx", &st) == 0)
+		create_in_dev(symlink("pts/ptmx", "/dev/ptmx"), "/dev/ptmx");
+
+	if (console_path >= 0) {
+		char source[64];
+		snprintf(source, sizeof source, "/proc/self/fd/%d", console_path);
+		/* An empty file to bind onto, unless there is something already (a devtmpfs's). */
+		int fd = open("/dev/console", O_WRONLY | O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC, 0600);
+		if (fd < 0 && errno != EEXIST)
+			die("create /dev/console");
+		if (fd >= 0)
+			close(fd);
+		if (mount(source, "/dev/console", NULL, MS_BIND, NULL) < 0)
+			die("bind the console /dev/ttyS0 onto /dev/console (is /proc mounted?)");
+	}
+}
+
+/* Writes each sysctl to /proc/sys/KEY, the key's dots as slashes. */
+static void write_sysctls(const struct run_spec *s)
+{
+	for (size_t i = 0; i < s->n_sysctls; i++) {
+		const struct spec_sysctl *sc = &s->sysctls[i];
+		char path[PATH_MAX];
+		int n = snprintf(path, sizeof path, "/proc/sys/%s", sc->key);
+		if (n < 0 || (size_t)n >= sizeof path) {
+			errno = ENAMETOOLONG;
+			die("sysctl %s", sc->key);
+		}
+		for (char *c = path + strlen("/proc/sys/"); *c; c++)
+			if (*c == '.')
+				*c = '/';
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write_all(fd, sc->value, strlen(sc->value)) < 0)
+			die("sysctl %s (%s)", sc->key, path);
+		if (close(fd) < 0)
+			die("sysctl %s (%s)", sc->key, path);
+	}
+}
+
+/* stat() for the path lists: false if the path does not exist (it is then skipped). */
+static bool path_exists(const char *path, struct stat *st)
+{
+	if (stat(path, st) == 0)
+		return true;
+	if (errno == ENOENT || errno == ENOTDIR)
+		return false;
+	die("stat %s", path);
+}
+
+/*
+ * The MS_* flags of the mount at `path` that a remount must repeat: a bind remount sets the
+ * mount's flags to exactly what it is given, and making /proc/sys read-only must not also
+ * make it suid, dev and exec.
+ */
+static unsigned long kept_mount_flags(const char *path)
+{
+	static const struct {
+		unsigned long st, ms;
+	} map[] = {
+		{ST_NOSUID, MS_NOSUID},	    {ST_NODEV, MS_NODEV},
+		{ST_NOEXEC, MS_NOEXEC},	    {ST_NOATIME, MS_NOATIME},
+		{ST_NODIRATIME, MS_NODIRATIME}, {ST_RELATIME, MS_RELATIME},
+	};
+	struct statvfs sv;
+	if (statvfs(path, &sv) < 0)
+		die("statvfs %s", path);
+	unsigned long flags = 0;
+	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+		if (sv.f_flag & map[i].st)
+			flags |= map[i].ms;
+	return flags;
+}
+
+/* linux.readonlyPaths: each bound onto itself (with what is mounted below) read-only. */
+static void make_readonly_paths(const struct run_spec *s)
+{
+	for (size_t i = 0; i < s->n_readonly; i++) {
+		const char *path = s->readonly[i];
+		struct stat st;
+		if (!path_exists(path, &st))
+			continue;
+		if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0)
+			die("bind %s onto itself", path);
+		unsigned long flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC;
+		if (mount(path, path, NULL, flags | kept_mount_flags(path), NULL) < 0)
+			die("make %s read-only", path);
+	}
+}
+
+/*
+ * linux.maskedPaths: a file gets /dev/null bound over it, a directory an empty read-only
+ * tmpfs.
+ */
+static void mask_paths(const struct run_spec *s)
+{
+	for (size_t i = 0; i < s->n_masked; i++) {
+		const char *path = s->masked[i];
+		struct stat st;
+		if (!path_exists(path, &st))
+			continue;
+		if (S_ISDIR(st.st_mode)) {
+			if (mount("tmpfs", path, "tmpfs", MS_RDONLY, NULL) < 0)
+				die("mask the directory %s", path);
+		} else if (mount("/dev/null", path, NULL, MS_BIND, NULL) < 0) {
+			die("mask %s", path);
+		}
+	}
+}
+
+static void set_rlimits(const struct run_spec *s)
+{
+	for (size_t i = 0; i < s->n_rlimits; i++) {
+		const struct spec_rlimit *r = &s->rlimits[i];
+		struct rlimit limit = {.rlim_cur = r->soft, .rlim_max = r->hard};
+		if (setrlimit((__rlimit_resource_t)r->resource, &limit) < 0)
+			die("set resource limit %u to %llu/%llu", r->resource,
+			    (unsigned long long)r->soft, (unsigned long long)r->hard);
+	}
+}
+
+/*
+ * Makes the console the terminal of the process, in the foreground. The init leads the
+ * session and holds the console as its controlling terminal (see flint-init.c): the process
+ * gets its own process group, made the terminal's foreground group. tcsetpgrp from a
+ * background group raises SIGTTOU, which is blocked meanwhile, as shells do.
+ */
+static void take_terminal(int console)
+{
+	sigset_t ttou, saved;
+	sigemptyset(&ttou);
+	sigaddset(&ttou, SIGTTOU);
+	if (sigprocmask(SIG_BLOCK, &ttou, &saved) < 0)
+		die("block SIGTTOU");
+	if (setpgid(0, 0) < 0)
+		die("create a process group");
+	if (tcsetpgrp(console, getpgrp()) < 0)
+		die("make the process the terminal's foreground");
+	if (sigprocmask(SIG_SETMASK, &saved, NULL) < 0)
+		die("restore the signal mask");
+	if (dup2(console, STDERR_FILENO) < 0)
+		die("make the terminal the standard error");
+}
+
+/* The highest capability this kernel knows: PR_CAPBSET_READ is EINVAL beyond it. */
+static unsigned last_capability(void)
+{
+	unsigned last = 0;
+	while (last < 63 && prctl(PR_CAPBSET_READ, last + 1, 0, 0, 0) >= 0)
+		last++;
+	return last;
+}
+
+/*
+ * Limits the bounding set to the spec's. Needs CAP_SETPCAP in the effective set, so it runs
+ * before setuid() clears that.
+ */
+static void limit_bounding_set(uint64_t keep, unsigned last)
+{
+	for (unsigned c = 0; c <= last; c++)
+		if (!(keep & (UINT64_C(1) << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0)
+			die("drop capability %u from the bounding set", c);
+}
+
+/*
+ * Sets the effective, permitted and inheritable sets, then raises the ambient ones (which
+ * must be permitted and inheritable by then). Capabilities this kernel does not know are
+ * left out, as runc does.
+ */
+static void set_capabilities(const struct spec_caps *caps, unsigned last)
+{
+	uint64_t known = last >= 63 ? UINT64_MAX : (UINT64_C(1) << (last + 1)) - 1;
+	struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct data[2];
+	for (int i = 0; i < 2; i++) {
+		data[i].effective = (uint32_t)((caps->effective & known) >> (32 * i));
+		data[i].permitted = (uint32_t)((caps->permitted & known) >> (32 * i));
+		data[i].inheritable = (uint32_t)((caps->inheritable & known) >> (32 * i));
+	}
+	if (syscall(SYS_capset, &header, data) < 0)
+		die("set the capabilities");
+	for (unsigned c = 0; c <= last; c++)
+		if ((caps->ambient & (UINT64_C(1) << c)) &&
+		    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) < 0)
+			die("raise ambient capability %u", c);
+}
+
+/*
+ * Becomes the spec's user, with its capabilities if it has any (else setuid's usual rule:
+ * root keeps all, another user none). PR_SET_KEEPCAPS keeps the permitted set across
+ * setuid() to a non-root user, for capset() to choose from; execve() clears the flag.
+ */
+static void switch_user(const struct run_spec *s)
+{
+	unsigned last = last_capability();
+	if (setgroups(s->n_groups, s->groups) < 0)
+		die("set the additional groups");
+	if (s->has_caps) {
+		limit_bounding_set(s->caps.bounding, last);
+		if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+			die("keep capabilities across setuid");
+	}
+	if (setgid(s->gid) < 0)
+		die("setgid %u", (unsigned)s->gid);
+	if (setuid(s->uid) < 0)
+		die("setuid %u", (unsigned)s->uid);
+	if (s->has_caps)
+		set_capabilities(&s->caps, last);
+}
+
+/*
+ * execve() of `name` in each directory of `path` in turn, as execvp does (an empty entry is
+ * the working directory); returns the errno to report if none could be executed.
+ */
+static int exec_in_path(const char *name, const char *path, char *const argv[],
+			char *const envp[])
+{
+	size_t name_len = strlen(name);
+	int result = ENOENT;
+	if (name_len == 0)
+		return ENOENT;
+	for (const char *dir = path;; dir++) {
+		const char *colon = strchrnul(dir, ':');
+		size_t dir_len = (size_t)(colon - dir);
+		char file[PATH_MAX];
+		if (dir_len + 1 + name_len < sizeof file) {
+			memcpy(file, dir, dir_len);
+			file[dir_len] = '/';
+			memcpy(file + dir_len + 1, name, name_len + 1);
+			execve(dir_len == 0 ? name : file, argv, envp);
+			switch (errno) {
+			case EACCES:
+				/* Found but not executable: report it unless a later one runs. */
+				result = EACCES;
+				break;
+			case ENOENT:
+			case ENOTDIR:
+			case ESTALE:
+			case ENODEV:
+			case ETIMEDOUT:
+				break;
+			default:
+				return errno;
+			}
+		}
+		dir = colon;
+		if (*dir == '\0')
+			return result;
+	}
+}
+
+/*
+ * Executes the process with exactly the spec's environment. Like runc and crun, a program
+ * name without a slash is looked up in the PATH of that environment, not the init's.
+ */
+__attribute__((noreturn)) static void exec_process(const struct run_spec *s)
+{
+	const char *program = s->args[0];
+	char *const *argv = (char *const *)s->args;
+	char *const *envp = (char *const *)s->env;
+	int errnum;
+	if (strchr(program, '/') != NULL) {
+		execve(program, argv, envp);
+		errnum = errno;
+	} else {
+		/* The first PATH, as getenv() would find it in the process. */
+		const char *path = DEFAULT_PATH;
+		for (size_t i = 0; i < s->n_env; i++) {
+			if (strncmp(s->env[i], "PATH=", 5) == 0) {
+				path = s->env[i] + 5;
+				break;
+			}
+		}
+		errnum = exec_in_path(program, path, argv, envp);
+	}
+	print_error(errnum, "exec %s", program);
+	_exit(errnum == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC);
+}
+
+void run_container(const struct run_spec *s, int console, const char *root)
+{
+	/* The mounts below stay in this namespace; the parent's is left as it is. */
+	if (unshare(CLONE_NEWNS) < 0)
+		die("unshare the mount namespace");
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		die("make the mounts private");
+	/* Modes below are exact (0666 devices); the process's umask is set before exec. */
+	umask(0);
+
+	int console_path = -1;
+	if (s->terminal && (console_path = open("/dev/ttyS0", O_PATH | O_CLOEXEC)) < 0)
+		die("open /dev/ttyS0");
+
+	enter_root(root);
+	for (size_t i = 0; i < s->n_mounts; i++)
+		mount_one(&s->mounts[i]);
+	create_devices(console_path);
+	/*
+	 * Sysctls go before the read-only paths, which usually include /proc/sys; masking comes
+	 * last (runc's order), so that nothing is bound over a masked path's /dev/null.
+	 */
+	write_sysctls(s);
+	make_readonly_paths(s);
+	mask_paths(s);
+	if (s->hostname != NULL && sethostname(s->hostname, strlen(s->hostname)) < 0)
+		die("set the hostname %s", s->hostname);
+	set_rlimits(s);
+	if (s->terminal)
+		take_terminal(console);
+
+	umask(s->has_umask ? s->umask : 022);
+	switch_user(s);
+	if (s->no_new_privileges && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		die("set no_new_privs");
+	if (chdir(s->cwd) < 0)
+		die("chdir to the working directory %s", s->cwd);
+	exec_process(s);
+}

@@ -1,0 +1,327 @@
+/*
+ * flint-init: the init (PID 1) of the microVM flint boots for an OCI bundle
+ * (`flint run --oci-bundle DIR`). The host puts it in a generated initramfs with the run
+ * spec, /flint/spec (src/oci/spec.rs). It
+ *
+ *   1. mounts devtmpfs and tells the VMM's boot timer that user space has started;
+ *   2. opens the consoles: ttyS0 is the process's stdin and stdout, ttyS1 its stderr (or,
+ *      with a terminal, ttyS0 is all three);
+ *   3. reads the run spec;
+ *   4. mounts the root: the bundle's image (/dev/vda, ext4, read-only) under a tmpfs overlay,
+ *      or the image alone if the root is read-only;
+ *   5. starts the process in new PID and mount namespaces (container.c);
+ *   6. waits for it, and reports its exit status on the exit-status port, which ends the VM
+ *      with that status (flint exits with it). A setup failure reports 125.
+ *
+ * On success it prints nothing: the process's output must be exactly what it would be in a
+ * container. A PID 1 must never exit (the kernel would panic), so every path ends in
+ * halt_with_status().
+ *
+ * With `--print-spec FILE` it is an ordinary program that parses FILE and prints what it
+ * read, for the host's unit tests (src/oci/init_tests.rs).
+ */
+#include "flint-init.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/io.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#define SPEC_PATH "/flint/spec"
+
+/* The VMM's boot timer (Firecracker's too): this byte written at this physical address. */
+#define BOOT_TIMER_ADDR 0xd0000000
+#define BOOT_TIMER_MAGIC 123
+
+/* One byte written here ends the VM with it as the status (src/devices/exit_status.rs). */
+#define EXIT_STATUS_PORT 0x501
+
+/* The consoles, kept open (close-on-exec) to drain them at the end; -1 until opened. */
+static struct {
+	int out; /* ttyS0 */
+	int err; /* ttyS1, or ttyS0 if there is no ttyS1 */
+} consoles = {-1, -1};
+
+/* Waits until everything written to the console `fd` (if open) has left the UART. */
+static void drain(int fd)
+{
+	while (fd >= 0 && tcdrain(fd) < 0 && errno == EINTR)
+		continue;
+}
+
+/*
+ * Reports `status` to the VMM and stops the VM. The output must have left the guest first:
+ * the VMM exits as soon as the status arrives.
+ */
+__attribute__((noreturn)) static void halt_with_status(int status)
+{
+	/*
+	 * With a terminal, the process's group was the foreground one: tcdrain from a background
+	 * group raises SIGTTOU, which PID 1 does not get, and fails with EIO without draining,
+	 * unless SIGTTOU is blocked.
+	 */
+	sigset_t ttou;
+	sigemptyset(&ttou);
+	sigaddset(&ttou, SIGTTOU);
+	sigprocmask(SIG_BLOCK, &ttou, NULL);
+	drain(consoles.out);
+	if (consoles.err != consoles.out)
+		drain(consoles.err);
+	sync();
+
+	if (ioperm(EXIT_STATUS_PORT, 1, 1) == 0)
+		outb((unsigned char)status, EXIT_STATUS_PORT);
+	/*
+	 * Only reached if the VMM has no exit-status port: reboot (flint's kernel command line
+	 * has reboot=k, a reset through the i8042, which flint treats as power-off).
+	 */
+	reboot(RB_AUTOBOOT);
+	reboot(RB_POWER_OFF);
+	for (;;)
+		pause();
+}
+
+/* Prints "WHAT: strerror(errno)" and halts with status 125. */
+__attribute__((noreturn, format(printf, 1, 2))) static void fatal(const char *fmt, ...)
+{
+	int errnum = errno;
+	char what[768];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof what, fmt, ap);
+	va_end(ap);
+	print_error(errnum, "%s", what);
+	halt_with_status(EXIT_SETUP_FAILED);
+}
+
+/* Tells the VMM's boot timer that user space has started; the VMM may not have one. */
+static void mark_boot_time(void)
+{
+	const size_t page_size = 4096;
+	int fd = open("/dev/mem", O_RDWR | O_SYNC | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	void *page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, BOOT_TIMER_ADDR);
+	close(fd);
+	if (page == MAP_FAILED)
+		return;
+	*(volatile unsigned char *)page = BOOT_TIMER_MAGIC;
+	munmap(page, page_size);
+}
+
+/*
+ * Opens a console above the standard descriptors, close-on-exec: 0, 1 and 2 are the kernel's
+ * /dev/console, or closed if the initramfs has none, and are then made copies of these.
+ */
+static int open_console(const char *path)
+{
+	int fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0 || fd > STDERR_FILENO)
+		return fd;
+	int high = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return high;
+}
+
+static void open_consoles(void)
+{
+	consoles.out = open_console("/dev/ttyS0");
+	if (consoles.out < 0)
+		fatal("open /dev/ttyS0");
+	consoles.err = open_console("/dev/ttyS1");
+	if (consoles.err < 0)
+		consoles.err = consoles.out;
+	error_fd = consoles.err;
+	/* What the process inherits; with a terminal, it makes stderr ttyS0 too (container.c). */
+	if (dup2(consoles.out, STDIN_FILENO) < 0 || dup2(consoles.out, STDOUT_FILENO) < 0 ||
+	    dup2(consoles.err, STDERR_FILENO) < 0)
+		fatal("set up the standard file descriptors");
+}
+
+/* Clears OPOST: output leaves as written ("\n" stays "\n", no "\r\n"). */
+static void make_output_raw(int fd, const char *name)
+{
+	struct termios t;
+	if (tcgetattr(fd, &t) < 0)
+		fatal("get the terminal modes of %s", name);
+	t.c_oflag &= ~OPOST;
+	if (tcsetattr(fd, TCSANOW, &t) < 0)
+		fatal("set the terminal modes of %s", name);
+}
+
+/*
+ * Without a terminal the consoles stand for pipes: the process's output must reach the VMM
+ * byte for byte, and its input arrive as sent, not echoed, with no signal, flow-control or
+ * line-editing characters. Input stays line-buffered (canonical), only so that the VMM can
+ * end it with ^D (VEOF) when its own input ends.
+ *
+ * With a terminal, ttyS0 keeps the kernel's cooked modes, like a fresh pty, and ttyS1 its
+ * "\n" to "\r\n" (the user's terminal is in raw mode then). The init, not the process,
+ * becomes the session leader with ttyS0 as its controlling terminal (the process gets the
+ * foreground process group, see container.c): when a session leader exits, the kernel
+ * hangs up its controlling terminal (ptys excepted), and the hangup discards output still
+ * queued in the UART driver, the process's last words.
+ *
+ * This runs right after the consoles are opened: input already waiting in the UART arrives
+ * as soon as ttyS0 is open and is handled with the modes of the moment (echoed, if ECHO is
+ * on).
+ */
+static void set_console_modes(bool terminal)
+{
+	if (terminal) {
+		/* setsid fails if PID 1 leads a session already, which is as good. */
+		if (setsid() < 0 && getsid(0) != getpid())
+			fatal("setsid");
+		if (ioctl(consoles.out, TIOCSCTTY, 0) < 0)
+			fatal("make /dev/ttyS0 the controlling terminal");
+		return;
+	}
+
+	struct termios t;
+	if (tcgetattr(consoles.out, &t) < 0)
+		fatal("get the terminal modes of /dev/ttyS0");
+	t.c_oflag &= ~OPOST;
+	t.c_lflag |= ICANON;
+	t.c_lflag &= ~(ECHO | ECHONL | ISIG | IEXTEN);
+	t.c_iflag &= ~(ICRNL | INLCR | IGNCR | IXON);
+	/* Canonical mode would still erase a character on DEL and a line on ^U. */
+	t.c_cc[VERASE] = _POSIX_VDISABLE;
+	t.c_cc[VKILL] = _POSIX_VDISABLE;
+	if (tcsetattr(consoles.out, TCSANOW, &t) < 0)
+		fatal("set the terminal modes of /dev/ttyS0");
+	if (consoles.err != consoles.out)
+		make_output_raw(consoles.err, "/dev/ttyS1");
+}
+
+/*
+ * Mounts the bundle's root file system and returns where: the image (the first virtio
+ * disk) read-only, and over it, unless the root is read-only, an overlay whose upper layer
+ * is a tmpfs, so that the process can write and the image (shared by every run of the
+ * bundle) stays as it is.
+ */
+static const char *mount_root(bool readonly)
+{
+	if (mkdir_p("/mnt/lower", 0755) < 0)
+		fatal("create /mnt/lower");
+	if (mount("/dev/vda", "/mnt/lower", "ext4", MS_RDONLY, NULL) < 0)
+		fatal("mount the root image /dev/vda (ext4) on /mnt/lower");
+	if (readonly)
+		return "/mnt/lower";
+
+	if (mkdir_p("/mnt/rw", 0755) < 0 || mkdir_p("/mnt/root", 0755) < 0)
+		fatal("create /mnt/rw and /mnt/root");
+	if (mount("tmpfs", "/mnt/rw", "tmpfs", 0, "mode=0755") < 0)
+		fatal("mount a tmpfs on /mnt/rw");
+	if (mkdir("/mnt/rw/upper", 0755) < 0 || mkdir("/mnt/rw/work", 0755) < 0)
+		fatal("create the overlay's directories in /mnt/rw");
+	if (mount("overlay", "/mnt/root", "overlay", 0,
+		  "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work") < 0)
+		fatal("mount the root overlay on /mnt/root");
+	return "/mnt/root";
+}
+
+/*
+ * Waits for the process and returns its status as a shell reports it: the exit code, or
+ * 128+N if signal N killed it. Other children (none are expected: the process's
+ * descendants belong to its PID namespace) are reaped on the way.
+ */
+static int wait_for(pid_t child)
+{
+	for (;;) {
+		int status;
+		pid_t pid = waitpid(-1, &status, 0);
+		if (pid < 0) {
+			if (errno == EINTR)
+				continue;
+			print_error(errno, "wait for the process");
+			return EXIT_SETUP_FAILED;
+		}
+		if (pid != child)
+			continue;
+		if (WIFEXITED(status))
+			return WEXITSTATUS(status);
+		if (WIFSIGNALED(status))
+			return 128 + WTERMSIG(status);
+	}
+}
+
+__attribute__((noreturn)) static void run_init(void)
+{
+	/* The initramfs has no device nodes; everything below needs some. */
+	if (mkdir("/dev", 0755) < 0 && errno != EEXIST)
+		fatal("create /dev");
+	if (mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID | MS_NOEXEC, NULL) < 0)
+		fatal("mount devtmpfs on /dev");
+	mark_boot_time();
+
+	/* Read first, so that the console modes are set as soon as the consoles are open. */
+	struct run_spec spec = {0};
+	char spec_error[1024];
+	bool have_spec = spec_load(SPEC_PATH, &spec, spec_error, sizeof spec_error) == 0;
+	open_consoles();
+	set_console_modes(have_spec && spec.terminal);
+	if (!have_spec) {
+		print_error(0, "%s", spec_error);
+		halt_with_status(EXIT_SETUP_FAILED);
+	}
+
+	const char *root = mount_root(spec.root_readonly);
+	/*
+	 * The process is PID 1 of its own PID namespace, as in a container: it sees only its own
+	 * processes, and when it ends, the kernel ends the ones it leaves behind.
+	 */
+	if (unshare(CLONE_NEWPID) < 0)
+		fatal("unshare the PID namespace");
+	pid_t child = fork();
+	if (child < 0)
+		fatal("fork");
+	if (child == 0)
+		run_container(&spec, consoles.out, root);
+	halt_with_status(wait_for(child));
+}
+
+/* --print-spec FILE: the test mode (see spec_print). */
+static int print_spec(int argc, char **argv)
+{
+	if (argc != 3) {
+		print_error(0, "usage: flint-init --print-spec FILE");
+		return 2;
+	}
+	struct run_spec spec;
+	char error[1024];
+	if (spec_load(argv[2], &spec, error, sizeof error) < 0) {
+		print_error(0, "%s", error);
+		return EXIT_SETUP_FAILED;
+	}
+	spec_print(&spec);
+	if (fflush(stdout) != 0) {
+		print_error(errno, "write to standard output");
+		return 1;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2 && strcmp(argv[1], "--print-spec") == 0)
+		return print_spec(argc, argv);
+	if (getpid() != 1) {
+		print_error(0, "flint-init runs as PID 1 in a flint guest (or: --print-spec FILE)");
+		return 2;
+	}
+	run_init();
+}
