@@ -1,1 +1,187 @@
-//! `flint bench`: benchmarks (in progress).
+//! `flint bench`: benchmarks run by flint itself, on the host it runs on.
+//!
+//! `flint bench startup` ([`startup()`]) asks how a microVM compares with a container for the
+//! same workload: one OCI bundle runs N times each on flint, crun and QEMU's microvm,
+//! interleaved round-robin, and the report gives per system the time to the workload's first
+//! output and to its exit, host CPU, memory and disk, as JSON, Markdown and SVG.
+//!
+//! Modules, from the top: [`startup`] orchestrates; [`system`] knows how each system is
+//! launched; [`run`] runs and measures one process; [`measure`] reads `/proc` and the
+//! filesystem; [`stats`] summarises; [`report`] and [`svg`] write the results;
+//! [`environment`] records where it ran; [`interrupt`] turns Ctrl-C into a clean stop.
+
+pub mod environment;
+pub mod interrupt;
+pub mod measure;
+pub mod report;
+pub mod run;
+pub mod startup;
+pub mod stats;
+pub mod svg;
+pub mod system;
+
+use std::path::PathBuf;
+
+pub use report::Report;
+pub use startup::{startup, StartupArgs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{tool} not found: install it ({install}) or pass {option} PATH")]
+    ToolMissing {
+        tool: String,
+        install: &'static str,
+        option: &'static str,
+    },
+    #[error(
+        "no guest kernel for flint and QEMU: pass --kernel PATH or set FLINT_KERNEL (none of \
+         {looked} exists)"
+    )]
+    NoKernel { looked: String },
+    #[error("--kernel {}: not a file", .0.display())]
+    Kernel(PathBuf),
+    #[error("--bundle {bundle}: {what}")]
+    Bundle { bundle: String, what: String },
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
+    #[error("{what}")]
+    Cgroup { what: String },
+    #[error("{system} round {round}: {what}{}", tail(.stderr))]
+    Run {
+        system: &'static str,
+        round: u32,
+        what: String,
+        stderr: Vec<u8>,
+    },
+    #[error("{0}")]
+    Mismatch(Box<Mismatch>),
+    #[error("interrupted by signal {0}: the runs were stopped and the scratch files removed")]
+    Interrupted(i32),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal error: {what}")]
+    Internal { what: &'static str },
+}
+
+/// A run whose exit status or stdout differs from the reference run's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{system} round {round} did not run the same workload as {reference} round 1 (exit status \
+     and stdout must be the same on every system):\n  {reference}: exit status \
+     {reference_status}, stdout {reference_stdout}\n  {system}: exit status {status}, stdout \
+     {stdout}{}{}",
+    tail_of(.reference, .reference_stderr), tail_of(.system, .stderr)
+)]
+pub struct Mismatch {
+    pub system: &'static str,
+    pub round: u32,
+    pub status: i32,
+    /// Quoted and shortened for the message.
+    pub stdout: String,
+    pub stderr: Vec<u8>,
+    pub reference: &'static str,
+    pub reference_status: i32,
+    pub reference_stdout: String,
+    pub reference_stderr: Vec<u8>,
+}
+
+impl BenchError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Io { what, source }
+    }
+}
+
+/// The last lines of a process's stderr, indented, for an error message; empty if it said
+/// nothing.
+fn tail(stderr: &[u8]) -> String {
+    tail_of("its", stderr)
+}
+
+fn tail_of(whose: &str, stderr: &[u8]) -> String {
+    const LINES: usize = 12;
+    const WIDTH: usize = 240;
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "\n  {whose}{} stderr ends with:",
+        if whose == "its" { "" } else { "'s" }
+    );
+    for l in &lines[lines.len().saturating_sub(LINES)..] {
+        let l: String = l.chars().take(WIDTH).collect();
+        s.push_str("\n    ");
+        s.push_str(&l);
+    }
+    s
+}
+
+/// Bytes shown in an error message: quoted and escaped, at most `max` characters.
+pub(crate) fn quoted(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let shown: String = text.chars().take(max).collect();
+    let more = text.chars().count().saturating_sub(max);
+    if more > 0 {
+        format!("{shown:?} (and {more} more characters)")
+    } else {
+        format!("{shown:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_show_the_stderr_tail() {
+        let e = BenchError::Run {
+            system: "qemu",
+            round: 3,
+            what: "no exit within 60 s: killed".into(),
+            stderr: b"line 1\n\nqemu: could not open kernel\n".to_vec(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "qemu round 3: no exit within 60 s: killed\n  its stderr ends with:\n    line 1\n    \
+             qemu: could not open kernel"
+        );
+    }
+
+    #[test]
+    fn a_mismatch_shows_both_outputs() {
+        let e = Mismatch {
+            system: "flint",
+            round: 1,
+            status: 0,
+            stdout: quoted(b"hello\r\n", 100),
+            stderr: Vec::new(),
+            reference: "crun",
+            reference_status: 0,
+            reference_stdout: quoted(b"hello\n", 100),
+            reference_stderr: b"warning\n".to_vec(),
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("crun: exit status 0, stdout \"hello\\n\""),
+            "{s}"
+        );
+        assert!(
+            s.contains("flint: exit status 0, stdout \"hello\\r\\n\""),
+            "{s}"
+        );
+        assert!(s.contains("crun's stderr ends with:\n    warning"), "{s}");
+    }
+
+    #[test]
+    fn long_output_is_cut() {
+        assert_eq!(quoted(b"abcdef", 3), "\"abc\" (and 3 more characters)");
+    }
+}

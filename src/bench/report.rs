@@ -1,0 +1,507 @@
+//! The startup benchmark's report: its data model (serialised as the JSON file) and the
+//! Markdown rendering. The SVG chart is in [`super::svg`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::environment::Environment;
+use super::stats::Stats;
+use super::system::display_name;
+
+/// Everything one `flint bench startup` measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Always "startup".
+    pub benchmark: String,
+    pub flint_version: String,
+    /// UTC ISO-8601, when the runs started.
+    pub date: String,
+    pub environment: Environment,
+    pub bundle: String,
+    /// The guest kernel both VMMs booted; `None` if no VM system ran.
+    pub kernel: Option<String>,
+    /// Runs per system.
+    pub runs: u32,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub timeout_s: u64,
+    /// What every run produced (they all must agree).
+    pub workload: Workload,
+    /// Per system, in the order they ran in each round.
+    #[serde(with = "ordered_map")]
+    pub systems: Vec<(String, SystemReport)>,
+    pub notes: Vec<String>,
+}
+
+/// The workload's observable result, identical on every system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub exit_status: i32,
+    pub stdout_bytes: usize,
+    /// The start of its stdout (lossy UTF-8, at most [`Workload::SHOWN`] bytes).
+    pub stdout: String,
+}
+
+impl Workload {
+    pub const SHOWN: usize = 4096;
+
+    pub fn new(exit_status: i32, stdout: &[u8]) -> Workload {
+        Workload {
+            exit_status,
+            stdout_bytes: stdout.len(),
+            stdout: String::from_utf8_lossy(&stdout[..stdout.len().min(Self::SHOWN)]).into_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemReport {
+    /// The first round's command line (`VAR=value` first for its environment).
+    pub command: Vec<String>,
+    /// What the tools say about their version.
+    pub versions: String,
+    /// Allocated bytes of what all instances share (image and kernel, or the rootfs tree).
+    pub disk_shared_bytes: u64,
+    /// Per metric (the [`RunRecord`] field names, plus `cpu_us` = user + sys).
+    pub stats: BTreeMap<String, Stats>,
+    pub runs: Vec<RunRecord>,
+}
+
+/// One run. Times in µs from the launch (the moment before the spawn).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// 1-based round.
+    pub round: u32,
+    /// The workload's exit status (QEMU's decoded).
+    pub exit_status: i32,
+    /// To the first byte on stdout; `None` if the workload printed nothing.
+    pub first_output_us: Option<u64>,
+    /// To the exit as `wait4` saw it, minus `paused_us`.
+    pub exit_us: u64,
+    /// How long the tree was stopped for the memory snapshot.
+    pub paused_us: u64,
+    /// `wait4`'s rusage: the process and the children it reaped.
+    pub cpu_user_us: u64,
+    pub cpu_sys_us: u64,
+    /// `ru_maxrss`: the largest of the process and the children it reaped.
+    pub peak_rss_kib: u64,
+    /// flint's boot timer (launch → guest init's first action); `None` for the others.
+    pub boot_us: Option<u64>,
+    /// At the first output; `None` if the process had already exited by then.
+    pub memory_at_first_output: Option<MemoryRecord>,
+    /// Bytes allocated on disk for this instance alone; `None` if it could not be sampled.
+    pub disk_per_instance_bytes: Option<u64>,
+}
+
+/// Memory at the first output, from /proc/PID/smaps of the stopped tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MemoryRecord {
+    /// A VMM process. The split is `None` when its guest RAM mappings could not be found.
+    Vmm {
+        total_rss_kib: u64,
+        total_pss_kib: u64,
+        vmm_rss_kib: Option<u64>,
+        vmm_pss_kib: Option<u64>,
+        guest_rss_kib: Option<u64>,
+    },
+    /// The container runtime and the container's processes, summed.
+    Container {
+        rss_kib: u64,
+        pss_kib: u64,
+        processes: usize,
+    },
+}
+
+impl RunRecord {
+    /// Every numeric metric of this run by name; `None` where it has no value.
+    pub fn metrics(&self) -> Vec<(&'static str, Option<u64>)> {
+        let mut m = vec![
+            ("first_output_us", self.first_output_us),
+            ("exit_us", Some(self.exit_us)),
+            ("paused_us", Some(self.paused_us)),
+            ("cpu_user_us", Some(self.cpu_user_us)),
+            ("cpu_sys_us", Some(self.cpu_sys_us)),
+            ("cpu_us", Some(self.cpu_user_us + self.cpu_sys_us)),
+            ("peak_rss_kib", Some(self.peak_rss_kib)),
+            ("boot_us", self.boot_us),
+            ("disk_per_instance_bytes", self.disk_per_instance_bytes),
+        ];
+        match &self.memory_at_first_output {
+            Some(MemoryRecord::Vmm {
+                vmm_rss_kib,
+                vmm_pss_kib,
+                guest_rss_kib,
+                ..
+            }) => m.extend([
+                ("vmm_rss_kib", *vmm_rss_kib),
+                ("vmm_pss_kib", *vmm_pss_kib),
+                ("guest_rss_kib", *guest_rss_kib),
+            ]),
+            Some(MemoryRecord::Container {
+                rss_kib, pss_kib, ..
+            }) => m.extend([("rss_kib", Some(*rss_kib)), ("pss_kib", Some(*pss_kib))]),
+            None => {}
+        }
+        m
+    }
+}
+
+/// Statistics per metric over the runs that have it.
+pub fn stats_of(runs: &[RunRecord]) -> BTreeMap<String, Stats> {
+    let mut values: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in runs {
+        for (name, v) in r.metrics() {
+            if let Some(v) = v {
+                values.entry(name).or_default().push(v as f64);
+            }
+        }
+    }
+    values
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), Stats::of(&v)?)))
+        .collect()
+}
+
+/// `Vec<(key, value)>` as a JSON object, keeping the order (serde_json's own map sorts).
+mod ordered_map {
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    use serde::ser::{Serialize, Serializer};
+    use std::marker::PhantomData;
+
+    pub fn serialize<S: Serializer, V: Serialize>(
+        v: &[(String, V)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(v.iter().map(|(k, v)| (k, v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Vec<(String, V)>, D::Error> {
+        struct Ordered<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Ordered<V> {
+            type Value = Vec<(String, V)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    v.push(entry);
+                }
+                Ok(v)
+            }
+        }
+        d.deserialize_map(Ordered(PhantomData))
+    }
+}
+
+/// Where a table row's numbers come from.
+enum Source {
+    /// The first of these stats present for a system (a VMM and a container name the same
+    /// quantity differently), scaled.
+    Stat(&'static [&'static str], f64),
+    /// The system's shared disk, in MiB.
+    DiskShared,
+}
+
+/// The table's rows, in order.
+const ROWS: &[(&str, Source)] = &[
+    (
+        "launch → first output (ms)",
+        Source::Stat(&["first_output_us"], 1e-3),
+    ),
+    ("launch → exit (ms)", Source::Stat(&["exit_us"], 1e-3)),
+    (
+        "guest boot, flint's boot timer (ms)",
+        Source::Stat(&["boot_us"], 1e-3),
+    ),
+    ("host CPU, user + sys (ms)", Source::Stat(&["cpu_us"], 1e-3)),
+    (
+        "peak RSS (MiB)",
+        Source::Stat(&["peak_rss_kib"], 1.0 / 1024.0),
+    ),
+    (
+        "PSS at first output: VMM / runtime + container (MiB)",
+        Source::Stat(&["vmm_pss_kib", "pss_kib"], 1.0 / 1024.0),
+    ),
+    (
+        "guest RAM resident at first output (MiB)",
+        Source::Stat(&["guest_rss_kib"], 1.0 / 1024.0),
+    ),
+    ("disk shared by all instances (MiB)", Source::DiskShared),
+    (
+        "disk per instance (KiB)",
+        Source::Stat(&["disk_per_instance_bytes"], 1.0 / 1024.0),
+    ),
+];
+
+/// How many rows the Markdown table has (one per metric).
+pub const TABLE_ROWS: usize = ROWS.len();
+
+/// A number with a precision that suits its size.
+pub fn num(x: f64) -> String {
+    let a = x.abs();
+    if x == 0.0 {
+        "0".into()
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn cell(s: &SystemReport, source: &Source) -> String {
+    match source {
+        Source::DiskShared => num(s.disk_shared_bytes as f64 / (1024.0 * 1024.0)),
+        Source::Stat(keys, scale) => match keys.iter().find_map(|k| s.stats.get(*k)) {
+            None => "–".into(),
+            Some(st) => {
+                let (median, min, p95) = (
+                    num(st.median * scale),
+                    num(st.min * scale),
+                    num(st.p95 * scale),
+                );
+                if min == p95 {
+                    median
+                } else {
+                    format!("{median} ({min}–{p95})")
+                }
+            }
+        },
+    }
+}
+
+/// Medians of `metric` relative to crun's, for the systems other than crun; `None` without
+/// crun (or with a zero median there).
+fn ratios_vs_crun(r: &Report, metric: &str) -> Option<String> {
+    let median = |s: &SystemReport| s.stats.get(metric).map(|st| st.median);
+    let base = r
+        .systems
+        .iter()
+        .find(|(k, _)| k == "crun")
+        .and_then(|(_, s)| median(s))
+        .filter(|b| *b > 0.0)?;
+    let parts: Vec<String> = r
+        .systems
+        .iter()
+        .filter(|(k, _)| k != "crun")
+        .filter_map(|(k, s)| Some(format!("{} {}×", display_name(k), num(median(s)? / base))))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// The Markdown report: where it ran, the table, ratios against crun, and the notes.
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "## flint bench startup: microVM vs container\n");
+    let _ = writeln!(
+        md,
+        "Ran on: {} (Linux {}, {}).  ",
+        r.environment.summary(),
+        r.environment.kernel_release,
+        r.environment.cpu_model
+    );
+    let _ = writeln!(
+        md,
+        "Bundle `{}`, {} run{} per system interleaved round-robin, {}; VMs: {} MiB, {} vCPU{}.\n",
+        r.bundle,
+        r.runs,
+        if r.runs == 1 { "" } else { "s" },
+        r.date,
+        r.memory_mib,
+        r.cpus,
+        if r.cpus == 1 { "" } else { "s" },
+    );
+    let _ = write!(md, "| median (min–p95) |");
+    for (k, _) in &r.systems {
+        let _ = write!(md, " {} |", display_name(k));
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in &r.systems {
+        let _ = write!(md, "---:|");
+    }
+    md.push('\n');
+    for (label, source) in ROWS {
+        let _ = write!(md, "| {label} |");
+        for (_, s) in &r.systems {
+            let _ = write!(md, " {} |", cell(s, source));
+        }
+        md.push('\n');
+    }
+    let ratios: Vec<String> = [("first output", "first_output_us"), ("exit", "exit_us")]
+        .iter()
+        .filter_map(|(what, m)| Some(format!("{what}: {}", ratios_vs_crun(r, m)?)))
+        .collect();
+    if !ratios.is_empty() {
+        let _ = writeln!(md, "\nMedians relative to crun: {}.", ratios.join("; "));
+    }
+    if !r.notes.is_empty() {
+        md.push_str("\nNotes:\n\n");
+        for n in &r.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn run(round: u32, scale: u64, vm: bool, flint: bool) -> RunRecord {
+        RunRecord {
+            round,
+            exit_status: 0,
+            first_output_us: Some(100_000 * scale + u64::from(round) * 1000),
+            exit_us: 150_000 * scale + u64::from(round) * 2000,
+            paused_us: 900,
+            cpu_user_us: 20_000 * scale,
+            cpu_sys_us: 10_000 * scale,
+            peak_rss_kib: 30_000 * scale,
+            boot_us: flint.then_some(80_000 * scale),
+            memory_at_first_output: Some(if vm {
+                MemoryRecord::Vmm {
+                    total_rss_kib: 40_000,
+                    total_pss_kib: 38_000,
+                    vmm_rss_kib: Some(10_000),
+                    vmm_pss_kib: Some(8_000),
+                    guest_rss_kib: Some(30_000),
+                }
+            } else {
+                MemoryRecord::Container {
+                    rss_kib: 5_000,
+                    pss_kib: 2_500,
+                    processes: 2,
+                }
+            }),
+            disk_per_instance_bytes: Some(if vm { 0 } else { 8192 }),
+        }
+    }
+
+    fn system(scale: u64, vm: bool, cmd: &str) -> SystemReport {
+        let flint = cmd == "flint";
+        let runs = vec![run(1, scale, vm, flint), run(2, scale, vm, flint)];
+        SystemReport {
+            command: vec![cmd.into(), "run".into()],
+            versions: format!("{cmd} 1.0"),
+            disk_shared_bytes: 64 << 20,
+            stats: stats_of(&runs),
+            runs,
+        }
+    }
+
+    /// A two-run report for flint, crun and QEMU, with text that needs escaping.
+    pub(crate) fn synthetic() -> Report {
+        Report {
+            benchmark: "startup".into(),
+            flint_version: "0.1.0".into(),
+            date: "2026-11-22T10:00:00Z".into(),
+            environment: Environment {
+                label: Some("lab <&> \"quoted\"".into()),
+                kernel_release: "6.1.0".into(),
+                cpu_model: "Test CPU".into(),
+                kvm_module: Some("kvm_amd".into()),
+                virtualization: "software emulation: QEMU TCG lab, nested kvm-amd".into(),
+            },
+            bundle: "/tmp/bundle".into(),
+            kernel: Some("/k/vmlinux".into()),
+            runs: 2,
+            memory_mib: 128,
+            cpus: 1,
+            timeout_s: 60,
+            workload: Workload::new(0, b"hello\n"),
+            systems: vec![
+                ("flint".into(), system(8, true, "flint")),
+                ("crun".into(), system(1, false, "crun")),
+                ("qemu".into(), system(10, true, "qemu-system-x86_64")),
+            ],
+            notes: vec!["a note".into()],
+        }
+    }
+
+    #[test]
+    fn stats_cover_each_metric_a_system_has() {
+        let r = synthetic();
+        let flint = &r.systems[0].1.stats;
+        assert_eq!(flint["first_output_us"].median, 801_500.0);
+        assert_eq!(flint["cpu_us"].min, 240_000.0);
+        assert!(flint.contains_key("guest_rss_kib"));
+        assert!(!flint.contains_key("pss_kib"));
+        let crun = &r.systems[1].1.stats;
+        assert!(!crun.contains_key("boot_us"));
+        assert_eq!(crun["pss_kib"].n, 2);
+    }
+
+    #[test]
+    fn json_round_trips_and_keeps_the_system_order() {
+        let r = synthetic();
+        let text = serde_json::to_string_pretty(&r).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for field in [
+            "benchmark",
+            "flint_version",
+            "date",
+            "environment",
+            "bundle",
+            "runs",
+            "memory_mib",
+            "cpus",
+            "systems",
+            "notes",
+        ] {
+            assert!(v.get(field).is_some(), "no {field}");
+        }
+        assert_eq!(v["benchmark"], "startup");
+        assert_eq!(v["environment"]["kvm_module"], "kvm_amd");
+        let flint = &v["systems"]["flint"];
+        assert_eq!(flint["runs"].as_array().unwrap().len(), 2);
+        assert!(flint["stats"]["exit_us"]["p95"].is_number());
+        assert!(flint["runs"][0]["memory_at_first_output"]["guest_rss_kib"].is_number());
+        assert!(v["systems"]["crun"]["runs"][0]["boot_us"].is_null());
+        // In the file, the systems are in the order they ran.
+        let (f, c, q) = (
+            text.find("\"flint\": {").unwrap(),
+            text.find("\"crun\": {").unwrap(),
+            text.find("\"qemu\": {").unwrap(),
+        );
+        assert!(f < c && c < q);
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn markdown_has_a_row_per_metric_and_a_column_per_system() {
+        let md = markdown(&synthetic());
+        let table: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(
+            table[0],
+            "| median (min–p95) | flint | crun | QEMU microvm |"
+        );
+        assert_eq!(table.len(), 2 + TABLE_ROWS);
+        for row in &table {
+            assert_eq!(row.matches('|').count(), 5, "{row}");
+        }
+        assert!(md.contains("| launch → first output (ms) | 802 (801–802) | 102 (101–102) |"));
+        // Not applicable: a dash.
+        assert!(md.contains("| guest boot, flint's boot timer (ms) | 640 | – | – |"));
+        assert!(md.contains("| disk per instance (KiB) | 0 | 8.00 | 0 |"));
+        assert!(md.contains("Medians relative to crun: first output: flint 7.90×"));
+        assert!(md.contains("software emulation: QEMU TCG lab, nested kvm-amd"));
+        assert!(md.contains("- a note"));
+    }
+
+    #[test]
+    fn without_crun_there_are_no_ratios() {
+        let mut r = synthetic();
+        r.systems.retain(|(k, _)| k != "crun");
+        let md = markdown(&r);
+        assert!(!md.contains("relative to crun"));
+        assert!(md.contains("| median (min–p95) | flint | QEMU microvm |"));
+    }
+}

@@ -1,0 +1,764 @@
+//! `flint bench startup`: the orchestration. Checks the inputs, prepares the guest once, runs
+//! the systems round-robin, checks that every run did the same thing, and writes the report.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use clap::value_parser;
+
+use super::environment::{iso8601_utc, Environment};
+use super::measure;
+use super::report::{self, MemoryRecord, Report, RunRecord, SystemReport, Workload};
+use super::run::{self, Measure, MemoryKind, MemorySample, Outcome, RunError, WaitStatus};
+use super::system::{self, CrunContainer, Setup, System, VmFiles};
+use super::{interrupt, quoted, svg, BenchError, Mismatch};
+
+/// Compare a microVM with a container for the same workload: one OCI bundle runs N times each on
+/// flint, crun and QEMU's microvm, interleaved round-robin.
+///
+/// Per system it reports the time from launch to the workload's first byte on stdout and to its
+/// exit (min / median / p95), host CPU time, peak RSS, memory at the first output (the VMM's
+/// own and the guest's, or crun's and the container's), and disk (shared by all instances, and
+/// per instance). Every run must exit with the same status and print the same stdout. Writes
+/// startup.json, startup.md and startup.svg to --out and prints the Markdown table.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StartupArgs {
+    /// The OCI bundle to run: a directory with config.json and its root filesystem. Its process
+    /// must not ask for a terminal (the bench reads its stdout from a pipe).
+    #[arg(long, value_name = "DIR")]
+    pub bundle: PathBuf,
+    /// Runs per system. Each round runs every system once, in --systems order.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10,
+          value_parser = value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Directory for startup.json, startup.md and startup.svg (created if needed).
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    pub out: PathBuf,
+    /// Guest kernel for flint and QEMU [default: $FLINT_KERNEL, else
+    /// /usr/local/share/flint/vmlinux or /usr/share/flint/vmlinux].
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// The systems to compare, comma-separated; each round runs them in this order.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "flint,crun,qemu"
+    )]
+    pub systems: Vec<System>,
+    /// Guest memory in MiB, for both VMs.
+    #[arg(long, value_name = "MIB", default_value_t = 128,
+          value_parser = value_parser!(u64).range(1..))]
+    pub memory: u64,
+    /// vCPUs, for both VMs.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = value_parser!(u32).range(1..))]
+    pub cpus: u32,
+    /// The QEMU binary (a path, or a name looked up on PATH).
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// The crun binary (a path, or a name looked up on PATH).
+    #[arg(long, value_name = "PATH", default_value = "crun")]
+    pub crun: PathBuf,
+    /// Free text saying where this ran (e.g. "laptop, on battery"), added to the report's
+    /// environment record.
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+    /// Seconds one run may take; a run still going then is killed and the bench fails.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
+
+/// The bench's scratch directory (flint's image cache, QEMU's initramfs), removed when dropped:
+/// on success and on every error.
+struct Workdir(PathBuf);
+
+impl Workdir {
+    fn create() -> Result<Workdir, BenchError> {
+        let path = std::env::temp_dir().join(format!("flint-bench-{}", std::process::id()));
+        // A leftover of an earlier bench that had our pid and was killed: ours to reuse.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .map_err(BenchError::io(format!("cannot create {}", path.display())))?;
+        Ok(Workdir(path))
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The bundle, checked enough to give clear errors before anything runs.
+struct Bundle {
+    dir: PathBuf,
+    rootfs: PathBuf,
+}
+
+fn check_bundle(dir: &Path) -> Result<Bundle, BenchError> {
+    let err = |what: String| BenchError::Bundle {
+        bundle: dir.display().to_string(),
+        what,
+    };
+    let abs = std::fs::canonicalize(dir).map_err(|e| err(e.to_string()))?;
+    let config = abs.join("config.json");
+    let text = std::fs::read_to_string(&config)
+        .map_err(|e| err(format!("cannot read config.json ({e}): not an OCI bundle?")))?;
+    let spec: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("config.json: {e}")))?;
+    // The bench reads the workload's stdout from a pipe; crun would need a console socket.
+    if spec["process"]["terminal"].as_bool() == Some(true) {
+        return Err(err(
+            "process.terminal is true: the bench needs the workload's stdout as a pipe; set it \
+             to false"
+                .into(),
+        ));
+    }
+    let root = spec["root"]["path"].as_str().unwrap_or("rootfs");
+    let rootfs = abs.join(root);
+    if !rootfs.is_dir() {
+        return Err(err(format!(
+            "its root.path {} is not a directory",
+            rootfs.display()
+        )));
+    }
+    Ok(Bundle { dir: abs, rootfs })
+}
+
+fn resolve_kernel(given: Option<&Path>) -> Result<PathBuf, BenchError> {
+    let kernel = match given {
+        Some(k) => k.to_path_buf(),
+        None => crate::oci::default_kernel().ok_or_else(|| BenchError::NoKernel {
+            looked: crate::oci::DEFAULT_KERNELS.join(", "),
+        })?,
+    };
+    if !kernel.is_file() {
+        return Err(BenchError::Kernel(kernel));
+    }
+    std::fs::canonicalize(&kernel).map_err(BenchError::io(format!("--kernel {}", kernel.display())))
+}
+
+fn tool(given: &Path, option: &'static str, install: &'static str) -> Result<PathBuf, BenchError> {
+    system::find_program(given).ok_or_else(|| BenchError::ToolMissing {
+        tool: given.display().to_string(),
+        install,
+        option,
+    })
+}
+
+/// What one run produced, for the same-workload check.
+struct Observed {
+    system: &'static str,
+    round: u32,
+    status: i32,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+fn check_same(reference: &Observed, run: &Observed) -> Result<(), BenchError> {
+    if run.status == reference.status && run.stdout == reference.stdout {
+        return Ok(());
+    }
+    Err(BenchError::Mismatch(Box::new(Mismatch {
+        system: run.system,
+        round: run.round,
+        status: run.status,
+        stdout: quoted(&run.stdout, 400),
+        stderr: run.stderr.clone(),
+        reference: reference.system,
+        reference_status: reference.status,
+        reference_stdout: quoted(&reference.stdout, 400),
+        reference_stderr: reference.stderr.clone(),
+    })))
+}
+
+/// The guest RAM mapping sizes each VMM will have for `mib` MiB.
+fn guest_sizes(system: System, mib: u64) -> Vec<u64> {
+    let bytes = mib << 20;
+    match system {
+        // flint splits RAM around the 32-bit MMIO hole, one mapping per range.
+        System::Flint => crate::vstate::memory::ram_ranges(bytes)
+            .into_iter()
+            .map(|(_, len)| len)
+            .collect(),
+        // QEMU allocates all RAM as one block and maps pieces of it into the guest.
+        _ => vec![bytes],
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Runs `system` once and turns the outcome into a record, or an error naming the run.
+fn run_once(
+    setup: &Setup,
+    system: System,
+    round: u32,
+    timeout: Duration,
+    crun_rundir: &Path,
+) -> Result<(RunRecord, Observed, Vec<String>), BenchError> {
+    let name = system.key();
+    let cmd = setup.command(system, round)?;
+    let command = system::describe(&cmd);
+    let id = Setup::crun_id(round);
+    // Deleted when this returns, however it returns.
+    let _container = (system == System::Crun).then(|| CrunContainer {
+        crun: &setup.crun,
+        id: id.clone(),
+    });
+    let state_dir = crun_rundir.join(&id);
+    let m = Measure {
+        timeout,
+        memory: match system {
+            System::Crun => MemoryKind::Tree,
+            vm => MemoryKind::Vmm {
+                guest_sizes: guest_sizes(vm, setup.memory_mib),
+            },
+        },
+        state_dir: (system == System::Crun).then_some(state_dir.as_path()),
+    };
+    let failed = |what: String, stderr: Vec<u8>| BenchError::Run {
+        system: name,
+        round,
+        what,
+        stderr,
+    };
+    let o: Outcome = run::run(cmd, &m).map_err(|e| {
+        let what = e.to_string();
+        match e {
+            RunError::Interrupted(sig) => BenchError::Interrupted(sig),
+            RunError::Timeout { stderr, .. } => failed(what, stderr),
+            _ => failed(what, Vec::new()),
+        }
+    })?;
+    let status = match (system, o.status) {
+        (System::Qemu, s) => {
+            system::qemu_workload_status(s).map_err(|why| failed(why, o.stderr.clone()))?
+        }
+        (_, WaitStatus::Exited(code)) => code,
+        (_, WaitStatus::Signaled(s)) => {
+            return Err(failed(format!("killed by signal {s}"), o.stderr.clone()))
+        }
+    };
+    if system == System::Crun {
+        let log = std::fs::read_to_string(setup.crun_log(round)).unwrap_or_default();
+        let errors = system::crun_errors(&log);
+        if !errors.is_empty() {
+            return Err(failed(
+                format!("crun failed ({}): {}", o.status, errors.join("; ")),
+                o.stderr.clone(),
+            ));
+        }
+    }
+    // flint's own failures (the VM could not be built) exit 1 like a workload might: its
+    // message tells them apart.
+    let stderr_text = String::from_utf8_lossy(&o.stderr);
+    if system == System::Flint && stderr_text.lines().any(|l| l.starts_with("flint: error:")) {
+        return Err(failed(
+            format!("flint failed ({})", o.status),
+            o.stderr.clone(),
+        ));
+    }
+    let memory_at_first_output = o.memory.as_ref().map(|s| match s {
+        MemorySample::Vmm(v) => MemoryRecord::Vmm {
+            total_rss_kib: v.total_rss_kib,
+            total_pss_kib: v.total_pss_kib,
+            vmm_rss_kib: v.guest.map(|g| g.vmm_rss_kib),
+            vmm_pss_kib: v.guest.map(|g| g.vmm_pss_kib),
+            guest_rss_kib: v.guest.map(|g| g.guest_rss_kib),
+        },
+        MemorySample::Tree {
+            rss_kib,
+            pss_kib,
+            processes,
+        } => MemoryRecord::Container {
+            rss_kib: *rss_kib,
+            pss_kib: *pss_kib,
+            processes: *processes,
+        },
+    });
+    let record = RunRecord {
+        round,
+        exit_status: status,
+        first_output_us: o.first_output.map(micros),
+        exit_us: micros(o.exit),
+        paused_us: micros(o.paused),
+        cpu_user_us: micros(o.cpu_user),
+        cpu_sys_us: micros(o.cpu_sys),
+        peak_rss_kib: o.peak_rss_kib,
+        boot_us: (system == System::Flint)
+            .then(|| system::parse_boot_us(&o.stderr))
+            .flatten(),
+        memory_at_first_output,
+        // The VMs' writable layer is a tmpfs in guest memory: nothing on the host's disk.
+        disk_per_instance_bytes: match system {
+            System::Crun => o.state_dir_bytes,
+            _ => Some(0),
+        },
+    };
+    let observed = Observed {
+        system: name,
+        round,
+        status,
+        stdout: o.stdout,
+        stderr: o.stderr,
+    };
+    Ok((record, observed, command))
+}
+
+/// One system's results as they accumulate.
+struct Column {
+    system: System,
+    command: Vec<String>,
+    versions: String,
+    disk_shared_bytes: u64,
+    runs: Vec<RunRecord>,
+}
+
+/// Runs the benchmark: every selected system `--runs` times, round-robin; writes
+/// startup.json, startup.md and startup.svg to `--out`, prints the Markdown on stdout (and one
+/// progress line per round on stderr), and returns the report.
+pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
+    let mut systems: Vec<System> = Vec::new();
+    for s in &args.systems {
+        if !systems.contains(s) {
+            systems.push(*s);
+        }
+    }
+    if systems.is_empty() {
+        return Err(BenchError::Usage(
+            "--systems: name at least one of flint, crun, qemu".into(),
+        ));
+    }
+    if args.runs == 0 || args.memory == 0 || args.cpus == 0 || args.timeout == 0 {
+        return Err(BenchError::Usage(
+            "--runs, --memory, --cpus and --timeout must be at least 1".into(),
+        ));
+    }
+    if args.memory > (1 << 30) {
+        return Err(BenchError::Usage(format!(
+            "--memory {}: too large",
+            args.memory
+        )));
+    }
+    let has = |s: System| systems.contains(&s);
+    let bundle = check_bundle(&args.bundle)?;
+    // From here until the end, Ctrl-C stops the bench through its cleanup.
+    let _signals = interrupt::Catch::install();
+    let needs_vm = systems.iter().any(|s| s.is_vm());
+    let kernel = if needs_vm {
+        Some(resolve_kernel(args.kernel.as_deref())?)
+    } else {
+        None
+    };
+    let flint = if has(System::Flint) {
+        std::env::current_exe().map_err(BenchError::io("cannot find flint's own executable"))?
+    } else {
+        PathBuf::from("flint")
+    };
+    let crun = if has(System::Crun) {
+        tool(&args.crun, "--crun", "apt-get install crun")?
+    } else {
+        args.crun.clone()
+    };
+    let qemu = if has(System::Qemu) {
+        tool(&args.qemu, "--qemu", "apt-get install qemu-system-x86")?
+    } else {
+        args.qemu.clone()
+    };
+
+    let environment = Environment::detect(args.label.clone());
+    let date = iso8601_utc(SystemTime::now());
+    let workdir = Workdir::create()?;
+    let image_cache = workdir.0.join("images");
+    let mut notes = Vec::new();
+
+    // The image is built here, once, into the cache flint will use too: no run pays for it.
+    let plan = if needs_vm {
+        Some(crate::oci::prepare(&bundle.dir, &image_cache)?)
+    } else {
+        None
+    };
+    let vm = match &plan {
+        Some(plan) if has(System::Qemu) => {
+            let initramfs = workdir.0.join("initramfs.cpio");
+            std::fs::write(&initramfs, &plan.initramfs).map_err(BenchError::io(format!(
+                "cannot write {}",
+                initramfs.display()
+            )))?;
+            Some(VmFiles {
+                image: plan.image.clone(),
+                initramfs,
+                kernel_args: plan.kernel_args.clone(),
+            })
+        }
+        _ => None,
+    };
+    let crun_rundir = if has(System::Crun) {
+        if let Some(note) = system::ensure_cgroup2()? {
+            notes.push(note);
+        }
+        system::crun_rundir(&crun)
+    } else {
+        PathBuf::new()
+    };
+
+    let vm_disk = match (&plan, &kernel) {
+        (Some(plan), Some(kernel)) => {
+            let image = measure::allocated_bytes(&plan.image)
+                .map_err(BenchError::io(format!("{}", plan.image.display())))?;
+            let kernel = measure::allocated_bytes(kernel)
+                .map_err(BenchError::io(format!("{}", kernel.display())))?;
+            image + kernel
+        }
+        _ => 0,
+    };
+    let mut columns = Vec::new();
+    for &system in &systems {
+        let (versions, disk_shared_bytes) = match system {
+            System::Flint => (format!("flint {}", env!("CARGO_PKG_VERSION")), vm_disk),
+            System::Qemu => (system::version(&qemu, 1), vm_disk),
+            System::Crun => (
+                system::version(&crun, 2),
+                measure::tree_allocated_bytes(&bundle.rootfs).map_err(BenchError::io(format!(
+                    "cannot measure {}",
+                    bundle.rootfs.display()
+                )))?,
+            ),
+        };
+        columns.push(Column {
+            system,
+            command: Vec::new(),
+            versions,
+            disk_shared_bytes,
+            runs: Vec::new(),
+        });
+    }
+
+    let setup = Setup {
+        bundle: bundle.dir.clone(),
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        flint,
+        crun,
+        qemu,
+        kernel: kernel.clone(),
+        image_cache,
+        crun_logs: workdir.0.clone(),
+        vm,
+    };
+    let timeout = Duration::from_secs(args.timeout);
+    // Every run is checked against the first crun run (or the first system's first run):
+    // the systems must run the same workload for the comparison to mean anything.
+    let reference_system = if has(System::Crun) {
+        System::Crun
+    } else {
+        systems[0]
+    };
+    let mut reference: Option<Observed> = None;
+    let mut pending: Vec<Observed> = Vec::new();
+    for round in 1..=args.runs {
+        let mut progress = Vec::new();
+        for col in &mut columns {
+            if let Some(sig) = interrupt::pending() {
+                return Err(BenchError::Interrupted(sig));
+            }
+            let (record, observed, command) =
+                run_once(&setup, col.system, round, timeout, &crun_rundir)?;
+            match &reference {
+                Some(r) => check_same(r, &observed)?,
+                None if col.system == reference_system => {
+                    for p in pending.drain(..) {
+                        check_same(&observed, &p)?;
+                    }
+                    reference = Some(observed);
+                }
+                None => pending.push(observed),
+            }
+            progress.push(format!(
+                "{} {:.1} ms",
+                col.system.key(),
+                record.exit_us as f64 / 1e3
+            ));
+            if col.command.is_empty() {
+                col.command = command;
+            }
+            col.runs.push(record);
+        }
+        eprintln!(
+            "flint bench startup: round {round}/{}: exit after {}",
+            args.runs,
+            progress.join(", ")
+        );
+    }
+    let Some(reference) = reference else {
+        return Err(BenchError::Internal {
+            what: "no reference run",
+        });
+    };
+
+    notes.extend(standard_notes(&systems, &columns, &crun_rundir, &setup));
+    if reference.stdout.is_empty() {
+        notes.push(
+            "The workload wrote nothing on stdout: there are no first-output times and no \
+             memory snapshots."
+                .into(),
+        );
+    }
+    let report = Report {
+        benchmark: "startup".into(),
+        flint_version: env!("CARGO_PKG_VERSION").into(),
+        date,
+        environment,
+        bundle: bundle.dir.display().to_string(),
+        kernel: kernel.map(|k| k.display().to_string()),
+        runs: args.runs,
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        timeout_s: args.timeout,
+        workload: Workload::new(reference.status, &reference.stdout),
+        systems: columns
+            .into_iter()
+            .map(|c| {
+                let stats = report::stats_of(&c.runs);
+                (
+                    c.system.key().to_string(),
+                    SystemReport {
+                        command: c.command,
+                        versions: c.versions,
+                        disk_shared_bytes: c.disk_shared_bytes,
+                        stats,
+                        runs: c.runs,
+                    },
+                )
+            })
+            .collect(),
+        notes,
+    };
+    let markdown = report::markdown(&report);
+    write_outputs(&report, &markdown, &args.out)?;
+    print!("{markdown}");
+    drop(workdir);
+    Ok(report)
+}
+
+/// What every reader of the report needs to know about how the numbers were taken.
+fn standard_notes(
+    systems: &[System],
+    columns: &[Column],
+    crun_rundir: &Path,
+    setup: &Setup,
+) -> Vec<String> {
+    let order: Vec<&str> = systems.iter().map(|s| s.key()).collect();
+    let mut notes = vec![
+        format!(
+            "Each round ran every system once, in the order {}. Times run from the launch \
+             (just before the spawn) to the first byte read from the workload's stdout, and to \
+             the exit.",
+            order.join(", ")
+        ),
+        "At the first output the bench stopped the process tree (SIGSTOP), read \
+         /proc/PID/smaps (Rss, Pss) and continued it (SIGCONT); the time it was stopped \
+         (paused_us) is subtracted from the exit time. A run that had exited by then has no \
+         memory snapshot."
+            .into(),
+        "Host CPU is user + sys from wait4's rusage, which includes the children the process \
+         reaped (crun's container process); peak RSS is ru_maxrss, the largest single process \
+         among them."
+            .into(),
+    ];
+    if systems.iter().any(|s| s.is_vm()) {
+        notes.push(
+            "flint and QEMU boot the same kernel, root image and initramfs, prepared once \
+             before the first round (so no run includes building the image). Guest RAM is the \
+             VMM's mappings of the guest memory's size; the VMM's own memory is the rest of its \
+             process."
+                .into(),
+        );
+        let mut disk = String::from(
+            "Disk: the VMs share the read-only ext4 image and the kernel; the guest's writable \
+             layer is a tmpfs in guest memory, so an instance writes nothing to the host's disk.",
+        );
+        if let Some(vm) = &setup.vm {
+            if let Ok(b) = measure::allocated_bytes(&vm.initramfs) {
+                disk.push_str(&format!(
+                    " QEMU's initramfs file ({} KiB) is not counted: flint builds it in memory.",
+                    b / 1024
+                ));
+            }
+        }
+        notes.push(disk);
+    }
+    if systems.contains(&System::Qemu) {
+        notes.push(
+            "QEMU reports the guest's exit status through isa-debug-exit as (status << 1) | 1; \
+             the status shown is the decoded one."
+                .into(),
+        );
+    }
+    if systems.contains(&System::Crun) {
+        notes.push(format!(
+            "crun writes the container's changes straight into the bundle's rootfs (there is \
+             no copy-on-write layer): its shared disk is the rootfs tree (each inode once), and \
+             its disk per instance is its state directory ({}/ID) at the first output.",
+            crun_rundir.display()
+        ));
+    }
+    let unsplit = columns
+        .iter()
+        .flat_map(|c| &c.runs)
+        .filter(|r| {
+            matches!(
+                r.memory_at_first_output,
+                Some(MemoryRecord::Vmm {
+                    guest_rss_kib: None,
+                    ..
+                })
+            )
+        })
+        .count();
+    if unsplit > 0 {
+        notes.push(format!(
+            "In {unsplit} run(s) no mapping of the guest memory's size was found in the VMM's \
+             smaps (the kernel merged it with a neighbouring mapping, or the VMM was started \
+             through a wrapper): those runs have totals but no VMM/guest split."
+        ));
+    }
+    notes
+}
+
+fn write_outputs(report: &Report, markdown: &str, out: &Path) -> Result<(), BenchError> {
+    std::fs::create_dir_all(out)
+        .map_err(BenchError::io(format!("cannot create {}", out.display())))?;
+    let json = serde_json::to_string_pretty(report).map_err(|e| BenchError::Io {
+        what: "cannot serialise the report".into(),
+        source: e.into(),
+    })?;
+    for (name, text) in [
+        ("startup.json", json + "\n"),
+        ("startup.md", markdown.to_string()),
+        ("startup.svg", svg::svg(report)),
+    ] {
+        let path = out.join(name);
+        std::fs::write(&path, text)
+            .map_err(BenchError::io(format!("cannot write {}", path.display())))?;
+        eprintln!("flint bench startup: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: StartupArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<StartupArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("startup").chain(args.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        let a = parse(&["--bundle", "b"]).unwrap();
+        assert_eq!(a.runs, 10);
+        assert_eq!(a.systems, [System::Flint, System::Crun, System::Qemu]);
+        assert_eq!((a.memory, a.cpus, a.timeout), (128, 1, 60));
+        assert_eq!(a.out, PathBuf::from("results"));
+        let a = parse(&["--bundle", "b", "-n", "3", "--systems", "qemu,crun"]).unwrap();
+        assert_eq!(a.runs, 3);
+        assert_eq!(a.systems, [System::Qemu, System::Crun]);
+        assert!(parse(&["--bundle", "b", "-n", "0"]).is_err());
+        assert!(parse(&["--bundle", "b", "--systems", "docker"]).is_err());
+        assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn guest_sizes_follow_each_vmm_layout() {
+        assert_eq!(guest_sizes(System::Qemu, 128), [128 << 20]);
+        assert_eq!(guest_sizes(System::Flint, 128), [128 << 20]);
+        assert_eq!(guest_sizes(System::Flint, 4096), [3 << 30, 1 << 30]);
+        assert_eq!(guest_sizes(System::Qemu, 4096), [4 << 30]);
+    }
+
+    fn observed(system: &'static str, status: i32, stdout: &[u8]) -> Observed {
+        Observed {
+            system,
+            round: 1,
+            status,
+            stdout: stdout.to_vec(),
+            stderr: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn runs_must_match_the_reference() {
+        let r = observed("crun", 0, b"hi\n");
+        assert!(check_same(&r, &observed("flint", 0, b"hi\n")).is_ok());
+        assert!(matches!(
+            check_same(&r, &observed("flint", 1, b"hi\n")),
+            Err(BenchError::Mismatch(m)) if m.status == 1
+        ));
+        assert!(check_same(&r, &observed("qemu", 0, b"hi\r\n")).is_err());
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("flint-bench-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn bundles_are_checked() {
+        let d = scratch("bundle");
+        let e = check_bundle(&d).err().unwrap().to_string();
+        assert!(e.contains("not an OCI bundle"), "{e}");
+        std::fs::write(d.join("config.json"), r#"{"root": {"path": "fs"}}"#).unwrap();
+        let e = check_bundle(&d).err().unwrap().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        std::fs::create_dir(d.join("fs")).unwrap();
+        let b = check_bundle(&d).unwrap();
+        assert!(b.rootfs.ends_with("fs") && b.rootfs.is_absolute());
+        std::fs::write(
+            d.join("config.json"),
+            r#"{"process": {"terminal": true}, "root": {"path": "fs"}}"#,
+        )
+        .unwrap();
+        let e = check_bundle(&d).err().unwrap().to_string();
+        assert!(e.contains("terminal"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn missing_tools_and_kernels_say_what_to_do() {
+        let e = tool(Path::new("no-such-crun"), "--crun", "apt-get install crun")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "no-such-crun not found: install it (apt-get install crun) or pass --crun PATH"
+        );
+        let e = resolve_kernel(Some(Path::new("/nonexistent/vmlinux")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "--kernel /nonexistent/vmlinux: not a file");
+    }
+
+    #[test]
+    fn the_workdir_is_removed_when_dropped() {
+        let w = Workdir::create().unwrap();
+        let p = w.0.clone();
+        std::fs::write(p.join("x"), b"x").unwrap();
+        drop(w);
+        assert!(!p.exists());
+    }
+}

@@ -1,0 +1,470 @@
+//! The systems under comparison and how each is launched: flint and QEMU's `microvm` boot the
+//! bundle as a microVM from the same image, kernel and initramfs; crun runs it as a container.
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::run::WaitStatus;
+use super::BenchError;
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum System {
+    /// flint itself: `flint run --oci-bundle`.
+    Flint,
+    /// The crun OCI runtime: the same bundle as a container.
+    Crun,
+    /// QEMU's microvm machine with KVM, booting what flint would boot.
+    Qemu,
+}
+
+impl System {
+    /// The key in the JSON report and the name on the command line.
+    pub fn key(self) -> &'static str {
+        match self {
+            System::Flint => "flint",
+            System::Crun => "crun",
+            System::Qemu => "qemu",
+        }
+    }
+
+    /// Whether it boots a VM (and so needs a kernel and the guest image).
+    pub fn is_vm(self) -> bool {
+        matches!(self, System::Flint | System::Qemu)
+    }
+}
+
+/// How a system's table column is titled.
+pub fn display_name(key: &str) -> &str {
+    match key {
+        "qemu" => "QEMU microvm",
+        other => other,
+    }
+}
+
+/// `program` as given if it has a slash, else the first match on `$PATH`; `None` if there is
+/// no such executable file.
+pub fn find_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 || program.is_absolute() {
+        return executable(program).then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
+/// The first lines of `program --version`, joined (for the report); "unknown" if it will not
+/// say.
+pub fn version(program: &Path, lines: usize) -> String {
+    let out = Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => return "unknown".into(),
+    };
+    let v: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(lines)
+        .collect();
+    if v.is_empty() {
+        "unknown".into()
+    } else {
+        v.join("; ")
+    }
+}
+
+/// crun's state directory root, from the `rundir:` line of `crun --version` (it depends on
+/// the user and the build), else the default for root.
+pub fn crun_rundir(crun: &Path) -> PathBuf {
+    Command::new(crun)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| parse_rundir(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_else(|| "/run/crun".into())
+}
+
+fn parse_rundir(version_text: &str) -> Option<PathBuf> {
+    version_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rundir:"))
+        .map(|d| PathBuf::from(d.trim()))
+        .filter(|d| d.is_absolute())
+}
+
+/// Everything needed to build each system's command line.
+pub struct Setup {
+    pub bundle: PathBuf,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub flint: PathBuf,
+    pub crun: PathBuf,
+    pub qemu: PathBuf,
+    pub kernel: Option<PathBuf>,
+    /// flint's image cache: the bench's own, so that the image lives and dies with the bench.
+    pub image_cache: PathBuf,
+    /// Where crun's own log goes, one file per round (see [`Setup::crun_log`]).
+    pub crun_logs: PathBuf,
+    /// What QEMU boots: written from the bundle's [`crate::oci::GuestPlan`].
+    pub vm: Option<VmFiles>,
+}
+
+/// The guest plan's pieces as QEMU takes them.
+pub struct VmFiles {
+    pub image: PathBuf,
+    pub initramfs: PathBuf,
+    pub kernel_args: String,
+}
+
+impl Setup {
+    /// The container ID crun uses for `round`: unique per bench process and round.
+    pub fn crun_id(round: u32) -> String {
+        format!("flint-bench-{}-{round}", std::process::id())
+    }
+
+    /// crun's log for `round`. With `--log`, crun writes its own errors there instead of on
+    /// stderr, which the workload shares: so a failing crun is told apart from a workload that
+    /// fails (see [`crun_errors`]).
+    pub fn crun_log(&self, round: u32) -> PathBuf {
+        self.crun_logs.join(format!("crun-{round}.log"))
+    }
+
+    /// The command that runs the bundle once on `system`.
+    pub fn command(&self, system: System, round: u32) -> Result<Command, BenchError> {
+        let kernel = || {
+            self.kernel.as_deref().ok_or(BenchError::Internal {
+                what: "no kernel for a VM system",
+            })
+        };
+        let mib = self.memory_mib.to_string();
+        let cpus = self.cpus.to_string();
+        let cmd = match system {
+            System::Flint => {
+                let mut c = Command::new(&self.flint);
+                c.arg("run")
+                    .arg("--oci-bundle")
+                    .arg(&self.bundle)
+                    .arg("--kernel")
+                    .arg(kernel()?)
+                    .args(["--memory", &mib, "--cpus", &cpus, "--boot-timer"])
+                    .env("FLINT_IMAGE_CACHE", &self.image_cache);
+                c
+            }
+            System::Crun => {
+                let mut log = std::ffi::OsString::from("--log=file:");
+                log.push(self.crun_log(round));
+                let mut c = Command::new(&self.crun);
+                c.arg(log)
+                    .arg("--log-format=json")
+                    .arg("run")
+                    .arg("--bundle")
+                    .arg(&self.bundle)
+                    .arg(Self::crun_id(round));
+                c
+            }
+            System::Qemu => {
+                let vm = self.vm.as_ref().ok_or(BenchError::Internal {
+                    what: "no guest plan for QEMU",
+                })?;
+                let mut drive = std::ffi::OsString::from("id=root,file=");
+                drive.push(&vm.image);
+                drive.push(",format=raw,if=none,readonly=on");
+                let mut c = Command::new(&self.qemu);
+                c.args(["-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host"])
+                    .args(["-m", &mib, "-smp", &cpus])
+                    .args(["-nodefaults", "-no-user-config", "-display", "none"])
+                    // ttyS0 is the workload's stdout. The guest's kernel console is on ttyS1,
+                    // discarded; microvm creates only one serial port from -serial, so the
+                    // second is an explicit device at COM2's address.
+                    .args(["-no-reboot", "-serial", "stdio"])
+                    .args(["-chardev", "null,id=com2"])
+                    .args(["-device", "isa-serial,chardev=com2,iobase=0x2f8,irq=3"])
+                    // The guest init reports the exit status on this port.
+                    .args(["-device", "isa-debug-exit,iobase=0x501,iosize=1"])
+                    .arg("-kernel")
+                    .arg(kernel()?)
+                    .arg("-initrd")
+                    .arg(&vm.initramfs)
+                    .args(["-append", &vm.kernel_args])
+                    .arg("-drive")
+                    .arg(drive)
+                    .args(["-device", "virtio-blk-device,drive=root"]);
+                c
+            }
+        };
+        Ok(cmd)
+    }
+}
+
+/// A command as a shell would show it: `VAR=value` for its environment, then argv.
+pub fn describe(cmd: &Command) -> Vec<String> {
+    let env = cmd
+        .get_envs()
+        .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())));
+    env.chain(std::iter::once(
+        cmd.get_program().to_string_lossy().into_owned(),
+    ))
+    .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+    .collect()
+}
+
+/// The workload's exit status as QEMU reports it. With `isa-debug-exit`, a guest that writes
+/// `s` to the port makes QEMU exit with `(s << 1) | 1`; an even code means the guest did not
+/// report a status (it reset, or QEMU itself failed).
+pub fn qemu_workload_status(status: WaitStatus) -> Result<i32, String> {
+    match status {
+        WaitStatus::Exited(code) if code & 1 == 1 => Ok(code >> 1),
+        WaitStatus::Exited(code) => Err(format!(
+            "QEMU exited with code {code} without the guest reporting an exit status \
+             (the guest reset or QEMU failed)"
+        )),
+        WaitStatus::Signaled(s) => Err(format!("QEMU was killed by signal {s}")),
+    }
+}
+
+/// The `flint: guest booted in N us` line of `--boot-timer`.
+pub fn parse_boot_us(stderr: &[u8]) -> Option<u64> {
+    String::from_utf8_lossy(stderr).lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("flint: guest booted in ")?
+            .strip_suffix(" us")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The error messages in crun's JSON log (one object per line, `{"msg", "level", "time"}`);
+/// a line that is not such an object is taken as an error too.
+pub fn crun_errors(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(v) if v["level"].as_str() != Some("error") => None,
+            Ok(v) => Some(v["msg"].as_str().unwrap_or(l).to_string()),
+            Err(_) => Some(l.to_string()),
+        })
+        .collect()
+}
+
+/// Deletes a crun container when dropped, whatever happened to the run (errors ignored: a
+/// container that was never created is nothing to delete).
+pub struct CrunContainer<'a> {
+    pub crun: &'a Path,
+    pub id: String,
+}
+
+impl Drop for CrunContainer<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.crun)
+            .args(["delete", "--force", &self.id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+const CGROUP: &str = "/sys/fs/cgroup";
+
+fn is_cgroup2(path: &str) -> io::Result<bool> {
+    let c = CString::new(path).map_err(io::Error::other)?;
+    // SAFETY: statfs is plain data; statfs fills it from a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type == libc::CGROUP2_SUPER_MAGIC)
+}
+
+/// Makes sure crun finds a cgroup v2 hierarchy at /sys/fs/cgroup: crun refuses hosts with v1
+/// or hybrid cgroups. On such a host, as root, this process moves to a private mount namespace
+/// and mounts a cgroup2 there. `unshare(CLONE_NEWNS)` gives the new namespace to the calling
+/// thread only (it separates that thread's filesystem context from the other threads'), so
+/// every run must be spawned from this thread, as the bench does. Returns a note for the
+/// report if it had to do this.
+pub fn ensure_cgroup2() -> Result<Option<String>, BenchError> {
+    let cgroup_err = |what: String| BenchError::Cgroup { what };
+    match is_cgroup2(CGROUP) {
+        Ok(true) => return Ok(None),
+        Ok(false) => {}
+        Err(e) => return Err(cgroup_err(format!("cannot read {CGROUP}: {e}"))),
+    }
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(cgroup_err(format!(
+            "crun needs cgroup v2 at {CGROUP} and this host has v1 or hybrid cgroups there: run \
+             the bench as root (it then mounts a cgroup2 in a private mount namespace) or boot \
+             the host with systemd.unified_cgroup_hierarchy=1"
+        )));
+    }
+    let os = |what: &str| cgroup_err(format!("{what}: {}", io::Error::last_os_error()));
+    // SAFETY: unshare and mount take no pointers other than these NUL-terminated strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(os(
+                "cannot get a private mount namespace for crun (unshare)",
+            ));
+        }
+        // Private, so that the cgroup2 mount below stays out of the host's namespace.
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(os("cannot make / private in the bench's mount namespace"));
+        }
+        if libc::mount(
+            c"cgroup2".as_ptr(),
+            c"/sys/fs/cgroup".as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(os("cannot mount a cgroup2 at /sys/fs/cgroup for crun"));
+        }
+    }
+    match is_cgroup2(CGROUP) {
+        Ok(true) => Ok(Some(format!(
+            "The host has v1 or hybrid cgroups, which crun refuses: the bench ran crun in a \
+             private mount namespace with a cgroup2 mounted at {CGROUP} (controllers bound to \
+             v1 hierarchies are not available to it)."
+        ))),
+        _ => Err(cgroup_err(format!(
+            "mounted a cgroup2 at {CGROUP} for crun, but it is still not one"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_exit_codes_decode_to_the_guest_status() {
+        assert_eq!(qemu_workload_status(WaitStatus::Exited(1)), Ok(0));
+        assert_eq!(qemu_workload_status(WaitStatus::Exited(7)), Ok(3));
+        assert_eq!(qemu_workload_status(WaitStatus::Exited(255)), Ok(127));
+        assert!(qemu_workload_status(WaitStatus::Exited(0)).is_err());
+        assert!(qemu_workload_status(WaitStatus::Exited(2)).is_err());
+        assert!(qemu_workload_status(WaitStatus::Signaled(9)).is_err());
+    }
+
+    #[test]
+    fn boot_timer_line_is_found() {
+        let err = b"some noise\nflint: guest booted in 81234 us\nmore\n";
+        assert_eq!(parse_boot_us(err), Some(81234));
+        assert_eq!(parse_boot_us(b"flint: guest booted in soon\n"), None);
+        assert_eq!(parse_boot_us(b""), None);
+    }
+
+    #[test]
+    fn crun_errors_come_from_its_log() {
+        let log = concat!(
+            r#"{"msg":"cgroup v1 is deprecated","level":"warning","time":"x"}"#,
+            "\n",
+            r#"{"msg":"setrlimit (RLIM_MEMLOCK): Operation not permitted","level":"error","time":"x"}"#,
+            "\nnot json\n\n"
+        );
+        assert_eq!(
+            crun_errors(log),
+            [
+                "setrlimit (RLIM_MEMLOCK): Operation not permitted",
+                "not json"
+            ]
+        );
+        assert!(crun_errors("").is_empty());
+    }
+
+    #[test]
+    fn crun_rundir_comes_from_its_version_text() {
+        let text = "crun version 1.8.1\ncommit: f8a0\nrundir: /run/user/0/crun\nspec: 1.0.0\n";
+        assert_eq!(parse_rundir(text), Some("/run/user/0/crun".into()));
+        assert_eq!(parse_rundir("crun version 1.0\n"), None);
+    }
+
+    #[test]
+    fn programs_are_found_on_path_or_by_path() {
+        assert!(find_program(Path::new("sh")).is_some());
+        assert!(find_program(Path::new("/bin/sh")).is_some());
+        assert_eq!(find_program(Path::new("flint-bench-no-such-tool")), None);
+        assert_eq!(find_program(Path::new("./flint-bench-no-such-tool")), None);
+    }
+
+    fn setup() -> Setup {
+        Setup {
+            bundle: "/b".into(),
+            memory_mib: 256,
+            cpus: 2,
+            flint: "/usr/bin/flint".into(),
+            crun: "crun".into(),
+            qemu: "qemu-system-x86_64".into(),
+            kernel: Some("/k/vmlinux".into()),
+            image_cache: "/w/images".into(),
+            crun_logs: "/w".into(),
+            vm: Some(VmFiles {
+                image: "/w/images/abc.ext4".into(),
+                initramfs: "/w/initramfs.cpio".into(),
+                kernel_args: "console=ttyS1 quiet".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn commands_are_as_documented() {
+        let s = setup();
+        let flint = describe(&s.command(System::Flint, 1).unwrap());
+        assert_eq!(
+            flint.join(" "),
+            "FLINT_IMAGE_CACHE=/w/images /usr/bin/flint run --oci-bundle /b --kernel /k/vmlinux \
+             --memory 256 --cpus 2 --boot-timer"
+        );
+        let crun = describe(&s.command(System::Crun, 3).unwrap());
+        assert_eq!(
+            crun,
+            [
+                "crun",
+                "--log=file:/w/crun-3.log",
+                "--log-format=json",
+                "run",
+                "--bundle",
+                "/b",
+                &Setup::crun_id(3)
+            ]
+            .map(String::from)
+        );
+        let qemu = describe(&s.command(System::Qemu, 1).unwrap());
+        let at = |flag: &str| {
+            let i = qemu.iter().position(|a| a == flag).unwrap();
+            qemu[i + 1].as_str()
+        };
+        assert_eq!(at("-m"), "256");
+        assert_eq!(at("-smp"), "2");
+        assert_eq!(at("-append"), "console=ttyS1 quiet");
+        assert_eq!(
+            at("-drive"),
+            "id=root,file=/w/images/abc.ext4,format=raw,if=none,readonly=on"
+        );
+        assert_eq!(at("-kernel"), "/k/vmlinux");
+        assert_eq!(at("-serial"), "stdio");
+        assert!(qemu.contains(&"isa-serial,chardev=com2,iobase=0x2f8,irq=3".to_string()));
+        assert_eq!(at("-initrd"), "/w/initramfs.cpio");
+    }
+}
