@@ -10,9 +10,17 @@ source "$here/../lib.sh"
 "$here/build-initramfs.sh"
 "$here/build-rootfs.sh"
 
+# The default OCI bundle (busybox): what `flint bench startup` runs in the lab.
+hash=$(stamp_hash "busybox $(busybox_version)" "file:$here/../oci/make-bundle")
+if ! stamp_ok "$FLINT_CACHE/guest/bundle.stamp" "$hash" "$FLINT_CACHE/guest/bundle/config.json"; then
+    "$here/../oci/make-bundle" "$FLINT_CACHE/guest/bundle"
+    stamp_write "$FLINT_CACHE/guest/bundle.stamp" "$hash"
+fi
+
 printf '%s\n' \
     "$FLINT_CACHE/guest/vmlinux" \
     "$FLINT_CACHE/guest/bzImage" \
     "$FLINT_CACHE/guest/initramfs.cpio.gz" \
     "$FLINT_CACHE/guest/rootfs.ext4" \
-    "$FLINT_CACHE/debian/vmlinuz"
+    "$FLINT_CACHE/debian/vmlinuz" \
+    "$FLINT_CACHE/guest/bundle"

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build the lab's cached initramfs pieces (uncompressed cpio, concatenated per run):
-#   $FLINT_CACHE/lab/base.cpio   busybox, Debian's KVM modules, resources/lab/init
-#   $FLINT_CACHE/lab/guest.cpio  the guest artifacts under /guest/
+#   $FLINT_CACHE/lab/base.cpio   busybox, Debian's KVM modules, resources/lab/init, and the
+#                                tools OCI runs need: crun and mkfs.ext4 with their libraries
+#   $FLINT_CACHE/lab/guest.cpio  the guest artifacts under /guest/ (the default bundle too)
 #   $FLINT_CACHE/lab/qemu.cpio   (--with-qemu) qemu-system-x86_64, its libraries and firmware
 # Assumes the guest artifacts exist (resources/guest/build.sh). Prints the archive paths.
 set -euo pipefail
@@ -19,14 +20,28 @@ mkdir -p "$out"
 lock lab
 
 newwork() { rm -rf "$out/work"; mkdir -p "$out/work"; }
+# libs_of FILE... : the shared libraries (and the loader) the files need.
+libs_of() { ldd "$@" | awk '$1 ~ /^\/.*[^:]$/ { print $1 } $3 ~ /^\// { print $3 }' | sort -u; }
+# copy_into DIR FILE... : copy files to the same absolute paths under DIR, links resolved.
+copy_into() {
+    local dir=$1 f
+    shift
+    for f in "$@"; do
+        mkdir -p "$dir$(dirname "$f")"
+        cp -L "$f" "$dir$f"
+    done
+}
 trap 'rm -rf "$out/work"' EXIT
 # Cheap change detection for big inputs: name, size and mtime, not contents.
 statsum() { stat -L -c '%n %s %Y' "$@"; }
 
 # --- base ---
 [ -f "$deb/modules/load-order" ] || die "no Debian modules: run resources/guest/fetch-debian-kernel.sh"
+need_pkgs crun e2fsprogs
+tools=(/usr/bin/crun /usr/sbin/mke2fs /etc/mke2fs.conf)
+mapfile -t tool_libs < <(libs_of /usr/bin/crun /usr/sbin/mke2fs)
 hash=$(stamp_hash "busybox $(busybox_version)" "file:$FLINT_RESOURCES/lab/init" \
-    "file:$FLINT_RESOURCES/lib.sh" "$(statsum "$deb/modules"/*)")
+    "file:$FLINT_RESOURCES/lib.sh" "$(statsum "$deb/modules"/* "${tools[@]}" "${tool_libs[@]}")")
 if ! stamp_ok "$out/base.stamp" "$hash" "$out/base.cpio"; then
     newwork
     busybox_tree "$out/work"
@@ -35,6 +50,8 @@ if ! stamp_ok "$out/base.stamp" "$hash" "$out/base.cpio"; then
     cp "$deb/modules"/* "$out/work/lib/modules/"
     echo 'root:x:0:0:root:/root:/bin/sh' > "$out/work/etc/passwd"
     echo 'root:x:0:' > "$out/work/etc/group"
+    copy_into "$out/work" "${tools[@]}" "${tool_libs[@]}"
+    ln -sf mke2fs "$out/work/usr/sbin/mkfs.ext4"
     cpio_pack "$out/work" "$out/base.cpio"
     stamp_write "$out/base.stamp" "$hash"
     log "built $out/base.cpio"
@@ -42,15 +59,16 @@ fi
 
 # --- guest artifacts ---
 guest_files=("$g/vmlinux" "$g/bzImage" "$g/initramfs.cpio.gz" "$g/rootfs.ext4" "$deb/vmlinuz")
-for f in "${guest_files[@]}"; do
+for f in "${guest_files[@]}" "$g/bundle.stamp"; do
     [ -f "$f" ] || die "missing $f: run resources/guest/build.sh"
 done
-hash=$(stamp_hash "$(statsum "${guest_files[@]}")")
+hash=$(stamp_hash "$(statsum "${guest_files[@]}" "$g/bundle.stamp")")
 if ! stamp_ok "$out/guest.stamp" "$hash" "$out/guest.cpio"; then
     newwork
     mkdir -p "$out/work/guest"
     cp "${guest_files[@]:0:4}" "$out/work/guest/"
     cp "$deb/vmlinuz" "$out/work/guest/debian-vmlinuz"
+    cp -a "$g/bundle" "$out/work/guest/bundle"
     cpio_pack "$out/work" "$out/guest.cpio"
     stamp_write "$out/guest.stamp" "$hash"
     log "built $out/guest.cpio"
@@ -66,14 +84,11 @@ if [ "$with_qemu" = yes ]; then
     firmware=(/usr/share/qemu/{qboot.rom,bios-microvm.bin,pvh.bin,linuxboot.bin,linuxboot_dma.bin}
               /usr/share/qemu/{multiboot.bin,multiboot_dma.bin,kvmvapic.bin}
               /usr/share/seabios/{bios.bin,bios-256k.bin,bios-microvm.bin})
-    mapfile -t libs < <(ldd "$qemu" "${modules[@]}" | awk '$1 ~ /^\/.*[^:]$/ { print $1 } $3 ~ /^\// { print $3 }' | sort -u)
+    mapfile -t libs < <(libs_of "$qemu" "${modules[@]}")
     hash=$(stamp_hash "$(statsum "$qemu" "${modules[@]}" "${firmware[@]}" "${libs[@]}")")
     if ! stamp_ok "$out/qemu.stamp" "$hash" "$out/qemu.cpio"; then
         newwork
-        for f in "$qemu" "${modules[@]}" "${firmware[@]}" "${libs[@]}"; do
-            mkdir -p "$out/work$(dirname "$f")"
-            cp -L "$f" "$out/work$f"
-        done
+        copy_into "$out/work" "$qemu" "${modules[@]}" "${firmware[@]}" "${libs[@]}"
         cpio_pack "$out/work" "$out/qemu.cpio"
         stamp_write "$out/qemu.stamp" "$hash"
         log "built $out/qemu.cpio"

@@ -1,0 +1,245 @@
+//! Lab tier: OCI bundles as containers (crun) and as microVMs (`flint run --oci-bundle`) in one
+//! lab run. The same bundle must give the same stdout, stderr and exit code both ways; the
+//! startup benchmark must produce well-formed JSON, Markdown and SVG. One lab boot runs every
+//! scenario (with QEMU in it, for the benchmark).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The workload that shows what a runtime gave the process. Every line must be the same under
+/// crun and flint.
+const PROBE: &str = r#"echo "args: $0 $*"
+echo "cwd: $(pwd)"
+echo "greeting: $GREETING"
+echo "pid: $$"
+echo "uid: $(id -u) gid: $(id -g)"
+echo "hostname: $(hostname)"
+env | sort
+if read -r line; then echo "stdin: $line"; else echo "stdin: at its end"; fi
+touch /tmp/written && echo "rootfs writable: yes"
+echo "to stderr" >&2
+exit 3"#;
+
+struct Bundles {
+    dir: PathBuf,
+}
+
+impl Drop for Bundles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn make_bundle(dir: &Path, args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/oci/make-bundle");
+    let out = std::process::Command::new(script)
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run make-bundle");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn lab() -> &'static HashMap<String, (String, i32)> {
+    static RESULTS: OnceLock<HashMap<String, (String, i32)>> = OnceLock::new();
+    RESULTS.get_or_init(|| {
+        let bundles = Bundles {
+            dir: std::env::temp_dir().join(format!("flint-lab-bundles-{}", std::process::id())),
+        };
+        let probe = bundles.dir.join("probe");
+        make_bundle(
+            &probe,
+            &[
+                "--cwd",
+                "/tmp",
+                "--env",
+                "GREETING=hello, world",
+                "--hostname",
+                "probe",
+                "--",
+                "/bin/sh",
+                "-c",
+                PROBE,
+                "zero",
+                "one two",
+                "three",
+            ],
+        );
+        // An executable whose interpreter is missing: flint's check on the host passes, the
+        // guest's exec fails.
+        let badexec = bundles.dir.join("badexec");
+        make_bundle(&badexec, &["--", "/bin/bad"]);
+        std::fs::write(badexec.join("rootfs/bin/bad"), "#!/no/such/interpreter\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            badexec.join("rootfs/bin/bad"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+
+        let script = r#"#!/bin/sh
+# Runs bundle $2 with runtime $3 (crun or flint): its stdout, its stderr, their checksums and
+# its exit code, as scenario $1.
+run() {
+    echo "=== begin $1"
+    case $3 in
+        crun)  crun run --bundle "$2" "t-$1" </dev/null >/tmp/out 2>/tmp/err; code=$?
+               crun delete --force "t-$1" >/dev/null 2>&1 ;;
+        flint) flint run --oci-bundle "$2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
+    esac
+    echo "--- stdout $(cksum </tmp/out)"; cat /tmp/out
+    echo "--- stderr $(cksum </tmp/err)"; cat /tmp/err
+    echo "=== end $1 $code"
+}
+run probe-crun /bundles/probe crun
+run probe-flint /bundles/probe flint
+run default-crun /guest/bundle crun
+run default-flint /guest/bundle flint
+run badexec-flint /bundles/badexec flint
+echo "=== begin bench"
+flint bench startup --bundle /guest/bundle -n 2 --out /tmp/bench >/tmp/bench.out 2>&1
+code=$?
+for f in /tmp/bench.out /tmp/bench/startup.json /tmp/bench/startup.md /tmp/bench/startup.svg; do
+    echo "--- file $f"; cat "$f"
+done
+echo "=== end bench $code"
+echo "=== begin workdirs-left"
+ls /tmp/bench
+echo "=== end workdirs-left 0"
+"#;
+        let out = common::run_in_lab_with(
+            script,
+            &[
+                "--with-qemu".into(),
+                "--add".into(),
+                format!("{}:/bundles", bundles.dir.display()),
+            ],
+        );
+        common::scenarios(&out)
+    })
+}
+
+fn scenario(name: &str) -> &'static (String, i32) {
+    lab()
+        .get(name)
+        .unwrap_or_else(|| panic!("scenario {name} did not run"))
+}
+
+/// (stdout, stderr) of a scenario, each with its checksum line.
+fn streams(name: &str) -> (String, String) {
+    let (out, _) = scenario(name);
+    let (stdout, stderr) = out
+        .split_once("--- stderr ")
+        .unwrap_or_else(|| panic!("{name}: {out}"));
+    (stdout.to_string(), format!("--- stderr {stderr}"))
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn same_bundle_same_output_and_exit_code_as_a_container() {
+    let (crun_out, crun_err) = streams("probe-crun");
+    let (flint_out, flint_err) = streams("probe-flint");
+    assert_eq!(scenario("probe-crun").1, 3, "{}", scenario("probe-crun").0);
+    assert_eq!(
+        scenario("probe-flint").1,
+        3,
+        "{}",
+        scenario("probe-flint").0
+    );
+    assert_eq!(flint_out, crun_out, "stdout differs");
+    assert_eq!(flint_err, crun_err, "stderr differs");
+    // And it is the output the probe was meant to give.
+    for line in [
+        "args: zero one two three",
+        "cwd: /tmp",
+        "greeting: hello, world",
+        "pid: 1",
+        "uid: 0 gid: 0",
+        "hostname: probe",
+        "stdin: at its end",
+        "rootfs writable: yes",
+    ] {
+        assert!(common::has_line(&flint_out, line), "{line}: {flint_out}");
+    }
+    assert!(common::has_line(&flint_err, "to stderr"), "{flint_err}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn default_bundle_both_ways() {
+    let (crun, flint) = (scenario("default-crun"), scenario("default-flint"));
+    assert_eq!((crun.1, flint.1), (0, 0), "{}\n{}", crun.0, flint.0);
+    assert_eq!(flint.0, crun.0);
+    assert!(
+        common::has_line(&flint.0, "hello from the workload"),
+        "{}",
+        flint.0
+    );
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn exec_failure_in_the_guest_is_127_with_a_message() {
+    let (out, code) = scenario("badexec-flint");
+    assert_eq!(*code, 127, "{out}");
+    assert!(
+        out.contains("flint-init: error: exec /bin/bad: No such file or directory"),
+        "{out}"
+    );
+}
+
+/// The files the benchmark wrote, by path.
+fn bench_files() -> HashMap<String, String> {
+    let (out, _) = scenario("bench");
+    let mut files = HashMap::new();
+    for part in out.split("--- file ").skip(1) {
+        let (name, body) = part.split_once('\n').unwrap_or((part, ""));
+        files.insert(name.to_string(), body.to_string());
+    }
+    files
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn startup_benchmark_writes_json_markdown_and_svg() {
+    let (out, code) = scenario("bench");
+    assert_eq!(*code, 0, "{out}");
+    let files = bench_files();
+    let json: serde_json::Value =
+        serde_json::from_str(&files["/tmp/bench/startup.json"]).expect("valid JSON");
+    assert_eq!(json["benchmark"], "startup");
+    assert_eq!(json["runs"], 2);
+    assert!(
+        json["environment"]["virtualization"]
+            .as_str()
+            .is_some_and(|s| s.contains("software emulation")),
+        "{}",
+        json["environment"]
+    );
+    for system in ["flint", "crun", "qemu"] {
+        let s = &json["systems"][system];
+        assert_eq!(s["runs"].as_array().map(Vec::len), Some(2), "{system}: {s}");
+        let median = s["stats"]["first_output_us"]["median"].as_f64();
+        assert!(median.is_some_and(|m| m > 0.0), "{system}: {s}");
+    }
+    let md = &files["/tmp/bench/startup.md"];
+    assert!(md.contains("| flint") || md.contains("flint |"), "{md}");
+    assert!(md.contains("crun") && md.contains("qemu"), "{md}");
+    // The table is what the benchmark printed.
+    let table_line = md.lines().find(|l| l.starts_with('|')).expect("a table");
+    assert!(files["/tmp/bench.out"].contains(table_line));
+    let svg = roxmltree::Document::parse(&files["/tmp/bench/startup.svg"]).expect("valid SVG");
+    assert_eq!(svg.root_element().tag_name().name(), "svg");
+    // Only its results are left behind.
+    let (left, _) = scenario("workdirs-left");
+    let mut left: Vec<&str> = left.lines().collect();
+    left.sort();
+    assert_eq!(left, ["startup.json", "startup.md", "startup.svg"]);
+}
