@@ -30,7 +30,11 @@ _start:
     inc rdi
     jmp 1b
 2:
-    /* With stdin at its end, flint sends one ^D (0x04). */
+    /* Console ready (flint holds input until then); with stdin at its end, flint sends one
+       ^D (0x04). */
+    mov al, 1
+    mov dx, 0x502
+    out dx, al
     call getc
     movzx eax, al
     mov r14, rax

@@ -174,6 +174,7 @@ fn run_bundle(
     let mut console = vmm::stdio_console();
     console.error_output = Some(Box::new(Unbuffered(std::io::stderr())));
     console.eof_byte = Some(0x04);
+    console.hold_input_until_ready = true;
     let vmm = Vmm::build(&config, console, start)?;
     let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
     match vmm.run()? {

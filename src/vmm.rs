@@ -18,7 +18,7 @@ use crate::arch::x86_64::{cpuid, layout, mptable};
 use crate::boot::{self, InitrdImage, KernelInfo};
 use crate::bus::{Bus, BusError};
 use crate::config::{io_reason, ConfigError, Initrd, VmConfig};
-use crate::devices::exit_status::ExitStatusPort;
+use crate::devices::guest_ports::{self, GuestPorts, EXIT_STATUS_PORT};
 use crate::devices::irq::IrqLine;
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::cmos::Cmos;
@@ -31,7 +31,6 @@ use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::{block_stop_signals, ConsoleInput, Control};
 use crate::exit::{ExitEvent, ExitReason};
 use crate::kvm::{self, KvmError};
-use crate::oci::EXIT_STATUS_PORT;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{self, VcpuContext, VcpuError};
 use crate::vstate::vm::{create_vm, VmError};
@@ -92,6 +91,8 @@ pub struct Console {
     pub escapes: bool,
     /// Sent to the guest when the input ends (^D lets a guest tty in canonical mode see EOF).
     pub eof_byte: Option<u8>,
+    /// Hold input until the guest signals that its console is ready (port 0x502).
+    pub hold_input_until_ready: bool,
 }
 
 /// A VM ready to run. Field order matters for drop: vCPUs and the VM go before guest memory.
@@ -239,7 +240,11 @@ impl Vmm {
         let exit = Arc::new(ExitEvent::new().map_err(|e| VmmError::Io("eventfd", e))?);
         let serial_irq = IrqLine::new(&vm, layout::SERIAL_IRQ, irqfd)
             .map_err(|e| VmmError::Irq("the serial port", e))?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.output)));
+        let mut serial = SerialDevice::new(serial_irq, console.output);
+        if console.hold_input_until_ready {
+            serial.hold_input();
+        }
+        let serial = Arc::new(Mutex::new(serial));
 
         let mut pio = Bus::new();
         pio.insert(0x3f8, 8, serial.clone())?;
@@ -255,8 +260,8 @@ impl Vmm {
         }
         pio.insert(
             EXIT_STATUS_PORT as u64,
-            1,
-            Arc::new(Mutex::new(ExitStatusPort::new(exit.clone()))),
+            guest_ports::PORTS_LEN,
+            Arc::new(Mutex::new(GuestPorts::new(exit.clone(), serial.clone()))),
         )?;
         pio.insert(0x60, 5, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
         let below_4g = mem_size.min(layout::MMIO32_START);
@@ -405,5 +410,6 @@ pub fn stdio_console() -> Console {
         error_output: None,
         escapes: tty,
         eof_byte: None,
+        hold_input_until_ready: false,
     }
 }

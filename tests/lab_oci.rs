@@ -94,8 +94,8 @@ run() {
                crun delete --force "t-$1" >/dev/null 2>&1 ;;
         flint) flint run --oci-bundle "$2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
     esac
-    echo "--- stdout $(cksum </tmp/out)"; cat /tmp/out
-    echo "--- stderr $(cksum </tmp/err)"; cat /tmp/err
+    echo "--- stdout $(md5sum </tmp/out)"; cat /tmp/out
+    echo "--- stderr $(md5sum </tmp/err)"; cat /tmp/err
     echo "=== end $1 $code"
 }
 run probe-crun /bundles/probe crun
@@ -111,7 +111,8 @@ for f in /tmp/bench.out /tmp/bench/startup.json /tmp/bench/startup.md /tmp/bench
 done
 echo "=== end bench $code"
 echo "=== begin workdirs-left"
-ls /tmp/bench
+ls -1 /tmp/bench
+ls -d /tmp/flint-bench-* /run/crun/* 2>/dev/null
 echo "=== end workdirs-left 0"
 "#;
         let out = common::run_in_lab_with(
@@ -237,7 +238,7 @@ fn startup_benchmark_writes_json_markdown_and_svg() {
     assert!(files["/tmp/bench.out"].contains(table_line));
     let svg = roxmltree::Document::parse(&files["/tmp/bench/startup.svg"]).expect("valid SVG");
     assert_eq!(svg.root_element().tag_name().name(), "svg");
-    // Only its results are left behind.
+    // Only its results are left behind: no scratch directory, no container state.
     let (left, _) = scenario("workdirs-left");
     let mut left: Vec<&str> = left.lines().collect();
     left.sort();

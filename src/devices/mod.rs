@@ -1,5 +1,5 @@
 //! Emulated devices.
-pub mod exit_status;
+pub mod guest_ports;
 pub mod irq;
 pub mod legacy;
 pub mod virtio;

@@ -19,10 +19,6 @@ use std::path::{Path, PathBuf};
 pub use bundle::Bundle;
 use initramfs::{Cpio, Node};
 
-/// The guest writes the process's exit status (one byte) here. The same port as QEMU's
-/// `isa-debug-exit` device, so that the same guest also ends QEMU with a status.
-pub const EXIT_STATUS_PORT: u16 = 0x501;
-
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     #[error("--oci-bundle {bundle}: {source}")]

@@ -39,6 +39,8 @@ pub type SerialOut = Box<dyn Write + Send>;
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, SerialOut>,
     pending_input: VecDeque<u8>,
+    /// Input waits in `pending_input` until the guest says it is ready for it.
+    input_held: bool,
 }
 
 /// Stop reading host input once this much waits for the guest (it resumes as the guest reads).
@@ -49,7 +51,19 @@ impl SerialDevice {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), out),
             pending_input: VecDeque::new(),
+            input_held: false,
         }
+    }
+
+    /// Keeps host input from the guest until [`Self::release_input`] (the guest's console-ready
+    /// signal, see `devices::guest_ports`).
+    pub fn hold_input(&mut self) {
+        self.input_held = true;
+    }
+
+    pub fn release_input(&mut self) {
+        self.input_held = false;
+        self.feed_fifo();
     }
 
     /// Queues host input for the guest.
@@ -63,7 +77,7 @@ impl SerialDevice {
     }
 
     fn feed_fifo(&mut self) {
-        while !self.pending_input.is_empty() && self.uart.fifo_capacity() > 0 {
+        while !self.input_held && !self.pending_input.is_empty() && self.uart.fifo_capacity() > 0 {
             let (front, _) = self.pending_input.as_slices();
             match self.uart.enqueue_raw_bytes(front) {
                 Ok(0) | Err(_) => break,

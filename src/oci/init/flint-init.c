@@ -45,8 +45,10 @@
 #define BOOT_TIMER_ADDR 0xd0000000
 #define BOOT_TIMER_MAGIC 123
 
-/* One byte written here ends the VM with it as the status (src/devices/exit_status.rs). */
+/* One byte written here ends the VM with it as the status (src/devices/guest_ports.rs). */
 #define EXIT_STATUS_PORT 0x501
+/* A write here tells the VMM that the console is open and set up: input may come now. */
+#define CONSOLE_READY_PORT 0x502
 
 /* The consoles, kept open (close-on-exec) to drain them at the end; -1 until opened. */
 static struct {
@@ -274,6 +276,11 @@ __attribute__((noreturn)) static void run_init(void)
 	bool have_spec = spec_load(SPEC_PATH, &spec, spec_error, sizeof spec_error) == 0;
 	open_consoles();
 	set_console_modes(have_spec && spec.terminal);
+	/* Without the port (another VMM), input simply was never held. */
+	if (ioperm(CONSOLE_READY_PORT, 1, 1) == 0) {
+		outb(1, CONSOLE_READY_PORT);
+		ioperm(CONSOLE_READY_PORT, 1, 0); /* the process would inherit the access */
+	}
 	if (!have_spec) {
 		print_error(0, "%s", spec_error);
 		halt_with_status(EXIT_SETUP_FAILED);

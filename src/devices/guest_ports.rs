@@ -1,0 +1,82 @@
+//! Two I/O ports through which flint's OCI guest init talks to flint:
+//!
+//! - 0x501, exit status: the guest writes one byte, the VM ends, and flint exits with that byte
+//!   as its status. It is QEMU's `isa-debug-exit` default port, so the same guest also ends a
+//!   QEMU run with a status (QEMU exits with `status << 1 | 1`).
+//! - 0x502, console ready: the guest has opened its console and set its terminal modes; console
+//!   input held until then (see [`SerialDevice::hold_input`]) flows from now on. Linux's 8250
+//!   driver clears the UART's FIFO when the console is opened, and a tty still in its default
+//!   modes echoes what it receives, so input sent earlier would be lost or echoed.
+
+use std::sync::{Arc, Mutex};
+
+use crate::bus::BusDevice;
+use crate::devices::legacy::serial::SerialDevice;
+use crate::exit::{ExitEvent, ExitReason};
+
+pub const EXIT_STATUS_PORT: u16 = 0x501;
+pub const CONSOLE_READY_PORT: u16 = 0x502;
+/// The ports' span on the I/O bus, from [`EXIT_STATUS_PORT`].
+pub const PORTS_LEN: u64 = 2;
+
+pub struct GuestPorts {
+    exit: Arc<ExitEvent>,
+    console: Arc<Mutex<SerialDevice>>,
+}
+
+impl GuestPorts {
+    pub fn new(exit: Arc<ExitEvent>, console: Arc<Mutex<SerialDevice>>) -> Self {
+        GuestPorts { exit, console }
+    }
+}
+
+impl BusDevice for GuestPorts {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        // Wider writes (outw/outl) count by their low byte, as with QEMU's device.
+        match (offset, data.first()) {
+            (0, Some(&status)) => self.exit.request(ExitReason::Status(status)),
+            (1, Some(_)) => crate::bus::lock(&self.console).release_input(),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::irq::IrqLine;
+
+    #[test]
+    fn the_first_status_written_ends_the_vm_and_ready_releases_input() {
+        let exit = Arc::new(ExitEvent::new().unwrap());
+        let out: crate::devices::legacy::serial::SerialOut = Box::new(std::io::sink());
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            IrqLine::Fd(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            out,
+        )));
+        serial.lock().unwrap().hold_input();
+        serial.lock().unwrap().queue_input(b"x");
+        let mut ports = GuestPorts::new(exit.clone(), serial.clone());
+        let mut b = [9u8];
+        ports.read(0, &mut b);
+        assert_eq!(b, [0]);
+
+        // Held: the guest's receive buffer is empty (LSR bit 0 clear).
+        let mut lsr = [0u8];
+        serial.lock().unwrap().read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 0);
+        ports.write(1, &[1]);
+        serial.lock().unwrap().read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "released");
+
+        assert_eq!(exit.reason(), None);
+        ports.write(0, &[3, 1]);
+        ports.write(0, &[4]);
+        assert_eq!(exit.reason(), Some(ExitReason::Status(3)));
+        assert_eq!(ExitReason::Status(3).exit_code(), 3);
+    }
+}
