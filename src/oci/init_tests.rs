@@ -151,14 +151,9 @@ fn with_minimal(items: &[&str]) -> Vec<u8> {
     raw(&all)
 }
 
-const MS_RDONLY: u64 = 1;
-const MS_NOSUID: u64 = 2;
-const MS_NODEV: u64 = 4;
-const MS_NOEXEC: u64 = 8;
-const MS_REC: u64 = 1 << 14;
-const MS_PRIVATE: u64 = 1 << 18;
-const MS_RELATIME: u64 = 1 << 21;
-const MS_STRICTATIME: u64 = 1 << 24;
+use libc::{
+    MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME, MS_STRICTATIME,
+};
 
 fn mount(destination: &str, fstype: &str, source: &str, flags: u64, data: &str) -> Mount {
     Mount {

@@ -35,13 +35,10 @@
 /* Prints "WHAT: strerror(errno)" (just "WHAT" if errno is 0) and exits with EXIT_SETUP_FAILED. */
 __attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...)
 {
-	int errnum = errno;
-	char what[768];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(what, sizeof what, fmt, ap);
+	vprint_error(errno, fmt, ap);
 	va_end(ap);
-	print_error(errnum, "%s", what);
 	_exit(EXIT_SETUP_FAILED);
 }
 

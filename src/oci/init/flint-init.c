@@ -98,13 +98,10 @@ __attribute__((noreturn)) static void halt_with_status(int status)
 /* Prints "WHAT: strerror(errno)" and halts with status 125. */
 __attribute__((noreturn, format(printf, 1, 2))) static void fatal(const char *fmt, ...)
 {
-	int errnum = errno;
-	char what[768];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(what, sizeof what, fmt, ap);
+	vprint_error(errno, fmt, ap);
 	va_end(ap);
-	print_error(errnum, "%s", what);
 	halt_with_status(EXIT_SETUP_FAILED);
 }
 

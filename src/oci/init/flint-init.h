@@ -12,6 +12,7 @@
 
 #define _GNU_SOURCE
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -117,6 +118,8 @@ extern int error_fd;
  * part if errnum is 0.
  */
 __attribute__((format(printf, 2, 3))) void print_error(int errnum, const char *fmt, ...);
+/* print_error with a va_list. */
+__attribute__((format(printf, 2, 0))) void vprint_error(int errnum, const char *fmt, va_list ap);
 
 /* Writes all of buf, retrying after signals and short writes; -1 with errno on failure. */
 int write_all(int fd, const void *buf, size_t len);

@@ -13,6 +13,14 @@ int error_fd = STDERR_FILENO;
 
 void print_error(int errnum, const char *fmt, ...)
 {
+	va_list ap;
+	va_start(ap, fmt);
+	vprint_error(errnum, fmt, ap);
+	va_end(ap);
+}
+
+void vprint_error(int errnum, const char *fmt, va_list ap)
+{
 	/*
 	 * One write of one line, so that a message is never interleaved with the process's
 	 * output on a shared console.
@@ -22,10 +30,7 @@ void print_error(int errnum, const char *fmt, ...)
 	size_t len = sizeof prefix - 1;
 	memcpy(line, prefix, len);
 
-	va_list ap;
-	va_start(ap, fmt);
 	vsnprintf(line + len, sizeof line - len, fmt, ap);
-	va_end(ap);
 	len = strlen(line);
 	if (errnum != 0)
 		snprintf(line + len, sizeof line - len, ": %s", strerror(errnum));
