@@ -28,10 +28,22 @@ struct Outcome {
 fn lab() -> &'static HashMap<String, Outcome> {
     static RESULTS: OnceLock<HashMap<String, Outcome>> = OnceLock::new();
     RESULTS.get_or_init(|| {
-        let mut script = String::from("#!/bin/sh\n");
+        // A boot that has not finished in 300 s (twice in some thirty lab runs, Debian's kernel
+        // with 2 vCPUs hung before its console came up, both lab CPUs busy; never reproduced
+        // on its own) is stopped (flint exits 143 on SIGTERM), said so, and run once more,
+        // instead of holding the whole lab until its timeout.
+        let mut script = String::from(
+            "#!/bin/sh\n\
+             boot() {\n\
+                 timeout 300 flint run \"$@\" 2>&1 </dev/null; c=$?\n\
+                 [ $c -eq 143 ] || return $c\n\
+                 echo \"lab: HUNG: flint run $* did not finish in 300 s; once more\"\n\
+                 timeout 300 flint run \"$@\" 2>&1 </dev/null\n\
+             }\n",
+        );
         for (name, args) in SCENARIOS {
             script.push_str(&format!(
-                "echo '=== begin {name}'\nflint run {args} 2>&1 </dev/null\necho \"=== end {name} $?\"\n"
+                "echo '=== begin {name}'\nboot {args}\necho \"=== end {name} $?\"\n"
             ));
         }
         common::scenarios(&common::run_in_lab(&script))
@@ -42,9 +54,13 @@ fn lab() -> &'static HashMap<String, Outcome> {
 }
 
 fn scenario(name: &str) -> &'static Outcome {
-    lab()
+    let o = lab()
         .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not run"))
+        .unwrap_or_else(|| panic!("scenario {name} did not run"));
+    if o.output.contains("lab: HUNG: ") {
+        eprintln!("warning: {name} hung once and was run again:\n{}", o.output);
+    }
+    o
 }
 
 /// Asserts the guest's init ran and powered off cleanly, and returns its `flint-guest:` lines.
