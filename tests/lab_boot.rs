@@ -28,22 +28,11 @@ struct Outcome {
 fn lab() -> &'static HashMap<String, Outcome> {
     static RESULTS: OnceLock<HashMap<String, Outcome>> = OnceLock::new();
     RESULTS.get_or_init(|| {
-        // A boot that has not finished in 300 s (twice in some thirty lab runs, Debian's kernel
-        // with 2 vCPUs hung before its console came up, both lab CPUs busy; never reproduced
-        // on its own) is stopped (flint exits 143 on SIGTERM), said so, and run once more,
-        // instead of holding the whole lab until its timeout.
-        let mut script = String::from(
-            "#!/bin/sh\n\
-             boot() {\n\
-                 timeout 300 flint run \"$@\" 2>&1 </dev/null; c=$?\n\
-                 [ $c -eq 143 ] || return $c\n\
-                 echo \"lab: HUNG: flint run $* did not finish in 300 s; once more\"\n\
-                 timeout 300 flint run \"$@\" 2>&1 </dev/null\n\
-             }\n",
-        );
+        // Each boot's console goes to a file and is shown when it ends (see LAB_LOGGED_FN).
+        let mut script = format!("#!/bin/sh\n{}", common::LAB_LOGGED_FN);
         for (name, args) in SCENARIOS {
             script.push_str(&format!(
-                "echo '=== begin {name}'\nboot {args}\necho \"=== end {name} $?\"\n"
+                "echo '=== begin {name}'\nlogged 300 flint run {args}\necho \"=== end {name} $?\"\n"
             ));
         }
         common::scenarios(&common::run_in_lab(&script))
