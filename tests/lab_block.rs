@@ -22,10 +22,8 @@ fn flint_rootfs(script: &str, extra: &str) -> String {
 fn lab() -> &'static HashMap<String, (String, i32)> {
     static RESULTS: OnceLock<HashMap<String, (String, i32)>> = OnceLock::new();
     RESULTS.get_or_init(|| {
-        let mut s = String::from("#!/bin/sh\nset -u\n");
-        let mut scenario = |name: &str, body: &str| {
-            s.push_str(&format!("echo '=== begin {name}'\n( {body} )\necho \"=== end {name} $?\"\n"));
-        };
+        let mut list: Vec<(String, String)> = Vec::new();
+        let mut scenario = |name: &str, body: &str| list.push((name.into(), body.into()));
         // 1. Boot from the rootfs, write a file, power off; boot again and read it back.
         scenario(
             "rootfs-persists",
@@ -94,7 +92,7 @@ fn lab() -> &'static HashMap<String, (String, i32)> {
                     .replace("--rootfs /tmp/root.ext4", "--rootfs path=/tmp/root.ext4,ro")
             ),
         );
-        common::scenarios(&common::run_in_lab(&s))
+        common::scenarios(&common::run_in_lab(&common::lab_script("", &list, 600)))
     })
 }
 

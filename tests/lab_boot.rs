@@ -29,12 +29,11 @@ fn lab() -> &'static HashMap<String, Outcome> {
     static RESULTS: OnceLock<HashMap<String, Outcome>> = OnceLock::new();
     RESULTS.get_or_init(|| {
         // Each boot's console goes to a file and is shown when it ends (see LAB_LOGGED_FN).
-        let mut script = format!("#!/bin/sh\n{}", common::LAB_LOGGED_FN);
-        for (name, args) in SCENARIOS {
-            script.push_str(&format!(
-                "echo '=== begin {name}'\nlogged 300 flint run {args}\necho \"=== end {name} $?\"\n"
-            ));
-        }
+        let list: Vec<(String, String)> = SCENARIOS
+            .iter()
+            .map(|(name, args)| (name.to_string(), format!("flint run {args}")))
+            .collect();
+        let script = common::lab_script("", &list, 300);
         common::scenarios(&common::run_in_lab(&script))
             .into_iter()
             .map(|(name, (output, code))| (name, Outcome { output, code }))

@@ -102,14 +102,12 @@ fn errors() -> String {
 fn lab() -> &'static HashMap<String, (String, i32)> {
     static RESULTS: OnceLock<HashMap<String, (String, i32)>> = OnceLock::new();
     RESULTS.get_or_init(|| {
-        let mut s = String::from(
-            "#!/bin/sh\nset -u\n\
-             tunctl -t tap0 >/dev/null && ip addr add 169.254.100.1/24 dev tap0 && ip link set tap0 up || exit 1\n\
+        let setup = String::from(
+            "tunctl -t tap0 >/dev/null && ip addr add 169.254.100.1/24 dev tap0 && ip link set tap0 up || exit 1\n\
              tunctl -t tap1 >/dev/null && ip addr add 169.254.101.1/24 dev tap1 && ip link set tap1 up || exit 1\n",
         );
-        let mut scenario = |name: &str, body: &str| {
-            s.push_str(&format!("echo '=== begin {name}'\n( {body}\n)\necho \"=== end {name} $?\"\n"));
-        };
+        let mut list: Vec<(String, String)> = Vec::new();
+        let mut scenario = |name: &str, body: &str| list.push((name.into(), body.into()));
         // 1. Given MAC, ping both ways, 4 MiB each way over TCP, a busy TAP.
         scenario("traffic", &traffic());
         // 2. No mac=: the same default on two boots.
@@ -143,7 +141,7 @@ timeout 20 ping -c 2 -W 5 169.254.101.1 >/dev/null 2>&1; echo "eth1 ping: $?"
         );
         // 4. Bad --net arguments.
         scenario("errors", &errors());
-        common::scenarios(&common::run_in_lab(&s))
+        common::scenarios(&common::run_in_lab(&common::lab_script(&setup, &list, 600)))
     })
 }
 

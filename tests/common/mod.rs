@@ -179,36 +179,42 @@ pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
     stdout
 }
 
-/// A shell function for lab scripts: `logged LIMIT CMD...` runs CMD with its output in a file,
-/// prints the output when CMD ends and returns its status. A CMD still running after LIMIT
-/// seconds is reported (`lab: HUNG:` with its threads' states and KVM's exit counters, to find
-/// out why), killed, and run once more.
+/// Shell functions for lab scripts. `logged LIMIT CMD...` runs CMD in a session of its own with
+/// its output in a file, prints the output when CMD ends and returns its status. If CMD is
+/// still running after LIMIT seconds, it is reported (`lab: HUNG:` with the output so far, the
+/// state of every flint thread and KVM's exit counters, to find out why), killed with its
+/// session, and run once more.
 ///
-/// Why a file: in lab runs where VMs wrote their consoles straight to the lab's serial console,
-/// a VM now and then never got going (no console output at all, both lab CPUs busy, SIGTERM
-/// not handled), in about one lab run in three; with output to files, never in 26 boots.
+/// Why: in lab runs where VMs wrote their consoles straight to the lab's serial console, now
+/// and then a VM stopped making progress (its console stopped mid-line, both lab CPUs busy,
+/// no later output from the lab at all), about one lab run in three; with the output in files,
+/// never in 44 boots.
 pub const LAB_LOGGED_FN: &str = r#"
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
 kvm_counters() {
     for f in exits halt_exits io_exits mmio_exits irq_exits signal_exits insn_emulation; do
         printf '%s=%s ' $f "$(cat /sys/kernel/debug/kvm/$f 2>/dev/null)"
     done
-    echo
+}
+hung_report() {
+    for p in $(pidof flint); do
+        for t in /proc/$p/task/*; do
+            echo "lab: HUNG: flint $p thread $(cat $t/comm): state/utime/stime $(cut -d' ' -f3,14,15 $t/stat) wchan $(cat $t/wchan) syscall $(cut -d' ' -f1 $t/syscall)"
+        done
+    done
+    echo "lab: HUNG: kvm $(kvm_counters)"; sleep 2; echo "lab: HUNG: kvm $(kvm_counters)"
 }
 logged_once() {
     limit=$1; shift
-    "$@" </dev/null >/tmp/logged.out 2>&1 &
+    setsid "$@" </dev/null >/tmp/logged.out 2>&1 &
     pid=$!
     n=0
     while kill -0 $pid 2>/dev/null && [ $n -lt $limit ]; do sleep 1; n=$((n+1)); done
     if kill -0 $pid 2>/dev/null; then
-        echo "lab: HUNG: $* still running after $limit s; its output so far:"
+        echo "lab: HUNG: still running after $limit s: $*; its output so far:"
         cat /tmp/logged.out
-        for t in /proc/$pid/task/*; do
-            echo "lab: HUNG: thread $(cat $t/comm) state/utime/stime $(cut -d' ' -f3,14,15 $t/stat) wchan $(cat $t/wchan) syscall $(cut -d' ' -f1 $t/syscall)"
-        done
-        echo "lab: HUNG: kvm $(kvm_counters)"; sleep 2; echo "lab: HUNG: kvm $(kvm_counters)"
-        kill -9 $pid; wait $pid
+        hung_report
+        kill -9 -$pid $pid 2>/dev/null; wait $pid
         return 255
     fi
     wait $pid; c=$?
@@ -222,6 +228,20 @@ logged() {
     logged_once "$@"
 }
 "#;
+
+/// A lab script: [`LAB_LOGGED_FN`], `setup` (shell), then each `(name, body)` as a scenario
+/// whose shell `body` runs through `logged` with `limit` seconds, between `=== begin/end`
+/// markers (see [`scenarios`]).
+pub fn lab_script(setup: &str, scenarios: &[(String, String)], limit: u32) -> String {
+    let mut s = format!("#!/bin/sh\n{LAB_LOGGED_FN}{setup}");
+    for (name, body) in scenarios {
+        let quoted = body.replace('\'', r"'\''");
+        s.push_str(&format!(
+            "echo '=== begin {name}'\nlogged {limit} sh -c '{quoted}'\necho \"=== end {name} $?\"\n"
+        ));
+    }
+    s
+}
 
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
