@@ -131,10 +131,14 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
+/// How many times a lab run that failed by itself (exit 125) is tried in all.
+const LAB_ATTEMPTS: usize = 3;
+
 /// Runs `script` (a shell script) inside the lab, with extra files, and returns its stdout.
 /// Panics with what the lab printed if it fails. A failure of the lab itself (exit 125: it
-/// died booting or stopped without CMD's status; QEMU/TCG emulating nested SVM is not a
-/// perfect machine) is retried once, and the first failure is printed.
+/// died booting, stalled, or stopped without CMD's status) is retried, up to [`LAB_ATTEMPTS`]
+/// runs in all, and every failure is printed: QEMU/TCG emulating nested SVM stalls now and then
+/// (the lab kernel then reports a soft lockup on the CPU running a VM), in bursts.
 pub fn run_in_lab(script: &str) -> String {
     run_in_lab_with(script, &[])
 }
@@ -158,9 +162,13 @@ pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
             .expect("run resources/lab/run")
     };
     let mut out = attempt();
-    if out.status.code() == Some(125) {
+    for retry in 1..LAB_ATTEMPTS {
+        if out.status.code() != Some(125) {
+            break;
+        }
         eprintln!(
-            "the lab failed (exit 125), retrying once; it printed:\n{}\n{}",
+            "the lab failed (exit 125), running it again ({retry} of {}); it printed:\n{}\n{}",
+            LAB_ATTEMPTS - 1,
             String::from_utf8_lossy(&out.stderr),
             tail(&String::from_utf8_lossy(&out.stdout), 40)
         );
