@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use common::{base64, has_line};
+use common::{base64, has_line, LabResults};
 
 /// A flint command line booting the small kernel from a private copy of the rootfs, running
 /// `script` in the guest (no redirections: the caller adds them).
@@ -19,8 +18,8 @@ fn flint_rootfs(script: &str, extra: &str) -> String {
     )
 }
 
-fn lab() -> &'static HashMap<String, (String, i32)> {
-    static RESULTS: OnceLock<HashMap<String, (String, i32)>> = OnceLock::new();
+fn lab() -> &'static LabResults {
+    static RESULTS: OnceLock<LabResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
         let mut list: Vec<(String, String)> = Vec::new();
         let mut scenario = |name: &str, body: &str| list.push((name.into(), body.into()));
@@ -97,11 +96,7 @@ fn lab() -> &'static HashMap<String, (String, i32)> {
 }
 
 fn scenario(name: &str) -> &'static str {
-    let (out, code) = lab()
-        .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not run"));
-    assert_eq!(*code, 0, "{name} failed ({code}):\n{out}");
-    out
+    common::succeeded(lab(), name)
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use common::LabResults;
 use std::sync::OnceLock;
 
 /// (name, flint arguments). Every guest's init prints `flint-guest:` lines and powers off.
@@ -20,13 +20,8 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("no-initrd-panics", "--kernel /guest/vmlinux --append 'panic=-1'"),
 ];
 
-struct Outcome {
-    output: String,
-    code: i32,
-}
-
-fn lab() -> &'static HashMap<String, Outcome> {
-    static RESULTS: OnceLock<HashMap<String, Outcome>> = OnceLock::new();
+fn lab() -> &'static LabResults {
+    static RESULTS: OnceLock<LabResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
         // Each boot's console goes to a file and is shown when it ends (see LAB_LOGGED_FN).
         let list: Vec<(String, String)> = SCENARIOS
@@ -35,38 +30,30 @@ fn lab() -> &'static HashMap<String, Outcome> {
             .collect();
         let script = common::lab_script("", &list, 300);
         common::scenarios(&common::run_in_lab(&script))
-            .into_iter()
-            .map(|(name, (output, code))| (name, Outcome { output, code }))
-            .collect()
     })
 }
 
-fn scenario(name: &str) -> &'static Outcome {
-    let o = lab()
-        .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not run"));
-    if o.output.contains("lab: HUNG: ") {
-        eprintln!("warning: {name} hung once and was run again:\n{}", o.output);
-    }
-    o
+/// Scenario `name`'s (output, flint's exit status).
+fn scenario(name: &str) -> (&'static str, i32) {
+    let (output, code) = common::scenario(lab(), name);
+    (output, *code)
 }
 
 /// Asserts the guest's init ran and powered off cleanly, and returns its `flint-guest:` lines.
 fn booted(name: &str) -> Vec<&'static str> {
-    let o = scenario(name);
-    assert_eq!(o.code, 0, "{name}: flint exited {}:\n{}", o.code, o.output);
-    let lines: Vec<&str> = o
-        .output
+    let (output, code) = scenario(name);
+    assert_eq!(code, 0, "{name}: flint exited {code}:\n{output}");
+    let lines: Vec<&str> = output
         .lines()
         .filter_map(|l| l.trim_end_matches('\r').strip_prefix("flint-guest: "))
         .collect();
-    assert!(lines.contains(&"init started"), "{name}:\n{}", o.output);
-    assert!(lines.contains(&"powering off"), "{name}:\n{}", o.output);
+    assert!(lines.contains(&"init started"), "{name}:\n{output}");
+    assert!(lines.contains(&"powering off"), "{name}:\n{output}");
     lines
 }
 
 fn boot_time(name: &str) -> u64 {
-    common::boot_time_us(&scenario(name).output).unwrap_or_else(|| panic!("{name}: no boot time"))
+    common::boot_time_us(scenario(name).0).unwrap_or_else(|| panic!("{name}: no boot time"))
 }
 
 #[test]
@@ -120,8 +107,8 @@ fn debian_kernel_sees_two_cpus() {
 fn kernel_panic_reboots_and_flint_exits() {
     // No initrd and no root disk: the kernel panics and, with panic=-1, reboots at once. A
     // guest-initiated reboot ends the VM with exit 0, like a power-off; flint must not hang.
-    let o = scenario("no-initrd-panics");
-    assert_eq!(o.code, 0, "{}", o.output);
-    assert!(o.output.contains("Kernel panic"), "{}", o.output);
-    assert!(!o.output.contains("flint-guest: init started"));
+    let (output, code) = scenario("no-initrd-panics");
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("Kernel panic"), "{output}");
+    assert!(!output.contains("flint-guest: init started"));
 }

@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use common::{base64, has_line, value};
+use common::{base64, has_line, value, LabResults};
 
 /// The guest's address on tap0, configured by the kernel (IP_PNP) before init runs.
 const IP_EQ: &str = "ip=169.254.100.2::169.254.100.1:255.255.255.0::eth0:off";
@@ -99,8 +98,8 @@ fn errors() -> String {
     s
 }
 
-fn lab() -> &'static HashMap<String, (String, i32)> {
-    static RESULTS: OnceLock<HashMap<String, (String, i32)>> = OnceLock::new();
+fn lab() -> &'static LabResults {
+    static RESULTS: OnceLock<LabResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
         let setup = String::from(
             "tunctl -t tap0 >/dev/null && ip addr add 169.254.100.1/24 dev tap0 && ip link set tap0 up || exit 1\n\
@@ -146,11 +145,7 @@ timeout 20 ping -c 2 -W 5 169.254.101.1 >/dev/null 2>&1; echo "eth1 ping: $?"
 }
 
 fn scenario(name: &str) -> &'static str {
-    let (out, code) = lab()
-        .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not run"));
-    assert_eq!(*code, 0, "{name} failed ({code}):\n{out}");
-    out
+    common::succeeded(lab(), name)
 }
 
 fn all_values<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {

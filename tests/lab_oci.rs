@@ -47,8 +47,8 @@ fn make_bundle(dir: &Path, args: &[&str]) {
     );
 }
 
-fn lab() -> &'static HashMap<String, (String, i32)> {
-    static RESULTS: OnceLock<HashMap<String, (String, i32)>> = OnceLock::new();
+fn lab() -> &'static common::LabResults {
+    static RESULTS: OnceLock<common::LabResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
         let bundles = Bundles {
             dir: std::env::temp_dir().join(format!("flint-lab-bundles-{}", std::process::id())),
@@ -128,9 +128,7 @@ echo "=== end workdirs-left 0"
 }
 
 fn scenario(name: &str) -> &'static (String, i32) {
-    lab()
-        .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not run"))
+    common::scenario(lab(), name)
 }
 
 /// (stdout, stderr) of a scenario, each with its checksum line.

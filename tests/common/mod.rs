@@ -257,8 +257,30 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// What a lab run's scenarios printed and exited with, by name (see [`scenarios`]).
+pub type LabResults = std::collections::HashMap<String, (String, i32)>;
+
+/// Scenario `name`'s (output, exit status). Panics if it did not run; warns when the lab's
+/// watchdog found it hung and ran it once more (see [`LAB_LOGGED_FN`]).
+pub fn scenario<'a>(results: &'a LabResults, name: &str) -> &'a (String, i32) {
+    let s = results
+        .get(name)
+        .unwrap_or_else(|| panic!("scenario {name} did not run"));
+    if s.0.contains("lab: HUNG: ") {
+        eprintln!("warning: {name} hung once and was run again:\n{}", s.0);
+    }
+    s
+}
+
+/// The output of scenario `name`, which must have exited 0.
+pub fn succeeded<'a>(results: &'a LabResults, name: &str) -> &'a str {
+    let (out, code) = scenario(results, name);
+    assert_eq!(*code, 0, "{name} failed ({code}):\n{out}");
+    out
+}
+
 /// Splits lab output into scenarios delimited by `=== begin NAME` / `=== end NAME CODE`.
-pub fn scenarios(stdout: &str) -> std::collections::HashMap<String, (String, i32)> {
+pub fn scenarios(stdout: &str) -> LabResults {
     let mut results = std::collections::HashMap::new();
     let mut current: Option<(String, String)> = None;
     for line in stdout.lines() {
