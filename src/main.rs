@@ -49,7 +49,7 @@ enum BenchCommand {
     Startup(flint::bench::StartupArgs),
 }
 
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args)]
 struct RunArgs {
     /// Guest kernel: an ELF vmlinux (booted through its PVH entry when it has one, else its
     /// 64-bit entry) or a bzImage. Required, but with --oci-bundle, where flint's own kernel is
@@ -115,8 +115,8 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
-    if let Some(bundle) = &args.oci_bundle {
-        return run_bundle(bundle, args.clone(), start);
+    if let Some(bundle) = args.oci_bundle.clone() {
+        return run_bundle(&bundle, args, start);
     }
     let Some(kernel) = args.kernel else {
         anyhow::bail!("--kernel is required (or --oci-bundle)");
@@ -132,7 +132,12 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
         disks: args.rootfs.into_iter().chain(args.disk).collect(),
         nets: args.net,
     };
-    let vmm = Vmm::build(&config, vmm::stdio_console(), start)?;
+    boot(&config, vmm::stdio_console(), start)
+}
+
+/// Builds the VM and runs it to its end.
+fn boot(config: &VmConfig, console: vmm::Console, start: Instant) -> anyhow::Result<ExitReason> {
+    let vmm = Vmm::build(config, console, start)?;
     // Raw mode only once the VM is built, and restored when `_raw` drops on every return.
     let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
     Ok(vmm.run()?)
@@ -156,7 +161,7 @@ fn run_bundle(
     };
     let plan = flint::oci::prepare(bundle, &flint::oci::default_cache_dir())?;
     let root = DiskConfig {
-        path: plan.image.clone(),
+        path: plan.image,
         read_only: true,
         serial: Some("flint-rootfs".into()),
     };
@@ -175,9 +180,7 @@ fn run_bundle(
     console.error_output = Some(Box::new(Unbuffered(std::io::stderr())));
     console.eof_byte = Some(0x04);
     console.hold_input_until_ready = true;
-    let vmm = Vmm::build(&config, console, start)?;
-    let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
-    match vmm.run()? {
+    match boot(&config, console, start)? {
         ExitReason::Shutdown => anyhow::bail!(
             "the guest stopped without reporting the process's exit status (did the kernel \
              panic? its messages go to stderr)"
