@@ -208,53 +208,72 @@ pub fn image_for(rootfs: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
 /// never sees half an image.
 fn build(rootfs: &Path, entries: &[Entry], image: &Path) -> Result<(), ImageError> {
     let tmp = image.with_extension(format!("tmp{}", std::process::id()));
-    let result = (|| {
-        let mut size = image_size(entries);
-        // The estimate is generous; if it was not, once more at twice the size.
-        for attempt in 0..2 {
-            let f = std::fs::File::create(&tmp).map_err(|source| ImageError::Cache {
-                dir: tmp.display().to_string(),
-                source,
-            })?;
-            f.set_len(size).map_err(|source| ImageError::Cache {
-                dir: tmp.display().to_string(),
-                source,
-            })?;
-            drop(f);
-            let out = Command::new("mkfs.ext4")
-                // No journal: the image is only ever attached read-only. No reserved blocks,
-                // an inode for every entry, and no lazy init left for the guest kernel to do.
-                .args(["-q", "-F", "-m", "0", "-O", "^has_journal", "-b", "4096"])
-                .args(["-E", "lazy_itable_init=0,nodiscard", "-N"])
-                .arg((entries.len() + 64).to_string())
-                .arg("-d")
-                .arg(rootfs)
-                .arg(&tmp)
-                .output()
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => ImageError::NoMkfs,
-                    _ => ImageError::Mkfs(e.to_string()),
-                })?;
-            if out.status.success() {
-                return std::fs::rename(&tmp, image).map_err(|source| ImageError::Cache {
-                    dir: image.display().to_string(),
-                    source,
-                });
-            }
-            let msg = String::from_utf8_lossy(&out.stderr);
-            let full = msg.contains("Could not allocate") || msg.contains("No space left");
-            if attempt == 1 || !full {
-                let msg: Vec<&str> = msg.lines().filter(|l| !l.trim().is_empty()).collect();
-                return Err(ImageError::Mkfs(msg.join(" / ")));
-            }
-            size *= 2;
-        }
-        unreachable!("the loop returns on its last attempt")
-    })();
+    let size = image_size(entries);
+    // The estimate is generous; if it was not, once more at twice the size.
+    let result = match mkfs(rootfs, entries.len(), &tmp, size) {
+        Err(Mkfs::Full(_)) => mkfs(rootfs, entries.len(), &tmp, size * 2),
+        other => other,
+    }
+    .map_err(|e| match e {
+        Mkfs::Full(msg) => ImageError::Mkfs(msg),
+        Mkfs::Failed(e) => e,
+    })
+    .and_then(|()| {
+        std::fs::rename(&tmp, image).map_err(|source| ImageError::Cache {
+            dir: image.display().to_string(),
+            source,
+        })
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// How one `mkfs.ext4` failed: the image was too small (worth a bigger try), or otherwise.
+enum Mkfs {
+    Full(String),
+    Failed(ImageError),
+}
+
+/// Makes `path` a `size`-byte ext4 image of `rootfs` (`entries` files and directories).
+fn mkfs(rootfs: &Path, entries: usize, path: &Path, size: u64) -> Result<(), Mkfs> {
+    let cache_err = |source| {
+        Mkfs::Failed(ImageError::Cache {
+            dir: path.display().to_string(),
+            source,
+        })
+    };
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(size))
+        .map_err(cache_err)?;
+    let out = Command::new("mkfs.ext4")
+        // No journal: the image is only ever attached read-only. No reserved blocks, an inode
+        // for every entry, and no lazy init left for the guest kernel to do.
+        .args(["-q", "-F", "-m", "0", "-O", "^has_journal", "-b", "4096"])
+        .args(["-E", "lazy_itable_init=0,nodiscard", "-N"])
+        .arg((entries + 64).to_string())
+        .arg("-d")
+        .arg(rootfs)
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            Mkfs::Failed(match e.kind() {
+                std::io::ErrorKind::NotFound => ImageError::NoMkfs,
+                _ => ImageError::Mkfs(e.to_string()),
+            })
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let msg: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let msg = msg.join(" / ");
+    if stderr.contains("Could not allocate") || stderr.contains("No space left") {
+        Err(Mkfs::Full(msg))
+    } else {
+        Err(Mkfs::Failed(ImageError::Mkfs(msg)))
+    }
 }
 
 #[cfg(test)]
