@@ -1,15 +1,12 @@
-//! Builds, with the machine's C toolchain (no extra Rust target can be installed here):
-//!
-//! - the firmware test guests in `firmware/`, each into `$OUT_DIR/firmware/NAME.elf`; tests
-//!   find the directory through the `FLINT_FIRMWARE_DIR` variable set at compile time.
+//! Builds, with the machine's C toolchain (no extra Rust target can be installed here), the
+//! firmware test guests in `firmware/`, each into `$OUT_DIR/firmware/NAME.elf`; tests find the
+//! directory through the `FLINT_FIRMWARE_DIR` variable set at compile time.
 //!   - `NAME.S`: an assembly program (it includes `lib64.inc` for its helpers).
 //!   - `NAME.c`: a C program, linked with the runtime: `crt64.S` (the entry, which calls
 //!     `fw_main(boot_params)`) and `fwlib.c` (serial, port and MMIO access, paging, …).
 //!
 //!   The guests run on KVMs that emulate guest kernel code and may not do SSE or x87, so C is
 //!   compiled for general-purpose registers only.
-//! - flint's guest init for OCI bundles, from `src/oci/init/*.c`, into `$OUT_DIR/flint-init`;
-//!   the crate embeds it from the path in `FLINT_INIT_BIN`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,7 +54,6 @@ fn main() {
     let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
     println!("cargo:rerun-if-env-changed=CC");
     build_firmware(&cc, Path::new(&out));
-    build_oci_init(&cc, Path::new(&out));
 }
 
 /// The firmware test guests, into `OUT/firmware/`.
@@ -82,38 +78,6 @@ fn build_firmware(cc: &str, out: &Path) {
         run(cmd, &format!("firmware {}", src.display()));
     }
     println!("cargo:rustc-env=FLINT_FIRMWARE_DIR={}", dir.display());
-}
-
-/// Where the guest init's sources are: every `*.c` there is part of it.
-const INIT_DIR: &str = "src/oci/init";
-
-/// Flags for the guest init, an ordinary Linux program: static (the initramfs has no
-/// libraries), small (it is copied into every guest's initramfs) and stripped. No `-march`:
-/// the guest's CPU may be an emulated one with fewer features than the build machine's.
-const INIT_FLAGS: &[&str] = &[
-    "-static",
-    "-Os",
-    "-s",
-    "-std=gnu11",
-    "-Wall",
-    "-Wextra",
-    "-Werror",
-];
-
-/// flint's guest init for OCI bundles, into `OUT/flint-init`.
-fn build_oci_init(cc: &str, out: &Path) {
-    println!("cargo:rerun-if-changed={INIT_DIR}");
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(INIT_DIR)
-        .expect("src/oci/init/ exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "c"))
-        .collect();
-    sources.sort();
-    let bin = out.join("flint-init");
-    let mut cmd = Command::new(cc);
-    cmd.args(INIT_FLAGS).arg("-o").arg(&bin).args(&sources);
-    run(cmd, "the guest init");
-    println!("cargo:rustc-env=FLINT_INIT_BIN={}", bin.display());
 }
 
 /// Runs a compiler command and fails the build, with its messages, if it fails.

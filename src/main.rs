@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use flint::config::{self, DiskConfig, NetConfig, VmConfig};
-use flint::exit::ExitReason;
-use flint::terminal::RawTerminal;
-use flint::vmm::{self, Vmm};
+use flint_vmm::config::{self, DiskConfig, NetConfig, VmConfig};
+use flint_vmm::exit::ExitReason;
+use flint_vmm::terminal::RawTerminal;
+use flint_vmm::vmm::{self, Vmm};
 
 #[derive(Parser)]
 #[command(
@@ -46,7 +46,7 @@ enum BenchCommand {
     /// and compare time to first output and to exit, CPU time, memory and disk.
     ///
     /// Writes startup.json, startup.md and startup.svg to --out and prints the table.
-    Startup(flint::bench::StartupArgs),
+    Startup(flint_bench::StartupArgs),
 }
 
 #[derive(clap::Args)]
@@ -150,16 +150,16 @@ fn run_bundle(
     args: RunArgs,
     start: Instant,
 ) -> anyhow::Result<ExitReason> {
-    use flint::devices::legacy::serial::Unbuffered;
-    let kernel = match args.kernel.or_else(flint::oci::default_kernel) {
+    use flint_vmm::devices::legacy::serial::Unbuffered;
+    let kernel = match args.kernel.or_else(flint_oci::default_kernel) {
         Some(k) => k,
         None => anyhow::bail!(
             "--oci-bundle needs flint's guest kernel: pass --kernel PATH or set FLINT_KERNEL, or \
              install it as {} (resources/guest/build.sh builds it)",
-            flint::oci::DEFAULT_KERNELS[0]
+            flint_oci::DEFAULT_KERNELS[0]
         ),
     };
-    let plan = flint::oci::prepare(bundle, &flint::oci::default_cache_dir())?;
+    let plan = flint_oci::prepare(bundle, &flint_oci::default_cache_dir())?;
     let root = DiskConfig {
         path: plan.image,
         read_only: true,
@@ -225,7 +225,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args, start),
         Command::Bench(BenchCommand::Startup(args)) => {
-            return match flint::bench::startup(&args) {
+            return match flint_bench::startup(&args) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("flint: error: {}", one_line(&e.into()));

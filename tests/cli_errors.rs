@@ -368,7 +368,7 @@ fn bundle_option_conflicts_and_kernel() {
     assert!(r.stderr.contains("--initrd"), "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     // Without --kernel, flint looks for its kernel; where there is none, it says where it looked.
-    if !flint::oci::DEFAULT_KERNELS
+    if !flint_oci::DEFAULT_KERNELS
         .iter()
         .any(|k| std::path::Path::new(k).exists())
     {

@@ -52,7 +52,7 @@ fn default_and_appended_cmdline() {
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     let expected = format!(
         "flint-fw: cmdline={} extra=yes",
-        flint::config::DEFAULT_CMDLINE
+        flint_vmm::config::DEFAULT_CMDLINE
     );
     assert!(r.stdout.lines().any(|l| l == expected), "{}", r.stdout);
 }

@@ -40,7 +40,7 @@ fn a_bundle_run_gets_its_disk_initramfs_consoles_and_exit_status() {
     );
     let cmdline = format!(
         "flint-fw: cmdline={} virtio_mmio.device=4K@0xd0001000:5",
-        flint::oci::KERNEL_ARGS
+        flint_oci::KERNEL_ARGS
     );
     assert!(r.stdout.lines().any(|l| l == cmdline), "{}", r.stdout);
     let size = r

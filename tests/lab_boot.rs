@@ -62,7 +62,7 @@ fn small_kernel_pvh_one_cpu() {
     let lines = booted("small-pvh-1cpu");
     assert!(lines.contains(&"cpus=1"), "{lines:?}");
     assert!(lines.contains(&"root=initramfs"));
-    let default = format!("cmdline={}", flint::config::DEFAULT_CMDLINE);
+    let default = format!("cmdline={}", flint_vmm::config::DEFAULT_CMDLINE);
     assert!(lines.contains(&default.as_str()), "{lines:?}");
     assert!(boot_time("small-pvh-1cpu") > 0);
 }
@@ -90,7 +90,7 @@ fn debian_kernel_with_appended_cmdline() {
     assert!(lines.contains(&"cpus=1"));
     let want = format!(
         "cmdline={} quiet flint.test=appended",
-        flint::config::DEFAULT_CMDLINE
+        flint_vmm::config::DEFAULT_CMDLINE
     );
     assert!(lines.contains(&want.as_str()), "{lines:?}");
 }

@@ -118,7 +118,7 @@ pub struct Setup {
     pub image_cache: PathBuf,
     /// Where crun's own log goes, one file per round (see [`Setup::crun_log`]).
     pub crun_logs: PathBuf,
-    /// What QEMU boots: written from the bundle's [`crate::oci::GuestPlan`].
+    /// What QEMU boots: written from the bundle's [`flint_oci::GuestPlan`].
     pub vm: Option<VmFiles>,
 }
 

@@ -41,7 +41,7 @@ pub enum OciError {
     },
 }
 
-/// flint's guest init, built from `src/oci/init/` by build.rs.
+/// flint's guest init, built from `src/init/` by build.rs.
 const INIT: &[u8] = include_bytes!(env!("FLINT_INIT_BIN"));
 
 /// The guest kernel's arguments for a bundle run. The kernel's console is the second UART

@@ -130,8 +130,8 @@ fn check_bundle(dir: &Path) -> Result<Bundle, BenchError> {
 fn resolve_kernel(given: Option<&Path>) -> Result<PathBuf, BenchError> {
     let kernel = match given {
         Some(k) => k.to_path_buf(),
-        None => crate::oci::default_kernel().ok_or_else(|| BenchError::NoKernel {
-            looked: crate::oci::DEFAULT_KERNELS.join(", "),
+        None => flint_oci::default_kernel().ok_or_else(|| BenchError::NoKernel {
+            looked: flint_oci::DEFAULT_KERNELS.join(", "),
         })?,
     };
     if !kernel.is_file() {
@@ -179,7 +179,7 @@ fn guest_sizes(system: System, mib: u64) -> Vec<u64> {
     let bytes = mib << 20;
     match system {
         // flint splits RAM around the 32-bit MMIO hole, one mapping per range.
-        System::Flint => crate::vstate::memory::ram_ranges(bytes)
+        System::Flint => flint_vmm::vstate::memory::ram_ranges(bytes)
             .into_iter()
             .map(|(_, len)| len)
             .collect(),
@@ -378,7 +378,7 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
 
     // The image is built here, once, into the cache flint will use too: no run pays for it.
     let plan = if needs_vm {
-        Some(crate::oci::prepare(&bundle.dir, &image_cache)?)
+        Some(flint_oci::prepare(&bundle.dir, &image_cache)?)
     } else {
         None
     };

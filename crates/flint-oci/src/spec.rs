@@ -1,4 +1,4 @@
-//! The run spec: what flint's guest init (`src/oci/init/flint-init.c`) must set up and run,
+//! The run spec: what flint's guest init (`crates/flint-oci/src/init/flint-init.c`) must set up and run,
 //! written by the host into the generated initramfs as `/flint/spec`.
 //!
 //! Format: a sequence of NUL-terminated strings. It starts with the magic `flint-spec-1`;

@@ -45,7 +45,7 @@ pub enum BenchError {
     #[error("--bundle {bundle}: {what}")]
     Bundle { bundle: String, what: String },
     #[error(transparent)]
-    Oci(#[from] crate::oci::OciError),
+    Oci(#[from] flint_oci::OciError),
     #[error("{what}")]
     Cgroup { what: String },
     #[error("{system} round {round}: {what}{}", tail(.stderr))]

@@ -6,7 +6,6 @@
 //! [`exit::ExitReason`] → the process exit code.
 
 pub mod arch;
-pub mod bench;
 pub mod boot;
 pub mod bus;
 pub mod config;
@@ -14,7 +13,6 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod kvm;
-pub mod oci;
 pub mod terminal;
 pub mod vmm;
 pub mod vstate;

@@ -197,8 +197,8 @@ pub struct Bundle {
 impl Bundle {
     /// Reads `DIR/config.json` and checks it and the rootfs it names.
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
-        let meta =
-            std::fs::metadata(dir).map_err(|e| BundleError::Io(crate::config::io_reason(&e)))?;
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| BundleError::Io(flint_vmm::config::io_reason(&e)))?;
         if !meta.is_dir() {
             return Err(BundleError::Io(
                 "not a directory (a bundle is a directory with config.json and a rootfs)".into(),
@@ -206,7 +206,7 @@ impl Bundle {
         }
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            BundleError::Io(format!("config.json: {}", crate::config::io_reason(&e)))
+            BundleError::Io(format!("config.json: {}", flint_vmm::config::io_reason(&e)))
         })?;
         let config: Config =
             serde_json::from_str(&text).map_err(|e| BundleError::Json(e.to_string()))?;
@@ -271,7 +271,7 @@ fn to_run_spec(dir: &Path, c: Config) -> Result<(PathBuf, RunSpec), BundleError>
         Err(e) => {
             return Err(invalid(
                 "root.path",
-                format!("{}: {}", rootfs.display(), crate::config::io_reason(&e)),
+                format!("{}: {}", rootfs.display(), flint_vmm::config::io_reason(&e)),
             ))
         }
     }

@@ -228,7 +228,7 @@ pub fn svg(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::tests::synthetic;
+    use crate::report::tests::synthetic;
 
     #[test]
     fn the_chart_is_well_formed_with_two_bars_per_system() {
