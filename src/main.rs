@@ -101,17 +101,13 @@ struct RunArgs {
     boot_timer: bool,
 }
 
-/// The error and its causes on one line, without repeating a cause the message already quotes.
+/// The error and its causes on one line: each error's message says what it adds, not its
+/// source's, so the chain joined by ": " reads as one sentence.
 fn one_line(err: &anyhow::Error) -> String {
-    let mut msg = err.to_string();
-    for cause in err.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg.push_str(": ");
-            msg.push_str(&c);
-        }
-    }
-    msg
+    err.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
@@ -218,6 +214,19 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    flint_vmm::panic::install_hook();
+    // The main thread's edge: a panic here (a flint bug) is one line and exit 1, with the
+    // terminal restored by the unwinding, like a panic in any other flint thread.
+    match flint_vmm::panic::guard(|| real_main(start)) {
+        Ok(code) => code,
+        Err(what) => {
+            eprintln!("flint: error: internal error: {what}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(start: Instant) -> ExitCode {
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,
@@ -234,22 +243,26 @@ fn main() -> ExitCode {
             };
         }
     };
-    match result {
-        Ok(ExitReason::Shutdown) => ExitCode::SUCCESS,
-        Ok(ExitReason::Status(status)) => ExitCode::from(status),
-        Ok(reason @ ExitReason::Signal(sig)) => {
-            eprintln!("flint: stopped by signal {sig}; the VM was shut down");
-            ExitCode::from(reason.exit_code() as u8)
-        }
-        Ok(reason @ ExitReason::VcpuFailure(_)) => {
-            if let ExitReason::VcpuFailure(what) = &reason {
-                eprintln!("flint: the VM failed: {what}");
-            }
-            ExitCode::from(reason.exit_code() as u8)
-        }
+    let reason = match result {
+        Ok(reason) => reason,
         Err(e) => {
             eprintln!("flint: error: {}", one_line(&e));
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    match &reason {
+        ExitReason::Shutdown | ExitReason::Status(_) => {}
+        ExitReason::Signal(sig) => {
+            eprintln!("flint: stopped by signal {sig}; the VM was shut down");
+        }
+        ExitReason::ConsoleQuit => {
+            eprintln!("flint: quit from the console (Ctrl-A x); the VM was shut down");
+        }
+        ExitReason::VcpuFailure(what) => eprintln!("flint: the VM failed: {what}"),
+        ExitReason::InternalError(what) => {
+            eprintln!("flint: error: internal error: {what}; the VM was stopped");
         }
     }
+    // Exit codes are 0..=255 by construction (a status byte, 128 + a signal number, 0 or 1).
+    ExitCode::from(u8::try_from(reason.exit_code()).unwrap_or(1))
 }

@@ -84,9 +84,14 @@ impl Bus {
     }
 }
 
-/// A device whose lock was poisoned by a panic elsewhere is still usable: its state is plain data.
+/// Locks a device (or any state threads share). A lock poisoned by a panic is never used
+/// again: the state behind it may be half-updated, so this thread stops too, and its guard
+/// turns that into the VM's end (see [`crate::panic`]; the first panic's reason is kept).
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    match m.lock() {
+        Ok(guard) => guard,
+        Err(_) => panic!("a lock was poisoned by an earlier panic; stopping"),
+    }
 }
 
 #[cfg(test)]

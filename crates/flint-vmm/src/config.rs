@@ -51,8 +51,9 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
-/// At most this many virtio devices: one IOAPIC pin each, from IRQ 5 to IRQ 23.
-pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// At most this many virtio devices: as many as the machine has MMIO windows and interrupt
+/// lines for (see `alloc`).
+pub const MAX_VIRTIO_DEVICES: usize = crate::alloc::VIRTIO_DEVICE_CAPACITY;
 /// virtio-blk's GET_ID answer is 20 bytes.
 pub const MAX_SERIAL_LEN: usize = 20;
 

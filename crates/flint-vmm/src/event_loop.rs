@@ -111,7 +111,7 @@ impl ConsoleInput {
             } else if self.after_escape {
                 self.after_escape = false;
                 match b {
-                    b'x' | b'X' => self.exit.request(ExitReason::Signal(libc::SIGINT)),
+                    b'x' | b'X' => self.exit.request(ExitReason::ConsoleQuit),
                     ESCAPE => out.push(ESCAPE),
                     _ => out.extend([ESCAPE, b]),
                 }

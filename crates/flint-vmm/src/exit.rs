@@ -7,15 +7,21 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// Why a VM stopped running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
-    /// The guest powered off (i8042 reset with `reboot=k`, `KVM_EXIT_SHUTDOWN` after an orderly
-    /// reboot, or a PSCI/ACPI-less halt path). flint treats reset as power-off, like Firecracker.
+    /// The guest powered off or rebooted: the i8042 reset Linux uses with `reboot=k`, a KVM
+    /// system event (shutdown or reset), or the boot vCPU halting with nothing left to wake it.
+    /// flint treats a reboot as power-off, like Firecracker. (A triple fault, which KVM reports
+    /// as `KVM_EXIT_SHUTDOWN`, is a [`ExitReason::VcpuFailure`], not this.)
     Shutdown,
     /// The guest wrote an exit status to the exit-status port (0x501).
     Status(u8),
-    /// SIGINT/SIGTERM (or another host-side stop request).
+    /// SIGINT, SIGTERM or SIGHUP reached flint.
     Signal(i32),
+    /// The user typed Ctrl-A x on an interactive console.
+    ConsoleQuit,
     /// A vCPU hit something it cannot go on from; the string says what, with the vCPU's RIP.
     VcpuFailure(String),
+    /// A flint thread panicked (a flint bug): where and why (see [`crate::panic`]).
+    InternalError(String),
 }
 
 impl ExitReason {
@@ -25,7 +31,9 @@ impl ExitReason {
             ExitReason::Shutdown => 0,
             ExitReason::Status(s) => *s as i32,
             ExitReason::Signal(sig) => 128 + sig,
-            ExitReason::VcpuFailure(_) => 1,
+            // As a shell reports a job ended with Ctrl-C.
+            ExitReason::ConsoleQuit => 128 + libc::SIGINT,
+            ExitReason::VcpuFailure(_) | ExitReason::InternalError(_) => 1,
         }
     }
 }

@@ -14,10 +14,7 @@ use crate::bus::BusDevice;
 use crate::devices::legacy::serial::SerialDevice;
 use crate::exit::{ExitEvent, ExitReason};
 
-pub const EXIT_STATUS_PORT: u16 = 0x501;
-pub const CONSOLE_READY_PORT: u16 = 0x502;
-/// The ports' span on the I/O bus, from [`EXIT_STATUS_PORT`].
-pub const PORTS_LEN: u64 = 2;
+pub use crate::arch::x86_64::layout::{CONSOLE_READY_PORT, EXIT_STATUS_PORT};
 
 pub struct GuestPorts {
     exit: Arc<ExitEvent>,

@@ -107,7 +107,8 @@ pub fn spawn(fd: VcpuFd, index: u8, ctx: Arc<VcpuContext>) -> Result<JoinHandle<
     std::thread::Builder::new()
         .name(format!("flint-vcpu{index}"))
         .spawn(move || {
-            let reason = run_loop(fd, index, &ctx);
+            let reason = crate::panic::guard(|| run_loop(fd, index, &ctx))
+                .unwrap_or_else(|what| Some(ExitReason::InternalError(what)));
             if let Some(r) = reason {
                 ctx.exit.request(r);
             }
@@ -121,7 +122,9 @@ fn run_loop(mut fd: VcpuFd, index: u8, ctx: &VcpuContext) -> Option<ExitReason> 
         if ctx.stop.load(Ordering::Acquire) {
             return None;
         }
-        let failure = match fd.run() {
+        let exit = fd.run();
+        crate::panic::test_point("vcpu");
+        let failure = match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !ctx.pio.read(port as u64, data) {
                     data.fill(0xff); // nothing there: an open bus reads all ones

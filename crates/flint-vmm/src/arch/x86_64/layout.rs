@@ -57,3 +57,26 @@ pub const SERIAL2_IRQ: u32 = 3;
 /// First GSI free for virtio-mmio devices; the IOAPIC has 24 pins.
 pub const IRQ_DEVICES_START: u32 = 5;
 pub const IRQ_MAX: u32 = 23;
+
+/// The virtio-mmio windows: one [`MMIO_DEVICE_WINDOW`] each, after the boot timer's, handed
+/// out in order by `alloc::ResourceAllocator`.
+pub const VIRTIO_MMIO_START: u64 = MMIO_DEVICES_START + MMIO_DEVICE_WINDOW;
+/// End (exclusive) of the virtio-mmio windows: well below the IOAPIC.
+pub const VIRTIO_MMIO_END: u64 = 0xe000_0000;
+
+/// Legacy I/O ports and their spans on the port bus.
+/// COM1, the guest's ttyS0 (IRQ [`SERIAL_IRQ`]).
+pub const SERIAL_PORT: u16 = 0x3f8;
+/// Every UART (COM1, COM2) takes eight ports.
+pub const SERIAL_PORT_LEN: u64 = 8;
+/// The i8042 keyboard controller: data at 0x60, status/command at 0x64.
+pub const I8042_PORT: u16 = 0x60;
+pub const I8042_PORT_LEN: u64 = 5;
+/// The CMOS RAM and RTC: index at 0x70, data at 0x71.
+pub const CMOS_PORT: u16 = 0x70;
+pub const CMOS_PORT_LEN: u64 = 2;
+/// flint's OCI guest init reports its exit status here (QEMU's `isa-debug-exit` port)...
+pub const EXIT_STATUS_PORT: u16 = 0x501;
+/// ...and that its console is ready here.
+pub const CONSOLE_READY_PORT: u16 = 0x502;
+pub const GUEST_PORTS_LEN: u64 = 2;

@@ -1,18 +1,19 @@
-//! The virtio-mmio transport (virtio 1.1 §4.2.2, version 2 registers only), plus the event-loop
-//! subscriber that turns queue notifications into device work.
+//! The virtio-mmio transport (virtio 1.1 §4.2.2, version 2 registers only). It runs on the
+//! vCPU threads and does no device I/O: the device's queues are served by its worker thread
+//! (see [`super::worker`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::worker::DeviceQueues;
 use super::{
     status, ActivateContext, Interrupt, VirtioDevice, INT_CONFIG_CHANGE, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::bus::{lock, BusDevice};
+use crate::bus::BusDevice;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -46,13 +47,18 @@ pub const CONFIG_SPACE: u64 = 0x100;
 
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
+    /// The queue side, shared with the device's worker thread.
+    device_queues: Arc<DeviceQueues>,
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
-    /// One per queue; the event loop watches them. KVM writes them directly when the notify
+    /// One per queue; the device's worker thread watches them. KVM writes them directly when the notify
     /// register is backed by an ioeventfd; otherwise the transport does on the MMIO exit.
     queue_evts: Vec<EventFd>,
     ioeventfd: bool,
     queues: Vec<Queue>,
+    /// Per queue: the driver wrote a size the queue cannot take. virtio-queue keeps the old
+    /// size then, so the transport remembers and refuses the queue at DRIVER_OK.
+    size_refused: Vec<bool>,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -83,8 +89,11 @@ impl MmioTransport {
         let queue_evts = (0..queues.len())
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
+        let size_refused = vec![false; queues.len()];
         Ok(MmioTransport {
             device,
+            size_refused,
+            device_queues: Arc::new(DeviceQueues::new(interrupt.clone())),
             mem,
             interrupt,
             queue_evts,
@@ -101,6 +110,11 @@ impl MmioTransport {
 
     pub fn queue_evts(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    /// The queue side, for the device's worker thread.
+    pub fn device_queues(&self) -> &Arc<DeviceQueues> {
+        &self.device_queues
     }
 
     /// KVM now signals `queue_evts` on notify writes without an exit.
@@ -121,11 +135,14 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         if self.active {
+            // Waits for the worker's request in flight: after this the rings are the driver's.
+            self.device_queues.deactivate();
             self.device.reset();
         }
         for q in &mut self.queues {
             q.reset();
         }
+        self.size_refused.fill(false);
         self.active = false;
         self.status = 0;
         self.acked_features = 0;
@@ -179,7 +196,8 @@ impl MmioTransport {
         let valid = self
             .queues
             .iter()
-            .all(|q| !q.ready() || q.is_valid(&self.mem));
+            .zip(&self.size_refused)
+            .all(|(q, &refused)| !q.ready() || (!refused && q.is_valid(&self.mem)));
         if !valid || !self.queues.iter().any(|q| q.ready()) {
             self.needs_reset();
             return;
@@ -201,43 +219,32 @@ impl MmioTransport {
             taken.set_event_idx(event_idx);
             queues.push(taken);
         }
-        self.device.activate(ActivateContext {
+        let worker = self.device.activate(ActivateContext {
             mem: self.mem.clone(),
             queues,
             acked_features: self.acked_features,
             interrupt: self.interrupt.clone(),
         });
+        let Some(worker) = worker else {
+            self.needs_reset();
+            return;
+        };
+        self.device_queues.activate(worker);
         self.active = true;
-        // Wake the event loop so that it starts watching the device's backend (and serves
-        // anything the driver queued before DRIVER_OK).
+        // Wake the worker so that it starts watching the device's backend (and serves anything
+        // the driver queued before DRIVER_OK).
         for evt in &self.queue_evts {
             let _ = evt.write(1);
         }
     }
 
-    fn serving(&self) -> bool {
-        self.active && self.status & status::DEVICE_NEEDS_RESET == 0
-    }
-
-    pub fn backend_fds(&self) -> Vec<std::os::fd::RawFd> {
-        self.device.backend_fds()
-    }
-
-    pub fn process_backend(&mut self, index: usize) {
-        if self.serving() && !self.device.process_backend(index) {
-            self.needs_reset();
-        }
-    }
-
-    /// Watch backend `index` only while the device is serving and wants input.
-    pub fn backend_wanted(&self, index: usize) -> bool {
-        self.serving() && self.device.backend_wanted(index)
-    }
-
-    /// Called by the event loop when queue `index` was notified.
-    pub fn process_queue(&mut self, index: usize) {
-        if self.serving() && !self.device.process_queue(index) {
-            self.needs_reset();
+    /// The status register: the driver's bits, and DEVICE_NEEDS_RESET if the transport or
+    /// the device's worker found the driver's setup broken.
+    fn status(&self) -> u32 {
+        if self.device_queues.needs_reset() {
+            self.status | status::DEVICE_NEEDS_RESET
+        } else {
+            self.status
         }
     }
 
@@ -255,7 +262,7 @@ impl MmioTransport {
             REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
             REG_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready() as u32),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status,
+            REG_STATUS => self.status(),
             // The config space never changes under the driver.
             REG_CONFIG_GENERATION => 0,
             _ => 0,
@@ -289,7 +296,10 @@ impl MmioTransport {
             REG_STATUS => self.set_status(v),
             _ if !queue_ok => {}
             _ => {
-                let Some(q) = self.queues.get_mut(self.queue_sel as usize) else {
+                let sel = self.queue_sel as usize;
+                let (Some(q), Some(refused)) =
+                    (self.queues.get_mut(sel), self.size_refused.get_mut(sel))
+                else {
                     return;
                 };
                 if q.ready() && offset != REG_QUEUE_READY {
@@ -297,11 +307,10 @@ impl MmioTransport {
                 }
                 match offset {
                     REG_QUEUE_NUM => {
-                        let _ = q.try_set_size(v as u16).or_else(|_| {
-                            // An invalid size invalidates the queue; is_valid() will say so.
-                            q.set_size(0);
-                            Ok::<(), ()>(())
-                        });
+                        // An invalid size (0x10010 included: never truncated to 16) makes
+                        // the queue unusable until a valid one is written.
+                        let size = u16::try_from(v).ok();
+                        *refused = size.is_none_or(|n| q.try_set_size(n).is_err());
                     }
                     REG_QUEUE_READY => q.set_ready(v == 1),
                     REG_QUEUE_DESC_LOW => q.set_desc_table_address(Some(v), None),
@@ -338,83 +347,11 @@ impl BusDevice for MmioTransport {
     }
 }
 
-/// Watches a transport's queue eventfds and its device's backend descriptors, and runs the
-/// device's work for them on the event loop thread.
-pub struct QueueEvents {
-    transport: Arc<Mutex<MmioTransport>>,
-    evts: Vec<EventFd>,
-    backends: Vec<std::os::fd::RawFd>,
-    watching: Vec<bool>,
-}
-
-/// Event data for backend descriptor `i` is `BACKEND_TAG + i`; queue `i` is `i`.
-const BACKEND_TAG: u32 = 1 << 16;
-
-impl QueueEvents {
-    pub fn new(transport: Arc<Mutex<MmioTransport>>) -> std::io::Result<Self> {
-        let (evts, backends) = {
-            let t = lock(&transport);
-            let evts = t
-                .queue_evts()
-                .iter()
-                .map(EventFd::try_clone)
-                .collect::<std::io::Result<Vec<_>>>()?;
-            (evts, t.backend_fds())
-        };
-        let watching = vec![false; backends.len()];
-        Ok(QueueEvents {
-            transport,
-            evts,
-            backends,
-            watching,
-        })
-    }
-
-    /// Starts or stops watching each backend as the device wants.
-    fn sync_backends(&mut self, ops: &mut EventOps) {
-        let t = lock(&self.transport);
-        for (i, &fd) in self.backends.iter().enumerate() {
-            let wanted = t.backend_wanted(i);
-            if wanted == self.watching[i] {
-                continue;
-            }
-            let ev = Events::with_data_raw(fd, BACKEND_TAG + i as u32, EventSet::IN);
-            let ok = if wanted { ops.add(ev) } else { ops.remove(ev) };
-            if ok.is_ok() {
-                self.watching[i] = wanted;
-            }
-        }
-    }
-}
-
-impl MutEventSubscriber for QueueEvents {
-    fn init(&mut self, ops: &mut EventOps) {
-        for (i, evt) in self.evts.iter().enumerate() {
-            // A queue we cannot watch is a device that never answers; the guest driver times out
-            // on it rather than flint failing: log it.
-            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
-                eprintln!("flint: cannot watch virtio queue {i}: {e:?}");
-            }
-        }
-        self.sync_backends(ops);
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let data = events.data();
-        if data >= BACKEND_TAG {
-            lock(&self.transport).process_backend((data - BACKEND_TAG) as usize);
-        } else if let Some(evt) = self.evts.get(data as usize) {
-            let _ = evt.read();
-            lock(&self.transport).process_queue(data as usize);
-        }
-        self.sync_backends(ops);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::devices::irq::IrqLine;
+    use crate::devices::virtio::QueueWorker;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use vm_memory::GuestAddress;
 
@@ -423,6 +360,20 @@ mod tests {
         activations: Arc<AtomicUsize>,
         resets: Arc<AtomicUsize>,
         sizes: [u16; 2],
+        /// What the worker waits on before each queue notification, when set.
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    /// Its worker: reports a broken queue, after waiting at the gate if there is one.
+    struct ProbeWorker(Option<std::sync::mpsc::Receiver<()>>);
+
+    impl QueueWorker for ProbeWorker {
+        fn process_queue(&mut self, _: usize) -> bool {
+            if let Some(gate) = &self.0 {
+                let _ = gate.recv();
+            }
+            false
+        }
     }
 
     impl VirtioDevice for Probe {
@@ -438,15 +389,13 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             super::super::read_config_bytes(&[1, 2, 3, 4], offset, data);
         }
-        fn activate(&mut self, ctx: ActivateContext) {
+        fn activate(&mut self, ctx: ActivateContext) -> Option<Box<dyn QueueWorker>> {
             assert_eq!(ctx.queues.len(), 2);
             self.activations.fetch_add(1, Ordering::SeqCst);
+            Some(Box::new(ProbeWorker(self.gate.take())))
         }
         fn reset(&mut self) {
             self.resets.fetch_add(1, Ordering::SeqCst);
-        }
-        fn process_queue(&mut self, _: usize) -> bool {
-            false
         }
     }
 
@@ -458,6 +407,10 @@ mod tests {
     }
 
     fn transport() -> T {
+        transport_with_gate(None)
+    }
+
+    fn transport_with_gate(gate: Option<std::sync::mpsc::Receiver<()>>) -> T {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let (activations, resets) = (Arc::default(), Arc::default());
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -465,6 +418,7 @@ mod tests {
             activations: Arc::clone(&activations),
             resets: Arc::clone(&resets),
             sizes: [16, 16],
+            gate,
         };
         let interrupt = Arc::new(Interrupt::new(IrqLine::Fd(irq.try_clone().unwrap())));
         T {
@@ -610,8 +564,57 @@ mod tests {
         setup_queue(&mut x.t, 0);
         setup_queue(&mut x.t, 1);
         wr(&mut x.t, REG_STATUS, ALL_OK);
-        x.t.process_queue(0); // the probe reports a broken queue
+        let _ = x.irq.read();
+        x.t.device_queues().process_queue(0); // the probe's worker reports a broken queue
         assert_ne!(rd(&mut x.t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(rd(&mut x.t, REG_INTERRUPT_STATUS), INT_CONFIG_CHANGE);
+        assert!(x.irq.read().is_ok(), "the driver is told");
+        // Until the reset, the worker is not asked again; the reset clears the state.
+        wr(&mut x.t, REG_STATUS, 0);
+        assert_eq!(rd(&mut x.t, REG_STATUS), 0);
+    }
+
+    #[test]
+    fn registers_never_wait_for_the_worker() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let mut x = transport_with_gate(Some(gate));
+        negotiate(&mut x.t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut x.t, 0);
+        setup_queue(&mut x.t, 1);
+        wr(&mut x.t, REG_STATUS, ALL_OK);
+        // The worker is busy (as with a slow disk) until the gate opens...
+        let queues = x.t.device_queues().clone();
+        let busy = std::thread::spawn(move || queues.process_queue(0));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!busy.is_finished(), "the worker is held at the gate");
+        // ...and every register and config access still answers at once.
+        assert_eq!(rd(&mut x.t, REG_STATUS), ALL_OK);
+        assert_eq!(rd(&mut x.t, REG_MAGIC), MAGIC);
+        let mut c = [0u8; 4];
+        x.t.read(CONFIG_SPACE, &mut c);
+        assert_eq!(c, [1, 2, 3, 4]);
+        wr(&mut x.t, REG_QUEUE_NOTIFY, 1);
+        wr(&mut x.t, REG_INTERRUPT_ACK, INT_CONFIG_CHANGE);
+        open.send(()).unwrap();
+        busy.join().unwrap();
+        assert_ne!(rd(&mut x.t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn queue_num_out_of_u16_range_is_not_truncated() {
+        let mut x = transport();
+        negotiate(&mut x.t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut x.t, 1);
+        // 0x10010 would be a valid 16 if truncated: the queue must come out invalid instead.
+        wr(&mut x.t, REG_QUEUE_SEL, 0);
+        wr(&mut x.t, REG_QUEUE_NUM, 0x10010);
+        wr(&mut x.t, REG_QUEUE_DESC_LOW, 0x1000);
+        wr(&mut x.t, REG_QUEUE_DRIVER_LOW, 0x1100);
+        wr(&mut x.t, REG_QUEUE_DEVICE_LOW, 0x1200);
+        wr(&mut x.t, REG_QUEUE_READY, 1);
+        wr(&mut x.t, REG_STATUS, ALL_OK);
+        assert_ne!(rd(&mut x.t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(x.activations.load(Ordering::SeqCst), 0);
     }
 
     #[test]

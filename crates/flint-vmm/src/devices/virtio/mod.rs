@@ -1,12 +1,16 @@
 //! virtio devices over the virtio-mmio transport (virtio 1.x, "modern" only).
 //!
-//! A device implements [`VirtioDevice`]; the [`mmio::MmioTransport`] owns it, speaks the register
-//! protocol to the guest driver (feature negotiation, status, queue setup, reset) and hands the
-//! device its queues when the driver is ready. Queue notifications reach the device on the event
-//! loop thread (through an ioeventfd, or the transport's fallback), never on a vCPU thread.
+//! A device implements [`VirtioDevice`]; the [`mmio::MmioTransport`] owns it and speaks the
+//! register protocol to the guest driver (feature negotiation, status, queue setup, reset) on
+//! the vCPU threads. When the driver is ready the device hands its queues to a [`QueueWorker`],
+//! which lives in the device's [`worker::DeviceQueues`] and runs on the device's own thread
+//! ([`worker::spawn`]): queue notifications (an ioeventfd, or the transport's fallback) and
+//! backend input reach it there, never on a vCPU thread or the control event loop, and no
+//! register access waits for its I/O.
 
 pub mod block;
 pub mod mmio;
+pub mod worker;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -73,6 +77,10 @@ pub struct ActivateContext {
     pub interrupt: Arc<Interrupt>,
 }
 
+/// The register side of a virtio device: what the transport answers vCPUs with. It never does
+/// I/O: when the driver is ready, [`VirtioDevice::activate`] hands the queues to a
+/// [`QueueWorker`] that runs on the device's own thread (see [`worker`]), so a vCPU reading a
+/// register never waits on a disk or a TAP.
 pub trait VirtioDevice: Send {
     /// virtio device ID (2 = block, 1 = net).
     fn device_type(&self) -> u32;
@@ -84,14 +92,20 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the configuration space (most devices ignore it).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// The driver is ready: start serving the queues.
-    fn activate(&mut self, ctx: ActivateContext);
-    /// The driver reset the device: drop the queues and go back to the initial state.
-    fn reset(&mut self);
+    /// The driver is ready: returns what serves the queues from now on, or `None` if the
+    /// driver's setup cannot be served (the device then needs a reset).
+    fn activate(&mut self, ctx: ActivateContext) -> Option<Box<dyn QueueWorker>>;
+    /// The driver reset the device (its worker is already gone): back to the initial state.
+    fn reset(&mut self) {}
+}
+
+/// The queue side of an active virtio device: it owns the queues and the backend work, and
+/// runs on the device's worker thread only.
+pub trait QueueWorker: Send {
     /// Queue `index` was notified; process what the driver made available. Returns false when
     /// the device found the driver's queue state broken and needs a reset.
     fn process_queue(&mut self, index: usize) -> bool;
-    /// Host-side descriptors the event loop watches for this device (a TAP, say).
+    /// Host-side descriptors the worker watches for this device (a TAP, say).
     fn backend_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }

@@ -132,11 +132,12 @@ fn hammer(device: Box<dyn VirtioDevice>, seed: u64, rounds: usize) -> usize {
             let mut r = vec![0u8; [4, 1, 8][rng.below(3) as usize]];
             t.read(rng.below(0x200), &mut r);
         }
+        // What the device's worker thread would do on notifications and backend input.
         for q in 0..3 {
-            t.process_queue(q);
+            t.device_queues().process_queue(q);
         }
         for b in 0..2 {
-            t.process_backend(b);
+            t.device_queues().process_backend(b);
         }
         let mut s = [0u8; 4];
         t.read(REG_STATUS, &mut s);

@@ -1,4 +1,5 @@
-//! The virtio-blk device: what it offers, its config space, and its one request queue.
+//! The virtio-blk device: what it offers and its config space ([`Block`], the register side),
+//! and its one request queue ([`BlockWorker`], on the device's worker thread).
 
 use std::sync::Arc;
 
@@ -8,8 +9,8 @@ use vm_memory::GuestMemoryMmap;
 use super::request::{self, Limits};
 use super::*;
 use crate::devices::virtio::{
-    read_config_bytes, serve_queue, ActivateContext, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, serve_queue, ActivateContext, Interrupt, QueueWorker, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -23,13 +24,6 @@ const LIMITS: Limits = Limits {
     max_data: 32 << 20,
 };
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-    features: u64,
-}
-
 /// Counters of what the guest sent that could not be served.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BlockStats {
@@ -39,12 +33,22 @@ pub struct BlockStats {
 }
 
 pub struct Block {
-    disk: DiskImage,
+    /// Shared with the worker: reads and writes go through `&DiskImage` (pread/pwrite).
+    disk: Arc<DiskImage>,
     serial: [u8; VIRTIO_BLK_ID_BYTES],
     features: u64,
     config: Vec<u8>,
     queue_sizes: [u16; 1],
-    active: Option<Active>,
+}
+
+/// The request queue of an active virtio-blk device.
+pub struct BlockWorker {
+    disk: Arc<DiskImage>,
+    serial: [u8; VIRTIO_BLK_ID_BYTES],
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+    features: u64,
     stats: BlockStats,
 }
 
@@ -68,16 +72,30 @@ impl Block {
         }
         let config = config_space(disk.size() >> SECTOR_SHIFT);
         Block {
-            disk,
+            disk: Arc::new(disk),
             serial: id,
             features,
             config,
             queue_sizes: [QUEUE_SIZE],
-            active: None,
-            stats: BlockStats::default(),
         }
     }
 
+    /// The worker for the driver's queues, or `None` if the driver enabled none.
+    pub fn start(&self, ctx: ActivateContext) -> Option<BlockWorker> {
+        let queue = ctx.queues.into_iter().next()?;
+        Some(BlockWorker {
+            disk: self.disk.clone(),
+            serial: self.serial,
+            mem: ctx.mem,
+            queue,
+            interrupt: ctx.interrupt,
+            features: ctx.acked_features,
+            stats: BlockStats::default(),
+        })
+    }
+}
+
+impl BlockWorker {
     pub fn stats(&self) -> BlockStats {
         self.stats
     }
@@ -117,39 +135,28 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivateContext) {
-        if let Some(queue) = ctx.queues.into_iter().next() {
-            self.active = Some(Active {
-                mem: ctx.mem,
-                queue,
-                interrupt: ctx.interrupt,
-                features: ctx.acked_features,
-            });
-        }
+    fn activate(&mut self, ctx: ActivateContext) -> Option<Box<dyn QueueWorker>> {
+        self.start(ctx).map(|w| Box::new(w) as Box<dyn QueueWorker>)
     }
+}
 
-    fn reset(&mut self) {
-        self.active = None;
-    }
-
+impl QueueWorker for BlockWorker {
     fn process_queue(&mut self, index: usize) -> bool {
-        let Block {
-            active: Some(a),
-            disk,
-            serial,
-            stats,
-            ..
-        } = self
-        else {
-            return true;
-        };
         if index != 0 {
             return true;
         }
-        let features = a.features;
-        serve_queue(&mut a.queue, &a.mem, &a.interrupt, |descs| {
+        let BlockWorker {
+            disk,
+            serial,
+            mem,
+            queue,
+            interrupt,
+            features,
+            stats,
+        } = self;
+        serve_queue(queue, mem, interrupt, |descs| {
             stats.requests += 1;
-            match request::handle(descs, &a.mem, disk, serial, features, &LIMITS) {
+            match request::handle(descs, mem, disk, serial, *features, &LIMITS) {
                 Ok(out) => {
                     if out.status != VIRTIO_BLK_S_OK {
                         stats.errors += 1;

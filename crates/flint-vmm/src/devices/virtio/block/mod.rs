@@ -8,7 +8,7 @@ pub mod device;
 pub mod disk;
 pub mod request;
 
-pub use device::Block;
+pub use device::{Block, BlockWorker};
 pub use disk::{DiskError, DiskImage};
 
 pub const SECTOR_SHIFT: u64 = 9;

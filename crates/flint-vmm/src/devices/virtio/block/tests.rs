@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::*;
 use crate::devices::irq::IrqLine;
 use crate::devices::virtio::testing::TestQueue;
-use crate::devices::virtio::{ActivateContext, Interrupt, VirtioDevice};
+use crate::devices::virtio::{ActivateContext, Interrupt, QueueWorker, VirtioDevice};
 
 const MEM_SIZE: usize = 4 << 20;
 const QSIZE: u16 = 16;
@@ -23,7 +23,8 @@ struct Harness {
     mem: GuestMemoryMmap,
     q: TestQueue,
     path: std::path::PathBuf,
-    block: Block,
+    device: Block,
+    block: BlockWorker,
     irq: EventFd,
 }
 
@@ -35,20 +36,23 @@ impl Harness {
             .collect();
         std::fs::write(&path, image).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let mut block = Block::new(DiskImage::open(&path, read_only).unwrap(), "test-serial");
+        let device = Block::new(DiskImage::open(&path, read_only).unwrap(), "test-serial");
         let (q, queue) = TestQueue::new(&mem, GuestAddress(0), QSIZE);
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let features = block.features();
-        block.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![queue],
-            acked_features: features & !crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX,
-            interrupt: Arc::new(Interrupt::new(IrqLine::Fd(irq.try_clone().unwrap()))),
-        });
+        let features = device.features();
+        let block = device
+            .start(ActivateContext {
+                mem: mem.clone(),
+                queues: vec![queue],
+                acked_features: features & !crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX,
+                interrupt: Arc::new(Interrupt::new(IrqLine::Fd(irq.try_clone().unwrap()))),
+            })
+            .unwrap();
         Harness {
             mem,
             q,
             path,
+            device,
             block,
             irq,
         }
@@ -257,8 +261,8 @@ fn unknown_type_is_unsupp() {
 #[test]
 fn read_only_disk_refuses_writes() {
     let mut h = Harness::new("ro", 8, true);
-    assert_ne!(h.block.features() & VIRTIO_BLK_F_RO, 0);
-    assert_eq!(h.block.features() & VIRTIO_BLK_F_DISCARD, 0);
+    assert_ne!(h.device.features() & VIRTIO_BLK_F_RO, 0);
+    assert_eq!(h.device.features() & VIRTIO_BLK_F_DISCARD, 0);
     let before = h.file();
     h.header(VIRTIO_BLK_T_OUT, 0);
     assert_eq!(
@@ -281,7 +285,7 @@ fn segment(sector: u64, sectors: u32, flags: u32) -> [u8; 16] {
 #[test]
 fn discard_and_write_zeroes() {
     let mut h = Harness::new("discard", 16, false);
-    if h.block.features() & VIRTIO_BLK_F_DISCARD == 0 {
+    if h.device.features() & VIRTIO_BLK_F_DISCARD == 0 {
         eprintln!("host file system cannot punch holes; discard is not offered");
         return;
     }
@@ -332,12 +336,12 @@ fn bogus_avail_index_needs_reset() {
 fn config_space_reports_capacity_and_limits() {
     let h = Harness::new("config", 24, false);
     let mut cap = [0u8; 8];
-    h.block.read_config(0, &mut cap);
+    h.device.read_config(0, &mut cap);
     assert_eq!(u64::from_le_bytes(cap), 24);
     let mut blk_size = [0u8; 4];
-    h.block.read_config(20, &mut blk_size);
+    h.device.read_config(20, &mut blk_size);
     assert_eq!(u32::from_le_bytes(blk_size), 512);
     let mut beyond = [0xffu8; 8];
-    h.block.read_config(4096, &mut beyond);
+    h.device.read_config(4096, &mut beyond);
     assert_eq!(beyond, [0; 8]);
 }

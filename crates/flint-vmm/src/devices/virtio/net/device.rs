@@ -9,8 +9,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::*;
 use crate::devices::virtio::{
-    notify_if_needed, read_config_bytes, serve_queue, ActivateContext, Interrupt, VirtioDevice,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    notify_if_needed, read_config_bytes, serve_queue, ActivateContext, Interrupt, QueueWorker,
+    VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -45,12 +45,20 @@ struct Active {
     rx_held: Vec<RxChain>,
 }
 
+/// The register side of a virtio-net device.
 pub struct Net {
-    backend: Box<dyn Backend>,
+    /// Shared with the worker, which reads and writes frames on it.
+    backend: Arc<dyn Backend>,
     features: u64,
     config: Vec<u8>,
     queue_sizes: [u16; 2],
-    active: Option<Active>,
+}
+
+/// The RX and TX queues of an active virtio-net device, and the frame between them and the
+/// backend.
+pub struct NetWorker {
+    backend: Arc<dyn Backend>,
+    active: Active,
     /// A frame read from the backend that waits for guest RX buffers.
     frame: Vec<u8>,
     pending: Option<usize>,
@@ -84,17 +92,53 @@ impl Net {
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
         Net {
-            backend,
+            backend: Arc::from(backend),
             features,
             config,
             queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
-            active: None,
-            frame: vec![0; MAX_FRAME_LEN],
-            pending: None,
-            stats: NetStats::default(),
         }
     }
 
+    /// The worker for the driver's RX and TX queues (`None` without both), after telling the
+    /// backend which offloads the driver accepted.
+    pub fn start(&self, ctx: ActivateContext) -> Option<NetWorker> {
+        let mut queues = ctx.queues.into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
+            return None;
+        };
+        // The TAP may hand the guest partial checksums and large segments only if it said so.
+        let f = ctx.acked_features;
+        let mut offload = 0;
+        if f & VIRTIO_NET_F_GUEST_CSUM != 0 {
+            offload |= TUN_F_CSUM;
+            if f & VIRTIO_NET_F_GUEST_TSO4 != 0 {
+                offload |= TUN_F_TSO4;
+            }
+            if f & VIRTIO_NET_F_GUEST_TSO6 != 0 {
+                offload |= TUN_F_TSO6;
+            }
+        }
+        if self.backend.supports_offloads() {
+            let _ = self.backend.set_offload(offload);
+        }
+        Some(NetWorker {
+            backend: self.backend.clone(),
+            active: Active {
+                mem: ctx.mem,
+                rx,
+                tx,
+                interrupt: ctx.interrupt,
+                features: f,
+                rx_held: Vec::new(),
+            },
+            frame: vec![0; MAX_FRAME_LEN],
+            pending: None,
+            stats: NetStats::default(),
+        })
+    }
+}
+
+impl NetWorker {
     pub fn stats(&self) -> NetStats {
         self.stats
     }
@@ -102,9 +146,7 @@ impl Net {
     /// Moves frames from the backend to the guest until the backend is empty, the guest has no
     /// buffers, or a batch is done. Returns false if the RX queue is broken.
     fn receive(&mut self) -> bool {
-        let Some(a) = self.active.as_mut() else {
-            return true;
-        };
+        let a = &mut self.active;
         let mut delivered = false;
         for _ in 0..RX_BATCH {
             let len = match self.pending {
@@ -158,15 +200,12 @@ impl Net {
 
     /// Sends every frame the guest queued on TX. Returns false if the TX queue is broken.
     fn transmit(&mut self) -> bool {
-        let Net {
-            active: Some(a),
+        let NetWorker {
+            active: a,
             backend,
             stats,
             ..
-        } = self
-        else {
-            return true;
-        };
+        } = self;
         let fd = backend.fd();
         serve_queue(&mut a.tx, &a.mem, &a.interrupt, |descs| {
             if send(fd, descs, &a.mem) {
@@ -292,41 +331,12 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivateContext) {
-        let mut queues = ctx.queues.into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return;
-        };
-        // The TAP may hand the guest partial checksums and large segments only if it said so.
-        let f = ctx.acked_features;
-        let mut offload = 0;
-        if f & VIRTIO_NET_F_GUEST_CSUM != 0 {
-            offload |= TUN_F_CSUM;
-            if f & VIRTIO_NET_F_GUEST_TSO4 != 0 {
-                offload |= TUN_F_TSO4;
-            }
-            if f & VIRTIO_NET_F_GUEST_TSO6 != 0 {
-                offload |= TUN_F_TSO6;
-            }
-        }
-        if self.backend.supports_offloads() {
-            let _ = self.backend.set_offload(offload);
-        }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            rx,
-            tx,
-            interrupt: ctx.interrupt,
-            features: f,
-            rx_held: Vec::new(),
-        });
+    fn activate(&mut self, ctx: ActivateContext) -> Option<Box<dyn QueueWorker>> {
+        self.start(ctx).map(|w| Box::new(w) as Box<dyn QueueWorker>)
     }
+}
 
-    fn reset(&mut self) {
-        self.active = None;
-        self.pending = None;
-    }
-
+impl QueueWorker for NetWorker {
     fn process_queue(&mut self, index: usize) -> bool {
         match index {
             // New RX buffers: deliver what waits, and what the backend has meanwhile.

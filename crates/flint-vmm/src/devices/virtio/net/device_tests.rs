@@ -13,7 +13,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::*;
 use crate::devices::irq::IrqLine;
 use crate::devices::virtio::testing::{seqpacket_pair, SocketBackend, TestQueue};
-use crate::devices::virtio::{ActivateContext, Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX};
+use crate::devices::virtio::{
+    ActivateContext, Interrupt, QueueWorker, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
+};
 
 const MEM_SIZE: usize = 4 << 20;
 const QSIZE: u16 = 16;
@@ -25,7 +27,8 @@ struct Harness {
     mem: GuestMemoryMmap,
     rx: TestQueue,
     tx: TestQueue,
-    net: Net,
+    device: Net,
+    net: NetWorker,
     /// The "host" end of the link.
     peer: OwnedFd,
     irq: EventFd,
@@ -35,24 +38,27 @@ impl Harness {
     fn new(features: u64) -> Harness {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let (dev_end, peer) = seqpacket_pair();
-        let mut net = Net::new(Box::new(SocketBackend(dev_end)), Mac([6, 1, 2, 3, 4, 5]));
+        let device = Net::new(Box::new(SocketBackend(dev_end)), Mac([6, 1, 2, 3, 4, 5]));
         let (rx, mut rxq) = TestQueue::new(&mem, GuestAddress(0), QSIZE);
         let (tx, mut txq) = TestQueue::new(&mem, GuestAddress(0x8000), QSIZE);
         // As the transport does for a driver that negotiated EVENT_IDX.
-        let event_idx = net.features() & features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let event_idx = device.features() & features & VIRTIO_RING_F_EVENT_IDX != 0;
         rxq.set_event_idx(event_idx);
         txq.set_event_idx(event_idx);
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        net.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![rxq, txq],
-            acked_features: net.features() & features,
-            interrupt: Arc::new(Interrupt::new(IrqLine::Fd(irq.try_clone().unwrap()))),
-        });
+        let net = device
+            .start(ActivateContext {
+                mem: mem.clone(),
+                queues: vec![rxq, txq],
+                acked_features: device.features() & features,
+                interrupt: Arc::new(Interrupt::new(IrqLine::Fd(irq.try_clone().unwrap()))),
+            })
+            .unwrap();
         Harness {
             mem,
             rx,
             tx,
+            device,
             net,
             peer,
             irq,
@@ -241,12 +247,12 @@ fn bad_rx_buffers_do_not_hurt_the_host() {
 fn config_space_has_mac_and_link_up() {
     let h = Harness::new(ALL);
     let mut c = [0u8; 8];
-    h.net.read_config(0, &mut c);
+    h.device.read_config(0, &mut c);
     assert_eq!(&c[..6], &[6, 1, 2, 3, 4, 5]);
     assert_eq!(u16::from_le_bytes([c[6], c[7]]), VIRTIO_NET_S_LINK_UP);
-    assert_ne!(h.net.features() & VIRTIO_NET_F_MAC, 0);
+    assert_ne!(h.device.features() & VIRTIO_NET_F_MAC, 0);
     assert_eq!(
-        h.net.features() & VIRTIO_NET_F_HOST_TSO4,
+        h.device.features() & VIRTIO_NET_F_HOST_TSO4,
         0,
         "no offloads on this backend"
     );

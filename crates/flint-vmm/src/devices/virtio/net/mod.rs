@@ -7,7 +7,7 @@
 pub mod device;
 pub mod tap;
 
-pub use device::{Net, NetStats};
+pub use device::{Net, NetStats, NetWorker};
 pub use tap::{Tap, TapError};
 
 use std::os::fd::RawFd;
@@ -32,7 +32,7 @@ pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
 /// Where frames come from and go to: a TAP, or (in tests) any descriptor that keeps frame
 /// boundaries, such as a SOCK_SEQPACKET socket.
-pub trait Backend: Send {
+pub trait Backend: Send + Sync {
     fn fd(&self) -> RawFd;
     /// Whether the backend takes the checksum/TSO offloads.
     fn supports_offloads(&self) -> bool;

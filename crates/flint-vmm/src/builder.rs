@@ -1,0 +1,402 @@
+//! [`Vmm::build`]: a VM from a validated [`VmConfig`], in named steps — inputs, memory, the VM
+//! and its interrupt controllers, legacy devices, virtio devices, kernel and boot data, vCPUs.
+//! Each step takes what the earlier ones made; devices land in one [`Devices`].
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::alloc::ResourceAllocator;
+use crate::arch::x86_64::{cpuid, layout, mptable, regs::EntryMode};
+use crate::boot::{self, InitrdImage, KernelInfo};
+use crate::bus::Bus;
+use crate::config::{io_reason, ConfigError, Initrd, VmConfig};
+use crate::devices::guest_ports::GuestPorts;
+use crate::devices::irq::IrqLine;
+use crate::devices::legacy::boot_timer::BootTimer;
+use crate::devices::legacy::cmos::Cmos;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::{SerialDevice, SerialOut};
+use crate::devices::manager::{Devices, VirtioSlot};
+use crate::devices::virtio::block::{Block, DiskImage};
+use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::net::{Mac, Net, Tap};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::event_loop::block_stop_signals;
+use crate::exit::ExitEvent;
+use crate::kvm;
+use crate::vmm::{Console, Vmm, VmmError};
+use crate::vstate::memory::create_guest_memory;
+use crate::vstate::vcpu::{self, VcpuContext};
+use crate::vstate::vm::create_vm;
+
+/// The most vCPUs flint can give a VM here: what KVM allows and what the MP table can describe.
+pub fn max_vcpus(kvm: &Kvm) -> u32 {
+    let kvm_max = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+    let table_max = u32::try_from(mptable::MAX_SUPPORTED_CPUS).unwrap_or(u32::MAX);
+    kvm_max.min(table_max)
+}
+
+/// KVM fast paths flint uses when present.
+#[derive(Clone, Copy)]
+struct FastPaths {
+    /// Interrupts through eventfds (else KVM_IRQ_LINE).
+    irqfd: bool,
+    /// Queue notifications through eventfds, without a vCPU exit to flint.
+    ioeventfd: bool,
+}
+
+impl FastPaths {
+    fn probe(kvm: &Kvm) -> FastPaths {
+        FastPaths {
+            irqfd: use_fast_path(kvm, Cap::Irqfd, "IRQFD"),
+            ioeventfd: use_fast_path(kvm, Cap::Ioeventfd, "IOEVENTFD"),
+        }
+    }
+}
+
+/// Whether to use a KVM fast path: present, and not switched off with `FLINT_NO_<NAME>=1` (how the
+/// tests exercise the fallbacks on hosts that have both).
+fn use_fast_path(kvm: &Kvm, cap: Cap, name: &str) -> bool {
+    kvm.check_extension(cap)
+        && std::env::var_os(format!("FLINT_NO_{name}")).is_none_or(|v| v != "1")
+}
+
+impl Vmm {
+    /// Builds the VM. `start` is when the process started (for the boot timer).
+    pub fn build(config: &VmConfig, console: Console, start: Instant) -> Result<Vmm, VmmError> {
+        // Input checks that need no KVM come first, so a typo never waits on anything.
+        config.validate_inputs()?;
+        let (mut kernel, info) = open_kernel(config)?;
+        let kvm = kvm::open()?;
+        config.validate_limits(max_vcpus(&kvm))?;
+        if info.is_linux {
+            kvm::check_can_boot_linux()?;
+        }
+        let mut initrd_file = match &config.initrd {
+            Some(Initrd::File(p)) => Some(open_file("--initrd", p)?),
+            _ => None,
+        };
+
+        // Signals are blocked before any thread starts so that they all inherit the mask.
+        let signals = block_stop_signals().map_err(|e| VmmError::Io("signalfd", e))?;
+
+        let mem = create_guest_memory(config.memory_mib)?;
+        let vm = Arc::new(create_vm(&kvm, &mem)?);
+        let fast = FastPaths::probe(&kvm);
+        let exit = Arc::new(ExitEvent::new().map_err(|e| VmmError::Io("eventfd", e))?);
+
+        let Console {
+            input,
+            output,
+            error_output,
+            escapes,
+            eof_byte,
+            hold_input_until_ready,
+        } = console;
+        let outputs = ConsoleOutputs {
+            output,
+            error_output,
+            hold_input_until_ready,
+        };
+        let mut devices = legacy_devices(&vm, fast, config, outputs, &exit, start)?;
+        let boot_args = virtio_devices(&mut devices, &vm, fast, &mem, config)?;
+
+        let initrd = match (&config.initrd, initrd_file.as_mut()) {
+            (_, Some(f)) => Some(InitrdImage::File(f)),
+            (Some(Initrd::Generated(bytes)), None) => Some(InitrdImage::Bytes(bytes)),
+            _ => None,
+        };
+        let cmdline = with_boot_args(&config.cmdline, &boot_args);
+        let num_cpus = u8::try_from(config.vcpus).map_err(|_| ConfigError::TooManyVcpus {
+            requested: config.vcpus,
+            max: u8::MAX.into(),
+        })?;
+        let mem_size = config.memory_mib << 20; // at most the host's memory (validated)
+        let loaded = boot::load(&mem, mem_size, &mut kernel, info, initrd, &cmdline)?;
+        mptable::setup_mptable(&mem, num_cpus)?;
+
+        let vcpus = create_vcpus(&kvm, &vm, &mem, num_cpus, loaded.entry)?;
+
+        Ok(Vmm {
+            vcpus,
+            ctx: Arc::new(VcpuContext {
+                pio: devices.pio.clone(),
+                mmio: devices.mmio.clone(),
+                exit,
+                stop: Default::default(),
+            }),
+            devices,
+            console_input: input,
+            escapes,
+            eof_byte,
+            signals,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+}
+
+fn open_file(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
+    File::open(path).map_err(|e| VmmError::Read {
+        what,
+        path: path.display().to_string(),
+        reason: io_reason(&e),
+    })
+}
+
+/// Opens the kernel and finds out what it is.
+fn open_kernel(config: &VmConfig) -> Result<(File, KernelInfo), VmmError> {
+    let mut kernel = open_file("--kernel", &config.kernel)?;
+    let info = boot::kernel::inspect(&mut kernel)
+        .map_err(|e| VmmError::Read {
+            what: "--kernel",
+            path: config.kernel.display().to_string(),
+            reason: io_reason(&e),
+        })?
+        .ok_or_else(|| VmmError::NotAKernel(config.kernel.display().to_string()))?;
+    Ok((kernel, info))
+}
+
+/// Where the legacy devices' console output goes.
+struct ConsoleOutputs {
+    output: SerialOut,
+    error_output: Option<SerialOut>,
+    hold_input_until_ready: bool,
+}
+
+/// The legacy devices on the port bus (serial ports, the guest init's ports, i8042, CMOS) and
+/// the boot timer on the MMIO bus, each at its address from `layout`.
+fn legacy_devices(
+    vm: &Arc<VmFd>,
+    fast: FastPaths,
+    config: &VmConfig,
+    console: ConsoleOutputs,
+    exit: &Arc<ExitEvent>,
+    start: Instant,
+) -> Result<Devices, VmmError> {
+    let irq = |gsi, what| IrqLine::new(vm, gsi, fast.irqfd).map_err(|e| VmmError::Irq(what, e));
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+
+    let mut serial = SerialDevice::new(irq(layout::SERIAL_IRQ, "the serial port")?, console.output);
+    if console.hold_input_until_ready {
+        serial.hold_input();
+    }
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(
+        layout::SERIAL_PORT.into(),
+        layout::SERIAL_PORT_LEN,
+        serial.clone(),
+    )?;
+    let serial2 = match console.error_output {
+        Some(out) => {
+            let line = irq(layout::SERIAL2_IRQ, "the second serial port")?;
+            let s = Arc::new(Mutex::new(SerialDevice::new(line, out)));
+            pio.insert(
+                layout::SERIAL2_PORT.into(),
+                layout::SERIAL_PORT_LEN,
+                s.clone(),
+            )?;
+            Some(s)
+        }
+        None => None,
+    };
+    let guest_ports = Arc::new(Mutex::new(GuestPorts::new(exit.clone(), serial.clone())));
+    pio.insert(
+        layout::EXIT_STATUS_PORT.into(),
+        layout::GUEST_PORTS_LEN,
+        guest_ports.clone(),
+    )?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    pio.insert(
+        layout::I8042_PORT.into(),
+        layout::I8042_PORT_LEN,
+        i8042.clone(),
+    )?;
+    let mem_size = config.memory_mib << 20;
+    let below_4g = mem_size.min(layout::MMIO32_START);
+    let cmos = Arc::new(Mutex::new(Cmos::new(below_4g, mem_size - below_4g)));
+    pio.insert(
+        layout::CMOS_PORT.into(),
+        layout::CMOS_PORT_LEN,
+        cmos.clone(),
+    )?;
+    let boot_timer = if config.boot_timer {
+        let report = Box::new(|d: Duration| {
+            eprintln!("flint: guest booted in {} us", d.as_micros());
+        });
+        let t = Arc::new(Mutex::new(BootTimer::new(start, report)));
+        mmio.insert(
+            layout::BOOT_TIMER_ADDR,
+            layout::MMIO_DEVICE_WINDOW,
+            t.clone(),
+        )?;
+        Some(t)
+    } else {
+        None
+    };
+    Ok(Devices {
+        pio,
+        mmio,
+        serial,
+        serial2,
+        guest_ports,
+        i8042,
+        cmos,
+        boot_timer,
+        virtio: Vec::new(),
+    })
+}
+
+/// The disk and network devices, disks first (vda, vdb, …) then NICs (eth0, …), each with a
+/// window and an interrupt line from the allocator. Returns the kernel arguments that announce
+/// them (and the root disk, if any).
+fn virtio_devices(
+    devices: &mut Devices,
+    vm: &Arc<VmFd>,
+    fast: FastPaths,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<Vec<String>, VmmError> {
+    let mut wanted: Vec<(String, &'static str, Box<dyn VirtioDevice>)> = Vec::new();
+    for (i, disk) in config.disks.iter().enumerate() {
+        let what = if i == 0 && config.root_on_first_disk {
+            "--rootfs"
+        } else {
+            "--disk"
+        };
+        let image =
+            DiskImage::open(&disk.path, disk.read_only).map_err(|e| VmmError::Disk(what, e))?;
+        let serial = match &disk.serial {
+            Some(s) => s.clone(),
+            None => format!("flint-vd{}", disk_letter(i)),
+        };
+        wanted.push((
+            format!("virtio-blk{i}"),
+            "a disk",
+            Box::new(Block::new(image, &serial)),
+        ));
+    }
+    for (i, net) in config.nets.iter().enumerate() {
+        let tap = Tap::open(&net.tap)?;
+        let mac = net.mac.unwrap_or_else(|| Mac::for_tap(&net.tap));
+        wanted.push((
+            format!("virtio-net{i}"),
+            "a network interface",
+            Box::new(Net::new(Box::new(tap), mac)),
+        ));
+    }
+
+    let mut alloc = ResourceAllocator::new();
+    let mut boot_args = Vec::new();
+    for (name, what, device) in wanted {
+        let res = alloc.virtio_device()?;
+        let line = IrqLine::new(vm, res.gsi, fast.irqfd).map_err(|e| VmmError::Irq(what, e))?;
+        let mut transport =
+            MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(line)))?;
+        if fast.ioeventfd {
+            for (q, evt) in transport.queue_evts().iter().enumerate() {
+                let addr = IoEventAddress::Mmio(res.mmio_base + REG_QUEUE_NOTIFY);
+                let q = u32::try_from(q).map_err(|_| VmmError::TooManyQueues)?;
+                vm.register_ioevent(evt, &addr, q)
+                    .map_err(VmmError::IoEvent)?;
+            }
+            transport.set_ioeventfd(true);
+        }
+        let queue_evts = transport
+            .queue_evts()
+            .iter()
+            .map(|e| e.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| VmmError::Io("eventfd", e))?;
+        let queues = transport.device_queues().clone();
+        boot_args.push(format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            res.mmio_len >> 10,
+            res.mmio_base,
+            res.gsi
+        ));
+        devices.add_virtio(VirtioSlot {
+            name,
+            resources: res,
+            transport: Arc::new(Mutex::new(transport)),
+            queues,
+            queue_evts,
+        })?;
+    }
+    if let (true, Some(root)) = (config.root_on_first_disk, config.disks.first()) {
+        let mode = if root.read_only { "ro" } else { "rw" };
+        boot_args.push(format!("root=/dev/vda {mode}"));
+    }
+    Ok(boot_args)
+}
+
+/// The letter of disk `i` as the guest names it (vda, vdb, …).
+fn disk_letter(i: usize) -> char {
+    (b'a'..=b'z').nth(i).map_or('?', char::from)
+}
+
+/// Adds `extra` to the kernel's own arguments, before any `--` that starts init's.
+fn with_boot_args(cmdline: &str, extra: &[String]) -> String {
+    if extra.is_empty() {
+        return cmdline.to_string();
+    }
+    let extra = extra.join(" ");
+    match cmdline.find(" -- ") {
+        Some(i) => format!("{} {extra}{}", &cmdline[..i], &cmdline[i..]),
+        None if cmdline.is_empty() => extra,
+        None => format!("{cmdline} {extra}"),
+    }
+}
+
+/// The vCPUs: CPUID, MSRs, FPU and LAPIC on each; the boot vCPU also gets the entry state.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    num_cpus: u8,
+    entry: EntryMode,
+) -> Result<Vec<(VcpuFd, u8)>, VmmError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::Cpuid)?;
+    let caps = cpuid::HostCaps {
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+    };
+    (0..num_cpus)
+        .map(|i| {
+            let entry = (i == 0).then_some(entry);
+            let fd = vcpu::create_vcpu(vm, i, num_cpus, &supported, caps, mem, entry)?;
+            Ok((fd, i))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_args_go_before_init_args() {
+        let extra = vec!["a=1".to_string(), "b".to_string()];
+        assert_eq!(
+            with_boot_args("console=ttyS0", &extra),
+            "console=ttyS0 a=1 b"
+        );
+        assert_eq!(with_boot_args("", &extra), "a=1 b");
+        assert_eq!(with_boot_args("x -- init", &extra), "x a=1 b -- init");
+        assert_eq!(with_boot_args("x", &[]), "x");
+    }
+
+    #[test]
+    fn disks_are_lettered_as_the_guest_names_them() {
+        assert_eq!(disk_letter(0), 'a');
+        assert_eq!(disk_letter(25), 'z');
+        assert_eq!(disk_letter(26), '?');
+    }
+}

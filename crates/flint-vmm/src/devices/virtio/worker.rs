@@ -1,0 +1,232 @@
+//! The queue side of each virtio device and the thread it runs on.
+//!
+//! [`DeviceQueues`] is shared by a device's transport and its worker thread. The transport
+//! (on a vCPU, when the driver writes the status register) puts the device's [`QueueWorker`] in
+//! it at DRIVER_OK and takes it out at reset; the worker thread ([`spawn`]) waits on the
+//! queue notifications and backend descriptors and runs the worker. The only lock between them
+//! is the worker slot, taken by a vCPU at activation and reset alone, and a reset does wait for
+//! the request in flight: the driver may reuse the rings' memory once the reset is done.
+//! A worker that finds a queue broken sets DEVICE_NEEDS_RESET here, without the transport's
+//! lock, and tells the driver with a configuration-change interrupt.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Interrupt, QueueWorker, INT_CONFIG_CHANGE};
+use crate::bus::lock;
+use crate::exit::{ExitEvent, ExitReason};
+
+pub struct DeviceQueues {
+    worker: Mutex<Option<Box<dyn QueueWorker>>>,
+    needs_reset: AtomicBool,
+    interrupt: Arc<Interrupt>,
+}
+
+impl DeviceQueues {
+    pub fn new(interrupt: Arc<Interrupt>) -> Self {
+        DeviceQueues {
+            worker: Mutex::new(None),
+            needs_reset: AtomicBool::new(false),
+            interrupt,
+        }
+    }
+
+    /// The driver set DRIVER_OK: `worker` serves the queues from now on.
+    pub fn activate(&self, worker: Box<dyn QueueWorker>) {
+        *lock(&self.worker) = Some(worker);
+    }
+
+    /// The driver reset the device: the worker is dropped once its request in flight is done.
+    pub fn deactivate(&self) {
+        let old = lock(&self.worker).take();
+        self.needs_reset.store(false, Ordering::Release);
+        drop(old);
+    }
+
+    /// Whether a worker found the driver's queues broken since the last reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the worker if there is one and the device is still usable; a `false` from
+    /// it marks the device as needing a reset (while the slot is held, so a reset that comes
+    /// after cannot be undone by it).
+    fn serve(&self, f: impl FnOnce(&mut dyn QueueWorker) -> bool) {
+        let mut slot = lock(&self.worker);
+        let Some(worker) = slot.as_mut() else {
+            return;
+        };
+        if self.needs_reset() {
+            return;
+        }
+        if !f(worker.as_mut()) {
+            self.needs_reset.store(true, Ordering::Release);
+            self.interrupt.trigger(INT_CONFIG_CHANGE);
+        }
+    }
+
+    /// Queue `index` was notified.
+    pub fn process_queue(&self, index: usize) {
+        crate::panic::test_point("worker");
+        self.serve(|w| w.process_queue(index));
+    }
+
+    /// Backend descriptor `index` is readable.
+    pub fn process_backend(&self, index: usize) {
+        self.serve(|w| w.process_backend(index));
+    }
+
+    /// The backend descriptors of the active worker, and whether each is wanted now (none
+    /// while the device is inactive or needs a reset).
+    fn backends(&self) -> Vec<(RawFd, bool)> {
+        let slot = lock(&self.worker);
+        let usable = !self.needs_reset();
+        slot.as_ref().map_or_else(Vec::new, |w| {
+            w.backend_fds()
+                .into_iter()
+                .enumerate()
+                .map(|(i, fd)| (fd, usable && w.backend_wanted(i)))
+                .collect()
+        })
+    }
+}
+
+/// Event data for backend descriptor `i` is `BACKEND_TAG + i`; queue `i` is `i`.
+const BACKEND_TAG: u32 = 1 << 16;
+/// Event data for the stop eventfd.
+const STOP_TAG: u32 = u32::MAX;
+
+/// The worker thread's one subscriber: queue eventfds, backend descriptors, and stop.
+struct QueueEvents {
+    queues: Arc<DeviceQueues>,
+    evts: Vec<EventFd>,
+    stop: EventFd,
+    stopped: bool,
+    /// Backend descriptors being watched now.
+    watching: Vec<RawFd>,
+}
+
+impl QueueEvents {
+    /// Starts or stops watching each backend as the worker wants.
+    fn sync_backends(&mut self, ops: &mut EventOps) {
+        let backends = self.queues.backends();
+        let wanted = |fd: RawFd| backends.iter().any(|&(f, w)| f == fd && w);
+        self.watching.retain(|&fd| {
+            if wanted(fd) {
+                return true;
+            }
+            // Kept in the list if epoll would not let go of it, to try again next time.
+            ops.remove(Events::with_data_raw(fd, 0, EventSet::IN))
+                .is_err()
+        });
+        for (i, &(fd, w)) in backends.iter().enumerate() {
+            let Ok(tag) = u32::try_from(i).map(|i| BACKEND_TAG + i) else {
+                continue;
+            };
+            if w && !self.watching.contains(&fd)
+                && ops
+                    .add(Events::with_data_raw(fd, tag, EventSet::IN))
+                    .is_ok()
+            {
+                self.watching.push(fd);
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for QueueEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in self.evts.iter().enumerate() {
+            let Ok(tag) = u32::try_from(i) else { continue };
+            // A queue we cannot watch is a device that never answers; the guest driver times
+            // out on it rather than flint failing: say so.
+            if let Err(e) = ops.add(Events::with_data(evt, tag, EventSet::IN)) {
+                eprintln!("flint: cannot watch virtio queue {i}: {e:?}");
+            }
+        }
+        if let Err(e) = ops.add(Events::with_data(&self.stop, STOP_TAG, EventSet::IN)) {
+            // Without it the thread cannot be stopped; process exit still ends it.
+            eprintln!("flint: cannot watch a device worker's stop event: {e:?}");
+        }
+        self.sync_backends(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let data = events.data();
+        if data == STOP_TAG {
+            self.stopped = true;
+            return;
+        }
+        if data >= BACKEND_TAG {
+            self.queues.process_backend((data - BACKEND_TAG) as usize);
+        } else if let Some(evt) = self.evts.get(data as usize) {
+            let _ = evt.read();
+            self.queues.process_queue(data as usize);
+        }
+        self.sync_backends(ops);
+    }
+}
+
+/// A running device worker thread.
+pub struct WorkerThread {
+    stop: EventFd,
+    handle: JoinHandle<()>,
+}
+
+impl WorkerThread {
+    /// Tells the thread to stop and waits for it.
+    pub fn stop(self) {
+        // A full counter still wakes the thread; nothing else can fail here.
+        let _ = self.stop.write(1);
+        let _ = self.handle.join();
+    }
+}
+
+/// Starts device `name`'s worker thread (`flint-NAME`), serving `queues` on notifications from
+/// `queue_evts`. A panic or an event-loop failure in it ends the VM through `exit`.
+pub fn spawn(
+    name: &str,
+    queues: Arc<DeviceQueues>,
+    queue_evts: &[EventFd],
+    exit: Arc<ExitEvent>,
+) -> std::io::Result<WorkerThread> {
+    let evts = queue_evts
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+    let events = QueueEvents {
+        queues,
+        evts,
+        stop: stop.try_clone()?,
+        stopped: false,
+        watching: Vec::new(),
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("flint-{name}"))
+        .spawn(move || {
+            let outcome = crate::panic::guard(|| run(events))
+                .unwrap_or_else(|what| Err(ExitReason::InternalError(what)));
+            if let Err(reason) = outcome {
+                exit.request(reason);
+            }
+        })?;
+    Ok(WorkerThread { stop, handle })
+}
+
+/// The worker thread's loop: serve events until told to stop.
+fn run(events: QueueEvents) -> Result<(), ExitReason> {
+    let failed = |e| ExitReason::VcpuFailure(format!("a device worker's event loop failed: {e:?}"));
+    let mut em = EventManager::<Arc<Mutex<QueueEvents>>>::new().map_err(failed)?;
+    let events = Arc::new(Mutex::new(events));
+    em.add_subscriber(events.clone());
+    while !lock(&events).stopped {
+        em.run().map_err(failed)?;
+    }
+    Ok(())
+}
