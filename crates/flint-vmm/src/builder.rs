@@ -37,7 +37,7 @@ use crate::vstate::vm::create_vm;
 /// The most vCPUs flint can give a VM here: what KVM allows and what the MP table can describe.
 pub fn max_vcpus(kvm: &Kvm) -> u32 {
     let kvm_max = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
-    let table_max = u32::try_from(mptable::MAX_SUPPORTED_CPUS).unwrap_or(u32::MAX);
+    let table_max = u32::from(mptable::MAX_SUPPORTED_CPUS);
     kvm_max.min(table_max)
 }
 

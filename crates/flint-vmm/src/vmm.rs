@@ -57,29 +57,30 @@ pub enum VmmError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Boot(#[from] boot::BootError),
-    #[error("cannot write the MP table: {0}")]
+    #[error("cannot write the MP table")]
     Mptable(#[from] mptable::MptableError),
-    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    #[error("KVM_GET_SUPPORTED_CPUID failed")]
     Cpuid(#[source] kvm_ioctls::Error),
-    #[error("registering the interrupt for {0} failed: {1}")]
+    #[error("registering the interrupt for {0} failed")]
     Irq(&'static str, #[source] kvm_ioctls::Error),
-    #[error("placing a device on the bus failed: {0}")]
+    #[error("placing a device on the bus failed")]
     Bus(#[from] BusError),
     #[error("setting up the event loop failed: {0}")]
     EventLoop(String),
-    #[error("{0}: {1}")]
+    #[error("{0}")]
     Io(&'static str, #[source] std::io::Error),
+    // DiskError's message starts with the path: "--disk PATH: what was wrong".
     #[error("{0} {1}")]
-    Disk(&'static str, #[source] DiskError),
-    #[error("setting up a virtio device failed: {0}")]
+    Disk(&'static str, DiskError),
+    #[error("setting up a virtio device failed")]
     Transport(#[from] TransportError),
     #[error(transparent)]
     Alloc(#[from] crate::alloc::Exhausted),
     #[error("a virtio device has more queues than KVM can number")]
     TooManyQueues,
-    #[error("--net: {0}")]
+    #[error("--net")]
     Tap(#[from] TapError),
-    #[error("registering a virtio queue notification with KVM (KVM_IOEVENTFD) failed: {0}")]
+    #[error("registering a virtio queue notification with KVM (KVM_IOEVENTFD) failed")]
     IoEvent(#[source] kvm_ioctls::Error),
 }
 

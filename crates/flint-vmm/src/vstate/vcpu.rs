@@ -15,9 +15,9 @@ use crate::exit::{ExitEvent, ExitReason};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
-    #[error("creating vCPU {0} failed: {1}")]
+    #[error("creating vCPU {0} failed")]
     Create(u8, #[source] kvm_ioctls::Error),
-    #[error("vCPU {index}: {what} failed: {source}")]
+    #[error("vCPU {index}: {what} failed")]
     Setup {
         index: u8,
         what: &'static str,
@@ -30,9 +30,9 @@ pub enum VcpuError {
     MsrList(u8),
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
-    #[error("cannot start the vCPU thread: {0}")]
+    #[error("cannot start the vCPU thread")]
     Spawn(#[source] std::io::Error),
-    #[error("cannot install the vCPU kick signal handler: {0}")]
+    #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
 }
 

@@ -69,7 +69,7 @@ pub struct MmioTransport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("creating a queue notification eventfd failed: {0}")]
+    #[error("creating a queue notification eventfd failed")]
     EventFd(#[source] std::io::Error),
     #[error("a device queue size is not a power of two up to 32768")]
     QueueSize,
@@ -255,8 +255,8 @@ impl MmioTransport {
             REG_DEVICE_ID => self.device.device_type(),
             REG_VENDOR_ID => VENDOR_ID,
             REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
+                0 => super::feature_half(self.device.features(), false),
+                1 => super::feature_half(self.device.features(), true),
                 _ => 0,
             },
             REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
@@ -351,7 +351,7 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::irq::IrqLine;
-    use crate::devices::virtio::QueueWorker;
+    use crate::devices::virtio::{feature_half, QueueWorker};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use vm_memory::GuestAddress;
 
@@ -445,7 +445,7 @@ mod tests {
         wr(t, REG_STATUS, status::ACKNOWLEDGE | status::DRIVER);
         for sel in 0..2 {
             wr(t, REG_DRIVER_FEATURES_SEL, sel);
-            wr(t, REG_DRIVER_FEATURES, (features >> (32 * sel)) as u32);
+            wr(t, REG_DRIVER_FEATURES, feature_half(features, sel == 1));
         }
         wr(
             t,

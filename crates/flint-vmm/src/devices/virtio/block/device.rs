@@ -102,6 +102,8 @@ impl BlockWorker {
 }
 
 /// The config space (§5.2.4), little-endian, up to `write_zeroes_may_unmap`.
+// The `as u32` casts narrow small constants (at most 512).
+#[allow(clippy::cast_possible_truncation)]
 fn config_space(capacity_sectors: u64) -> Vec<u8> {
     let mut c = vec![0u8; 60];
     let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);

@@ -278,7 +278,9 @@ fn deliver(a: &mut Active, frame: &mut [u8]) -> Delivery {
     // Without mergeable buffers a frame must fit one chain; if it does not, it is dropped.
     let mut ok = capacity >= frame.len();
     if ok {
-        frame[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+        // At most a queue's worth of chains (the ring cannot hold more): fits in a u16.
+        let n = u16::try_from(chains.len()).unwrap_or(u16::MAX);
+        frame[10..12].copy_from_slice(&n.to_le_bytes());
     }
     let mut off = 0usize;
     let mut used = Vec::with_capacity(chains.len());
@@ -294,7 +296,8 @@ fn deliver(a: &mut Active, frame: &mut [u8]) -> Delivery {
                 break;
             }
             off += n;
-            written += n as u32;
+            // n is at most a frame's length (MAX_FRAME_LEN).
+            written = written.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         }
         used.push((*head, written));
     }
