@@ -1,10 +1,11 @@
 //! Helpers shared by the integration tests: run the real `flint` binary and inspect what it did.
 #![allow(dead_code)] // each test crate uses a different subset
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub fn flint() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flint"))
@@ -40,7 +41,7 @@ pub fn run_with_input(args: &[&str], input: &[u8], timeout: Duration) -> Run {
     run_command(cmd, input, timeout)
 }
 
-/// Runs `cmd` with `input` on stdin; kills it after `timeout`.
+/// Runs `cmd` with `input` on stdin; kills it after `timeout` (see [`wait_or_kill`]).
 pub fn run_command(mut cmd: Command, input: &[u8], timeout: Duration) -> Run {
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -48,18 +49,95 @@ pub fn run_command(mut cmd: Command, input: &[u8], timeout: Duration) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn flint");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input).unwrap();
-    drop(stdin);
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(timeout);
-        // SAFETY: sending a signal to a pid; harmless if it already exited.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().expect("wait for flint");
-    drop(watchdog);
-    out.into()
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = input.to_vec();
+        // In a thread: a child that does not read its input must not stall us before the
+        // deadline is even set. A write error only means the child exited or closed stdin.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    wait_or_kill(child, timeout).into()
+}
+
+/// Waits for `child` to exit, and kills it if it is still running after `timeout`; meanwhile
+/// collects what it writes to its piped stdout and stderr (in threads, so that a full pipe
+/// cannot block it).
+///
+/// The kill goes through `Child::kill`, before the child is reaped: until then its PID cannot
+/// be reused, so a late watchdog can never hit some other process (a sleeping thread that
+/// kills a PID after the timeout could).
+pub fn wait_or_kill(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    let stdout = child.stdout.take().map(Collector::start);
+    let stderr = child.stderr.take().map(Collector::start);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let note = format!(
+                "flint-test: killed process {} after {timeout:?}\n",
+                child.id()
+            );
+            let _ = std::io::stderr().write_all(note.as_bytes());
+            break child.wait().expect("wait for the killed child");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // A grandchild may still hold a pipe open: give it a moment, not forever.
+    let until = Instant::now() + Duration::from_secs(5);
+    Output {
+        status,
+        stdout: stdout.map(|c| c.finish(until)).unwrap_or_default(),
+        stderr: stderr.map(|c| c.finish(until)).unwrap_or_default(),
+    }
+}
+
+/// Sends `signal` to `child`, which must not have been waited for yet: until it is reaped its
+/// PID cannot be reused, so the signal reaches this child and nothing else.
+pub fn signal(child: &Child, signal: i32) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a PID fits pid_t");
+    // SAFETY: kill(2) touches no memory of ours; `pid` is our unreaped child.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+/// Reads a pipe to its end in a thread, keeping what has arrived so far where
+/// [`Collector::finish`] can take it even if the end never comes.
+struct Collector {
+    data: Arc<Mutex<Vec<u8>>>,
+    ended: mpsc::Receiver<()>,
+}
+
+impl Collector {
+    fn start(mut pipe: impl Read + Send + 'static) -> Collector {
+        let data = Arc::new(Mutex::new(Vec::new()));
+        let (tx, ended) = mpsc::channel();
+        let sink = Arc::clone(&data);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(());
+        });
+        Collector { data, ended }
+    }
+
+    /// What was read, once the pipe ended or at `until`, whichever comes first.
+    fn finish(self, until: Instant) -> Vec<u8> {
+        let _ = self
+            .ended
+            .recv_timeout(until.saturating_duration_since(Instant::now()));
+        std::mem::take(&mut *self.data.lock().unwrap())
+    }
 }
 
 pub fn run(args: &[&str]) -> Run {
