@@ -4,10 +4,34 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// A scratch directory under cargo's target tmp dir, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("harness-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 #[test]
 fn a_stuck_child_is_killed_at_its_deadline() {
@@ -40,4 +64,18 @@ fn full_pipes_do_not_block() {
     let r = run_command(cmd, &vec![b'x'; 1_000_000], Duration::from_secs(60));
     assert_eq!(r.code, Some(0));
     assert_eq!((r.stdout.len(), r.stderr.len()), (1_000_000, 1_000_000));
+}
+
+#[test]
+fn skips_are_shown_and_logged() {
+    let dir = Scratch::new("skips");
+    let report = Report::quiet_at(&dir.0);
+    let line = report.skip("some_test", "no /dev/kvm");
+    assert_eq!(line, "flint-test: SKIPPED harness::some_test: no /dev/kvm");
+    report.skip("other_test", "no ip");
+    assert_eq!(
+        dir.read(SKIPS_LOG),
+        "flint-test: SKIPPED harness::some_test: no /dev/kvm\n\
+         flint-test: SKIPPED harness::other_test: no ip\n"
+    );
 }

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -155,6 +155,92 @@ pub fn have_kvm() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// Where the tests record what they skipped and what the lab ran again:
+/// `$FLINT_TEST_REPORT_DIR`, else `flint-test-report/` in cargo's target directory (where
+/// `.ci/run` reads it).
+pub fn report_dir() -> PathBuf {
+    match std::env::var_os("FLINT_TEST_REPORT_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_TARGET_TMPDIR")).with_file_name("flint-test-report"),
+    }
+}
+
+/// In the report directory: one line per skipped test.
+pub const SKIPS_LOG: &str = "skips.log";
+/// Records skips in a report directory (see [`report_dir`]), and says so on stderr.
+pub struct Report {
+    dir: PathBuf,
+    quiet: bool,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report {
+            dir: report_dir(),
+            quiet: false,
+        }
+    }
+}
+
+impl Report {
+    /// A report in `dir` that prints nothing (for tests of these helpers).
+    pub fn quiet_at(dir: &Path) -> Report {
+        Report {
+            dir: dir.to_path_buf(),
+            quiet: true,
+        }
+    }
+
+    /// Appends `text` to `file` in the report directory with one write, so that records from
+    /// tests running in parallel do not interleave.
+    fn append(&self, file: &str, text: &str) {
+        let path = self.dir.join(file);
+        std::fs::create_dir_all(&self.dir)
+            .unwrap_or_else(|e| panic!("create {}: {e}", self.dir.display()));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
+    }
+
+    /// Writes `line` straight to stderr: libtest captures `eprintln!` and shows it only for
+    /// failing tests, and these lines are for every run.
+    fn show(&self, line: &str) {
+        if !self.quiet {
+            let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+        }
+    }
+
+    /// Records that `test` (in this test file) was skipped for `reason`; returns the line.
+    pub fn skip(&self, test: &str, reason: &str) -> String {
+        let line = format!(
+            "flint-test: SKIPPED {}::{test}: {reason}",
+            env!("CARGO_CRATE_NAME")
+        );
+        self.append(SKIPS_LOG, &format!("{line}\n"));
+        self.show(&line);
+        line
+    }
+}
+
+/// Whether this is CI (`CI=true`), which has root, `/dev/kvm`, TAP support and every tool.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Reports `test` as skipped for `reason` (libtest has no such state at run time): a line on
+/// stderr and in the skip log (see [`report_dir`]). In CI, where nothing may be skipped, it
+/// panics instead. The caller returns after it, or carries on without the skipped part.
+pub fn skip(test: &str, reason: &str) {
+    let line = Report::default().skip(test, reason);
+    assert!(
+        !in_ci(),
+        "{line}\nCI has root, /dev/kvm, TAPs and every tool: a skip there means something is broken"
+    );
 }
 
 /// A scratch file with `bytes`, removed when dropped.
