@@ -169,7 +169,30 @@ pub fn report_dir() -> PathBuf {
 
 /// In the report directory: one line per skipped test.
 pub const SKIPS_LOG: &str = "skips.log";
-/// Records skips in a report directory (see [`report_dir`]), and says so on stderr.
+/// In the report directory: one line per rerun; each rerun's diagnostics are in a file of
+/// their own under [`RERUNS_DIR`].
+pub const RERUNS_LOG: &str = "reruns.log";
+pub const RERUNS_DIR: &str = "reruns";
+
+/// Why something was run again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rerun {
+    /// A whole lab run failed by itself (exit 125: the lab stalled or died).
+    LabStall,
+    /// A lab scenario was still running after its limit (see [`LAB_LOGGED_FN`]).
+    ScenarioHang,
+}
+
+impl Rerun {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rerun::LabStall => "lab-stall",
+            Rerun::ScenarioHang => "scenario-hang",
+        }
+    }
+}
+
+/// Records skips and reruns in a report directory (see [`report_dir`]), and says so on stderr.
 pub struct Report {
     dir: PathBuf,
     quiet: bool,
@@ -224,6 +247,61 @@ impl Report {
         self.append(SKIPS_LOG, &format!("{line}\n"));
         self.show(&line);
         line
+    }
+
+    /// Records a rerun of `what` (this test file's lab, or one of its scenarios): `summary` on
+    /// a line of [`RERUNS_LOG`], `diagnostics` in a file of its own, whose path it returns.
+    pub fn rerun(
+        &self,
+        kind: Rerun,
+        scenario: Option<&str>,
+        summary: &str,
+        diagnostics: &str,
+    ) -> PathBuf {
+        let lab = env!("CARGO_CRATE_NAME");
+        let what = match scenario {
+            Some(name) => format!("{lab}/{name}"),
+            None => lab.to_string(),
+        };
+        let dir = self.dir.join(RERUNS_DIR);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        // Scenario names become part of a file name: keep them to a safe alphabet.
+        let stem: String = format!("{what}-{}-{}", kind.as_str(), std::process::id())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut n = 1;
+        let path = loop {
+            let path = dir.join(format!("{stem}-{n}.txt"));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    f.write_all(diagnostics.as_bytes())
+                        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+                    break path;
+                }
+                // Left by an earlier run into the same directory.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => panic!("create {}: {e}", path.display()),
+            }
+        };
+        let line = format!(
+            "{} {what}: {summary}; diagnostics: {}",
+            kind.as_str(),
+            path.display()
+        );
+        self.append(RERUNS_LOG, &format!("{line}\n"));
+        self.show(&format!("flint-test: RERUN {line}"));
+        path
     }
 }
 
@@ -297,12 +375,15 @@ pub fn base64(data: &[u8]) -> String {
 
 /// How many times a lab run that failed by itself (exit 125) is tried in all.
 const LAB_ATTEMPTS: usize = 3;
+/// `resources/lab/run`'s status when the lab itself failed, not the command in it.
+const LAB_FAILED: i32 = 125;
 
 /// Runs `script` (a shell script) inside the lab, with extra files, and returns its stdout.
 /// Panics with what the lab printed if it fails. A failure of the lab itself (exit 125: it
 /// died booting, stalled, or stopped without CMD's status) is retried, up to [`LAB_ATTEMPTS`]
-/// runs in all, and every failure is printed: QEMU/TCG emulating nested SVM stalls now and then
-/// (the lab kernel then reports a soft lockup on the CPU running a VM), in bursts.
+/// runs in all, and every rerun is recorded (see [`rerun_failed_labs`]): QEMU/TCG emulating
+/// nested SVM stalls now and then (the lab kernel then reports a soft lockup on the CPU running
+/// a VM), in bursts.
 pub fn run_in_lab(script: &str) -> String {
     run_in_lab_with(script, &[])
 }
@@ -316,7 +397,7 @@ pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
     ));
     std::fs::write(&path, script).unwrap();
     let run = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lab/run");
-    let attempt = || {
+    let out = rerun_failed_labs(&Report::default(), || {
         Command::new(run)
             .args(["--timeout", "1200", "--add"])
             .arg(format!("{}:/scenarios.sh", path.display()))
@@ -324,20 +405,7 @@ pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
             .args(["--", "sh", "/scenarios.sh"])
             .output()
             .expect("run resources/lab/run")
-    };
-    let mut out = attempt();
-    for retry in 1..LAB_ATTEMPTS {
-        if out.status.code() != Some(125) {
-            break;
-        }
-        eprintln!(
-            "the lab failed (exit 125), running it again ({retry} of {}); it printed:\n{}\n{}",
-            LAB_ATTEMPTS - 1,
-            String::from_utf8_lossy(&out.stderr),
-            tail(&String::from_utf8_lossy(&out.stdout), 40)
-        );
-        out = attempt();
-    }
+    });
     let _ = std::fs::remove_file(&path);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     // The lab's own messages first: a long console log would bury them.
@@ -351,17 +419,35 @@ pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
     stdout
 }
 
-/// Shell functions for lab scripts. `logged LIMIT CMD...` runs CMD in a session of its own with
-/// its output in a file, prints the output when CMD ends and returns its status. If CMD is
-/// still running after LIMIT seconds, it is reported (`lab: HUNG:` with the output so far, the
-/// state of every flint thread and KVM's exit counters, to find out why), killed with its
-/// session, and run once more.
-///
-/// Why: in lab runs where VMs wrote their consoles straight to the lab's serial console, now
-/// and then a VM stopped making progress (its console stopped mid-line, both lab CPUs busy,
-/// no later output from the lab at all), about one lab run in three; with the output in files,
-/// never in 44 boots.
-pub const LAB_LOGGED_FN: &str = r#"
+/// Runs `lab` (one lab run) until it ends other than by a failure of the lab itself (exit
+/// 125), [`LAB_ATTEMPTS`] runs at most, and returns the last run's output. Each rerun is
+/// recorded in `report` as a `lab-stall`, with the failed run's stderr and console tail.
+pub fn rerun_failed_labs(report: &Report, mut lab: impl FnMut() -> Output) -> Output {
+    let mut out = lab();
+    for run in 2..=LAB_ATTEMPTS {
+        if out.status.code() != Some(LAB_FAILED) {
+            break;
+        }
+        let diagnostics = format!(
+            "The lab failed by itself (exit {LAB_FAILED}); run {run} of {LAB_ATTEMPTS} follows.\n\
+             --- its messages (stderr):\n{}\n--- the end of its output (console):\n{}\n",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&String::from_utf8_lossy(&out.stdout), 200)
+        );
+        report.rerun(
+            Rerun::LabStall,
+            None,
+            &format!("the lab failed (exit {LAB_FAILED}), run {run} of {LAB_ATTEMPTS} follows"),
+            &diagnostics,
+        );
+        out = lab();
+    }
+    out
+}
+
+/// Shell functions that report why a scenario hangs: the state of every flint thread and KVM's
+/// exit counters (twice, 2 s apart). Part of every [`lab_script`].
+pub const LAB_HUNG_REPORT_FN: &str = r#"
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
 kvm_counters() {
     for f in exits halt_exits io_exits mmio_exits irq_exits signal_exits insn_emulation; do
@@ -376,40 +462,71 @@ hung_report() {
     done
     echo "lab: HUNG: kvm $(kvm_counters)"; sleep 2; echo "lab: HUNG: kvm $(kvm_counters)"
 }
+"#;
+
+/// The line `logged` prints when a try is still running after its limit.
+pub const HUNG_STILL_RUNNING: &str = "lab: HUNG: still running";
+/// The line `logged` prints before it runs a hung command once more.
+pub const HUNG_ONCE_MORE: &str = "lab: HUNG: once more";
+/// A scenario's status in [`lab_script`]'s `=== end` line when both tries hung: no command's
+/// exit status can be negative, so no test can take it for one.
+pub const HUNG_TWICE: i32 = -1;
+
+/// Shell functions for lab scripts. `logged LIMIT CMD...` runs CMD in a session of its own with
+/// its output in a file, prints the output when CMD ends and returns its status. If CMD is
+/// still running after LIMIT seconds, it is reported (`lab: HUNG:` with the output so far and
+/// `hung_report`'s findings, see [`LAB_HUNG_REPORT_FN`]), killed with its session, and run once
+/// more. If that hangs too, `logged` gives up and sets `logged_hung=2` (which [`lab_script`]
+/// turns into [`HUNG_TWICE`]); after one try, or a hang and a good second try, it is 0 or 1.
+/// A flag, not a status: CMD may exit 255 itself, and must not be run again for that.
+///
+/// Why: in lab runs where VMs wrote their consoles straight to the lab's serial console, now
+/// and then a VM stopped making progress (its console stopped mid-line, both lab CPUs busy,
+/// no later output from the lab at all), about one lab run in three; with the output in files,
+/// never in 44 boots.
+pub const LAB_LOGGED_FN: &str = r#"
 logged_once() {
     limit=$1; shift
-    setsid "$@" </dev/null >/tmp/logged.out 2>&1 &
+    out=${TMPDIR:-/tmp}/logged.out
+    logged_hung=0
+    setsid "$@" </dev/null >"$out" 2>&1 &
     pid=$!
     n=0
     while kill -0 $pid 2>/dev/null && [ $n -lt $limit ]; do sleep 1; n=$((n+1)); done
     if kill -0 $pid 2>/dev/null; then
         echo "lab: HUNG: still running after $limit s: $*; its output so far:"
-        cat /tmp/logged.out
+        cat "$out"; echo
         hung_report
         kill -9 -$pid $pid 2>/dev/null; wait $pid
+        logged_hung=1
         return 255
     fi
     wait $pid; c=$?
-    cat /tmp/logged.out
+    cat "$out"
     return $c
 }
 logged() {
     logged_once "$@"; c=$?
-    [ $c -eq 255 ] || return $c
+    [ $logged_hung = 1 ] || return $c
     echo "lab: HUNG: once more"
-    logged_once "$@"
+    logged_once "$@"; c=$?
+    [ $logged_hung = 1 ] || return $c
+    echo "lab: HUNG: again, giving up"
+    logged_hung=2
+    return 255
 }
 "#;
 
-/// A lab script: [`LAB_LOGGED_FN`], `setup` (shell), then each `(name, body)` as a scenario
-/// whose shell `body` runs through `logged` with `limit` seconds, between `=== begin/end`
-/// markers (see [`scenarios`]).
+/// A lab script: [`LAB_HUNG_REPORT_FN`], [`LAB_LOGGED_FN`], `setup` (shell), then each
+/// `(name, body)` as a scenario whose shell `body` runs through `logged` with `limit` seconds,
+/// between `=== begin/end` markers (see [`scenarios`]).
 pub fn lab_script(setup: &str, scenarios: &[(String, String)], limit: u32) -> String {
-    let mut s = format!("#!/bin/sh\n{LAB_LOGGED_FN}{setup}");
+    let mut s = format!("#!/bin/sh\n{LAB_HUNG_REPORT_FN}{LAB_LOGGED_FN}{setup}");
     for (name, body) in scenarios {
         let quoted = body.replace('\'', r"'\''");
         s.push_str(&format!(
-            "echo '=== begin {name}'\nlogged {limit} sh -c '{quoted}'\necho \"=== end {name} $?\"\n"
+            "echo '=== begin {name}'\nlogged {limit} sh -c '{quoted}'\nc=$?\n\
+             if [ $logged_hung = 2 ]; then c={HUNG_TWICE}; fi\necho \"=== end {name} $c\"\n"
         ));
     }
     s
@@ -424,15 +541,19 @@ pub fn tail(text: &str, n: usize) -> String {
 /// What a lab run's scenarios printed and exited with, by name (see [`scenarios`]).
 pub type LabResults = std::collections::HashMap<String, (String, i32)>;
 
-/// Scenario `name`'s (output, exit status). Panics if it did not run; warns when the lab's
-/// watchdog found it hung and ran it once more (see [`LAB_LOGGED_FN`]).
+/// Scenario `name`'s (output, exit status). Panics if it did not run, or if it hung on both
+/// tries (see [`LAB_LOGGED_FN`]); a scenario that hung once and then ended is recorded as a
+/// rerun by [`scenarios`].
 pub fn scenario<'a>(results: &'a LabResults, name: &str) -> &'a (String, i32) {
     let s = results
         .get(name)
         .unwrap_or_else(|| panic!("scenario {name} did not run"));
-    if s.0.contains("lab: HUNG: ") {
-        eprintln!("warning: {name} hung once and was run again:\n{}", s.0);
-    }
+    assert!(
+        s.1 != HUNG_TWICE && !hung_twice(&s.0),
+        "scenario {name} hung on both tries: still running after its limit, killed, run once \
+         more, and still running again; its output and the lab's reports:\n{}",
+        s.0
+    );
     s
 }
 
@@ -443,8 +564,31 @@ pub fn succeeded<'a>(results: &'a LabResults, name: &str) -> &'a str {
     out
 }
 
-/// Splits lab output into scenarios delimited by `=== begin NAME` / `=== end NAME CODE`.
+/// How many of a scenario's tries were still running after their limit.
+pub fn hung_tries(output: &str) -> usize {
+    output
+        .lines()
+        .filter(|l| l.contains(HUNG_STILL_RUNNING))
+        .count()
+}
+
+/// Whether a scenario's output shows a try still running after the hung one was run once more.
+pub fn hung_twice(output: &str) -> bool {
+    output
+        .lines()
+        .skip_while(|l| !l.contains(HUNG_ONCE_MORE))
+        .any(|l| l.contains(HUNG_STILL_RUNNING))
+}
+
+/// Splits lab output into scenarios delimited by `=== begin NAME` / `=== end NAME CODE`, and
+/// records every scenario that was run again after a hang (see [`scenarios_reported`]).
 pub fn scenarios(stdout: &str) -> LabResults {
+    scenarios_reported(stdout, &Report::default())
+}
+
+/// [`scenarios`], recording in `report` one `scenario-hang` rerun, with the scenario's whole
+/// output (its `lab: HUNG:` reports included) as diagnostics, for each scenario that hung.
+pub fn scenarios_reported(stdout: &str, report: &Report) -> LabResults {
     let mut results = std::collections::HashMap::new();
     let mut current: Option<(String, String)> = None;
     for line in stdout.lines() {
@@ -458,6 +602,20 @@ pub fn scenarios(stdout: &str) -> LabResults {
             out.push_str(line.trim_end_matches('\r'));
             out.push('\n');
         }
+    }
+    // In name order, so that the records are in the same order every time.
+    let mut hung: Vec<(&String, &(String, i32))> = results
+        .iter()
+        .filter(|(_, (out, _))| hung_tries(out) > 0)
+        .collect();
+    hung.sort();
+    for (name, (out, code)) in hung {
+        let summary = if *code == HUNG_TWICE || hung_twice(out) {
+            "hung, ran once more and hung again: the scenario fails".to_string()
+        } else {
+            format!("hung, ran once more and ended with status {code}")
+        };
+        report.rerun(Rerun::ScenarioHang, Some(name), &summary, out);
     }
     results
 }
