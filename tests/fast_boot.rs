@@ -139,7 +139,7 @@ fn triple_fault_is_reported_with_rip_and_fails() {
     assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
 }
 
-fn stop_with(signal: i32, expected_code: i32) {
+fn stop_with(sig: i32, expected_code: i32) {
     let fw = firmware("spin");
     let mut child = flint()
         .args(["run", "--kernel", fw.to_str().unwrap(), "--cpus", "2"])
@@ -158,9 +158,10 @@ fn stop_with(signal: i32, expected_code: i32) {
         assert!(n > 0, "flint exited before the guest ran");
         seen.extend_from_slice(&buf[..n]);
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, signal) };
-    let out = child.wait_with_output().unwrap();
+    signal(&child, sig);
+    // Back to the child, so that the rest of its output is read too.
+    child.stdout = Some(stdout);
+    let out = wait_or_kill(child, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(expected_code));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stopped by signal"));
 }

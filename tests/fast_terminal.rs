@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,7 +37,7 @@ fn lflag(fd: &OwnedFd) -> libc::tcflag_t {
 
 /// Runs `fw` with the pty slave as stdin/stdout, calls `act` once `ready` shows on the console,
 /// and checks that the terminal is back in its original mode after flint exits.
-fn run_on_pty(fw: &str, ready: &str, act: impl FnOnce(u32, &OwnedFd)) -> (Option<i32>, String) {
+fn run_on_pty(fw: &str, ready: &str, act: impl FnOnce(&Child, &OwnedFd)) -> (Option<i32>, String) {
     let (master, slave) = openpty();
     let before = lflag(&slave);
     assert_ne!(
@@ -45,7 +45,7 @@ fn run_on_pty(fw: &str, ready: &str, act: impl FnOnce(u32, &OwnedFd)) -> (Option
         0,
         "a fresh pty starts in canonical mode"
     );
-    let mut child = flint()
+    let child = flint()
         .args(["run", "--kernel", firmware(fw).to_str().unwrap()])
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
@@ -66,17 +66,13 @@ fn run_on_pty(fw: &str, ready: &str, act: impl FnOnce(u32, &OwnedFd)) -> (Option
     }
     // Raw while the VM runs: no line editing, no echo, no signals from keys.
     assert_eq!(lflag(&slave) & (libc::ICANON | libc::ECHO | libc::ISIG), 0);
-    act(child.id(), &master);
-    let status = child.wait().unwrap();
+    act(&child, &master);
+    let out = wait_or_kill(child, Duration::from_secs(60));
     assert_eq!(lflag(&slave), before, "terminal mode restored");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.code(), err)
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -91,10 +87,7 @@ fn raw_mode_is_restored_after_guest_power_off() {
 
 #[test]
 fn raw_mode_is_restored_after_sigterm() {
-    let (code, _) = run_on_pty("spin", "spinning", |pid, _| {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    });
+    let (code, _) = run_on_pty("spin", "spinning", |child, _| signal(child, libc::SIGTERM));
     assert_eq!(code, Some(128 + libc::SIGTERM));
 }
 

@@ -1,10 +1,11 @@
 //! Helpers shared by the integration tests: run the real `flint` binary and inspect what it did.
 #![allow(dead_code)] // each test crate uses a different subset
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub fn flint() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flint"))
@@ -40,7 +41,7 @@ pub fn run_with_input(args: &[&str], input: &[u8], timeout: Duration) -> Run {
     run_command(cmd, input, timeout)
 }
 
-/// Runs `cmd` with `input` on stdin; kills it after `timeout`.
+/// Runs `cmd` with `input` on stdin; kills it after `timeout` (see [`wait_or_kill`]).
 pub fn run_command(mut cmd: Command, input: &[u8], timeout: Duration) -> Run {
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -48,18 +49,95 @@ pub fn run_command(mut cmd: Command, input: &[u8], timeout: Duration) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn flint");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input).unwrap();
-    drop(stdin);
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(timeout);
-        // SAFETY: sending a signal to a pid; harmless if it already exited.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().expect("wait for flint");
-    drop(watchdog);
-    out.into()
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = input.to_vec();
+        // In a thread: a child that does not read its input must not stall us before the
+        // deadline is even set. A write error only means the child exited or closed stdin.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    wait_or_kill(child, timeout).into()
+}
+
+/// Waits for `child` to exit, and kills it if it is still running after `timeout`; meanwhile
+/// collects what it writes to its piped stdout and stderr (in threads, so that a full pipe
+/// cannot block it).
+///
+/// The kill goes through `Child::kill`, before the child is reaped: until then its PID cannot
+/// be reused, so a late watchdog can never hit some other process (a sleeping thread that
+/// kills a PID after the timeout could).
+pub fn wait_or_kill(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    let stdout = child.stdout.take().map(Collector::start);
+    let stderr = child.stderr.take().map(Collector::start);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let note = format!(
+                "flint-test: killed process {} after {timeout:?}\n",
+                child.id()
+            );
+            let _ = std::io::stderr().write_all(note.as_bytes());
+            break child.wait().expect("wait for the killed child");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // A grandchild may still hold a pipe open: give it a moment, not forever.
+    let until = Instant::now() + Duration::from_secs(5);
+    Output {
+        status,
+        stdout: stdout.map(|c| c.finish(until)).unwrap_or_default(),
+        stderr: stderr.map(|c| c.finish(until)).unwrap_or_default(),
+    }
+}
+
+/// Sends `signal` to `child`, which must not have been waited for yet: until it is reaped its
+/// PID cannot be reused, so the signal reaches this child and nothing else.
+pub fn signal(child: &Child, signal: i32) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a PID fits pid_t");
+    // SAFETY: kill(2) touches no memory of ours; `pid` is our unreaped child.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+/// Reads a pipe to its end in a thread, keeping what has arrived so far where
+/// [`Collector::finish`] can take it even if the end never comes.
+struct Collector {
+    data: Arc<Mutex<Vec<u8>>>,
+    ended: mpsc::Receiver<()>,
+}
+
+impl Collector {
+    fn start(mut pipe: impl Read + Send + 'static) -> Collector {
+        let data = Arc::new(Mutex::new(Vec::new()));
+        let (tx, ended) = mpsc::channel();
+        let sink = Arc::clone(&data);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(());
+        });
+        Collector { data, ended }
+    }
+
+    /// What was read, once the pipe ended or at `until`, whichever comes first.
+    fn finish(self, until: Instant) -> Vec<u8> {
+        let _ = self
+            .ended
+            .recv_timeout(until.saturating_duration_since(Instant::now()));
+        std::mem::take(&mut *self.data.lock().unwrap())
+    }
 }
 
 pub fn run(args: &[&str]) -> Run {
@@ -77,6 +155,170 @@ pub fn have_kvm() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// Where the tests record what they skipped and what the lab ran again:
+/// `$FLINT_TEST_REPORT_DIR`, else `flint-test-report/` in cargo's target directory (where
+/// `.ci/run` reads it).
+pub fn report_dir() -> PathBuf {
+    match std::env::var_os("FLINT_TEST_REPORT_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_TARGET_TMPDIR")).with_file_name("flint-test-report"),
+    }
+}
+
+/// In the report directory: one line per skipped test.
+pub const SKIPS_LOG: &str = "skips.log";
+/// In the report directory: one line per rerun; each rerun's diagnostics are in a file of
+/// their own under [`RERUNS_DIR`].
+pub const RERUNS_LOG: &str = "reruns.log";
+pub const RERUNS_DIR: &str = "reruns";
+
+/// Why something was run again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rerun {
+    /// A whole lab run failed by itself (exit 125: the lab stalled or died).
+    LabStall,
+    /// A lab scenario was still running after its limit (see [`LAB_LOGGED_FN`]).
+    ScenarioHang,
+}
+
+impl Rerun {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rerun::LabStall => "lab-stall",
+            Rerun::ScenarioHang => "scenario-hang",
+        }
+    }
+}
+
+/// Records skips and reruns in a report directory (see [`report_dir`]), and says so on stderr.
+pub struct Report {
+    dir: PathBuf,
+    quiet: bool,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report {
+            dir: report_dir(),
+            quiet: false,
+        }
+    }
+}
+
+impl Report {
+    /// A report in `dir` that prints nothing (for tests of these helpers).
+    pub fn quiet_at(dir: &Path) -> Report {
+        Report {
+            dir: dir.to_path_buf(),
+            quiet: true,
+        }
+    }
+
+    /// Appends `text` to `file` in the report directory with one write, so that records from
+    /// tests running in parallel do not interleave.
+    fn append(&self, file: &str, text: &str) {
+        let path = self.dir.join(file);
+        std::fs::create_dir_all(&self.dir)
+            .unwrap_or_else(|e| panic!("create {}: {e}", self.dir.display()));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
+    }
+
+    /// Writes `line` straight to stderr: libtest captures `eprintln!` and shows it only for
+    /// failing tests, and these lines are for every run.
+    fn show(&self, line: &str) {
+        if !self.quiet {
+            let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+        }
+    }
+
+    /// Records that `test` (in this test file) was skipped for `reason`; returns the line.
+    pub fn skip(&self, test: &str, reason: &str) -> String {
+        let line = format!(
+            "flint-test: SKIPPED {}::{test}: {reason}",
+            env!("CARGO_CRATE_NAME")
+        );
+        self.append(SKIPS_LOG, &format!("{line}\n"));
+        self.show(&line);
+        line
+    }
+
+    /// Records a rerun of `what` (this test file's lab, or one of its scenarios): `summary` on
+    /// a line of [`RERUNS_LOG`], `diagnostics` in a file of its own, whose path it returns.
+    pub fn rerun(
+        &self,
+        kind: Rerun,
+        scenario: Option<&str>,
+        summary: &str,
+        diagnostics: &str,
+    ) -> PathBuf {
+        let lab = env!("CARGO_CRATE_NAME");
+        let what = match scenario {
+            Some(name) => format!("{lab}/{name}"),
+            None => lab.to_string(),
+        };
+        let dir = self.dir.join(RERUNS_DIR);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        // Scenario names become part of a file name: keep them to a safe alphabet.
+        let stem: String = format!("{what}-{}-{}", kind.as_str(), std::process::id())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut n = 1;
+        let path = loop {
+            let path = dir.join(format!("{stem}-{n}.txt"));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    f.write_all(diagnostics.as_bytes())
+                        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+                    break path;
+                }
+                // Left by an earlier run into the same directory.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => panic!("create {}: {e}", path.display()),
+            }
+        };
+        let line = format!(
+            "{} {what}: {summary}; diagnostics: {}",
+            kind.as_str(),
+            path.display()
+        );
+        self.append(RERUNS_LOG, &format!("{line}\n"));
+        self.show(&format!("flint-test: RERUN {line}"));
+        path
+    }
+}
+
+/// Whether this is CI (`CI=true`), which has root, `/dev/kvm`, TAP support and every tool.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Reports `test` as skipped for `reason` (libtest has no such state at run time): a line on
+/// stderr and in the skip log (see [`report_dir`]). In CI, where nothing may be skipped, it
+/// panics instead. The caller returns after it, or carries on without the skipped part.
+pub fn skip(test: &str, reason: &str) {
+    let line = Report::default().skip(test, reason);
+    assert!(
+        !in_ci(),
+        "{line}\nCI has root, /dev/kvm, TAPs and every tool: a skip there means something is broken"
+    );
 }
 
 /// A scratch file with `bytes`, removed when dropped.
@@ -133,12 +375,15 @@ pub fn base64(data: &[u8]) -> String {
 
 /// How many times a lab run that failed by itself (exit 125) is tried in all.
 const LAB_ATTEMPTS: usize = 3;
+/// `resources/lab/run`'s status when the lab itself failed, not the command in it.
+const LAB_FAILED: i32 = 125;
 
 /// Runs `script` (a shell script) inside the lab, with extra files, and returns its stdout.
 /// Panics with what the lab printed if it fails. A failure of the lab itself (exit 125: it
 /// died booting, stalled, or stopped without CMD's status) is retried, up to [`LAB_ATTEMPTS`]
-/// runs in all, and every failure is printed: QEMU/TCG emulating nested SVM stalls now and then
-/// (the lab kernel then reports a soft lockup on the CPU running a VM), in bursts.
+/// runs in all, and every rerun is recorded (see [`rerun_failed_labs`]): QEMU/TCG emulating
+/// nested SVM stalls now and then (the lab kernel then reports a soft lockup on the CPU running
+/// a VM), in bursts.
 pub fn run_in_lab(script: &str) -> String {
     run_in_lab_with(script, &[])
 }
@@ -152,7 +397,7 @@ pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
     ));
     std::fs::write(&path, script).unwrap();
     let run = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lab/run");
-    let attempt = || {
+    let out = rerun_failed_labs(&Report::default(), || {
         Command::new(run)
             .args(["--timeout", "1200", "--add"])
             .arg(format!("{}:/scenarios.sh", path.display()))
@@ -160,20 +405,7 @@ pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
             .args(["--", "sh", "/scenarios.sh"])
             .output()
             .expect("run resources/lab/run")
-    };
-    let mut out = attempt();
-    for retry in 1..LAB_ATTEMPTS {
-        if out.status.code() != Some(125) {
-            break;
-        }
-        eprintln!(
-            "the lab failed (exit 125), running it again ({retry} of {}); it printed:\n{}\n{}",
-            LAB_ATTEMPTS - 1,
-            String::from_utf8_lossy(&out.stderr),
-            tail(&String::from_utf8_lossy(&out.stdout), 40)
-        );
-        out = attempt();
-    }
+    });
     let _ = std::fs::remove_file(&path);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     // The lab's own messages first: a long console log would bury them.
@@ -187,17 +419,35 @@ pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
     stdout
 }
 
-/// Shell functions for lab scripts. `logged LIMIT CMD...` runs CMD in a session of its own with
-/// its output in a file, prints the output when CMD ends and returns its status. If CMD is
-/// still running after LIMIT seconds, it is reported (`lab: HUNG:` with the output so far, the
-/// state of every flint thread and KVM's exit counters, to find out why), killed with its
-/// session, and run once more.
-///
-/// Why: in lab runs where VMs wrote their consoles straight to the lab's serial console, now
-/// and then a VM stopped making progress (its console stopped mid-line, both lab CPUs busy,
-/// no later output from the lab at all), about one lab run in three; with the output in files,
-/// never in 44 boots.
-pub const LAB_LOGGED_FN: &str = r#"
+/// Runs `lab` (one lab run) until it ends other than by a failure of the lab itself (exit
+/// 125), [`LAB_ATTEMPTS`] runs at most, and returns the last run's output. Each rerun is
+/// recorded in `report` as a `lab-stall`, with the failed run's stderr and console tail.
+pub fn rerun_failed_labs(report: &Report, mut lab: impl FnMut() -> Output) -> Output {
+    let mut out = lab();
+    for run in 2..=LAB_ATTEMPTS {
+        if out.status.code() != Some(LAB_FAILED) {
+            break;
+        }
+        let diagnostics = format!(
+            "The lab failed by itself (exit {LAB_FAILED}); run {run} of {LAB_ATTEMPTS} follows.\n\
+             --- its messages (stderr):\n{}\n--- the end of its output (console):\n{}\n",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&String::from_utf8_lossy(&out.stdout), 200)
+        );
+        report.rerun(
+            Rerun::LabStall,
+            None,
+            &format!("the lab failed (exit {LAB_FAILED}), run {run} of {LAB_ATTEMPTS} follows"),
+            &diagnostics,
+        );
+        out = lab();
+    }
+    out
+}
+
+/// Shell functions that report why a scenario hangs: the state of every flint thread and KVM's
+/// exit counters (twice, 2 s apart). Part of every [`lab_script`].
+pub const LAB_HUNG_REPORT_FN: &str = r#"
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
 kvm_counters() {
     for f in exits halt_exits io_exits mmio_exits irq_exits signal_exits insn_emulation; do
@@ -212,40 +462,71 @@ hung_report() {
     done
     echo "lab: HUNG: kvm $(kvm_counters)"; sleep 2; echo "lab: HUNG: kvm $(kvm_counters)"
 }
+"#;
+
+/// The line `logged` prints when a try is still running after its limit.
+pub const HUNG_STILL_RUNNING: &str = "lab: HUNG: still running";
+/// The line `logged` prints before it runs a hung command once more.
+pub const HUNG_ONCE_MORE: &str = "lab: HUNG: once more";
+/// A scenario's status in [`lab_script`]'s `=== end` line when both tries hung: no command's
+/// exit status can be negative, so no test can take it for one.
+pub const HUNG_TWICE: i32 = -1;
+
+/// Shell functions for lab scripts. `logged LIMIT CMD...` runs CMD in a session of its own with
+/// its output in a file, prints the output when CMD ends and returns its status. If CMD is
+/// still running after LIMIT seconds, it is reported (`lab: HUNG:` with the output so far and
+/// `hung_report`'s findings, see [`LAB_HUNG_REPORT_FN`]), killed with its session, and run once
+/// more. If that hangs too, `logged` gives up and sets `logged_hung=2` (which [`lab_script`]
+/// turns into [`HUNG_TWICE`]); after one try, or a hang and a good second try, it is 0 or 1.
+/// A flag, not a status: CMD may exit 255 itself, and must not be run again for that.
+///
+/// Why: in lab runs where VMs wrote their consoles straight to the lab's serial console, now
+/// and then a VM stopped making progress (its console stopped mid-line, both lab CPUs busy,
+/// no later output from the lab at all), about one lab run in three; with the output in files,
+/// never in 44 boots.
+pub const LAB_LOGGED_FN: &str = r#"
 logged_once() {
     limit=$1; shift
-    setsid "$@" </dev/null >/tmp/logged.out 2>&1 &
+    out=${TMPDIR:-/tmp}/logged.out
+    logged_hung=0
+    setsid "$@" </dev/null >"$out" 2>&1 &
     pid=$!
     n=0
     while kill -0 $pid 2>/dev/null && [ $n -lt $limit ]; do sleep 1; n=$((n+1)); done
     if kill -0 $pid 2>/dev/null; then
         echo "lab: HUNG: still running after $limit s: $*; its output so far:"
-        cat /tmp/logged.out
+        cat "$out"; echo
         hung_report
         kill -9 -$pid $pid 2>/dev/null; wait $pid
+        logged_hung=1
         return 255
     fi
     wait $pid; c=$?
-    cat /tmp/logged.out
+    cat "$out"
     return $c
 }
 logged() {
     logged_once "$@"; c=$?
-    [ $c -eq 255 ] || return $c
+    [ $logged_hung = 1 ] || return $c
     echo "lab: HUNG: once more"
-    logged_once "$@"
+    logged_once "$@"; c=$?
+    [ $logged_hung = 1 ] || return $c
+    echo "lab: HUNG: again, giving up"
+    logged_hung=2
+    return 255
 }
 "#;
 
-/// A lab script: [`LAB_LOGGED_FN`], `setup` (shell), then each `(name, body)` as a scenario
-/// whose shell `body` runs through `logged` with `limit` seconds, between `=== begin/end`
-/// markers (see [`scenarios`]).
+/// A lab script: [`LAB_HUNG_REPORT_FN`], [`LAB_LOGGED_FN`], `setup` (shell), then each
+/// `(name, body)` as a scenario whose shell `body` runs through `logged` with `limit` seconds,
+/// between `=== begin/end` markers (see [`scenarios`]).
 pub fn lab_script(setup: &str, scenarios: &[(String, String)], limit: u32) -> String {
-    let mut s = format!("#!/bin/sh\n{LAB_LOGGED_FN}{setup}");
+    let mut s = format!("#!/bin/sh\n{LAB_HUNG_REPORT_FN}{LAB_LOGGED_FN}{setup}");
     for (name, body) in scenarios {
         let quoted = body.replace('\'', r"'\''");
         s.push_str(&format!(
-            "echo '=== begin {name}'\nlogged {limit} sh -c '{quoted}'\necho \"=== end {name} $?\"\n"
+            "echo '=== begin {name}'\nlogged {limit} sh -c '{quoted}'\nc=$?\n\
+             if [ $logged_hung = 2 ]; then c={HUNG_TWICE}; fi\necho \"=== end {name} $c\"\n"
         ));
     }
     s
@@ -260,15 +541,19 @@ pub fn tail(text: &str, n: usize) -> String {
 /// What a lab run's scenarios printed and exited with, by name (see [`scenarios`]).
 pub type LabResults = std::collections::HashMap<String, (String, i32)>;
 
-/// Scenario `name`'s (output, exit status). Panics if it did not run; warns when the lab's
-/// watchdog found it hung and ran it once more (see [`LAB_LOGGED_FN`]).
+/// Scenario `name`'s (output, exit status). Panics if it did not run, or if it hung on both
+/// tries (see [`LAB_LOGGED_FN`]); a scenario that hung once and then ended is recorded as a
+/// rerun by [`scenarios`].
 pub fn scenario<'a>(results: &'a LabResults, name: &str) -> &'a (String, i32) {
     let s = results
         .get(name)
         .unwrap_or_else(|| panic!("scenario {name} did not run"));
-    if s.0.contains("lab: HUNG: ") {
-        eprintln!("warning: {name} hung once and was run again:\n{}", s.0);
-    }
+    assert!(
+        s.1 != HUNG_TWICE && !hung_twice(&s.0),
+        "scenario {name} hung on both tries: still running after its limit, killed, run once \
+         more, and still running again; its output and the lab's reports:\n{}",
+        s.0
+    );
     s
 }
 
@@ -279,8 +564,31 @@ pub fn succeeded<'a>(results: &'a LabResults, name: &str) -> &'a str {
     out
 }
 
-/// Splits lab output into scenarios delimited by `=== begin NAME` / `=== end NAME CODE`.
+/// How many of a scenario's tries were still running after their limit.
+pub fn hung_tries(output: &str) -> usize {
+    output
+        .lines()
+        .filter(|l| l.contains(HUNG_STILL_RUNNING))
+        .count()
+}
+
+/// Whether a scenario's output shows a try still running after the hung one was run once more.
+pub fn hung_twice(output: &str) -> bool {
+    output
+        .lines()
+        .skip_while(|l| !l.contains(HUNG_ONCE_MORE))
+        .any(|l| l.contains(HUNG_STILL_RUNNING))
+}
+
+/// Splits lab output into scenarios delimited by `=== begin NAME` / `=== end NAME CODE`, and
+/// records every scenario that was run again after a hang (see [`scenarios_reported`]).
 pub fn scenarios(stdout: &str) -> LabResults {
+    scenarios_reported(stdout, &Report::default())
+}
+
+/// [`scenarios`], recording in `report` one `scenario-hang` rerun, with the scenario's whole
+/// output (its `lab: HUNG:` reports included) as diagnostics, for each scenario that hung.
+pub fn scenarios_reported(stdout: &str, report: &Report) -> LabResults {
     let mut results = std::collections::HashMap::new();
     let mut current: Option<(String, String)> = None;
     for line in stdout.lines() {
@@ -294,6 +602,20 @@ pub fn scenarios(stdout: &str) -> LabResults {
             out.push_str(line.trim_end_matches('\r'));
             out.push('\n');
         }
+    }
+    // In name order, so that the records are in the same order every time.
+    let mut hung: Vec<(&String, &(String, i32))> = results
+        .iter()
+        .filter(|(_, (out, _))| hung_tries(out) > 0)
+        .collect();
+    hung.sort();
+    for (name, (out, code)) in hung {
+        let summary = if *code == HUNG_TWICE || hung_twice(out) {
+            "hung, ran once more and hung again: the scenario fails".to_string()
+        } else {
+            format!("hung, ran once more and ended with status {code}")
+        };
+        report.rerun(Rerun::ScenarioHang, Some(name), &summary, out);
     }
     results
 }
