@@ -11,6 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "crates/flint-oci/build/cc.rs"]
+mod cc;
+use cc::run;
+
 /// Files in `firmware/` that are parts of other programs, not programs of their own.
 const C_RUNTIME: [&str; 2] = ["crt64.S", "fwlib.c"];
 
@@ -78,19 +82,6 @@ fn build_firmware(cc: &str, out: &Path) {
         run(cmd, &format!("firmware {}", src.display()));
     }
     println!("cargo:rustc-env=FLINT_FIRMWARE_DIR={}", dir.display());
-}
-
-/// Runs a compiler command and fails the build, with its messages, if it fails.
-fn run(mut cmd: Command, what: &str) {
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {:?} to build {what}: {e}", cmd.get_program()));
-    assert!(
-        output.status.success(),
-        "building {what} failed: {:?}\n{}",
-        cmd,
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// The programs in `firmware/`: every `*.S` and `*.c` but the C runtime's own files.

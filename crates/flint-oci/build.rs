@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "build/cc.rs"]
+mod cc;
+use cc::run;
+
 fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
@@ -41,17 +45,4 @@ fn build_oci_init(cc: &str, out: &Path) {
     cmd.args(INIT_FLAGS).arg("-o").arg(&bin).args(&sources);
     run(cmd, "the guest init");
     println!("cargo:rustc-env=FLINT_INIT_BIN={}", bin.display());
-}
-
-/// Runs a compiler command and fails the build, with its messages, if it fails.
-fn run(mut cmd: Command, what: &str) {
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {:?} to build {what}: {e}", cmd.get_program()));
-    assert!(
-        output.status.success(),
-        "building {what} failed: {:?}\n{}",
-        cmd,
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

@@ -177,7 +177,11 @@ pub fn notify_if_needed(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &In
 /// The low (`high == false`) or high 32 bits of a 64-bit feature word, as the 32-bit
 /// feature registers show it.
 pub fn feature_half(features: u64, high: bool) -> u32 {
-    let half = if high { features >> 32 } else { features & 0xffff_ffff };
+    let half = if high {
+        features >> 32
+    } else {
+        features & 0xffff_ffff
+    };
     u32::try_from(half).unwrap_or(u32::MAX) // cannot fail: 32 bits at most
 }
 
