@@ -6,6 +6,7 @@
 //! loop thread (through an ioeventfd, or the transport's fallback), never on a vCPU thread.
 
 pub mod block;
+pub mod iovec;
 pub mod mmio;
 
 use std::os::fd::RawFd;
