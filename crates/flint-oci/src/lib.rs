@@ -60,8 +60,6 @@ pub struct GuestPlan {
     /// Kernel command line for the guest (console on the second UART, quiet), without the
     /// `virtio_mmio.device=` declarations, which the VMM adds.
     pub kernel_args: String,
-    /// The process's `terminal` setting.
-    pub terminal: bool,
 }
 
 /// Reads and checks the bundle, builds (or finds) its image in `cache`, and returns the plan.
@@ -83,7 +81,6 @@ pub fn prepare(dir: &Path, cache: &Path) -> Result<GuestPlan, OciError> {
         image,
         initramfs: guest_initramfs(&spec),
         kernel_args: KERNEL_ARGS.to_string(),
-        terminal: bundle.spec.terminal,
     })
 }
 

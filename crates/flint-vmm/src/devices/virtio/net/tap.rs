@@ -56,7 +56,6 @@ pub enum TapError {
 
 pub struct Tap {
     fd: OwnedFd,
-    name: String,
     /// The kernel accepted offloads (checksum, TSO) on this TAP.
     offloads: bool,
 }
@@ -125,15 +124,7 @@ impl Tap {
         )
         .and_then(|_| ioctl_int(fd.as_raw_fd(), TUNSETOFFLOAD, 0))
         .is_ok();
-        Ok(Tap {
-            fd,
-            name: name.into(),
-            offloads,
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
+        Ok(Tap { fd, offloads })
     }
 
     /// Whether this TAP takes checksum and TSO offloads.
