@@ -196,7 +196,7 @@ pub fn host_memory_mib() -> Option<u64> {
 
 impl VmConfig {
     /// Sizes: vCPUs against `max_vcpus` (what this host's KVM and flint's MP table allow),
-    /// memory against the host's.
+    /// memory against the host's. The one place a VM without memory is refused.
     pub fn validate_limits(&self, max_vcpus: u32) -> Result<(), ConfigError> {
         if self.vcpus == 0 {
             return Err(ConfigError::NoVcpus);
