@@ -21,19 +21,19 @@ use initramfs::{Cpio, Node};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("--oci-bundle {bundle}: {source}")]
+    #[error("--oci-bundle {bundle}")]
     Bundle {
         bundle: String,
         #[source]
         source: bundle::BundleError,
     },
-    #[error("--oci-bundle {bundle}: {source}")]
+    #[error("--oci-bundle {bundle}")]
     Image {
         bundle: String,
         #[source]
         source: image::ImageError,
     },
-    #[error("--oci-bundle {bundle}: {source}")]
+    #[error("--oci-bundle {bundle}")]
     Spec {
         bundle: String,
         #[source]

@@ -20,7 +20,7 @@ use params::Initrd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("cannot load the kernel: {0} (is guest memory large enough for it?)")]
+    #[error("cannot load the kernel (is guest memory large enough for it?)")]
     Load(#[source] linux_loader::loader::Error),
     #[error("the kernel command line is {len} bytes; this kernel accepts at most {max}")]
     CmdlineTooLong { len: usize, max: usize },
@@ -35,9 +35,9 @@ pub enum BootError {
         kernel_end: u64,
         limit: u64,
     },
-    #[error("cannot read the initrd: {0}")]
+    #[error("cannot read the initrd")]
     InitrdRead(#[source] std::io::Error),
-    #[error("cannot copy the initrd into guest memory: {0}")]
+    #[error("cannot copy the initrd into guest memory")]
     InitrdCopy(#[source] vm_memory::GuestMemoryError),
     #[error(transparent)]
     Params(#[from] params::ParamsError),

@@ -45,7 +45,7 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
 pub enum ParamsError {
     #[error("too many memory map entries")]
     TooManyE820Entries,
-    #[error("writing the boot parameters into guest memory failed: {0}")]
+    #[error("writing the boot parameters into guest memory failed")]
     Write(#[source] linux_loader::configurator::Error),
 }
 

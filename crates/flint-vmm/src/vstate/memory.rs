@@ -7,8 +7,8 @@ use crate::arch::x86_64::layout::{MMIO32_END, MMIO32_START};
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error(
-        "cannot map {mib} MiB of guest memory: {source} (try a smaller --memory, or check the \
-         host's free memory and overcommit settings)"
+        "cannot map {mib} MiB of guest memory (try a smaller --memory, or check the host's \
+         free memory and overcommit settings)"
     )]
     Map {
         mib: u64,

@@ -8,15 +8,15 @@ use crate::arch::x86_64::layout::KVM_TSS_ADDR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("KVM_CREATE_VM failed: {0}")]
+    #[error("KVM_CREATE_VM failed")]
     Create(#[source] kvm_ioctls::Error),
-    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    #[error("KVM_SET_TSS_ADDR failed")]
     TssAddr(#[source] kvm_ioctls::Error),
-    #[error("creating the in-kernel IOAPIC/PIC (KVM_CREATE_IRQCHIP) failed: {0}")]
+    #[error("creating the in-kernel IOAPIC/PIC (KVM_CREATE_IRQCHIP) failed")]
     Irqchip(#[source] kvm_ioctls::Error),
-    #[error("creating the in-kernel PIT (KVM_CREATE_PIT2) failed: {0}")]
+    #[error("creating the in-kernel PIT (KVM_CREATE_PIT2) failed")]
     Pit(#[source] kvm_ioctls::Error),
-    #[error("registering guest memory with KVM failed: {0}")]
+    #[error("registering guest memory with KVM failed")]
     MemorySlot(#[source] kvm_ioctls::Error),
     #[error("guest memory needs {needed} KVM memory slots, this KVM has {max}")]
     TooManySlots { needed: usize, max: usize },

@@ -30,7 +30,7 @@ pub enum MptableError {
     TooManyCpus(u8),
     #[error("guest memory does not cover the MP table at {start:#x}+{len:#x}")]
     NotInGuestMemory { start: u64, len: usize },
-    #[error("failed to write the MP table to guest memory: {0}")]
+    #[error("failed to write the MP table to guest memory")]
     Write(#[source] vm_memory::GuestMemoryError),
 }
 

@@ -12,9 +12,9 @@ use super::layout::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("writing the boot GDT/IDT into guest memory failed: {0}")]
+    #[error("writing the boot GDT/IDT into guest memory failed")]
     Gdt(#[source] vm_memory::GuestMemoryError),
-    #[error("writing the boot page tables into guest memory failed: {0}")]
+    #[error("writing the boot page tables into guest memory failed")]
     PageTables(#[source] vm_memory::GuestMemoryError),
 }
 
