@@ -57,3 +57,16 @@ pub const SERIAL2_IRQ: u32 = 3;
 /// First GSI free for virtio-mmio devices; the IOAPIC has 24 pins.
 pub const IRQ_DEVICES_START: u32 = 5;
 pub const IRQ_MAX: u32 = 23;
+
+/// A fixed address below 4 GiB as a boot structure's 32-bit field. Meant for `const` items,
+/// where an address that does not fit fails the build.
+pub const fn low32(addr: u64) -> u32 {
+    assert!(
+        addr <= u32::MAX as u64,
+        "address above 4 GiB in a 32-bit field"
+    );
+    // Checked just above: the value fits.
+    #[allow(clippy::cast_possible_truncation)]
+    let low = addr as u32;
+    low
+}
