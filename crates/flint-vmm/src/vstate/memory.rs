@@ -43,10 +43,11 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     if size.checked_add(MMIO32_END - MMIO32_START).is_none() || usize::try_from(size).is_err() {
         return Err(MemoryError::TooLarge { mib });
     }
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+    let ranges = ram_ranges(size)
         .into_iter()
-        .map(|(a, l)| (a, l as usize))
-        .collect();
+        .map(|(a, l)| usize::try_from(l).map(|l| (a, l)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| MemoryError::TooLarge { mib })?;
     GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map { mib, source })
 }
 
