@@ -55,8 +55,9 @@ impl Environment {
 }
 
 fn kernel_release() -> String {
-    // SAFETY: utsname is plain data; uname fills it with NUL-terminated strings.
+    // SAFETY: utsname is plain data, for which all zeros is a valid value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid utsname for uname to fill with NUL-terminated strings.
     if unsafe { libc::uname(&mut u) } != 0 {
         return "unknown".into();
     }
