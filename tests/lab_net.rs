@@ -273,7 +273,7 @@ fn error_case(case: &str) -> (i32, usize, usize, &'static str) {
         value(out, &format!("{case} exit=")).unwrap_or_else(|| panic!("no {case}:\n{out}"));
     let field = |i: usize| -> usize { status.split([' ', '=']).nth(i).unwrap().parse().unwrap() };
     let err = value(out, &format!("{case} stderr: ")).unwrap();
-    (field(0) as i32, field(2), field(4), err)
+    (i32::try_from(field(0)).unwrap(), field(2), field(4), err)
 }
 
 /// The case made flint exit `want` (1: bad input, 2: command-line syntax) before any guest

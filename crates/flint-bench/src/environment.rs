@@ -4,6 +4,7 @@
 use std::ffi::CStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use flint_vmm::devices::legacy::cmos::DateTime;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,8 +55,9 @@ impl Environment {
 }
 
 fn kernel_release() -> String {
-    // SAFETY: utsname is plain data; uname fills it with NUL-terminated strings.
+    // SAFETY: utsname is plain data, for which all zeros is a valid value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid utsname for uname to fill with NUL-terminated strings.
     if unsafe { libc::uname(&mut u) } != 0 {
         return "unknown".into();
     }
@@ -87,29 +89,11 @@ fn virtualization(lab: Option<String>, kvm_module: Option<&str>) -> String {
 /// `t` as UTC ISO-8601 to the second, e.g. `2026-11-22T14:03:09Z`.
 pub fn iso8601_utc(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let d = DateTime::from_unix(secs);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        d.year, d.month, d.day, d.hour, d.minute, d.second
     )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (Howard
-/// Hinnant's algorithm: eras of 400 years starting on March 1st, so leap days come last).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

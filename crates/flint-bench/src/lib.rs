@@ -59,7 +59,7 @@ pub enum BenchError {
     Mismatch(Box<Mismatch>),
     #[error("interrupted by signal {0}: the runs were stopped and the scratch files removed")]
     Interrupted(i32),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -96,6 +96,18 @@ impl BenchError {
         let what = what.into();
         move |source| BenchError::Io { what, source }
     }
+}
+
+/// `err` and its causes on one line, joined by ": " (messages do not quote their sources).
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
 }
 
 /// The last lines of a process's stderr, indented, for an error message; empty if it said
@@ -178,6 +190,12 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("crun's stderr ends with:\n    warning"), "{s}");
+    }
+
+    #[test]
+    fn causes_follow_the_message() {
+        let e = BenchError::io("cannot create /x")(std::io::ErrorKind::NotFound.into());
+        assert_eq!(with_causes(&e), "cannot create /x: entity not found");
     }
 
     #[test]

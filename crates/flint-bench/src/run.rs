@@ -87,13 +87,13 @@ pub struct Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot start it: {0}")]
+    #[error("cannot start it")]
     Spawn(#[source] io::Error),
     #[error("no exit within {} s: killed", .timeout.as_secs_f64())]
     Timeout { timeout: Duration, stderr: Vec<u8> },
     #[error("interrupted by signal {0}")]
     Interrupted(i32),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]

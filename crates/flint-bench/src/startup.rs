@@ -227,7 +227,8 @@ fn run_once(
         stderr,
     };
     let o: Outcome = run::run(cmd, &m).map_err(|e| {
-        let what = e.to_string();
+        // The run error's cause (why spawning or reading failed) is part of what the user sees.
+        let what = crate::with_causes(&e);
         match e {
             RunError::Interrupted(sig) => BenchError::Interrupted(sig),
             RunError::Timeout { stderr, .. } => failed(what, stderr),

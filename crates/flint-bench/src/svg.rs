@@ -64,6 +64,8 @@ fn tick_step(max: f64, target: f64) -> f64 {
 
 /// A tick value with as many decimals as the step needs (0, 5, 10 — or 0, 0.5, 1.0).
 fn tick_label(t: f64, step: f64) -> String {
+    // A whole, non-negative number (floor, max 0), and float-to-int `as` saturates.
+    #[allow(clippy::cast_possible_truncation)]
     let decimals = (-step.log10().floor()).max(0.0) as usize;
     format!("{t:.decimals$}")
 }
@@ -113,6 +115,8 @@ pub fn svg(r: &Report) -> String {
         if r.runs == 1 { "" } else { "s" }
     );
     // Where it ran, on two lines cut to the width (the JSON has it all).
+    // Constants: a few dozen characters; dropping the fraction is the point.
+    #[allow(clippy::cast_possible_truncation)]
     let max_chars = ((WIDTH - 2.0 * MARGIN) / CHAR_W) as usize;
     let lines = [
         r.environment.summary(),
@@ -152,6 +156,8 @@ pub fn svg(r: &Report) -> String {
         d = lx + 18.0,
     );
     // Grid and axis.
+    // `top` is a whole number of steps (about ten), rounded; float-to-int `as` saturates.
+    #[allow(clippy::cast_possible_truncation)]
     let ticks = (top / step).round() as u32;
     for k in 0..=ticks {
         let t = f64::from(k) * step;

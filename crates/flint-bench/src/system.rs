@@ -282,8 +282,9 @@ const CGROUP: &str = "/sys/fs/cgroup";
 
 fn is_cgroup2(path: &str) -> io::Result<bool> {
     let c = CString::new(path).map_err(io::Error::other)?;
-    // SAFETY: statfs is plain data; statfs fills it from a NUL-terminated path.
+    // SAFETY: statfs is plain data, for which all zeros is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid statfs for the call to fill.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -618,7 +618,10 @@ fn rlimit_number(name: &str) -> Option<u32> {
         "RTTIME",
     ];
     let short = name.strip_prefix("RLIMIT_")?;
-    NAMES.iter().position(|n| *n == short).map(|i| i as u32)
+    NAMES
+        .iter()
+        .position(|n| *n == short)
+        .and_then(|i| u32::try_from(i).ok())
 }
 
 /// Linux's capability numbers (linux/capability.h), in order.

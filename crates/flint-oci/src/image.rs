@@ -20,13 +20,13 @@ const FORMAT: &str = "flint-rootfs-image-1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("reading the rootfs: {path}: {source}")]
+    #[error("reading the rootfs: {path}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("the image cache {dir}: {source}")]
+    #[error("the image cache {dir}")]
     Cache {
         dir: String,
         #[source]

@@ -9,6 +9,11 @@ pub enum Node<'a> {
     CharDev(u32, u32),
 }
 
+/// An entry the newc format cannot hold: its fields are 32 bits.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0} is too large for an initramfs entry (4 GiB at most)")]
+pub struct TooLarge(pub String);
+
 /// Builds a newc archive. Entries are added in order; parents before children.
 #[derive(Default)]
 pub struct Cpio {
@@ -22,37 +27,45 @@ impl Cpio {
     }
 
     /// Adds `path` (relative, no leading slash) with permission bits `mode`.
-    pub fn add(&mut self, path: &str, mode: u32, node: Node) -> &mut Self {
+    pub fn add(&mut self, path: &str, mode: u32, node: Node) -> Result<&mut Self, TooLarge> {
         let (kind, data, (major, minor)) = match node {
             Node::Dir => (libc::S_IFDIR, &[][..], (0, 0)),
             Node::File(d) => (libc::S_IFREG, d, (0, 0)),
             Node::CharDev(ma, mi) => (libc::S_IFCHR, &[][..], (ma, mi)),
         };
         self.ino += 1;
-        self.entry(path, kind | (mode & 0o7777), data, major, minor, self.ino);
-        self
+        self.entry(path, kind | (mode & 0o7777), data, major, minor, self.ino)?;
+        Ok(self)
     }
 
-    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rmajor: u32, rminor: u32, ino: u32) {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        data: &[u8],
+        rmajor: u32,
+        rminor: u32,
+        ino: u32,
+    ) -> Result<(), TooLarge> {
         let nlink = if mode & libc::S_IFMT == libc::S_IFDIR {
             2
         } else {
             1
         };
+        let too_large = || TooLarge(name.to_string());
+        let filesize = u32::try_from(data.len()).map_err(|_| too_large())?;
+        // The name's size counts its NUL.
+        let namesize = u32::try_from(name.len())
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .ok_or_else(too_large)?;
         let fields = [
-            ino,
-            mode,
-            0, // uid
+            ino, mode, 0, // uid
             0, // gid
-            nlink,
-            0, // mtime
-            data.len() as u32,
-            0, // dev major
+            nlink, 0, // mtime
+            filesize, 0, // dev major
             0, // dev minor
-            rmajor,
-            rminor,
-            name.len() as u32 + 1,
-            0, // check
+            rmajor, rminor, namesize, 0, // check
         ];
         self.buf.extend_from_slice(b"070701");
         for f in fields {
@@ -63,6 +76,7 @@ impl Cpio {
         self.pad();
         self.buf.extend_from_slice(data);
         self.pad();
+        Ok(())
     }
 
     fn pad(&mut self) {
@@ -73,7 +87,8 @@ impl Cpio {
 
     /// The archive, with its trailer.
     pub fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, &[], 0, 0, 0);
+        // A short name and no data: always fits.
+        let _ = self.entry("TRAILER!!!", 0, &[], 0, 0, 0);
         self.buf
     }
 }
@@ -86,9 +101,10 @@ mod tests {
     fn cpio_lists_what_was_added() {
         let mut c = Cpio::new();
         c.add("dev", 0o755, Node::Dir)
-            .add("dev/console", 0o600, Node::CharDev(5, 1))
-            .add("init", 0o755, Node::File(b"#!/bin/sh\necho hi\n"))
-            .add("odd", 0o644, Node::File(b"abc"));
+            .and_then(|c| c.add("dev/console", 0o600, Node::CharDev(5, 1)))
+            .and_then(|c| c.add("init", 0o755, Node::File(b"#!/bin/sh\necho hi\n")))
+            .and_then(|c| c.add("odd", 0o644, Node::File(b"abc")))
+            .unwrap();
         let archive = c.finish();
         assert_eq!(archive.len() % 4, 0);
         let dir = std::env::temp_dir().join(format!("flint-cpio-{}", std::process::id()));

@@ -21,23 +21,29 @@ use initramfs::{Cpio, Node};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("--oci-bundle {bundle}: {source}")]
+    #[error("--oci-bundle {bundle}")]
     Bundle {
         bundle: String,
         #[source]
         source: bundle::BundleError,
     },
-    #[error("--oci-bundle {bundle}: {source}")]
+    #[error("--oci-bundle {bundle}")]
     Image {
         bundle: String,
         #[source]
         source: image::ImageError,
     },
-    #[error("--oci-bundle {bundle}: {source}")]
+    #[error("--oci-bundle {bundle}")]
     Spec {
         bundle: String,
         #[source]
         source: spec::NulInSpec,
+    },
+    #[error("--oci-bundle {bundle}")]
+    Initramfs {
+        bundle: String,
+        #[source]
+        source: initramfs::TooLarge,
     },
 }
 
@@ -60,8 +66,6 @@ pub struct GuestPlan {
     /// Kernel command line for the guest (console on the second UART, quiet), without the
     /// `virtio_mmio.device=` declarations, which the VMM adds.
     pub kernel_args: String,
-    /// The process's `terminal` setting.
-    pub terminal: bool,
 }
 
 /// Reads and checks the bundle, builds (or finds) its image in `cache`, and returns the plan.
@@ -79,24 +83,27 @@ pub fn prepare(dir: &Path, cache: &Path) -> Result<GuestPlan, OciError> {
         bundle: name(),
         source,
     })?;
+    let initramfs = guest_initramfs(&spec).map_err(|source| OciError::Initramfs {
+        bundle: name(),
+        source,
+    })?;
     Ok(GuestPlan {
         image,
-        initramfs: guest_initramfs(&spec),
+        initramfs,
         kernel_args: KERNEL_ARGS.to_string(),
-        terminal: bundle.spec.terminal,
     })
 }
 
 /// The initramfs: the init, the spec, and a console node for the kernel to open before init.
-pub fn guest_initramfs(spec: &[u8]) -> Vec<u8> {
+pub fn guest_initramfs(spec: &[u8]) -> Result<Vec<u8>, initramfs::TooLarge> {
     let mut c = Cpio::new();
-    c.add("dev", 0o755, Node::Dir)
-        .add("dev/console", 0o600, Node::CharDev(5, 1))
-        .add("mnt", 0o755, Node::Dir)
-        .add("flint", 0o755, Node::Dir)
-        .add("flint/spec", 0o644, Node::File(spec))
-        .add("init", 0o755, Node::File(INIT));
-    c.finish()
+    c.add("dev", 0o755, Node::Dir)?
+        .add("dev/console", 0o600, Node::CharDev(5, 1))?
+        .add("mnt", 0o755, Node::Dir)?
+        .add("flint", 0o755, Node::Dir)?
+        .add("flint/spec", 0o644, Node::File(spec))?
+        .add("init", 0o755, Node::File(INIT))?;
+    Ok(c.finish())
 }
 
 /// The image cache: `$FLINT_IMAGE_CACHE`, else `/var/cache/flint/images` for root, else

@@ -196,14 +196,8 @@ pub fn host_memory_mib() -> Option<u64> {
 }
 
 impl VmConfig {
-    /// Checks the whole configuration. `max_vcpus` is what this host's KVM and flint's MP table
-    /// allow.
-    pub fn validate(&self, max_vcpus: u32) -> Result<(), ConfigError> {
-        self.validate_limits(max_vcpus)?;
-        self.validate_inputs()
-    }
-
-    /// Sizes: vCPUs against `max_vcpus`, memory against the host's.
+    /// Sizes: vCPUs against `max_vcpus` (what this host's KVM and flint's MP table allow),
+    /// memory against the host's. The one place a VM without memory is refused.
     pub fn validate_limits(&self, max_vcpus: u32) -> Result<(), ConfigError> {
         if self.vcpus == 0 {
             return Err(ConfigError::NoVcpus);
@@ -318,7 +312,7 @@ mod tests {
             nets: vec!["tap=a".parse().unwrap(), "tap=a".parse().unwrap()],
             ..cfg()
         };
-        assert_eq!(c.validate(4), Err(ConfigError::SharedTap("a".into())));
+        assert_eq!(c.validate_inputs(), Err(ConfigError::SharedTap("a".into())));
     }
 
     #[test]
@@ -362,13 +356,13 @@ mod tests {
             disks: vec![disk(exe, true), disk(exe, true)],
             ..cfg()
         };
-        assert_eq!(c.validate(4), Ok(()));
+        assert_eq!(c.validate_inputs(), Ok(()));
         let c = VmConfig {
             disks: vec![disk(exe, true), disk(exe, false)],
             ..cfg()
         };
         assert!(matches!(
-            c.validate(4),
+            c.validate_inputs(),
             Err(ConfigError::SharedWritableDisk { .. })
         ));
         let c = VmConfig {
@@ -377,7 +371,7 @@ mod tests {
             ..cfg()
         };
         assert_eq!(
-            c.validate(4).unwrap_err().to_string(),
+            c.validate_inputs().unwrap_err().to_string(),
             "--rootfs /nonexistent.img: no such file"
         );
         let c = VmConfig {
@@ -385,7 +379,7 @@ mod tests {
             ..cfg()
         };
         assert!(matches!(
-            c.validate(4),
+            c.validate_inputs(),
             Err(ConfigError::TooManyDevices { .. })
         ));
     }
@@ -403,12 +397,13 @@ mod tests {
 
     #[test]
     fn validation_errors() {
-        assert_eq!(cfg().validate(4), Ok(()));
+        assert_eq!(cfg().validate_limits(4), Ok(()));
+        assert_eq!(cfg().validate_inputs(), Ok(()));
         let c = VmConfig { vcpus: 0, ..cfg() };
-        assert_eq!(c.validate(4), Err(ConfigError::NoVcpus));
+        assert_eq!(c.validate_limits(4), Err(ConfigError::NoVcpus));
         let c = VmConfig { vcpus: 5, ..cfg() };
         assert_eq!(
-            c.validate(4),
+            c.validate_limits(4),
             Err(ConfigError::TooManyVcpus {
                 requested: 5,
                 max: 4
@@ -418,13 +413,13 @@ mod tests {
             memory_mib: 0,
             ..cfg()
         };
-        assert_eq!(c.validate(4), Err(ConfigError::NoMemory));
+        assert_eq!(c.validate_limits(4), Err(ConfigError::NoMemory));
         let c = VmConfig {
             memory_mib: 1 << 40,
             ..cfg()
         };
         assert!(matches!(
-            c.validate(4),
+            c.validate_limits(4),
             Err(ConfigError::TooMuchMemory { .. })
         ));
         let c = VmConfig {
@@ -432,13 +427,17 @@ mod tests {
             ..cfg()
         };
         assert_eq!(
-            c.validate(4).unwrap_err().to_string(),
+            c.validate_inputs().unwrap_err().to_string(),
             "--kernel /nonexistent/vmlinux: no such file"
         );
         let c = VmConfig {
             initrd: Some(Initrd::File("/".into())),
             ..cfg()
         };
-        assert!(c.validate(4).unwrap_err().to_string().contains("directory"));
+        assert!(c
+            .validate_inputs()
+            .unwrap_err()
+            .to_string()
+            .contains("directory"));
     }
 }

@@ -7,8 +7,8 @@ use kvm_ioctls::{Cap, Kvm};
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
     #[error(
-        "cannot open /dev/kvm: {0} (is KVM enabled, the kvm_intel/kvm_amd module loaded, and are \
-         you in the kvm group?)"
+        "cannot open /dev/kvm (is KVM enabled, the kvm_intel/kvm_amd module loaded, and are you \
+         in the kvm group?)"
     )]
     Open(#[source] kvm_ioctls::Error),
     #[error("KVM API version is {0}, flint needs 12")]

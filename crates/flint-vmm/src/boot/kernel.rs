@@ -136,8 +136,8 @@ mod tests {
 
     fn note(name: &[u8], desc: &[u8]) -> Vec<u8> {
         let mut n = vec![];
-        n.extend((name.len() as u32 + 1).to_le_bytes());
-        n.extend((desc.len() as u32).to_le_bytes());
+        n.extend(u32::try_from(name.len() + 1).unwrap().to_le_bytes());
+        n.extend(u32::try_from(desc.len()).unwrap().to_le_bytes());
         n.extend(1u32.to_le_bytes());
         n.extend(name);
         n.push(0);

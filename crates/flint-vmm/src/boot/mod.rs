@@ -20,7 +20,7 @@ use params::Initrd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("cannot load the kernel: {0} (is guest memory large enough for it?)")]
+    #[error("cannot load the kernel (is guest memory large enough for it?)")]
     Load(#[source] linux_loader::loader::Error),
     #[error("the kernel command line is {len} bytes; this kernel accepts at most {max}")]
     CmdlineTooLong { len: usize, max: usize },
@@ -35,9 +35,9 @@ pub enum BootError {
         kernel_end: u64,
         limit: u64,
     },
-    #[error("cannot read the initrd: {0}")]
+    #[error("cannot read the initrd")]
     InitrdRead(#[source] std::io::Error),
-    #[error("cannot copy the initrd into guest memory: {0}")]
+    #[error("cannot copy the initrd into guest memory")]
     InitrdCopy(#[source] vm_memory::GuestMemoryError),
     #[error(transparent)]
     Params(#[from] params::ParamsError),
@@ -55,11 +55,15 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 /// is lower, but every 64-bit kernel accepts up to 2 GiB).
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 
+/// Room for the command line in the layout: from CMDLINE_START up to the EBDA.
+const CMDLINE_AREA: usize = 0x7_fc00;
+const _: () = assert!(CMDLINE_START + CMDLINE_AREA as u64 == EBDA_START);
+
 /// The command line capacity (bytes, NUL included) a kernel accepts.
 fn cmdline_capacity(hdr: Option<&linux_loader::loader::bootparam::setup_header>) -> usize {
     match hdr.map(|h| h.cmdline_size as usize) {
         // `cmdline_size` excludes the NUL; keep within the space reserved for it in the layout.
-        Some(n) if n > 0 => (n + 1).min((EBDA_START - CMDLINE_START) as usize),
+        Some(n) if n > 0 => n.saturating_add(1).min(CMDLINE_AREA),
         _ => CMDLINE_MAX_SIZE,
     }
 }
@@ -95,10 +99,11 @@ pub fn load(
     let mut kernel_end = result.kernel_end;
     if let Some(h) = &hdr {
         let extract_at = result.kernel_load.0.max(h.pref_address);
-        kernel_end = kernel_end.max(extract_at + h.init_size as u64);
+        // Both come from the kernel file: an absurd sum means nothing fits after the kernel.
+        kernel_end = kernel_end.max(extract_at.saturating_add(u64::from(h.init_size)));
     }
     let initrd_addr_max = hdr
-        .map(|h| h.initrd_addr_max as u64)
+        .map(|h| u64::from(h.initrd_addr_max))
         .filter(|&m| m > 0)
         .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
     let initrd = match initrd {
@@ -152,25 +157,26 @@ fn load_initrd(
         .min(MMIO32_START)
         .min(initrd_addr_max.saturating_add(1));
     let addr = limit.checked_sub(size).map(|a| a & !0xfff);
+    let does_not_fit = || BootError::InitrdDoesNotFit {
+        size,
+        kernel_end,
+        limit,
+    };
     let addr = match addr {
         Some(a) if a >= kernel_end && a >= HIMEM_START && size > 0 => a,
-        _ => {
-            return Err(BootError::InitrdDoesNotFit {
-                size,
-                kernel_end,
-                limit,
-            })
-        }
+        _ => return Err(does_not_fit()),
     };
+    // Below 4 GiB by now; a host whose usize is narrower could still not hold it.
+    let len = usize::try_from(size).map_err(|_| does_not_fit())?;
     match image {
         InitrdImage::File(file) => {
             use std::io::{Seek, SeekFrom};
             file.seek(SeekFrom::Start(0))
                 .map_err(BootError::InitrdRead)?;
-            mem.read_exact_volatile_from(GuestAddress(addr), file, size as usize)
+            mem.read_exact_volatile_from(GuestAddress(addr), file, len)
         }
         InitrdImage::Bytes(mut bytes) => {
-            mem.read_exact_volatile_from(GuestAddress(addr), &mut bytes, size as usize)
+            mem.read_exact_volatile_from(GuestAddress(addr), &mut bytes, len)
         }
     }
     .map_err(BootError::InitrdCopy)?;

@@ -45,7 +45,11 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
 pub enum ParamsError {
     #[error("too many memory map entries")]
     TooManyE820Entries,
-    #[error("writing the boot parameters into guest memory failed: {0}")]
+    #[error(
+        "the initrd at {addr:#x} ({size} bytes) is beyond the 4 GiB the zero page can describe"
+    )]
+    InitrdAbove4G { addr: u64, size: u64 },
+    #[error("writing the boot parameters into guest memory failed")]
     Write(#[source] linux_loader::configurator::Error),
 }
 
@@ -71,11 +75,16 @@ pub fn write_zero_page(
         params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
     }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_size as u32;
+    params.hdr.cmd_line_ptr = low32(CMDLINE_START);
+    // At most the command line area (below 1 MiB), by the caller's cap.
+    params.hdr.cmdline_size = u32::try_from(cmdline_size).unwrap_or(u32::MAX);
     if let Some(i) = initrd {
-        params.hdr.ramdisk_image = i.addr as u32;
-        params.hdr.ramdisk_size = i.size as u32;
+        let too_high = || ParamsError::InitrdAbove4G {
+            addr: i.addr,
+            size: i.size,
+        };
+        params.hdr.ramdisk_image = u32::try_from(i.addr).map_err(|_| too_high())?;
+        params.hdr.ramdisk_size = u32::try_from(i.size).map_err(|_| too_high())?;
     }
     if e820.len() > params.e820_table.len() {
         return Err(ParamsError::TooManyE820Entries);
@@ -87,7 +96,7 @@ pub fn write_zero_page(
             r#type: type_,
         };
     }
-    params.e820_entries = e820.len() as u8;
+    params.e820_entries = u8::try_from(e820.len()).map_err(|_| ParamsError::TooManyE820Entries)?;
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
         mem,
@@ -106,7 +115,7 @@ pub fn write_pvh_start_info(
         version: 1,
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
-        memmap_entries: e820.len() as u32,
+        memmap_entries: u32::try_from(e820.len()).map_err(|_| ParamsError::TooManyE820Entries)?,
         ..Default::default()
     };
     let memmap: Vec<hvm_memmap_table_entry> = e820
@@ -181,7 +190,7 @@ mod tests {
         write_zero_page(&m, None, &e820, 2048, Some(&initrd)).unwrap();
         let p: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
-        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!(u64::from(p.hdr.cmd_line_ptr), CMDLINE_START);
         assert_eq!({ p.hdr.ramdisk_image }, 0x10_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 0x1234);
         assert_eq!(p.e820_entries, 3);

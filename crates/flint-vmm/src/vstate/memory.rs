@@ -6,11 +6,9 @@ use crate::arch::x86_64::layout::{MMIO32_END, MMIO32_START};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    #[error("guest memory size must be more than 0 MiB")]
-    Zero,
     #[error(
-        "cannot map {mib} MiB of guest memory: {source} (try a smaller --memory, or check the \
-         host's free memory and overcommit settings)"
+        "cannot map {mib} MiB of guest memory (try a smaller --memory, or check the host's \
+         free memory and overcommit settings)"
     )]
     Map {
         mib: u64,
@@ -35,11 +33,9 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
 }
 
 /// Allocates `mib` MiB of guest RAM. Pages are mapped lazily (MAP_NORESERVE), so untouched guest
-/// memory costs the host nothing.
+/// memory costs the host nothing. Zero is refused by config validation, and here by the host
+/// (no empty mapping).
 pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    if mib == 0 {
-        return Err(MemoryError::Zero);
-    }
     let size = mib
         .checked_mul(1 << 20)
         .ok_or(MemoryError::TooLarge { mib })?;
@@ -47,10 +43,11 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     if size.checked_add(MMIO32_END - MMIO32_START).is_none() || usize::try_from(size).is_err() {
         return Err(MemoryError::TooLarge { mib });
     }
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+    let ranges = ram_ranges(size)
         .into_iter()
-        .map(|(a, l)| (a, l as usize))
-        .collect();
+        .map(|(a, l)| usize::try_from(l).map(|l| (a, l)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| MemoryError::TooLarge { mib })?;
     GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map { mib, source })
 }
 
@@ -80,7 +77,10 @@ mod tests {
 
     #[test]
     fn zero_and_absurd_sizes_are_errors() {
-        assert!(matches!(create_guest_memory(0), Err(MemoryError::Zero)));
+        assert!(matches!(
+            create_guest_memory(0),
+            Err(MemoryError::Map { .. })
+        ));
         assert!(matches!(
             create_guest_memory(u64::MAX / 2),
             Err(MemoryError::TooLarge { .. })

@@ -8,15 +8,15 @@ use crate::arch::x86_64::layout::KVM_TSS_ADDR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("KVM_CREATE_VM failed: {0}")]
+    #[error("KVM_CREATE_VM failed")]
     Create(#[source] kvm_ioctls::Error),
-    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    #[error("KVM_SET_TSS_ADDR failed")]
     TssAddr(#[source] kvm_ioctls::Error),
-    #[error("creating the in-kernel IOAPIC/PIC (KVM_CREATE_IRQCHIP) failed: {0}")]
+    #[error("creating the in-kernel IOAPIC/PIC (KVM_CREATE_IRQCHIP) failed")]
     Irqchip(#[source] kvm_ioctls::Error),
-    #[error("creating the in-kernel PIT (KVM_CREATE_PIT2) failed: {0}")]
+    #[error("creating the in-kernel PIT (KVM_CREATE_PIT2) failed")]
     Pit(#[source] kvm_ioctls::Error),
-    #[error("registering guest memory with KVM failed: {0}")]
+    #[error("registering guest memory with KVM failed")]
     MemorySlot(#[source] kvm_ioctls::Error),
     #[error("guest memory needs {needed} KVM memory slots, this KVM has {max}")]
     TooManySlots { needed: usize, max: usize },
@@ -25,19 +25,21 @@ pub enum VmError {
 pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
     let vm = kvm.create_vm().map_err(VmError::Create)?;
     // Intel VT-x needs three pages for a real-mode TSS; harmless elsewhere.
-    vm.set_tss_address(KVM_TSS_ADDR as usize)
-        .map_err(VmError::TssAddr)?;
+    // Below 4 GiB: fits any usize flint builds for.
+    let tss = usize::try_from(KVM_TSS_ADDR).unwrap_or(usize::MAX);
+    vm.set_tss_address(tss).map_err(VmError::TssAddr)?;
 
     let max_slots = kvm.get_nr_memslots();
+    let too_many = || VmError::TooManySlots {
+        needed: mem.num_regions(),
+        max: max_slots,
+    };
     if mem.num_regions() > max_slots {
-        return Err(VmError::TooManySlots {
-            needed: mem.num_regions(),
-            max: max_slots,
-        });
+        return Err(too_many());
     }
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot: u32::try_from(slot).map_err(|_| too_many())?,
             flags: 0,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),

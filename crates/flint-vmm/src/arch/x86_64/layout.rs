@@ -45,9 +45,9 @@ pub const BOOT_TIMER_MAGIC: u8 = 123;
 /// Where the IOAPIC and local APIC sit (architectural defaults).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const APIC_ADDR: u64 = 0xfee0_0000;
-/// TSS and identity-map pages KVM needs on Intel (placed just below the IOAPIC, inside the hole).
+/// The three TSS pages KVM needs on Intel (in the MMIO hole, above the APICs). KVM
+/// keeps its EPT identity-map page at its own default, 0xfffb_c000: the page below.
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
-pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 
 /// Legacy interrupt lines (ISA IRQs on the IOAPIC / PIC).
 pub const SERIAL_IRQ: u32 = 4;
@@ -80,3 +80,16 @@ pub const EXIT_STATUS_PORT: u16 = 0x501;
 /// ...and that its console is ready here.
 pub const CONSOLE_READY_PORT: u16 = 0x502;
 pub const GUEST_PORTS_LEN: u64 = 2;
+
+/// A fixed address below 4 GiB as a boot structure's 32-bit field. Meant for `const` items,
+/// where an address that does not fit fails the build.
+pub const fn low32(addr: u64) -> u32 {
+    assert!(
+        addr <= u32::MAX as u64,
+        "address above 4 GiB in a 32-bit field"
+    );
+    // Checked just above: the value fits.
+    #[allow(clippy::cast_possible_truncation)]
+    let low = addr as u32;
+    low
+}

@@ -30,7 +30,7 @@ pub enum MptableError {
     TooManyCpus(u8),
     #[error("guest memory does not cover the MP table at {start:#x}+{len:#x}")]
     NotInGuestMemory { start: u64, len: usize },
-    #[error("failed to write the MP table to guest memory: {0}")]
+    #[error("failed to write the MP table to guest memory")]
     Write(#[source] vm_memory::GuestMemoryError),
 }
 
@@ -179,12 +179,16 @@ const FIXED_SIZE: usize = size_of::<MpfIntel>()
     + NUM_IO_INTERRUPTS * size_of::<MpcInterrupt>()
     + NUM_LOCAL_INTERRUPTS * size_of::<MpcInterrupt>();
 
-/// Room from the table's start to the end of the EBDA (the legacy hole starts right after).
+/// Room from the table's start to the end of the EBDA (the legacy hole starts right after):
+/// 1 KiB, which fits any usize.
+#[allow(clippy::cast_possible_truncation)]
 const AREA_SIZE: usize = (layout::LEGACY_HOLE_START - layout::MPTABLE_START) as usize;
 
 const MAX_CPUS_USIZE: usize = (AREA_SIZE - FIXED_SIZE) / size_of::<MpcCpu>();
 
 /// How many vCPUs fit in the MP table area (37 with 24 I/O APIC pins).
+// The narrowing is in the branch where the value is at most u8::MAX.
+#[allow(clippy::cast_possible_truncation)]
 pub const MAX_SUPPORTED_CPUS: u8 = if MAX_CPUS_USIZE > u8::MAX as usize {
     u8::MAX
 } else {
@@ -193,6 +197,16 @@ pub const MAX_SUPPORTED_CPUS: u8 = if MAX_CPUS_USIZE > u8::MAX as usize {
 
 // The brief for this VMM promises at least 32 vCPUs.
 const _: () = assert!(MAX_SUPPORTED_CPUS >= 32);
+
+/// The 32-bit addresses the tables hold.
+const IOAPIC_ADDR32: u32 = layout::low32(layout::IOAPIC_ADDR);
+const APIC_ADDR32: u32 = layout::low32(layout::APIC_ADDR);
+/// The configuration table follows the floating pointer.
+const CONFIG_ADDR: u64 = layout::MPTABLE_START + size_of::<MpfIntel>() as u64;
+const CONFIG_ADDR32: u32 = layout::low32(CONFIG_ADDR);
+/// The floating pointer's length, in 16-byte paragraphs.
+const MPF_PARAGRAPHS: u8 = 1;
+const _: () = assert!(size_of::<MpfIntel>() == 16 * MPF_PARAGRAPHS as usize);
 
 /// Total size of the floating pointer plus configuration table for `num_cpus` CPUs.
 fn table_size(num_cpus: u8) -> usize {
@@ -244,11 +258,12 @@ fn build_entries(num_cpus: u8) -> (Vec<u8>, u16) {
         apic_id: ioapic_id,
         apic_version: IOAPIC_VERSION,
         flags: IOAPIC_FLAG_ENABLED,
-        address: layout::IOAPIC_ADDR as u32,
+        address: IOAPIC_ADDR32,
     };
     push(ioapic.as_slice());
 
-    for irq in 0..NUM_IO_INTERRUPTS as u8 {
+    // IRQ numbers as the u8 the entries hold.
+    for irq in (0..=u8::MAX).take(NUM_IO_INTERRUPTS) {
         let entry = MpcInterrupt {
             entry_type: ENTRY_IO_INTERRUPT,
             irq_type: INT_TYPE_INT,
@@ -298,14 +313,13 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableE
         });
     }
 
-    let mpf_size = size_of::<MpfIntel>();
-    let config_addr = layout::MPTABLE_START + mpf_size as u64;
     let (entries, entry_count) = build_entries(num_cpus);
 
     let mut header = MpcTable {
         signature: *b"PCMP",
         // At most AREA_SIZE (1 KiB), as enforced by MAX_SUPPORTED_CPUS.
-        length: (size_of::<MpcTable>() + entries.len()) as u16,
+        length: u16::try_from(size_of::<MpcTable>() + entries.len())
+            .map_err(|_| MptableError::TooManyCpus(num_cpus))?,
         spec: SPEC_REV_1_4,
         checksum: 0,
         oem: OEM_ID,
@@ -313,12 +327,12 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableE
         oem_ptr: 0,
         oem_size: 0,
         entry_count,
-        lapic: layout::APIC_ADDR as u32,
+        lapic: APIC_ADDR32,
         ext_length: 0,
         ext_checksum: 0,
         reserved: 0,
     };
-    let mut config = Vec::with_capacity(total - mpf_size);
+    let mut config = Vec::with_capacity(total - size_of::<MpfIntel>());
     config.extend_from_slice(header.as_slice());
     config.extend_from_slice(&entries);
     header.checksum = checksum(&config);
@@ -328,8 +342,8 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableE
     let mut mpf = MpfIntel {
         signature: *b"_MP_",
         // The EBDA is below 1 MiB, so the address fits the 32-bit field.
-        physptr: config_addr as u32,
-        length: (mpf_size / 16) as u8,
+        physptr: CONFIG_ADDR32,
+        length: MPF_PARAGRAPHS,
         specification: SPEC_REV_1_4,
         checksum: 0,
         feature1: 0,
@@ -339,7 +353,7 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableE
     mpf.checksum = checksum(mpf.as_slice());
 
     mem.write_obj(mpf, start).map_err(MptableError::Write)?;
-    mem.write_slice(&config, GuestAddress(config_addr))
+    mem.write_slice(&config, GuestAddress(CONFIG_ADDR))
         .map_err(MptableError::Write)?;
     Ok(())
 }
@@ -381,7 +395,7 @@ mod tests {
         let header: MpcTable = mem.read_obj(GuestAddress(physptr)).unwrap();
         assert_eq!(header.signature, *b"PCMP");
         assert_eq!({ header.spec }, 4);
-        assert_eq!({ header.lapic }, layout::APIC_ADDR as u32);
+        assert_eq!(u64::from(header.lapic), layout::APIC_ADDR);
         assert_eq!(header.oem, *b"FLINT   ");
         let len = usize::from(header.length);
         assert!(physptr + len as u64 <= layout::LEGACY_HOLE_START);
@@ -454,7 +468,16 @@ mod tests {
             // type 3, INT, conforming flags, ISA bus 0, irq -> I/O APIC pin irq.
             assert_eq!(
                 e.as_slice(),
-                [3, 0, 0, 0, 0, irq as u8, num_cpus, irq as u8]
+                [
+                    3,
+                    0,
+                    0,
+                    0,
+                    0,
+                    u8::try_from(irq).unwrap(),
+                    num_cpus,
+                    u8::try_from(irq).unwrap()
+                ]
             );
         }
 
@@ -531,7 +554,7 @@ mod tests {
             Err(MptableError::NotInGuestMemory { .. })
         ));
         // Ends in the middle of the table.
-        let mem = guest_mem(layout::MPTABLE_START as usize + 0x100);
+        let mem = guest_mem(usize::try_from(layout::MPTABLE_START).unwrap() + 0x100);
         assert!(matches!(
             setup_mptable(&mem, 4),
             Err(MptableError::NotInGuestMemory { .. })

@@ -12,9 +12,9 @@ use super::layout::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("writing the boot GDT/IDT into guest memory failed: {0}")]
+    #[error("writing the boot GDT/IDT into guest memory failed")]
     Gdt(#[source] vm_memory::GuestMemoryError),
-    #[error("writing the boot page tables into guest memory failed: {0}")]
+    #[error("writing the boot page tables into guest memory failed")]
     PageTables(#[source] vm_memory::GuestMemoryError),
 }
 
@@ -53,7 +53,7 @@ const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The `kvm_segment` matching a descriptor, as the CPU would cache it after loading `index`.
 fn segment_from_gdt(entry: u64, index: u16) -> kvm_segment {
-    let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
+    let limit_raw = (entry & 0xffff) as u32 | ((entry >> 32) & 0xf_0000) as u32;
     let g = ((entry >> 55) & 1) as u8;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
@@ -107,7 +107,8 @@ pub fn setup_sregs(
         .map_err(RegsError::Gdt)?;
 
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    // Five 8-byte entries: a limit of 39.
+    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&gdt) - 1).unwrap_or(u16::MAX);
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
 

@@ -69,38 +69,46 @@ fn unix_now(fixed: Option<u64>) -> u64 {
     })
 }
 
-/// A UTC calendar date and time, as the RTC registers hold it.
+/// A UTC calendar date and time, as the RTC registers hold it. flint-bench dates its reports
+/// with it too, so the workspace has one calendar conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DateTime {
-    year: u64,
-    month: u8,
-    day: u8,
+pub struct DateTime {
+    pub year: u64,
+    /// 1 = January ... 12 = December.
+    pub month: u8,
+    /// 1..=31.
+    pub day: u8,
     /// 1 = Sunday ... 7 = Saturday, the RTC's convention.
-    weekday: u8,
-    hour: u8,
-    minute: u8,
-    second: u8,
+    pub weekday: u8,
+    pub hour: u8,
+    pub minute: u8,
+    pub second: u8,
 }
 
 impl DateTime {
     /// Converts seconds since 1970-01-01T00:00:00Z (proleptic Gregorian, no leap seconds).
-    fn from_unix(secs: u64) -> Self {
+    pub fn from_unix(secs: u64) -> Self {
         let days = secs / 86_400;
         let rem = secs % 86_400;
         // 1970-01-01 was a Thursday (RTC weekday 5).
         let weekday = ((days + 4) % 7) as u8 + 1;
 
-        // Howard Hinnant's days-to-civil method: count in 400-year eras starting 0000-03-01, so the leap day falls at the end of each
-        // year and a month's position no longer depends on leap years. 1970-01-01 is day 719_468
-        // counted from 0000-03-01. A u64 cannot overflow here: days < 2^64 / 86_400.
+        // Howard Hinnant's days-to-civil method: count in 400-year eras starting 0000-03-01, so
+        // the leap day falls at the end of each year and a month's position no longer depends
+        // on leap years. 1970-01-01 is day 719_468 counted from 0000-03-01. A u64 cannot
+        // overflow here: days < 2^64 / 86_400.
         let z = days + 719_468;
         let era = z / 146_097;
         let doe = z % 146_097; // day of era, 0..=146_096
         let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
         let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of March-based year, 0..=365
         let mp = (5 * doy + 2) / 153; // March = 0 ... February = 11
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+                                      // Day 1..=31 and month 1..=12, by the ranges above: they fit a u8.
+        #[allow(clippy::cast_possible_truncation)]
+        let (day, month) = (
+            (doy - (153 * mp + 2) / 5 + 1) as u8,
+            if mp < 10 { mp + 3 } else { mp - 9 } as u8,
+        );
         let year = era * 400 + yoe + u64::from(month <= 2);
 
         Self {

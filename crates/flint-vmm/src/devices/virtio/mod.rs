@@ -9,6 +9,7 @@
 //! register access waits for its I/O.
 
 pub mod block;
+pub mod iovec;
 pub mod mmio;
 pub mod worker;
 

@@ -30,6 +30,18 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    /// `below` for a u32 bound: the same draw, as a u32.
+    fn below_u32(&mut self, n: u32) -> u32 {
+        u32::try_from(self.below(u64::from(n))).unwrap()
+    }
+    /// `below` for an index into `n` things: the same draw, as a usize.
+    fn index(&mut self, n: usize) -> usize {
+        usize::try_from(self.below(n as u64)).unwrap()
+    }
+    /// The low 32 bits of the next draw.
+    fn next_u32(&mut self) -> u32 {
+        (self.next() & 0xffff_ffff) as u32
+    }
 }
 
 const REGS: [u64; 22] = [
@@ -60,12 +72,12 @@ const REGS: [u64; 22] = [
 /// A register value a driver might plausibly (or maliciously) write.
 fn value(rng: &mut Rng) -> u32 {
     match rng.below(6) {
-        0 => rng.below(16) as u32,
-        1 => [1, 3, 7, 11, 15, 0x8f][rng.below(6) as usize],
-        2 => (rng.below(MEM_SIZE as u64 / 0x100) * 0x100) as u32,
+        0 => rng.below_u32(16),
+        1 => [1, 3, 7, 11, 15, 0x8f][rng.index(6)],
+        2 => rng.below_u32(u32::try_from(MEM_SIZE / 0x100).unwrap()) * 0x100,
         3 => 1 << rng.below(32),
         4 => u32::MAX,
-        _ => rng.next() as u32,
+        _ => rng.next_u32(),
     }
 }
 
@@ -82,7 +94,7 @@ fn negotiate(t: &mut MmioTransport, rng: &mut Rng) {
     w(
         t,
         REG_DRIVER_FEATURES,
-        u32::from_le_bytes(f) & rng.next() as u32,
+        u32::from_le_bytes(f) & rng.next_u32(),
     );
     w(t, REG_DRIVER_FEATURES_SEL, 1);
     w(t, REG_DRIVER_FEATURES, 1); // VERSION_1
@@ -94,7 +106,7 @@ fn negotiate(t: &mut MmioTransport, rng: &mut Rng) {
     for q in 0..2 {
         w(t, REG_QUEUE_SEL, q);
         w(t, REG_QUEUE_NUM, 1 << rng.below(9));
-        let base = rng.below(0x1_0000) as u32 & !0xf;
+        let base = rng.below_u32(0x1_0000) & !0xf;
         w(t, REG_QUEUE_DESC_LOW, base);
         w(t, REG_QUEUE_DRIVER_LOW, base + 0x1000);
         w(t, REG_QUEUE_DEVICE_LOW, base + 0x2000);
@@ -125,11 +137,11 @@ fn hammer(device: Box<dyn VirtioDevice>, seed: u64, rounds: usize) -> usize {
             mem.write_obj(rng.next(), at).unwrap_or(());
         }
         for _ in 0..rng.below(8) {
-            let off = REGS[rng.below(REGS.len() as u64) as usize];
+            let off = REGS[rng.index(REGS.len())];
             let mut v = value(&mut rng).to_le_bytes().to_vec();
-            v.truncate([4, 4, 4, 1, 2, 8][rng.below(6) as usize].min(4));
+            v.truncate([4, 4, 4, 1, 2, 8][rng.index(6)].min(4));
             t.write(off, &v);
-            let mut r = vec![0u8; [4, 1, 8][rng.below(3) as usize]];
+            let mut r = vec![0u8; [4, 1, 8][rng.index(3)]];
             t.read(rng.below(0x200), &mut r);
         }
         // What the device's worker thread would do on notifications and backend input.
@@ -181,7 +193,7 @@ fn hostile_driver_against_net() {
         let sender = std::thread::spawn(move || {
             let mut rng = Rng(seed * 77);
             for _ in 0..2000 {
-                let frame = vec![0x5au8; 1 + rng.below(9000) as usize];
+                let frame = vec![0x5au8; 1 + rng.index(9000)];
                 // SAFETY: sends from a valid buffer on our socket; a full socket just fails.
                 unsafe { libc::send(peer.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
             }

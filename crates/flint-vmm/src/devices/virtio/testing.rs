@@ -2,13 +2,20 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::net::Backend;
+
+/// Descriptor flags as the u16 the descriptor table holds (virtio-bindings has them as u32;
+/// both are single low bits, 1 and 2).
+#[allow(clippy::cast_possible_truncation)]
+pub const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+#[allow(clippy::cast_possible_truncation)]
+pub const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
 pub struct TestQueue {
     // Ring addresses, taken once from the mock: building a mock re-initialises the rings.
@@ -48,7 +55,7 @@ impl TestQueue {
             let at = self.desc.unchecked_add(16 * (head as u64 + i as u64));
             mem.write_obj(d, at).unwrap();
         }
-        self.next_desc += descs.len() as u16;
+        self.next_desc += u16::try_from(descs.len()).unwrap();
         head
     }
 
@@ -60,7 +67,7 @@ impl TestQueue {
             .enumerate()
             .map(|(i, &(a, l, f))| {
                 if i + 1 < descs.len() {
-                    (a, l, f | VRING_DESC_F_NEXT as u16, base + i as u16 + 1)
+                    (a, l, f | F_NEXT, base + u16::try_from(i).unwrap() + 1)
                 } else {
                     (a, l, f, 0)
                 }

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::SECTOR_SIZE;
 use crate::config::io_reason;
+use crate::devices::virtio::iovec::GuestIovecs;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskError {
@@ -80,41 +81,30 @@ impl DiskImage {
         self.discard
     }
 
-    /// Reads into the host buffers `iov` (guest memory) from `offset`; returns bytes read.
-    ///
-    /// # Safety
-    /// Every iovec must point to memory valid for writes of its length for the whole call.
-    pub unsafe fn read_vectored_at(
-        &self,
-        iov: &[libc::iovec],
-        offset: u64,
-    ) -> std::io::Result<usize> {
-        // SAFETY: the caller guarantees the buffers; the fd is ours.
+    /// Reads into the guest buffers `bufs` from `offset`; returns bytes read.
+    pub fn read_vectored_at(&self, bufs: &GuestIovecs, offset: u64) -> std::io::Result<usize> {
+        let count = bufs.count()?;
+        // SAFETY: `bufs` holds iovecs into guest RAM, each checked to be mapped for its length,
+        // and its borrow of guest memory keeps them mapped for this call; the fd is ours.
         check(unsafe {
             libc::preadv(
                 self.file.as_raw_fd(),
-                iov.as_ptr(),
-                iov.len() as i32,
+                bufs.as_slice().as_ptr(),
+                count,
                 offset as libc::off_t,
             )
         })
     }
 
-    /// Writes the host buffers `iov` (guest memory) at `offset`; returns bytes written.
-    ///
-    /// # Safety
-    /// Every iovec must point to memory valid for reads of its length for the whole call.
-    pub unsafe fn write_vectored_at(
-        &self,
-        iov: &[libc::iovec],
-        offset: u64,
-    ) -> std::io::Result<usize> {
-        // SAFETY: the caller guarantees the buffers; the fd is ours.
+    /// Writes the guest buffers `bufs` at `offset`; returns bytes written.
+    pub fn write_vectored_at(&self, bufs: &GuestIovecs, offset: u64) -> std::io::Result<usize> {
+        let count = bufs.count()?;
+        // SAFETY: as for `read_vectored_at`; pwritev only reads the buffers.
         check(unsafe {
             libc::pwritev(
                 self.file.as_raw_fd(),
-                iov.as_ptr(),
-                iov.len() as i32,
+                bufs.as_slice().as_ptr(),
+                count,
                 offset as libc::off_t,
             )
         })

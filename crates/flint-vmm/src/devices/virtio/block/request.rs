@@ -6,9 +6,10 @@
 //! types); a chain with no usable status byte is completed without one.
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, ByteValued, Bytes, GuestMemoryBackend, GuestMemoryMmap, Le32, Le64};
+use vm_memory::{Address, ByteValued, Bytes, GuestMemoryMmap, Le32, Le64};
 
 use super::*;
+use crate::devices::virtio::iovec::GuestIovecs;
 
 /// The request header as the guest lays it out.
 #[repr(C)]
@@ -111,7 +112,11 @@ fn execute(
         return Err(VIRTIO_BLK_S_IOERR);
     }
     match hdr.type_.to_native() {
-        VIRTIO_BLK_T_IN => Ok(transfer(data, mem, disk, sector, limits, true)? as u32),
+        VIRTIO_BLK_T_IN => {
+            let n = transfer(data, mem, disk, sector, limits, true)?;
+            // The used ring's length is 32 bits; `limits.max_data` keeps a read far below that.
+            u32::try_from(n).map_err(|_| VIRTIO_BLK_S_IOERR)
+        }
         VIRTIO_BLK_T_OUT => {
             if disk.read_only() {
                 return Err(VIRTIO_BLK_S_IOERR);
@@ -134,7 +139,8 @@ fn execute(
             let n = (d.len() as usize).min(VIRTIO_BLK_ID_BYTES);
             mem.write_slice(&serial[..n], d.addr())
                 .map_err(|_| VIRTIO_BLK_S_IOERR)?;
-            Ok(n as u32)
+            // At most VIRTIO_BLK_ID_BYTES.
+            u32::try_from(n).map_err(|_| VIRTIO_BLK_S_IOERR)
         }
         t @ (VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) => {
             let feature = if t == VIRTIO_BLK_T_DISCARD {
@@ -165,16 +171,13 @@ fn transfer(
     limits: &Limits,
     to_guest: bool,
 ) -> Result<u64, u8> {
-    let (iov, _guards, len) = guest_buffers(data, mem, to_guest, limits)?;
+    let bufs = guest_buffers(data, mem, to_guest, limits)?;
+    let len = bufs.total() as u64;
     let offset = checked_range(sector, len, disk.size())?;
-    // SAFETY: the iovecs point into guest memory validated by `guest_buffers` in the direction
-    // used here; its guards (and the mapping, owned by `mem`) outlive the call.
-    let n = unsafe {
-        if to_guest {
-            disk.read_vectored_at(&iov, offset)
-        } else {
-            disk.write_vectored_at(&iov, offset)
-        }
+    let n = if to_guest {
+        disk.read_vectored_at(&bufs, offset)
+    } else {
+        disk.write_vectored_at(&bufs, offset)
     }
     .map_err(|_| VIRTIO_BLK_S_IOERR)?;
     if n as u64 != len {
@@ -192,38 +195,26 @@ fn checked_range(sector: u64, len: u64, size: u64) -> Result<u64, u8> {
     }
 }
 
-type Guards<'a> = Vec<vm_memory::volatile_memory::PtrGuardMut>;
-
 /// The data descriptors as host iovecs, each checked to lie in guest RAM and to have the
-/// direction the request needs (`device_writes`: the device fills them, for reads).
+/// direction the request needs (`device_writes`: the device fills them, for reads), at most
+/// `limits.max_data` bytes in all.
 fn guest_buffers<'a>(
     data: &[Descriptor],
     mem: &'a GuestMemoryMmap,
     device_writes: bool,
     limits: &Limits,
-) -> Result<(Vec<libc::iovec>, Guards<'a>, u64), u8> {
-    let mut iov = Vec::with_capacity(data.len());
-    let mut guards = Vec::with_capacity(data.len());
-    let mut total: u64 = 0;
+) -> Result<GuestIovecs<'a>, u8> {
+    // A limit beyond the address space cannot be reached anyway.
+    let max = usize::try_from(limits.max_data).unwrap_or(usize::MAX);
+    let mut bufs = GuestIovecs::new(mem, max);
     for d in data {
         if d.is_write_only() != device_writes {
             return Err(VIRTIO_BLK_S_IOERR);
         }
-        total += d.len() as u64;
-        if total > limits.max_data {
-            return Err(VIRTIO_BLK_S_IOERR);
-        }
-        let slice = mem
-            .get_slice(d.addr(), d.len() as usize)
+        bufs.push(d.addr(), d.len())
             .map_err(|_| VIRTIO_BLK_S_IOERR)?;
-        let guard = slice.ptr_guard_mut();
-        iov.push(libc::iovec {
-            iov_base: guard.as_ptr().cast(),
-            iov_len: slice.len(),
-        });
-        guards.push(guard);
     }
-    Ok((iov, guards, total))
+    Ok(bufs)
 }
 
 fn discard_or_zero(

@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::irq::IrqLine;
-use crate::devices::virtio::testing::TestQueue;
+use crate::devices::virtio::testing::{TestQueue, F_NEXT, F_WRITE};
 use crate::devices::virtio::{ActivateContext, Interrupt, QueueWorker, VirtioDevice};
 
 const MEM_SIZE: usize = 4 << 20;
@@ -17,7 +16,7 @@ const QSIZE: u16 = 16;
 const HDR: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x30_0000;
-const W: u16 = VRING_DESC_F_WRITE as u16;
+const W: u16 = F_WRITE;
 
 struct Harness {
     mem: GuestMemoryMmap,
@@ -32,7 +31,7 @@ impl Harness {
     fn new(name: &str, sectors: u64, read_only: bool) -> Harness {
         let path = std::env::temp_dir().join(format!("flint-blk-{}-{name}", std::process::id()));
         let image: Vec<u8> = (0..sectors * SECTOR_SIZE)
-            .map(|i| (i / SECTOR_SIZE) as u8)
+            .map(|i| ((i / SECTOR_SIZE) & 0xff) as u8)
             .collect();
         std::fs::write(&path, image).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
@@ -220,7 +219,7 @@ fn addresses_outside_guest_memory() {
         VIRTIO_BLK_S_IOERR
     );
     // Status outside RAM: no status can be written; the chain completes with nothing written.
-    let head = h.put_raw(&[(HDR, 16, VRING_DESC_F_NEXT as u16, 1), (outside, 1, W, 0)]);
+    let head = h.put_raw(&[(HDR, 16, F_NEXT, 1), (outside, 1, W, 0)]);
     assert_eq!(h.run(head), 0);
     assert_eq!(h.block.stats().dropped_chains, 1);
 }
@@ -241,7 +240,7 @@ fn chains_without_a_usable_status_are_dropped() {
 fn looping_chain_terminates() {
     let mut h = Harness::new("loop", 8, false);
     h.header(VIRTIO_BLK_T_IN, 0);
-    let n = VRING_DESC_F_NEXT as u16;
+    let n = F_NEXT;
     // 0 -> 1 -> 0 -> ...: the walk is bounded by the queue size; no hang, no panic.
     let head = h.put_raw(&[(HDR, 16, n, 1), (DATA, 512, W | n, 0)]);
     let len = h.run(head);

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::*;
+use crate::devices::virtio::iovec::GuestIovecs;
 use crate::devices::virtio::{
     notify_if_needed, read_config_bytes, serve_queue, ActivateContext, Interrupt, QueueWorker,
     VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -221,31 +222,22 @@ impl NetWorker {
 /// One TX chain to the backend: device-readable descriptors only, a header and at most
 /// MAX_FRAME_LEN bytes, all in guest RAM; written with one writev straight from guest memory.
 fn send(fd: std::os::fd::RawFd, descs: &[Descriptor], mem: &GuestMemoryMmap) -> bool {
-    let mut iov = Vec::with_capacity(descs.len());
-    let mut guards = Vec::with_capacity(descs.len());
-    let mut total = 0usize;
+    let mut bufs = GuestIovecs::new(mem, MAX_FRAME_LEN);
     for d in descs {
-        total += d.len() as usize;
-        if d.is_write_only() || total > MAX_FRAME_LEN {
+        if d.is_write_only() || bufs.push(d.addr(), d.len()).is_err() {
             return false;
         }
-        let Ok(slice) = mem.get_slice(d.addr(), d.len() as usize) else {
-            return false;
-        };
-        let guard = slice.ptr_guard();
-        iov.push(libc::iovec {
-            iov_base: guard.as_ptr() as *mut libc::c_void,
-            iov_len: slice.len(),
-        });
-        guards.push(guard);
     }
-    if total < VNET_HDR_LEN {
+    if bufs.total() < VNET_HDR_LEN {
         return false;
     }
-    // SAFETY: every iovec points into guest RAM checked above; the guards and `mem` keep the
-    // mapping alive for the call; writev only reads the buffers.
-    let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
-    n == total as isize
+    let Ok(count) = bufs.count() else {
+        return false;
+    };
+    // SAFETY: `bufs` holds iovecs into guest RAM, each checked to be mapped for its length,
+    // and its borrow of guest memory keeps them mapped for the call; writev only reads them.
+    let n = unsafe { libc::writev(fd, bufs.as_slice().as_ptr(), count) };
+    usize::try_from(n) == Ok(bufs.total())
 }
 
 /// Puts one frame (header included) into the guest's RX buffers: one chain, or several with

@@ -5,21 +5,28 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::irq::IrqLine;
-use crate::devices::virtio::testing::{seqpacket_pair, SocketBackend, TestQueue};
+use crate::devices::virtio::testing::{seqpacket_pair, SocketBackend, TestQueue, F_WRITE};
 use crate::devices::virtio::{
     ActivateContext, Interrupt, QueueWorker, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const MEM_SIZE: usize = 4 << 20;
 const QSIZE: u16 = 16;
-const W: u16 = VRING_DESC_F_WRITE as u16;
+const W: u16 = F_WRITE;
+/// VNET_HDR_LEN as a descriptor or used-ring length.
+const HDR_LEN32: u32 = 12;
+const _: () = assert!(HDR_LEN32 as usize == VNET_HDR_LEN);
+
+/// A frame's length as the used ring reports it.
+fn len32(frame: &[u8]) -> u32 {
+    u32::try_from(frame.len()).unwrap()
+}
 const RXBUF: u64 = 0x10_0000;
 const TXBUF: u64 = 0x20_0000;
 
@@ -118,7 +125,7 @@ fn transmit_reaches_the_host_intact() {
     h.mem
         .write_slice(&f[VNET_HDR_LEN..], GuestAddress(TXBUF + 0x1000))
         .unwrap();
-    h.guest_sends(&[(TXBUF, VNET_HDR_LEN as u32, 0), (TXBUF + 0x1000, 11, 0)]);
+    h.guest_sends(&[(TXBUF, HDR_LEN32, 0), (TXBUF + 0x1000, 11, 0)]);
     assert_eq!(h.host_receives().unwrap(), f);
     assert_eq!(h.tx.used_idx(&h.mem), 1);
     assert_eq!(h.tx.used(&h.mem, 0), (0, 0));
@@ -152,7 +159,7 @@ fn receive_into_one_buffer() {
     let f = frame(b"hello, guest");
     h.host_sends(&f);
     assert!(h.net.process_backend(0));
-    assert_eq!(h.rx.used(&h.mem, 0), (0, f.len() as u32));
+    assert_eq!(h.rx.used(&h.mem, 0), (0, len32(&f)));
     let mut got = vec![0u8; f.len()];
     h.mem.read_slice(&mut got, GuestAddress(RXBUF)).unwrap();
     assert_eq!(&got[VNET_HDR_LEN..], b"hello, guest");
@@ -166,13 +173,13 @@ fn mergeable_buffers_carry_a_large_frame() {
     for i in 0..3 {
         h.post_rx(&[(RXBUF + i * 0x1000, 1500)]);
     }
-    let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i & 0xff) as u8).collect();
     let f = frame(&payload);
     h.host_sends(&f);
     assert!(h.net.process_backend(0));
     assert_eq!(h.rx.used_idx(&h.mem), 3);
     let lens: Vec<u32> = (0..3).map(|i| h.rx.used(&h.mem, i).1).collect();
-    assert_eq!(lens, vec![1500, 1500, f.len() as u32 - 3000]);
+    assert_eq!(lens, vec![1500, 1500, len32(&f) - 3000]);
     let mut got = Vec::new();
     for (i, len) in lens.iter().enumerate() {
         let mut part = vec![0u8; *len as usize];
@@ -233,7 +240,7 @@ fn bad_rx_buffers_do_not_hurt_the_host() {
     h.host_sends(&frame(b"x"));
     assert!(h.net.process_backend(0));
     assert_eq!(h.rx.used(&h.mem, 0), (0, 0));
-    assert_eq!(h.rx.used(&h.mem, 1).1, VNET_HDR_LEN as u32 + 1);
+    assert_eq!(h.rx.used(&h.mem, 1).1, HDR_LEN32 + 1);
     // A buffer outside guest memory: the frame is dropped, the buffer returned unused.
     h.rx.recycle();
     h.post_rx(&[(MEM_SIZE as u64 - 4, 2048)]);
@@ -264,7 +271,7 @@ fn frame_waiting_for_more_mergeable_buffers_still_gets_kicked() {
     // one it took and ask to be kicked at the guest's current avail index, or RX dies.
     let mut h = Harness::new(ALL);
     h.post_rx(&[(RXBUF, 1500)]);
-    let payload: Vec<u8> = (0..2500u32).map(|i| (i * 7) as u8).collect();
+    let payload: Vec<u8> = (0..2500u32).map(|i| ((i * 7) & 0xff) as u8).collect();
     let f = frame(&payload);
     h.host_sends(&f);
     assert!(h.net.process_backend(0));
@@ -283,7 +290,7 @@ fn frame_waiting_for_more_mergeable_buffers_still_gets_kicked() {
     assert!(h.net.backend_wanted(0));
     assert_eq!(h.rx.used_idx(&h.mem), 2);
     let (l0, l1) = (h.rx.used(&h.mem, 0).1, h.rx.used(&h.mem, 1).1);
-    assert_eq!((l0, l0 + l1), (1500, f.len() as u32));
+    assert_eq!((l0, l0 + l1), (1500, len32(&f)));
     let mut got = vec![0u8; f.len()];
     h.mem
         .read_slice(&mut got[..1500], GuestAddress(RXBUF))

@@ -15,6 +15,9 @@ const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
 const IFNAMSIZ: usize = 16;
+/// VNET_HDR_LEN as the int TUNSETVNETHDRSZ reads.
+const HDR_LEN: libc::c_int = 12;
+const _: () = assert!(HDR_LEN as usize == VNET_HDR_LEN);
 
 pub const TUN_F_CSUM: u32 = 0x01;
 pub const TUN_F_TSO4: u32 = 0x02;
@@ -56,7 +59,6 @@ pub enum TapError {
 
 pub struct Tap {
     fd: OwnedFd,
-    name: String,
     /// The kernel accepted offloads (checksum, TSO) on this TAP.
     offloads: bool,
 }
@@ -112,7 +114,7 @@ impl Tap {
             });
         }
         // The header in front of each frame is virtio 1.x's (with num_buffers): 12 bytes.
-        let hdr_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        let hdr_len: libc::c_int = HDR_LEN;
         // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
             let e = std::io::Error::last_os_error();
@@ -125,15 +127,7 @@ impl Tap {
         )
         .and_then(|_| ioctl_int(fd.as_raw_fd(), TUNSETOFFLOAD, 0))
         .is_ok();
-        Ok(Tap {
-            fd,
-            name: name.into(),
-            offloads,
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
+        Ok(Tap { fd, offloads })
     }
 
     /// Whether this TAP takes checksum and TSO offloads.
