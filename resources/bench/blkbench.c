@@ -1,10 +1,13 @@
 /* blkbench: block device throughput and latency, run inside a guest.
  *
- *   blkbench DEVICE [SEQ_MIB] [RAND_OPS]
+ *   blkbench DEVICE [SEQ_MIB] [RAND_OPS] [DEPTH]
  *
  * O_DIRECT, queue depth 1, so each number is one request's round trip through the VMM's device:
  * sequential write and read in 1 MiB requests over SEQ_MIB MiB, then RAND_OPS random 4 KiB
- * reads and writes. One line per test:
+ * reads and writes. With DEPTH > 1, the random tests run again with DEPTH processes issuing
+ * requests at once (queue depth DEPTH: the guest's driver touches the device's registers while
+ * the VMM is busy with other requests), as rand-read-4k-qdDEPTH and rand-write-4k-qdDEPTH.
+ * One line per test:
  *   blkbench TEST mib_s=X iops=Y lat_avg_us=Z lat_p50_us=P lat_p99_us=Q
  * Writes go to the device: give it a scratch disk. */
 #define _GNU_SOURCE
@@ -15,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <linux/fs.h>
 #include <time.h>
 #include <unistd.h>
@@ -63,13 +68,69 @@ static int run(int fd, const char *test, int write, int random, size_t bs, long 
     return 0;
 }
 
+static uint64_t xorshift(uint64_t *state) {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return *state;
+}
+
+/* The random test with `depth` processes, each doing every depth-th request. */
+static int run_depth(int fd, const char *test, int write, size_t bs, long n, uint64_t dev_size, int depth) {
+    double *lat = mmap(NULL, sizeof(double) * (size_t)n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (lat == MAP_FAILED)
+        return 1;
+    uint64_t blocks = dev_size / bs;
+    double start = now_us();
+    for (int j = 0; j < depth; j++) {
+        pid_t pid = fork();
+        if (pid < 0)
+            return 1;
+        if (pid == 0) {
+            char *buf;
+            if (posix_memalign((void **)&buf, 4096, bs) != 0)
+                _exit(1);
+            memset(buf, 0x5a, bs);
+            uint64_t state = 0x9e3779b97f4a7c15ull ^ ((uint64_t)(j + 1) * 0x2545f4914f6cdd1dull);
+            for (long i = j; i < n; i += depth) {
+                off_t off = (off_t)((xorshift(&state) % blocks) * bs);
+                double t0 = now_us();
+                ssize_t r = write ? pwrite(fd, buf, bs, off) : pread(fd, buf, bs, off);
+                lat[i] = now_us() - t0;
+                if (r != (ssize_t)bs) {
+                    fprintf(stderr, "blkbench: %s at %lld: %s\n", test, (long long)off, r < 0 ? strerror(errno) : "short");
+                    _exit(1);
+                }
+            }
+            _exit(0);
+        }
+    }
+    int rc = 0, status;
+    while (wait(&status) > 0)
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            rc = 1;
+    if (write && fdatasync(fd) != 0) {
+        fprintf(stderr, "blkbench: fdatasync: %s\n", strerror(errno));
+        rc = 1;
+    }
+    if (rc == 0)
+        report(test, lat, n, bs, now_us() - start);
+    munmap(lat, sizeof(double) * (size_t)n);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: blkbench DEVICE [SEQ_MIB] [RAND_OPS]\n");
+        fprintf(stderr, "usage: blkbench DEVICE [SEQ_MIB] [RAND_OPS] [DEPTH]\n");
         return 2;
     }
     long seq_mib = argc > 2 ? atol(argv[2]) : 64;
     long rand_ops = argc > 3 ? atol(argv[3]) : 2000;
+    int depth = argc > 4 ? atoi(argv[4]) : 1;
+    if (depth < 1 || depth > 256) {
+        fprintf(stderr, "blkbench: DEPTH must be 1 to 256\n");
+        return 2;
+    }
     int fd = open(argv[1], O_RDWR | O_DIRECT);
     if (fd < 0) {
         fprintf(stderr, "blkbench: %s: %s\n", argv[1], strerror(errno));
@@ -98,6 +159,13 @@ int main(int argc, char **argv) {
     rc |= run(fd, "seq-read-1m", 0, 0, 1 << 20, seq_mib, size, buf, lat);
     rc |= run(fd, "rand-read-4k", 0, 1, 4096, rand_ops, size, buf, lat);
     rc |= run(fd, "rand-write-4k", 1, 1, 4096, rand_ops, size, buf, lat);
+    if (depth > 1) {
+        char name[32];
+        snprintf(name, sizeof name, "rand-read-4k-qd%d", depth);
+        rc |= run_depth(fd, name, 0, 4096, rand_ops, size, depth);
+        snprintf(name, sizeof name, "rand-write-4k-qd%d", depth);
+        rc |= run_depth(fd, name, 1, 4096, rand_ops, size, depth);
+    }
     close(fd);
     return rc;
 }
