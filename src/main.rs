@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use flint_vmm::config::{self, DiskConfig, NetConfig, VmConfig};
 use flint_vmm::exit::ExitReason;
+use flint_vmm::sandbox::seccomp::SeccompLevel;
 use flint_vmm::terminal::RawTerminal;
 use flint_vmm::vmm::{self, Vmm};
 
@@ -99,6 +100,13 @@ struct RunArgs {
     /// "flint: guest booted in N us".
     #[arg(long)]
     boot_timer: bool,
+    /// What a flint thread making a system call outside its seccomp allow-list gets: `kill`
+    /// ends flint with a message naming the thread and the call (exit status 159), `log`
+    /// lets it through and the kernel logs it (to find what a new path needs), `off` installs
+    /// no filter. Each kind of thread (vCPUs, device workers, the main event loop) has its own
+    /// list.
+    #[arg(long, value_name = "kill|log|off", default_value = "kill")]
+    seccomp: SeccompLevel,
 }
 
 /// The error and its causes on one line: each error's message says what it adds, not its
@@ -128,15 +136,20 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
         disks: args.rootfs.into_iter().chain(args.disk).collect(),
         nets: args.net,
     };
-    boot(&config, vmm::stdio_console(), start)
+    boot(&config, vmm::stdio_console(), args.seccomp, start)
 }
 
 /// Builds the VM and runs it to its end.
-fn boot(config: &VmConfig, console: vmm::Console, start: Instant) -> anyhow::Result<ExitReason> {
+fn boot(
+    config: &VmConfig,
+    console: vmm::Console,
+    seccomp: SeccompLevel,
+    start: Instant,
+) -> anyhow::Result<ExitReason> {
     let vmm = Vmm::build(config, console, start)?;
     // Raw mode only once the VM is built, and restored when `_raw` drops on every return.
     let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
-    Ok(vmm.run()?)
+    Ok(vmm.run(seccomp)?)
 }
 
 /// `run --oci-bundle`: the bundle's rootfs image first (/dev/vda, read-only), then any --disk;
@@ -176,7 +189,7 @@ fn run_bundle(
     console.error_output = Some(Box::new(Unbuffered(std::io::stderr())));
     console.eof_byte = Some(0x04);
     console.hold_input_until_ready = true;
-    match boot(&config, console, start)? {
+    match boot(&config, console, args.seccomp, start)? {
         ExitReason::Shutdown => anyhow::bail!(
             "the guest stopped without reporting the process's exit status (did the kernel \
              panic? its messages go to stderr)"

@@ -38,6 +38,19 @@ impl ExitReason {
     }
 }
 
+/// An error and its causes on one line, as the CLI prints them: each message says what it adds,
+/// so joined by ": " they read as one sentence.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}
+
 pub struct ExitEvent {
     fd: EventFd,
     reason: Mutex<Option<ExitReason>>,

@@ -19,6 +19,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod kvm;
 pub mod panic;
+pub mod sandbox;
 pub mod terminal;
 pub mod vmm;
 pub mod vstate;

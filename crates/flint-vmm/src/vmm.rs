@@ -27,6 +27,7 @@ use crate::devices::virtio::worker::{self, WorkerThread};
 use crate::event_loop::{ConsoleInput, Control};
 use crate::exit::ExitReason;
 use crate::kvm::KvmError;
+use crate::sandbox::seccomp::{Filters, SeccompError, SeccompLevel, ThreadKind};
 use crate::vstate::memory::MemoryError;
 use crate::vstate::vcpu::{self, VcpuContext, VcpuError};
 use crate::vstate::vm::VmError;
@@ -76,6 +77,8 @@ pub enum VmmError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Alloc(#[from] crate::alloc::Exhausted),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("a virtio device has more queues than KVM can number")]
     TooManyQueues,
     #[error("--net")]
@@ -119,9 +122,11 @@ impl Vmm {
         &self.devices
     }
 
-    /// Runs the VM to its end and returns why it ended.
-    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+    /// Runs the VM to its end and returns why it ended. Every flint thread runs under its
+    /// seccomp filter at `seccomp` from before the guest can make it do anything.
+    pub fn run(mut self, seccomp: SeccompLevel) -> Result<ExitReason, VmmError> {
         vcpu::install_kick_handler()?;
+        let filters = Filters::new(seccomp)?;
         let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
         let signals = self
@@ -154,6 +159,7 @@ impl Vmm {
                 slot.queues.clone(),
                 &slot.queue_evts,
                 self.ctx.exit.clone(),
+                filters.clone(),
             );
             match started {
                 Ok(w) => workers.push(w),
@@ -166,7 +172,7 @@ impl Vmm {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let vcpus = std::mem::take(&mut self.vcpus);
         for (fd, index) in vcpus {
-            match vcpu::spawn(fd, index, self.ctx.clone()) {
+            match vcpu::spawn(fd, index, self.ctx.clone(), filters.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.stop_vcpus(threads);
@@ -176,6 +182,12 @@ impl Vmm {
             }
         }
 
+        // The main thread's own filter, now that it has started every thread.
+        if let Err(e) = filters.apply(ThreadKind::Main, "main") {
+            self.stop_vcpus(threads);
+            stop_workers(workers);
+            return Err(e.into());
+        }
         while self.ctx.exit.reason().is_none() {
             let exit = &self.ctx.exit;
             let step = crate::panic::guard(|| {

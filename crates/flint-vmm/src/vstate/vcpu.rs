@@ -11,7 +11,8 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::bus::Bus;
-use crate::exit::{ExitEvent, ExitReason};
+use crate::exit::{error_chain, ExitEvent, ExitReason};
+use crate::sandbox::seccomp::{Filters, ThreadKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -103,10 +104,21 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     register_signal_handler(kick_signal(), noop_handler).map_err(VcpuError::Signal)
 }
 
-pub fn spawn(fd: VcpuFd, index: u8, ctx: Arc<VcpuContext>) -> Result<JoinHandle<()>, VcpuError> {
+/// Starts vCPU `index`'s thread; it installs its seccomp filter before its first `KVM_RUN`.
+pub fn spawn(
+    fd: VcpuFd,
+    index: u8,
+    ctx: Arc<VcpuContext>,
+    filters: Filters,
+) -> Result<JoinHandle<()>, VcpuError> {
+    let name = format!("flint-vcpu{index}");
     std::thread::Builder::new()
-        .name(format!("flint-vcpu{index}"))
+        .name(name.clone())
         .spawn(move || {
+            if let Err(e) = filters.apply(ThreadKind::Vcpu, &name) {
+                ctx.exit.request(ExitReason::VcpuFailure(error_chain(&e)));
+                return;
+            }
             let reason = crate::panic::guard(|| run_loop(fd, index, &ctx))
                 .unwrap_or_else(|what| Some(ExitReason::InternalError(what)));
             if let Some(r) = reason {

@@ -19,7 +19,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{Interrupt, QueueWorker, INT_CONFIG_CHANGE};
 use crate::bus::lock;
-use crate::exit::{ExitEvent, ExitReason};
+use crate::exit::{error_chain, ExitEvent, ExitReason};
+use crate::sandbox::seccomp::{Filters, ThreadKind};
 
 pub struct DeviceQueues {
     worker: Mutex<Option<Box<dyn QueueWorker>>>,
@@ -194,6 +195,7 @@ pub fn spawn(
     queues: Arc<DeviceQueues>,
     queue_evts: &[EventFd],
     exit: Arc<ExitEvent>,
+    filters: Filters,
 ) -> std::io::Result<WorkerThread> {
     let evts = queue_evts
         .iter()
@@ -207,10 +209,11 @@ pub fn spawn(
         stopped: false,
         watching: Vec::new(),
     };
+    let thread_name = format!("flint-{name}");
     let handle = std::thread::Builder::new()
-        .name(format!("flint-{name}"))
+        .name(thread_name.clone())
         .spawn(move || {
-            let outcome = crate::panic::guard(|| run(events))
+            let outcome = crate::panic::guard(|| run(events, &filters, &thread_name))
                 .unwrap_or_else(|what| Err(ExitReason::InternalError(what)));
             if let Err(reason) = outcome {
                 exit.request(reason);
@@ -219,12 +222,16 @@ pub fn spawn(
     Ok(WorkerThread { stop, handle })
 }
 
-/// The worker thread's loop: serve events until told to stop.
-fn run(events: QueueEvents) -> Result<(), ExitReason> {
+/// The worker thread's loop: set up its event loop, install its seccomp filter, then serve
+/// events until told to stop.
+fn run(events: QueueEvents, filters: &Filters, name: &str) -> Result<(), ExitReason> {
     let failed = |e| ExitReason::VcpuFailure(format!("a device worker's event loop failed: {e:?}"));
     let mut em = EventManager::<Arc<Mutex<QueueEvents>>>::new().map_err(failed)?;
     let events = Arc::new(Mutex::new(events));
     em.add_subscriber(events.clone());
+    filters
+        .apply(ThreadKind::DeviceWorker, name)
+        .map_err(|e| ExitReason::VcpuFailure(error_chain(&e)))?;
     while !lock(&events).stopped {
         em.run().map_err(failed)?;
     }

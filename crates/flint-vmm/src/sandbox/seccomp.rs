@@ -1,0 +1,489 @@
+//! seccomp filters: one allow-list per kind of flint thread, installed by each thread once its
+//! setup is done and before the guest can make it do anything (the vCPUs before their first
+//! `KVM_RUN`, device workers before their first queue, the main thread once every thread is
+//! started). Each list is what that thread's code calls from then on, measured with strace on
+//! every test scenario, with a reason for each; `ioctl` is limited to the request numbers the
+//! thread uses, and memory may never be mapped executable. `no_new_privs` comes with it.
+//!
+//! A syscall outside the list ([`SeccompLevel::Kill`], the default) raises SIGSYS; the handler
+//! prints one line naming the thread and the syscall and ends flint with status 159 (128 +
+//! SIGSYS). [`SeccompLevel::Log`] lets it through and the kernel logs it (for finding what a
+//! new path needs); [`SeccompLevel::Off`] installs nothing.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
+
+/// What to do about a syscall outside a thread's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeccompLevel {
+    /// No filter.
+    Off,
+    /// Allow it, and let the kernel log it.
+    Log,
+    /// End flint with a message naming the thread and the syscall.
+    #[default]
+    Kill,
+}
+
+impl std::str::FromStr for SeccompLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(SeccompLevel::Off),
+            "log" => Ok(SeccompLevel::Log),
+            "kill" => Ok(SeccompLevel::Kill),
+            other => Err(format!(
+                "'{other}' is not a seccomp level (off, log or kill)"
+            )),
+        }
+    }
+}
+
+/// The kinds of flint threads, each with its own list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread once the VM runs: the control event loop, then shutdown.
+    Main,
+    /// A vCPU: `KVM_RUN` and the device registers it reaches.
+    Vcpu,
+    /// A virtio device's worker: its queues, disk or TAP I/O, interrupts.
+    DeviceWorker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("building the seccomp filter for the {0:?} threads failed")]
+    Build(ThreadKind, #[source] seccompiler::BackendError),
+    #[error("installing the seccomp filter in thread '{0}' failed")]
+    Install(String, #[source] seccompiler::Error),
+    #[error("installing the SIGSYS handler failed")]
+    Handler(#[source] std::io::Error),
+}
+
+/// The compiled filters, one per thread kind (empty when seccomp is off).
+#[derive(Clone)]
+pub struct Filters {
+    level: SeccompLevel,
+    main: Arc<BpfProgram>,
+    vcpu: Arc<BpfProgram>,
+    worker: Arc<BpfProgram>,
+}
+
+impl Filters {
+    /// Compiles every thread kind's filter for `level` and, unless it is off, installs the
+    /// SIGSYS handler that reports a blocked syscall.
+    pub fn new(level: SeccompLevel) -> Result<Filters, SeccompError> {
+        if level == SeccompLevel::Off {
+            let empty = Arc::new(BpfProgram::new());
+            return Ok(Filters {
+                level,
+                main: empty.clone(),
+                vcpu: empty.clone(),
+                worker: empty,
+            });
+        }
+        install_sigsys_handler()?;
+        Ok(Filters {
+            level,
+            main: Arc::new(compile(ThreadKind::Main, level)?),
+            vcpu: Arc::new(compile(ThreadKind::Vcpu, level)?),
+            worker: Arc::new(compile(ThreadKind::DeviceWorker, level)?),
+        })
+    }
+
+    pub fn level(&self) -> SeccompLevel {
+        self.level
+    }
+
+    /// Installs `kind`'s filter in the calling thread, which the SIGSYS report calls `name`.
+    pub fn apply(&self, kind: ThreadKind, name: &str) -> Result<(), SeccompError> {
+        if self.level == SeccompLevel::Off {
+            return Ok(());
+        }
+        set_thread_label(name);
+        let program = match kind {
+            ThreadKind::Main => &self.main,
+            ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::DeviceWorker => &self.worker,
+        };
+        seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(name.to_string(), e))
+    }
+}
+
+/// ioctl request numbers flint's threads make once filtered.
+mod ioctls {
+    use kvm_bindings::{kvm_irq_level, kvm_regs};
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+    const KVMIO: u32 = 0xae;
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
+    /// Terminal modes (the main thread restores the user's terminal at the end).
+    pub const TCGETS: u64 = 0x5401;
+    pub const TCSETS: u64 = 0x5402;
+    pub const TCSETSW: u64 = 0x5403;
+    pub const TCSETSF: u64 = 0x5404;
+}
+
+/// A syscall allowed whatever its arguments, or only when one of `rules` matches.
+type Entry = (i64, Vec<SeccompRule>);
+
+fn any(nr: i64) -> Entry {
+    (nr, Vec::new())
+}
+
+/// `nr` when argument `arg` is one of `values`.
+fn arg_in(nr: i64, arg: u8, values: &[u64]) -> Result<Entry, seccompiler::BackendError> {
+    let rules = values
+        .iter()
+        .map(|&v| SeccompRule::new(vec![SeccompCondition::new(arg, Len::Dword, Op::Eq, v)?]))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((nr, rules))
+}
+
+/// `nr` when argument `arg` has none of the bits in `mask`.
+fn arg_without(nr: i64, arg: u8, mask: u64) -> Result<Entry, seccompiler::BackendError> {
+    let cond = SeccompCondition::new(arg, Len::Qword, Op::MaskedEq(mask), 0)?;
+    Ok((nr, vec![SeccompRule::new(vec![cond])?]))
+}
+
+/// What every flint thread does once filtered, whatever its kind.
+fn common() -> Result<Vec<Entry>, seccompiler::BackendError> {
+    let no_exec = u64::try_from(libc::PROT_EXEC).unwrap_or(u64::MAX);
+    Ok(vec![
+        // The allocator (malloc arenas, thread stacks at thread exit); never executable memory.
+        arg_without(libc::SYS_mmap, 2, no_exec)?,
+        arg_without(libc::SYS_mprotect, 2, no_exec)?,
+        any(libc::SYS_munmap),
+        any(libc::SYS_mremap),
+        any(libc::SYS_madvise),
+        any(libc::SYS_brk),
+        // Locks, and a thread ending.
+        any(libc::SYS_futex),
+        any(libc::SYS_sched_yield),
+        any(libc::SYS_exit),
+        any(libc::SYS_exit_group),
+        any(libc::SYS_rt_sigprocmask),
+        any(libc::SYS_rt_sigreturn),
+        any(libc::SYS_sigaltstack),
+        any(libc::SYS_gettid),
+        // Time (when the vDSO is not used): the boot timer, the RTC, timeouts.
+        any(libc::SYS_clock_gettime),
+        // Messages on stderr, eventfd signals (interrupts, the exit event), console output.
+        any(libc::SYS_write),
+        // Dropping a descriptor (Rust's debug builds check it with F_GETFD first).
+        any(libc::SYS_close),
+        arg_in(
+            libc::SYS_fcntl,
+            1,
+            &[libc::F_GETFD, libc::F_GETFL, libc::F_SETFL].map(|c| u64::try_from(c).unwrap_or(0)),
+        )?,
+    ])
+}
+
+/// Each thread kind's own list, on top of [`common`].
+fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
+    use ioctls::*;
+    Ok(match kind {
+        ThreadKind::Main => vec![
+            // The control event loop: console input, the signalfd, the exit eventfd.
+            any(libc::SYS_epoll_wait),
+            any(libc::SYS_epoll_pwait),
+            any(libc::SYS_epoll_ctl),
+            any(libc::SYS_read),
+            // Kicking vCPUs out of KVM_RUN at the end (pthread_kill), and waiting for them.
+            any(libc::SYS_getpid),
+            any(libc::SYS_tgkill),
+            any(libc::SYS_clock_nanosleep),
+            any(libc::SYS_nanosleep),
+            // Restoring the user's terminal.
+            arg_in(libc::SYS_ioctl, 1, &[TCGETS, TCSETS, TCSETSW, TCSETSF])?,
+        ],
+        ThreadKind::Vcpu => vec![
+            // Running the guest; its registers for a failure message; the serial port's
+            // interrupt where KVM has no irqfd.
+            arg_in(
+                libc::SYS_ioctl,
+                1,
+                &[KVM_RUN(), KVM_GET_REGS(), KVM_IRQ_LINE()].map(u64::from),
+            )?,
+        ],
+        ThreadKind::DeviceWorker => vec![
+            // Its event loop: queue eventfds, the TAP, the stop event.
+            any(libc::SYS_epoll_wait),
+            any(libc::SYS_epoll_pwait),
+            any(libc::SYS_epoll_ctl),
+            any(libc::SYS_read),
+            // Disk I/O: requests, flushes, discard and write-zeroes.
+            any(libc::SYS_preadv),
+            any(libc::SYS_pwritev),
+            any(libc::SYS_pread64),
+            any(libc::SYS_pwrite64),
+            any(libc::SYS_fdatasync),
+            any(libc::SYS_fsync),
+            any(libc::SYS_fallocate),
+            // Frames to and from the TAP.
+            any(libc::SYS_readv),
+            any(libc::SYS_writev),
+            // The device's interrupt where KVM has no irqfd.
+            arg_in(libc::SYS_ioctl, 1, &[KVM_IRQ_LINE()])?,
+        ],
+    })
+}
+
+fn compile(kind: ThreadKind, level: SeccompLevel) -> Result<BpfProgram, SeccompError> {
+    let err = |e| SeccompError::Build(kind, e);
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (nr, r) in common()
+        .map_err(err)?
+        .into_iter()
+        .chain(own(kind).map_err(err)?)
+    {
+        rules.entry(nr).or_default().extend(r);
+    }
+    let mismatch = match level {
+        SeccompLevel::Log => SeccompAction::Log,
+        _ => SeccompAction::Trap,
+    };
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+        .map_err(err)?;
+    filter.try_into().map_err(err)
+}
+
+/// The name of syscall `nr`, if the build knew it.
+pub fn syscall_name(nr: u32) -> Option<&'static str> {
+    SYSCALL_NAMES
+        .binary_search_by_key(&nr, |&(n, _)| n)
+        .ok()
+        .map(|i| SYSCALL_NAMES[i].1)
+}
+
+thread_local! {
+    /// The thread's name for the SIGSYS report (read there without allocating).
+    static LABEL: Cell<([u8; 32], usize)> = const { Cell::new(([0; 32], 0)) };
+}
+
+fn set_thread_label(name: &str) {
+    let mut buf = [0u8; 32];
+    let n = name.len().min(buf.len());
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    LABEL.with(|l| l.set((buf, n)));
+}
+
+/// A fixed buffer that a signal handler can format into without allocating.
+struct Line {
+    buf: [u8; 192],
+    len: usize,
+}
+
+impl Line {
+    fn push(&mut self, bytes: &[u8]) {
+        let room = self.buf.len() - self.len;
+        let n = bytes.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+
+    fn push_number(&mut self, mut v: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            // A decimal digit: v % 10 < 10 fits in a u8.
+            digits[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+}
+
+/// The exit status after a blocked syscall: as if SIGSYS had killed flint.
+pub const BLOCKED_SYSCALL_STATUS: i32 = 128 + libc::SIGSYS;
+
+/// The message for a blocked syscall `nr` in thread `label`.
+fn blocked_message(label: &[u8], nr: u32) -> Line {
+    let mut line = Line {
+        buf: [0; 192],
+        len: 0,
+    };
+    line.push(b"flint: error: seccomp: thread '");
+    line.push(label);
+    line.push(b"' made a system call flint does not allow: ");
+    match syscall_name(nr) {
+        Some(name) => line.push(name.as_bytes()),
+        None => line.push(b"syscall"),
+    }
+    line.push(b" (");
+    line.push_number(nr);
+    line.push(b"); stopping (--seccomp log lets it through and logs it)\n");
+    line
+}
+
+extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // For SIGSYS, the kernel puts the syscall number in the siginfo union's `_syscall` field,
+    // 8 bytes into the union (after `_call_addr`), which starts at byte 16.
+    // SAFETY: the kernel passes a valid siginfo_t for this signal; the read stays inside it.
+    let nr = unsafe {
+        info.cast::<u8>()
+            .add(24)
+            .cast::<libc::c_int>()
+            .read_unaligned()
+    };
+    let (buf, n) = LABEL.with(Cell::get);
+    let line = blocked_message(&buf[..n], u32::try_from(nr).unwrap_or(u32::MAX));
+    // SAFETY: write and _exit are async-signal-safe, on every thread's list, and take a
+    // buffer we own.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len);
+        libc::_exit(BLOCKED_SYSCALL_STATUS);
+    }
+}
+
+fn install_sigsys_handler() -> Result<(), SeccompError> {
+    // SAFETY: a zeroed sigaction is a valid starting point; the handler has the SA_SIGINFO
+    // signature and only calls async-signal-safe functions.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_sigsys as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut()) != 0 {
+            return Err(SeccompError::Handler(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+
+    #[test]
+    fn names_syscalls_and_formats_the_report() {
+        assert_eq!(syscall_name(0), Some("read"));
+        assert_eq!(syscall_name(41), Some("socket"));
+        let line = blocked_message(b"flint-vcpu0", 41);
+        let text = std::str::from_utf8(&line.buf[..line.len]).unwrap();
+        assert_eq!(
+            text,
+            "flint: error: seccomp: thread 'flint-vcpu0' made a system call flint does not \
+             allow: socket (41); stopping (--seccomp log lets it through and logs it)\n"
+        );
+    }
+
+    /// Runs `body` in a forked child under `kind`'s filter, with the child's stderr in a pipe;
+    /// returns its exit status and what it wrote.
+    fn in_filtered_child(kind: ThreadKind, body: fn()) -> (i32, String) {
+        let filters = Filters::new(SeccompLevel::Kill).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills the two-element array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child only calls dup2, the filter's prctl/seccomp, `body` and _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: plain descriptor calls in the child.
+            unsafe {
+                libc::dup2(fds[1], libc::STDERR_FILENO);
+                libc::close(fds[0]);
+            }
+            let code = match filters.apply(kind, "test-thread") {
+                Ok(()) => {
+                    body();
+                    0
+                }
+                Err(_) => 99,
+            };
+            // SAFETY: ends the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut out = String::new();
+        // SAFETY: the parent owns the read end; closing the write end lets the read finish.
+        unsafe {
+            libc::close(fds[1]);
+            std::fs::File::from_raw_fd(fds[0])
+                .read_to_string(&mut out)
+                .unwrap();
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        (libc::WEXITSTATUS(status), out)
+    }
+
+    fn allowed_then_socket() {
+        let msg = b"allowed\n";
+        // SAFETY: writes our buffer to stderr; then asks for a socket, which no list allows.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, msg.as_ptr().cast(), msg.len());
+            libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        }
+    }
+
+    #[test]
+    fn each_thread_kind_is_stopped_by_a_syscall_outside_its_list() {
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::DeviceWorker] {
+            let (code, out) = in_filtered_child(kind, allowed_then_socket);
+            assert_eq!(code, BLOCKED_SYSCALL_STATUS, "{kind:?}: {out}");
+            assert!(out.starts_with("allowed\n"), "{kind:?}: {out}");
+            assert!(
+                out.contains("seccomp: thread 'test-thread' made a system call flint does not allow: socket (41)"),
+                "{kind:?}: {out}"
+            );
+        }
+    }
+
+    fn exec_mapping() {
+        // SAFETY: asks for an executable anonymous page, which no list allows.
+        unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+        }
+    }
+
+    fn foreign_ioctl() {
+        // SAFETY: TIOCSTI (pushing input into a terminal) on stdin; no list allows it.
+        unsafe { libc::ioctl(0, libc::TIOCSTI, b"x".as_ptr()) };
+    }
+
+    #[test]
+    fn arguments_are_filtered_too() {
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::DeviceWorker] {
+            let (code, out) = in_filtered_child(kind, exec_mapping);
+            assert_eq!(code, BLOCKED_SYSCALL_STATUS, "{kind:?} mmap: {out}");
+            assert!(out.contains(": mmap (9)"), "{out}");
+            let (code, out) = in_filtered_child(kind, foreign_ioctl);
+            assert_eq!(code, BLOCKED_SYSCALL_STATUS, "{kind:?} ioctl: {out}");
+            assert!(out.contains(": ioctl (16)"), "{out}");
+        }
+    }
+
+    #[test]
+    fn levels_parse() {
+        assert_eq!("kill".parse(), Ok(SeccompLevel::Kill));
+        assert_eq!("off".parse(), Ok(SeccompLevel::Off));
+        assert_eq!("log".parse(), Ok(SeccompLevel::Log));
+        assert!("on".parse::<SeccompLevel>().is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! Fast tier: every flint thread runs under its seccomp filter with `no_new_privs` while the VM
+//! runs (`/proc/PID/task/*/status`), and `--seccomp off` installs none. What each filter
+//! refuses is tested in `flint_vmm::sandbox::seccomp`'s unit tests; that the lists allow what
+//! real guests need is what every fast and lab test shows, since they all run with the default.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// (thread name, Seccomp mode, NoNewPrivs) of every thread of a running flint with a spinning
+/// guest and a disk (so a device worker exists), with `extra` options.
+fn thread_states(name: &str, extra: &[&str]) -> Vec<(String, String, String)> {
+    let disk = TempFile::new(name, &vec![0u8; 1 << 20]);
+    let fw = firmware("spin");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args([
+            "run",
+            "--kernel",
+            fw.to_str().unwrap(),
+            "--disk",
+            disk.path(),
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flint");
+    // Wait for the guest to run (it says "spinning"): by then every thread has its filter.
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("spinning") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let running = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    // The main thread installs its filter right after starting the others.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut states = Vec::new();
+    if running.is_ok() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+        for t in tasks.flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let name = field("Name:");
+            // KVM attaches a kernel worker of its own to the process (kvm-nx-lpage-recovery);
+            // it runs no flint code.
+            if !name.starts_with("kvm-") {
+                states.push((name, field("Seccomp:"), field("NoNewPrivs:")));
+            }
+        }
+    }
+    signal(&child, libc::SIGTERM);
+    let out = wait_or_kill(child, Duration::from_secs(20));
+    assert!(running.is_ok(), "the guest never ran: {:?}", out);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    states.sort();
+    states
+}
+
+#[test]
+fn every_thread_runs_under_seccomp_with_no_new_privs() {
+    let states = thread_states("seccomp-on", &[]);
+    let names: Vec<&str> = states.iter().map(|s| s.0.as_str()).collect();
+    // The main thread (named after the binary), the vCPU and the disk's worker (its name cut
+    // to the kernel's 15 characters).
+    assert_eq!(
+        names,
+        ["flint", "flint-vcpu0", "flint-virtio-bl"],
+        "{states:?}"
+    );
+    for (name, seccomp, nnp) in &states {
+        assert_eq!(seccomp, "2", "thread {name} is not filtered: {states:?}");
+        assert_eq!(nnp, "1", "thread {name} has no no_new_privs: {states:?}");
+    }
+}
+
+#[test]
+fn seccomp_off_installs_no_filter() {
+    let states = thread_states("seccomp-off", &["--seccomp", "off"]);
+    assert_eq!(states.len(), 3, "{states:?}");
+    for (name, seccomp, _) in &states {
+        assert_eq!(seccomp, "0", "thread {name}: {states:?}");
+    }
+}
+
+#[test]
+fn seccomp_levels_are_checked() {
+    let r = run(&[
+        "run",
+        "--kernel",
+        firmware("hello").to_str().unwrap(),
+        "--seccomp",
+        "on",
+    ]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("'on' is not a seccomp level (off, log or kill)"),
+        "{}",
+        r.stderr
+    );
+}
