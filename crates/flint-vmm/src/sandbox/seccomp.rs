@@ -127,6 +127,9 @@ mod ioctls {
     ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
     ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
+    /// The offloads a virtio-net driver accepted, told to the TAP when the driver activates
+    /// the device (on the vCPU that wrote DRIVER_OK).
+    pub const TUNSETOFFLOAD: u64 = crate::devices::virtio::net::tap::TUNSETOFFLOAD;
     /// Terminal modes (the main thread restores the user's terminal at the end).
     pub const TCGETS: u64 = 0x5401;
     pub const TCSETS: u64 = 0x5402;
@@ -210,11 +213,11 @@ fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
         ],
         ThreadKind::Vcpu => vec![
             // Running the guest; its registers for a failure message; the serial port's
-            // interrupt where KVM has no irqfd.
+            // interrupt where KVM has no irqfd; a NIC's offloads when its driver starts it.
             arg_in(
                 libc::SYS_ioctl,
                 1,
-                &[KVM_RUN(), KVM_GET_REGS(), KVM_IRQ_LINE()].map(u64::from),
+                &[KVM_RUN(), KVM_GET_REGS(), KVM_IRQ_LINE(), TUNSETOFFLOAD],
             )?,
         ],
         ThreadKind::DeviceWorker => vec![
