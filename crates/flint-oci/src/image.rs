@@ -764,6 +764,7 @@ struct Stage {
 
 impl Stage {
     fn new(cache: &Path) -> Result<Stage, ImageError> {
+        remove_stale_stages(cache);
         let mut n = 0;
         loop {
             let dir = cache.join(format!(".stage-{}-{n}", std::process::id()));
@@ -959,6 +960,44 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// Removes the staging directories of flint runs that were killed: their process is gone.
+fn remove_stale_stages(cache: &Path) {
+    let Ok(dir) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".stage-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+            .filter(|pid| *pid > 0);
+        let Some(pid) = pid else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path());
+        }
+    }
+}
+
+/// Removes `dir` and everything in it, read-only directories included; best effort.
+fn remove_tree(dir: &Path) {
+    let _ = chmod(dir, 0o700);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 impl Drop for Stage {
@@ -1761,6 +1800,30 @@ mod tests {
         let img = image_for(&d, &c).unwrap();
         check_every_kind(&img, devices);
         set_mode(&d.join("ro"), 0o755);
+        std::fs::remove_dir_all(&c).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_killed_run_s_staging_copy_is_removed() {
+        if !have_mkfs() {
+            return;
+        }
+        let d = tree("stale");
+        let c = own_dir(&cache("stale")).unwrap();
+        // A process that has exited: its pid is (for now) free.
+        let mut child = Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        let stale = c.join(format!(".stage-{}-0", child.id()));
+        std::fs::create_dir_all(stale.join("rootfs/ro")).unwrap();
+        std::fs::write(stale.join("rootfs/ro/f"), b"").unwrap();
+        set_mode(&stale.join("rootfs/ro"), 0o555);
+        // One of a live process (ours) stays.
+        let live = c.join(format!(".stage-{}-99", std::process::id()));
+        std::fs::create_dir(&live).unwrap();
+        image_for(&d, &c).unwrap();
+        assert!(!stale.exists());
+        assert!(live.exists());
         std::fs::remove_dir_all(&c).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
     }
