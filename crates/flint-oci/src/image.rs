@@ -62,7 +62,7 @@ pub enum ImageError {
     TooBig { path: String },
     #[error("{path} changed while flint was reading it; run again once nothing is writing to the rootfs")]
     Changed { path: String },
-    #[error("{path}: flint cannot give this entry its owner or type as a user other than root (its name has a quote or a control character); rename it or run flint as root")]
+    #[error("{path}: as a user other than root, flint cannot give this entry its owner, type or attributes in the image (a name with a quote or a control character, or not UTF-8); rename it or run flint as root")]
     Unnamable { path: String },
     #[error("building the rootfs image needs mkfs.ext4, which is not installed (apt-get install e2fsprogs)")]
     NoMkfs,
@@ -114,8 +114,8 @@ fn openat(dir: Option<&File>, name: &CStr, flags: libc::c_int) -> std::io::Resul
 fn list(dir: &File) -> std::io::Result<Vec<Vec<u8>>> {
     // fdopendir takes the descriptor over (closedir closes it): give it a copy.
     let copy = dir.try_clone()?;
-    // SAFETY: `copy` is an open directory descriptor; on success the DIR owns it (into_raw_fd
-    // hands it over), on failure it is still ours and closed below.
+    // SAFETY: `copy` is an open directory descriptor; on success the DIR owns it (so `copy` is
+    // forgotten, not closed), on failure it is still ours and closed when dropped.
     let d = unsafe { libc::fdopendir(copy.as_raw_fd()) };
     if d.is_null() {
         return Err(std::io::Error::last_os_error());
