@@ -168,7 +168,7 @@ fn run_bundle(
             flint_oci::DEFAULT_KERNELS[0]
         ),
     };
-    let plan = flint_oci::prepare(bundle, &flint_oci::default_cache_dir())?;
+    let plan = flint_oci::prepare(bundle, &flint_oci::default_cache_dir()?)?;
     let root = DiskConfig {
         path: plan.image,
         read_only: true,

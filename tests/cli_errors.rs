@@ -410,3 +410,30 @@ fn bundle_option_conflicts_and_kernel() {
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("--kernel <PATH>"), "{}", r.stderr);
 }
+
+#[test]
+fn no_home_no_image_cache() {
+    // Only a user other than root has a cache under its home: this runs flint as nobody, which
+    // needs root.
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(
+            "no_home_no_image_cache",
+            "running flint as another user needs root",
+        );
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let b = TestBundle::with_args("no-home", r#"["/bin/sh"]"#);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flint"));
+    cmd.args(["run", "--oci-bundle", b.path(), "--kernel", &hello()])
+        .env_clear()
+        .uid(65534)
+        .gid(65534);
+    let r = run_command(cmd, b"", std::time::Duration::from_secs(60));
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(
+        r.stderr,
+        "flint: error: --oci-bundle needs an image cache of your own, and neither XDG_CACHE_HOME nor HOME is set: set FLINT_IMAGE_CACHE to a directory\n"
+    );
+}

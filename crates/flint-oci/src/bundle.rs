@@ -255,26 +255,7 @@ fn to_run_spec(dir: &Path, c: Config) -> Result<(PathBuf, RunSpec), BundleError>
     let root = c
         .root
         .ok_or_else(|| invalid("root", "missing (root.path names the rootfs)"))?;
-    let rootfs = if Path::new(&root.path).is_absolute() {
-        PathBuf::from(&root.path)
-    } else {
-        dir.join(&root.path)
-    };
-    match std::fs::metadata(&rootfs) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(invalid(
-                "root.path",
-                format!("{} is not a directory", rootfs.display()),
-            ))
-        }
-        Err(e) => {
-            return Err(invalid(
-                "root.path",
-                format!("{}: {}", rootfs.display(), flint_vmm::config::io_reason(&e)),
-            ))
-        }
-    }
+    let rootfs = confined_root(dir, &root.path)?;
 
     let p = c
         .process
@@ -292,6 +273,45 @@ fn to_run_spec(dir: &Path, c: Config) -> Result<(PathBuf, RunSpec), BundleError>
         linux_spec(l, &mut spec)?;
     }
     Ok((rootfs, spec))
+}
+
+/// The directory `root.path` names, symlinks resolved, which must be inside the bundle: the
+/// rootfs becomes an image the guest can read, so a root that leads elsewhere (an absolute path,
+/// `..`, a symlink) would hand host files to whoever wrote the bundle.
+fn confined_root(dir: &Path, path: &str) -> Result<PathBuf, BundleError> {
+    let named = dir.join(path); // an absolute path replaces `dir`
+    let rootfs = match std::fs::canonicalize(&named) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(invalid(
+                "root.path",
+                format!("{}: {}", named.display(), flint_vmm::config::io_reason(&e)),
+            ))
+        }
+    };
+    let bundle = std::fs::canonicalize(dir)
+        .map_err(|e| BundleError::Io(flint_vmm::config::io_reason(&e)))?;
+    if !rootfs.starts_with(&bundle) {
+        return Err(invalid(
+            "root.path",
+            format!(
+                "'{path}' leads to {}, outside the bundle {} (put the rootfs inside the bundle directory)",
+                rootfs.display(),
+                bundle.display()
+            ),
+        ));
+    }
+    match std::fs::metadata(&rootfs) {
+        Ok(m) if m.is_dir() => Ok(rootfs),
+        Ok(_) => Err(invalid(
+            "root.path",
+            format!("{} is not a directory", rootfs.display()),
+        )),
+        Err(e) => Err(invalid(
+            "root.path",
+            format!("{}: {}", rootfs.display(), flint_vmm::config::io_reason(&e)),
+        )),
+    }
 }
 
 fn is_empty(v: &Value) -> bool {
@@ -843,7 +863,10 @@ mod tests {
     fn a_minimal_bundle_becomes_a_run_spec() {
         let b = TestBundle::new(&config(PROCESS, ""));
         let bundle = b.load().unwrap();
-        assert_eq!(bundle.rootfs, b.0.join("rootfs"));
+        assert_eq!(
+            bundle.rootfs,
+            std::fs::canonicalize(b.0.join("rootfs")).unwrap()
+        );
         let s = bundle.spec;
         assert_eq!(s.args, ["sh", "-c", "echo hi"]);
         assert_eq!(s.env, ["PATH=/usr/bin:/bin", "A=b c"]);
@@ -1036,6 +1059,38 @@ mod tests {
         assert_eq!(resolve_in_root(&root, "/up/sh"), Some(root.join("bin/sh")));
         std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
         assert_eq!(resolve_in_root(&root, "/loop"), None);
+    }
+
+    #[test]
+    fn the_root_stays_inside_the_bundle() {
+        let with_root = |b: &TestBundle, root: &str| {
+            let c = format!(
+                r#"{{"ociVersion": "1.0.2", "root": {{"path": "{root}"}}, "process": {PROCESS}}}"#
+            );
+            std::fs::write(b.0.join("config.json"), c).unwrap();
+            b.load()
+        };
+        let b = TestBundle::new(&config(PROCESS, ""));
+        // The host's own root has a /bin/sh too: without the check it would pass.
+        std::os::unix::fs::symlink("/", b.0.join("host")).unwrap();
+        std::fs::create_dir_all(b.0.join("rootfs/inner")).unwrap();
+        std::os::unix::fs::symlink("/", b.0.join("rootfs/escape")).unwrap();
+        for root in ["/", "..", "../..", "rootfs/../..", "host", "rootfs/escape"] {
+            let e = with_root(&b, root).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("root.path: '{root}' leads to "))
+                    && e.contains("outside the bundle")
+                    && e.ends_with("(put the rootfs inside the bundle directory)"),
+                "{root}: {e}"
+            );
+        }
+        // A symlink inside the bundle is resolved; an absolute path inside it is fine.
+        let real = std::fs::canonicalize(b.0.join("rootfs")).unwrap();
+        std::os::unix::fs::symlink("rootfs", b.0.join("link")).unwrap();
+        assert_eq!(with_root(&b, "link").unwrap().rootfs, real);
+        let abs = real.to_str().unwrap().to_string();
+        assert_eq!(with_root(&b, &abs).unwrap().rootfs, real);
+        assert_eq!(with_root(&b, "rootfs/inner/..").unwrap().rootfs, real);
     }
 
     #[test]

@@ -106,21 +106,39 @@ pub fn guest_initramfs(spec: &[u8]) -> Result<Vec<u8>, initramfs::TooLarge> {
     Ok(c.finish())
 }
 
+/// No place for the image cache: not root, and neither `$XDG_CACHE_HOME` nor `$HOME` is set.
+#[derive(Debug, thiserror::Error)]
+#[error("--oci-bundle needs an image cache of your own, and neither XDG_CACHE_HOME nor HOME is set: set FLINT_IMAGE_CACHE to a directory")]
+pub struct NoCacheDir;
+
 /// The image cache: `$FLINT_IMAGE_CACHE`, else `/var/cache/flint/images` for root, else
-/// `$XDG_CACHE_HOME/flint/images` (or `~/.cache/flint/images`).
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("FLINT_IMAGE_CACHE") {
-        return d.into();
-    }
+/// `$XDG_CACHE_HOME/flint/images` (or `~/.cache/flint/images`). Never a shared directory such
+/// as /tmp: what is in the cache becomes a guest's root.
+pub fn default_cache_dir() -> Result<PathBuf, NoCacheDir> {
     // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } == 0 {
-        return "/var/cache/flint/images".into();
+    let euid = unsafe { libc::geteuid() };
+    cache_dir_for(euid, |name| std::env::var_os(name))
+}
+
+/// [`default_cache_dir`] for the user `euid` with the environment `env`.
+fn cache_dir_for(
+    euid: u32,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<PathBuf, NoCacheDir> {
+    let set = |name| env(name).filter(|v| !v.is_empty());
+    if let Some(d) = set("FLINT_IMAGE_CACHE") {
+        return Ok(d.into());
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    if euid == 0 {
+        return Ok("/var/cache/flint/images".into());
+    }
+    // The XDG spec: a relative XDG_CACHE_HOME is to be ignored.
+    let base = set("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .unwrap_or_else(|| "/tmp".into());
-    base.join("flint/images")
+        .filter(|p| p.is_absolute())
+        .or_else(|| set("HOME").map(|h| Path::new(&h).join(".cache")))
+        .ok_or(NoCacheDir)?;
+    Ok(base.join("flint/images"))
 }
 
 /// Where flint looks for a guest kernel when `--kernel` is not given with `--oci-bundle`.
@@ -136,4 +154,46 @@ pub fn default_kernel() -> Option<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_is_never_in_a_shared_directory() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let all = env(&[
+            ("FLINT_IMAGE_CACHE", "/c"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ]);
+        assert_eq!(cache_dir_for(1000, all).unwrap(), Path::new("/c"));
+        assert_eq!(cache_dir_for(0, all).unwrap(), Path::new("/c"));
+        let xdg = env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
+        assert_eq!(
+            cache_dir_for(0, xdg).unwrap(),
+            Path::new("/var/cache/flint/images")
+        );
+        assert_eq!(
+            cache_dir_for(1000, xdg).unwrap(),
+            Path::new("/x/flint/images")
+        );
+        let home = env(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/h")]);
+        assert_eq!(
+            cache_dir_for(1000, home).unwrap(),
+            Path::new("/h/.cache/flint/images")
+        );
+        // No home: an error saying what to set, not /tmp.
+        for vars in [&[][..], &[("HOME", ""), ("FLINT_IMAGE_CACHE", "")][..]] {
+            let e = cache_dir_for(1000, env(vars)).unwrap_err().to_string();
+            assert_eq!(e, "--oci-bundle needs an image cache of your own, and neither XDG_CACHE_HOME nor HOME is set: set FLINT_IMAGE_CACHE to a directory");
+        }
+    }
 }
