@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, QueueWorker, INT_CONFIG_CHANGE};
+use super::{Interrupt, QueueWorker, Served, INT_CONFIG_CHANGE};
 use crate::bus::lock;
 use crate::exit::{ExitEvent, ExitReason};
 
@@ -53,32 +53,37 @@ impl DeviceQueues {
         self.needs_reset.load(Ordering::Acquire)
     }
 
-    /// Runs `f` on the worker if there is one and the device is still usable; a `false` from
-    /// it marks the device as needing a reset (while the slot is held, so a reset that comes
-    /// after cannot be undone by it).
-    fn serve(&self, f: impl FnOnce(&mut dyn QueueWorker) -> bool) {
+    /// Runs `f` on the worker if there is one and the device is still usable; a
+    /// [`Served::Broken`] from it marks the device as needing a reset (while the slot is held,
+    /// so a reset that comes after cannot be undone by it). Returns whether `f` has more to do.
+    fn serve(&self, f: impl FnOnce(&mut dyn QueueWorker) -> Served) -> bool {
         let mut slot = lock(&self.worker);
         let Some(worker) = slot.as_mut() else {
-            return;
+            return false;
         };
         if self.needs_reset() {
-            return;
+            return false;
         }
-        if !f(worker.as_mut()) {
-            self.needs_reset.store(true, Ordering::Release);
-            self.interrupt.trigger(INT_CONFIG_CHANGE);
+        match f(worker.as_mut()) {
+            Served::Done => false,
+            Served::More => true,
+            Served::Broken => {
+                self.needs_reset.store(true, Ordering::Release);
+                self.interrupt.trigger(INT_CONFIG_CHANGE);
+                false
+            }
         }
     }
 
-    /// Queue `index` was notified.
-    pub fn process_queue(&self, index: usize) {
+    /// Queue `index` was notified. Returns whether one batch did not finish the work.
+    pub fn process_queue(&self, index: usize) -> bool {
         crate::panic::test_point("worker");
-        self.serve(|w| w.process_queue(index));
+        self.serve(|w| w.process_queue(index))
     }
 
-    /// Backend descriptor `index` is readable.
-    pub fn process_backend(&self, index: usize) {
-        self.serve(|w| w.process_backend(index));
+    /// Backend descriptor `index` is readable. Returns as `process_queue` does.
+    pub fn process_backend(&self, index: usize) -> bool {
+        self.serve(|w| w.process_backend(index))
     }
 
     /// The backend descriptors of the active worker, and whether each is wanted now (none
@@ -100,6 +105,8 @@ impl DeviceQueues {
 const BACKEND_TAG: u32 = 1 << 16;
 /// Event data for the stop eventfd.
 const STOP_TAG: u32 = u32::MAX;
+/// Event data for the eventfd that brings back backends with more to do.
+const AGAIN_TAG: u32 = u32::MAX - 1;
 
 /// The worker thread's one subscriber: queue eventfds, backend descriptors, and stop.
 struct QueueEvents {
@@ -107,11 +114,24 @@ struct QueueEvents {
     evts: Vec<EventFd>,
     stop: EventFd,
     stopped: bool,
+    /// Written when a backend stopped at its batch bound with work left (its descriptor may no
+    /// longer be readable), to serve it again after the other events.
+    again: EventFd,
+    /// The backends to serve again.
+    backends_again: Vec<usize>,
     /// Backend descriptors being watched now.
     watching: Vec<RawFd>,
 }
 
 impl QueueEvents {
+    /// Serves backend `i`; one with work left is brought back through `again`.
+    fn backend(&mut self, i: usize) {
+        if self.queues.process_backend(i) && !self.backends_again.contains(&i) {
+            self.backends_again.push(i);
+            let _ = self.again.write(1);
+        }
+    }
+
     /// Starts or stops watching each backend as the worker wants.
     fn sync_backends(&mut self, ops: &mut EventOps) {
         let backends = self.queues.backends();
@@ -153,6 +173,10 @@ impl MutEventSubscriber for QueueEvents {
             // Without it the thread cannot be stopped; process exit still ends it.
             eprintln!("flint: cannot watch a device worker's stop event: {e:?}");
         }
+        if let Err(e) = ops.add(Events::with_data(&self.again, AGAIN_TAG, EventSet::IN)) {
+            // Backends with more to do then wait for their descriptor to become readable.
+            eprintln!("flint: cannot watch a device worker's re-arm event: {e:?}");
+        }
         self.sync_backends(ops);
     }
 
@@ -162,11 +186,20 @@ impl MutEventSubscriber for QueueEvents {
             self.stopped = true;
             return;
         }
-        if data >= BACKEND_TAG {
-            self.queues.process_backend((data - BACKEND_TAG) as usize);
+        if data == AGAIN_TAG {
+            let _ = self.again.read();
+            for i in std::mem::take(&mut self.backends_again) {
+                self.backend(i);
+            }
+        } else if data >= BACKEND_TAG {
+            self.backend((data - BACKEND_TAG) as usize);
         } else if let Some(evt) = self.evts.get(data as usize) {
             let _ = evt.read();
-            self.queues.process_queue(data as usize);
+            // One batch at a time: a queue with work left is notified again by its own
+            // eventfd, behind the events already waiting (stop, a reset, other queues).
+            if self.queues.process_queue(data as usize) {
+                let _ = evt.write(1);
+            }
         }
         self.sync_backends(ops);
     }
@@ -205,6 +238,8 @@ pub fn spawn(
         evts,
         stop: stop.try_clone()?,
         stopped: false,
+        again: EventFd::new(libc::EFD_NONBLOCK)?,
+        backends_again: Vec::new(),
         watching: Vec::new(),
     };
     let handle = std::thread::Builder::new()

@@ -9,7 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::*;
 use crate::devices::irq::IrqLine;
 use crate::devices::virtio::testing::{TestQueue, F_NEXT, F_WRITE};
-use crate::devices::virtio::{ActivateContext, Interrupt, QueueWorker, VirtioDevice};
+use crate::devices::virtio::{ActivateContext, Interrupt, QueueWorker, Served, VirtioDevice};
 
 const MEM_SIZE: usize = 4 << 20;
 const QSIZE: u16 = 16;
@@ -64,7 +64,11 @@ impl Harness {
     /// Makes `head` available, runs the device, returns the used ring entry's length.
     fn run(&mut self, head: u16) -> u32 {
         self.q.make_available(&self.mem, head);
-        assert!(self.block.process_queue(0), "device must not need a reset");
+        assert_eq!(
+            self.block.process_queue(0),
+            Served::Done,
+            "device must not need a reset"
+        );
         let n = self.q.made_available();
         assert_eq!(self.q.used_idx(&self.mem), n, "request completed");
         // Completed requests give their descriptors back.
@@ -328,7 +332,7 @@ fn bogus_avail_index_needs_reset() {
     let mut h = Harness::new("avail", 8, false);
     // More entries "available" than the queue holds: a broken or hostile driver.
     h.q.set_avail_idx(&h.mem, QSIZE + 5);
-    assert!(!h.block.process_queue(0));
+    assert_eq!(h.block.process_queue(0), Served::Broken);
 }
 
 #[test]

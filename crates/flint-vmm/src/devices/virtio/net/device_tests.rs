@@ -13,7 +13,7 @@ use super::*;
 use crate::devices::irq::IrqLine;
 use crate::devices::virtio::testing::{seqpacket_pair, SocketBackend, TestQueue, F_WRITE};
 use crate::devices::virtio::{
-    ActivateContext, Interrupt, QueueWorker, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
+    ActivateContext, Interrupt, QueueWorker, Served, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const MEM_SIZE: usize = 4 << 20;
@@ -102,7 +102,7 @@ impl Harness {
     fn guest_sends(&mut self, descs: &[(u64, u32, u16)]) {
         let head = self.tx.put_chain(&self.mem, descs);
         self.tx.make_available(&self.mem, head);
-        assert!(self.net.process_queue(1));
+        assert_eq!(self.net.process_queue(1), Served::Done);
         self.tx.recycle();
     }
 }
@@ -158,7 +158,7 @@ fn receive_into_one_buffer() {
     h.post_rx(&[(RXBUF, 2048)]);
     let f = frame(b"hello, guest");
     h.host_sends(&f);
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used(&h.mem, 0), (0, len32(&f)));
     let mut got = vec![0u8; f.len()];
     h.mem.read_slice(&mut got, GuestAddress(RXBUF)).unwrap();
@@ -176,7 +176,7 @@ fn mergeable_buffers_carry_a_large_frame() {
     let payload: Vec<u8> = (0..3000u32).map(|i| (i & 0xff) as u8).collect();
     let f = frame(&payload);
     h.host_sends(&f);
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used_idx(&h.mem), 3);
     let lens: Vec<u32> = (0..3).map(|i| h.rx.used(&h.mem, i).1).collect();
     assert_eq!(lens, vec![1500, 1500, len32(&f) - 3000]);
@@ -197,7 +197,7 @@ fn rx_waits_for_guest_buffers_without_dropping() {
     let mut h = Harness::new(ALL);
     h.host_sends(&frame(b"first"));
     h.host_sends(&frame(b"second"));
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     // No buffers: the frame is held and the backend is no longer watched.
     assert!(!h.net.backend_wanted(0));
     assert_eq!(h.rx.used_idx(&h.mem), 0);
@@ -205,7 +205,7 @@ fn rx_waits_for_guest_buffers_without_dropping() {
     // The guest adds buffers and kicks RX: both frames arrive, in order.
     h.post_rx(&[(RXBUF, 2048)]);
     h.post_rx(&[(RXBUF + 0x1000, 2048)]);
-    assert!(h.net.process_queue(0));
+    assert_eq!(h.net.process_queue(0), Served::Done);
     assert!(h.net.backend_wanted(0));
     assert_eq!(h.rx.used_idx(&h.mem), 2);
     let mut second = [0u8; 6];
@@ -224,7 +224,7 @@ fn too_small_buffer_without_mergeable_drops_the_frame() {
     let mut h = Harness::new(ALL & !VIRTIO_NET_F_MRG_RXBUF & !VIRTIO_RING_F_EVENT_IDX);
     h.post_rx(&[(RXBUF, 64)]);
     h.host_sends(&frame(&[7u8; 200]));
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used(&h.mem, 0), (0, 0), "buffer returned unused");
     assert_eq!(h.net.stats().rx_dropped, 1);
     assert!(h.net.backend_wanted(0), "not stuck on the dropped frame");
@@ -238,14 +238,14 @@ fn bad_rx_buffers_do_not_hurt_the_host() {
     h.rx.make_available(&h.mem, head);
     h.post_rx(&[(RXBUF + 0x1000, 2048)]);
     h.host_sends(&frame(b"x"));
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used(&h.mem, 0), (0, 0));
     assert_eq!(h.rx.used(&h.mem, 1).1, HDR_LEN32 + 1);
     // A buffer outside guest memory: the frame is dropped, the buffer returned unused.
     h.rx.recycle();
     h.post_rx(&[(MEM_SIZE as u64 - 4, 2048)]);
     h.host_sends(&frame(b"y"));
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used(&h.mem, 2).1, 0);
     assert_eq!(h.net.stats().rx_dropped, 1);
 }
@@ -274,7 +274,7 @@ fn frame_waiting_for_more_mergeable_buffers_still_gets_kicked() {
     let payload: Vec<u8> = (0..2500u32).map(|i| ((i * 7) & 0xff) as u8).collect();
     let f = frame(&payload);
     h.host_sends(&f);
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert!(
         !h.net.backend_wanted(0),
         "waiting for buffers, not reading the backend"
@@ -286,7 +286,7 @@ fn frame_waiting_for_more_mergeable_buffers_still_gets_kicked() {
         "the next buffer the guest posts must trigger a kick"
     );
     h.post_rx(&[(RXBUF + 0x1000, 1500)]);
-    assert!(h.net.process_queue(0));
+    assert_eq!(h.net.process_queue(0), Served::Done);
     assert!(h.net.backend_wanted(0));
     assert_eq!(h.rx.used_idx(&h.mem), 2);
     let (l0, l1) = (h.rx.used(&h.mem, 0).1, h.rx.used(&h.mem, 1).1);
