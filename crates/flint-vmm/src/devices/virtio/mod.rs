@@ -332,3 +332,6 @@ pub mod testing;
 
 #[cfg(test)]
 mod robustness_tests;
+
+#[cfg(test)]
+mod queue_tests;

@@ -2,7 +2,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
@@ -15,6 +15,8 @@ use super::net::Backend;
 pub const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
 #[allow(clippy::cast_possible_truncation)]
 pub const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+#[allow(clippy::cast_possible_truncation)]
+pub const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
 pub struct TestQueue {
     desc: GuestAddress,

@@ -265,3 +265,141 @@ fn run(events: QueueEvents) -> Result<(), ExitReason> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::devices::irq::IrqLine;
+
+    /// A worker that has work left (`More`) for its first `more` calls, or forever (`None`),
+    /// on its queue and on its backend, an eventfd it drains on each call.
+    struct Busy {
+        calls: Arc<AtomicUsize>,
+        more: Option<usize>,
+        backend: Arc<EventFd>,
+    }
+
+    impl Busy {
+        fn call(&mut self) -> Served {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1));
+            match self.more {
+                Some(more) if n >= more => Served::Done,
+                _ => Served::More,
+            }
+        }
+    }
+
+    impl QueueWorker for Busy {
+        fn process_queue(&mut self, _: usize) -> Served {
+            self.call()
+        }
+        fn backend_fds(&self) -> Vec<RawFd> {
+            vec![self.backend.as_raw_fd()]
+        }
+        fn process_backend(&mut self, _: usize) -> Served {
+            // Not readable any more: only the worker's own re-arm can bring it back.
+            let _ = self.backend.read();
+            self.call()
+        }
+    }
+
+    struct Running {
+        queues: Arc<DeviceQueues>,
+        kick: EventFd,
+        backend: Arc<EventFd>,
+        calls: Arc<AtomicUsize>,
+        thread: WorkerThread,
+        exit: Arc<ExitEvent>,
+    }
+
+    fn start(more: Option<usize>) -> Running {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let queues = Arc::new(DeviceQueues::new(Arc::new(Interrupt::new(IrqLine::Fd(
+            irq,
+        )))));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let backend = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        queues.activate(Box::new(Busy {
+            calls: calls.clone(),
+            more,
+            backend: backend.clone(),
+        }));
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let exit = Arc::new(ExitEvent::new().unwrap());
+        let thread = spawn(
+            "test",
+            queues.clone(),
+            std::slice::from_ref(&kick),
+            exit.clone(),
+        )
+        .unwrap();
+        Running {
+            queues,
+            kick,
+            backend,
+            calls,
+            thread,
+            exit,
+        }
+    }
+
+    fn wait_for(calls: &AtomicUsize, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {calls:?} calls, expected {n}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_queue_with_work_left_is_served_again_without_a_kick() {
+        let r = start(Some(5));
+        r.kick.write(1).unwrap();
+        // One kick: five batches with work left, then the one that finishes.
+        wait_for(&r.calls, 6);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.calls.load(Ordering::SeqCst), 6, "no call after Done");
+        r.thread.stop();
+        assert!(r.exit.reason().is_none());
+    }
+
+    #[test]
+    fn a_backend_with_work_left_is_served_again_when_no_longer_readable() {
+        let r = start(Some(3));
+        r.backend.write(1).unwrap();
+        wait_for(&r.calls, 4);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.calls.load(Ordering::SeqCst), 4);
+        r.thread.stop();
+    }
+
+    #[test]
+    fn endless_work_holds_off_a_reset_and_stop_by_one_batch_only() {
+        let r = start(None);
+        r.kick.write(1).unwrap();
+        wait_for(&r.calls, 3);
+        // A vCPU resetting the device takes the worker slot between two batches.
+        let t = Instant::now();
+        r.queues.deactivate();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        let calls = r.calls.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(r.calls.load(Ordering::SeqCst), calls, "the worker is gone");
+        // The same for stopping the thread while a worker always has more.
+        let r2 = start(None);
+        r2.kick.write(1).unwrap();
+        wait_for(&r2.calls, 3);
+        let t = Instant::now();
+        r2.thread.stop();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        r.thread.stop();
+    }
+}
