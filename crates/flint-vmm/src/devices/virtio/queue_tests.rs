@@ -17,6 +17,9 @@ const QSIZE: u16 = 16;
 const BUF: u64 = 0x10_0000;
 const TABLE: u64 = 0x20_0000;
 
+/// A descriptor as `TestQueue::put_raw` takes it: (addr, len, flags, next).
+type RawDesc = (u64, u32, u16, u16);
+
 struct Setup {
     mem: GuestMemoryMmap,
     q: TestQueue,
@@ -150,7 +153,7 @@ fn broken_chains_are_errors_not_truncated_chains() {
     let n = F_NEXT;
     // (descriptors, the error). Each is also shown to be what virtio-queue's iterator would
     // silently cut short.
-    let cases: [(&[(u64, u32, u16, u16)], ChainError); 4] = [
+    let cases: [(&[RawDesc], ChainError); 4] = [
         // 0 -> 1 -> 0 -> ...
         (
             &[(BUF, 16, n, 1), (BUF, 16, n | F_WRITE, 0)],
