@@ -7,6 +7,11 @@
 //! ([`worker::spawn`]): queue notifications (an ioeventfd, or the transport's fallback) and
 //! backend input reach it there, never on a vCPU thread or the control event loop, and no
 //! register access waits for its I/O.
+//!
+//! Everything in the rings is the guest's and may be hostile: [`pop_chain`] walks each chain
+//! from the descriptor table itself (no indirect tables, at most a queue size of descriptors,
+//! lengths that add up within 4 GiB, or the chain is an error), and a [`Budget`] bounds what
+//! one call may take from a queue.
 
 pub mod block;
 pub mod iovec;

@@ -5,7 +5,10 @@
 //! it at DRIVER_OK and takes it out at reset; the worker thread ([`spawn`]) waits on the
 //! queue notifications and backend descriptors and runs the worker. The only lock between them
 //! is the worker slot, taken by a vCPU at activation and reset alone, and a reset does wait for
-//! the request in flight: the driver may reuse the rings' memory once the reset is done.
+//! the batch in flight: the driver may reuse the rings' memory once the reset is done. A batch
+//! is bounded (see [`super::Budget`]): a queue or backend with work left after one is served
+//! again through an eventfd, behind whatever else is waiting (the stop event, other queues),
+//! so no driver keeps the thread, or a vCPU resetting the device, in one call.
 //! A worker that finds a queue broken sets DEVICE_NEEDS_RESET here, without the transport's
 //! lock, and tells the driver with a configuration-change interrupt.
 
