@@ -150,7 +150,8 @@ pub struct Budget {
 
 impl Budget {
     pub fn for_queue(queue: &Queue) -> Budget {
-        let size = usize::from(queue.size());
+        // A ready queue has at least one entry; never a budget that is spent before it starts.
+        let size = usize::from(queue.size()).max(1);
         Budget {
             chains: size,
             descriptors: 2 * size,
@@ -210,6 +211,9 @@ pub fn pop_chain(
     ))
 }
 
+/// Bytes of one split-ring descriptor.
+const DESCRIPTOR_SIZE: u64 = 16;
+
 /// Reads the chain at `head` from the descriptor table at `table` itself rather than through
 /// virtio-queue's iterator: that one follows INDIRECT descriptors unasked and ends a looping,
 /// overflowing or out-of-range chain silently, which would serve a truncated chain as if it
@@ -251,9 +255,6 @@ fn walk_chain(
         index = d.next();
     }
 }
-
-/// Bytes of one split-ring descriptor.
-const DESCRIPTOR_SIZE: u64 = 16;
 
 /// Serves the descriptor chains the driver makes available on `queue`, within one [`Budget`]:
 /// `handle` gets each walked chain (or why it could not be walked) and returns the length to

@@ -162,7 +162,7 @@ impl NetWorker {
     /// buffers, or a batch (frames, and the RX queue's [`Budget`]) is done.
     fn receive(&mut self) -> Served {
         let a = &mut self.active;
-        // A corrupted avail ring is found on the guest's kick even when no frame waits.
+        // A corrupted avail ring is found on every RX wake-up, even with no frame waiting.
         if a.rx.iter(&a.mem).is_err() {
             return Served::Broken;
         }
