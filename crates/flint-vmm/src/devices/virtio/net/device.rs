@@ -277,10 +277,10 @@ enum TxDrop {
 }
 
 /// Whether a header from the guest asks only for offloads it negotiated: a checksum offload
-/// with CSUM, a TCP segmentation one with HOST_TSO4/6; nothing else (no UFO, ECN or flags a
-/// driver must not send is offered).
+/// with CSUM, a TCP segmentation one with HOST_TSO4/6 (which need CSUM too, §5.1.3.1); nothing
+/// else (no UFO, ECN or flags a driver must not send is offered).
 fn tx_header_allowed(hdr: &[u8; VNET_HDR_LEN], features: u64) -> bool {
-    let has = |f: u64| features & f != 0;
+    let has = |f: u64| features & (f | VIRTIO_NET_F_CSUM) == f | VIRTIO_NET_F_CSUM;
     let flags_ok = match hdr[0] {
         0 => true,
         VIRTIO_NET_HDR_F_NEEDS_CSUM => has(VIRTIO_NET_F_CSUM),
@@ -300,7 +300,8 @@ fn tx_header_allowed(hdr: &[u8; VNET_HDR_LEN], features: u64) -> bool {
 /// segment): it cannot be delivered. (The TAP is told the guest's offloads, but flint does not
 /// count on that having worked.)
 fn fit_rx_header(hdr: &mut [u8], features: u64) -> bool {
-    let has = |f: u64| features & f != 0;
+    // Every RX offload needs GUEST_CSUM (§5.1.3.1).
+    let has = |f: u64| features & (f | VIRTIO_NET_F_GUEST_CSUM) == f | VIRTIO_NET_F_GUEST_CSUM;
     let (Some(&flags), Some(&gso)) = (hdr.first(), hdr.get(1)) else {
         return false;
     };

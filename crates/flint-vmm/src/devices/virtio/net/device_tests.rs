@@ -445,6 +445,14 @@ fn tx_headers_carry_only_negotiated_offloads() {
         }
     }
     assert_eq!(h.net.stats().tx_bad_offload, 4);
+
+    // HOST_TSO4 without CSUM (a driver ignoring the feature dependency): no segmentation.
+    let mut h = Harness::with_offloads(ALL & !VIRTIO_NET_F_CSUM);
+    let f = frame_with(0, VIRTIO_NET_HDR_GSO_TCPV4, b"payload");
+    h.mem.write_slice(&f, GuestAddress(TXBUF)).unwrap();
+    h.guest_sends(&[(TXBUF, len32(&f), 0)]);
+    assert!(h.host_receives().is_none());
+    assert_eq!(h.net.stats().tx_bad_offload, 1);
 }
 
 #[test]
@@ -499,5 +507,14 @@ fn rx_headers_carry_only_flags_the_guest_accepted() {
         (hdr[0], hdr[1]),
         (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4)
     );
+    assert_eq!(h.net.stats().rx_bad_offload, 1);
+
+    // GUEST_TSO4 without GUEST_CSUM (a driver ignoring the feature dependency): no large
+    // segments either.
+    let mut h = Harness::with_offloads(ALL & !VIRTIO_NET_F_GUEST_CSUM);
+    h.post_rx(&[(RXBUF, 2048)]);
+    h.host_sends(&frame_with(0, VIRTIO_NET_HDR_GSO_TCPV4, b"tso4"));
+    assert_eq!(h.net.process_backend(0), Served::Done);
+    assert_eq!(h.rx.used_idx(&h.mem), 0);
     assert_eq!(h.net.stats().rx_bad_offload, 1);
 }
