@@ -27,6 +27,8 @@ use crate::exit::{ExitEvent, ExitReason};
 pub struct DeviceQueues {
     worker: Mutex<Option<Box<dyn QueueWorker>>>,
     needs_reset: AtomicBool,
+    /// A reset waits for the worker slot: the worker starts no new batch meanwhile.
+    resetting: AtomicBool,
     interrupt: Arc<Interrupt>,
 }
 
@@ -35,6 +37,7 @@ impl DeviceQueues {
         DeviceQueues {
             worker: Mutex::new(None),
             needs_reset: AtomicBool::new(false),
+            resetting: AtomicBool::new(false),
             interrupt,
         }
     }
@@ -44,10 +47,13 @@ impl DeviceQueues {
         *lock(&self.worker) = Some(worker);
     }
 
-    /// The driver reset the device: the worker is dropped once its request in flight is done.
+    /// The driver reset the device: the worker is dropped once its batch in flight is done.
     pub fn deactivate(&self) {
+        // However the lock is handed over, the reset waits for that one batch only.
+        self.resetting.store(true, Ordering::Release);
         let old = lock(&self.worker).take();
         self.needs_reset.store(false, Ordering::Release);
+        self.resetting.store(false, Ordering::Release);
         drop(old);
     }
 
@@ -60,6 +66,9 @@ impl DeviceQueues {
     /// [`Served::Broken`] from it marks the device as needing a reset (while the slot is held,
     /// so a reset that comes after cannot be undone by it). Returns whether `f` has more to do.
     fn serve(&self, f: impl FnOnce(&mut dyn QueueWorker) -> Served) -> bool {
+        if self.resetting.load(Ordering::Acquire) {
+            return false;
+        }
         let mut slot = lock(&self.worker);
         let Some(worker) = slot.as_mut() else {
             return false;
