@@ -421,7 +421,7 @@ fn deliver(a: &mut Active, frame: &mut [u8], budget: &mut Budget) -> Delivery {
     // Without mergeable buffers a frame must fit one chain; if it does not, it is dropped.
     let mut ok = capacity >= frame.len();
     if ok {
-        // At most a queue's worth of chains (the ring cannot hold more): fits in a u16.
+        // At most MAX_RX_CHAINS: fits in a u16.
         let n = u16::try_from(chains.len()).unwrap_or(u16::MAX);
         frame[10..12].copy_from_slice(&n.to_le_bytes());
     }
@@ -507,3 +507,6 @@ impl QueueWorker for NetWorker {
         self.pending.is_none()
     }
 }
+
+// num_buffers is a u16.
+const _: () = assert!(MAX_RX_CHAINS <= u16::MAX as usize);
