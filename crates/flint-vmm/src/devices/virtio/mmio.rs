@@ -351,7 +351,7 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::irq::IrqLine;
-    use crate::devices::virtio::{feature_half, QueueWorker};
+    use crate::devices::virtio::{feature_half, QueueWorker, Served};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use vm_memory::GuestAddress;
 
@@ -368,11 +368,11 @@ mod tests {
     struct ProbeWorker(Option<std::sync::mpsc::Receiver<()>>);
 
     impl QueueWorker for ProbeWorker {
-        fn process_queue(&mut self, _: usize) -> bool {
+        fn process_queue(&mut self, _: usize) -> Served {
             if let Some(gate) = &self.0 {
                 let _ = gate.recv();
             }
-            false
+            Served::Broken
         }
     }
 

@@ -7,6 +7,11 @@
 //! ([`worker::spawn`]): queue notifications (an ioeventfd, or the transport's fallback) and
 //! backend input reach it there, never on a vCPU thread or the control event loop, and no
 //! register access waits for its I/O.
+//!
+//! Everything in the rings is the guest's and may be hostile: [`pop_chain`] walks each chain
+//! from the descriptor table itself (no indirect tables, at most a queue size of descriptors,
+//! lengths that add up within 4 GiB, or the chain is an error), and a [`Budget`] bounds what
+//! one call may take from a queue.
 
 pub mod block;
 pub mod iovec;
@@ -19,7 +24,7 @@ use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use crate::devices::irq::IrqLine;
 
@@ -103,16 +108,17 @@ pub trait VirtioDevice: Send {
 /// The queue side of an active virtio device: it owns the queues and the backend work, and
 /// runs on the device's worker thread only.
 pub trait QueueWorker: Send {
-    /// Queue `index` was notified; process what the driver made available. Returns false when
-    /// the device found the driver's queue state broken and needs a reset.
-    fn process_queue(&mut self, index: usize) -> bool;
+    /// Queue `index` was notified; process what the driver made available, within a
+    /// [`Budget`]: [`Served::More`] asks to be called again, [`Served::Broken`] that the device
+    /// found the driver's queue state broken and needs a reset.
+    fn process_queue(&mut self, index: usize) -> Served;
     /// Host-side descriptors the worker watches for this device (a TAP, say).
     fn backend_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
-    /// Backend descriptor `index` is readable. Returns false as `process_queue` does.
-    fn process_backend(&mut self, _index: usize) -> bool {
-        true
+    /// Backend descriptor `index` is readable. Returns as `process_queue` does.
+    fn process_backend(&mut self, _index: usize) -> Served {
+        Served::Done
     }
     /// Whether to watch backend descriptor `index` now: a device that cannot take more input
     /// (no guest buffers) says no, instead of dropping it or spinning on it.
@@ -121,45 +127,173 @@ pub trait QueueWorker: Send {
     }
 }
 
-/// Serves every descriptor chain the driver makes available on `queue`: `handle` gets each
-/// chain's descriptors (the walk is bounded by virtio-queue: queue or indirect-table size, and
-/// it stops at descriptors outside guest memory) and returns the length to put in the used
-/// ring. With EVENT_IDX, notifications stay off while serving and the ring is re-checked before
-/// stopping. Then the driver is interrupted if the ring's rules ask for it. Returns false if
-/// the driver's queue state is broken (the device then needs a reset).
+/// What serving a queue (or a backend) came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Everything there was is done.
+    Done,
+    /// The batch bound was reached with work left: call again (the worker thread re-arms the
+    /// event itself, so that its stop event and other queues get their turn first).
+    More,
+    /// The driver's queue state is broken: the device needs a reset.
+    Broken,
+}
+
+/// What one call may spend on a queue, so that a driver re-posting as fast as the device
+/// completes cannot keep the worker (and a vCPU resetting the device, which waits for it) in
+/// one call forever: at most a queue size of chains, and no new chain once twice the queue
+/// size of descriptors has been read (a chain in progress may read one queue size more).
+pub struct Budget {
+    chains: usize,
+    descriptors: usize,
+}
+
+impl Budget {
+    pub fn for_queue(queue: &Queue) -> Budget {
+        // A ready queue has at least one entry; never a budget that is spent before it starts.
+        let size = usize::from(queue.size()).max(1);
+        Budget {
+            chains: size,
+            descriptors: 2 * size,
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.chains == 0 || self.descriptors == 0
+    }
+}
+
+/// Why a descriptor chain is not served (the chain is handed back with nothing written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("descriptor index {0} is outside the queue")]
+    IndexOutOfRange(u16),
+    #[error("the chain has more descriptors than the queue (a loop)")]
+    TooLong,
+    #[error("a descriptor is outside guest memory")]
+    Unreadable,
+    #[error("an indirect descriptor, but VIRTIO_RING_F_INDIRECT_DESC was not negotiated")]
+    Indirect,
+    #[error("the chain's buffers add up to more than 4 GiB")]
+    LengthOverflow,
+}
+
+/// One entry taken from a queue's avail ring.
+pub enum Popped {
+    /// The chain at head index `.0`: its descriptors, or why it cannot be served.
+    Chain(u16, Result<Vec<Descriptor>, ChainError>),
+    /// The ring is empty.
+    Empty,
+    /// The budget is spent; the ring may hold more.
+    Later,
+}
+
+/// Takes the next available chain from `queue` and walks it, charging `budget`. Err means the
+/// avail ring itself is broken (an index more than a queue ahead, or rings outside memory).
+pub fn pop_chain(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    budget: &mut Budget,
+) -> Result<Popped, virtio_queue::Error> {
+    if budget.exhausted() {
+        return Ok(Popped::Later);
+    }
+    let table = GuestAddress(queue.desc_table());
+    let size = queue.size();
+    let Some(chain) = queue.iter(mem)?.next() else {
+        return Ok(Popped::Empty);
+    };
+    let head = chain.head_index();
+    budget.chains -= 1;
+    Ok(Popped::Chain(
+        head,
+        walk_chain(mem, table, size, head, budget),
+    ))
+}
+
+/// Bytes of one split-ring descriptor.
+const DESCRIPTOR_SIZE: u64 = 16;
+
+/// Reads the chain at `head` from the descriptor table at `table` itself rather than through
+/// virtio-queue's iterator: that one follows INDIRECT descriptors unasked and ends a looping,
+/// overflowing or out-of-range chain silently, which would serve a truncated chain as if it
+/// were whole.
+fn walk_chain(
+    mem: &GuestMemoryMmap,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+    budget: &mut Budget,
+) -> Result<Vec<Descriptor>, ChainError> {
+    let mut descs = Vec::new();
+    let mut index = head;
+    let mut total = 0u32;
+    loop {
+        if index >= size {
+            return Err(ChainError::IndexOutOfRange(index));
+        }
+        // A chain that visits more descriptors than the table holds has visited one twice.
+        if descs.len() >= usize::from(size) {
+            return Err(ChainError::TooLong);
+        }
+        budget.descriptors = budget.descriptors.saturating_sub(1);
+        let addr = table
+            .checked_add(u64::from(index) * DESCRIPTOR_SIZE)
+            .ok_or(ChainError::Unreadable)?;
+        let d: Descriptor = mem.read_obj(addr).map_err(|_| ChainError::Unreadable)?;
+        // flint offers no VIRTIO_RING_F_INDIRECT_DESC, so no driver may use one.
+        if d.refers_to_indirect_table() {
+            return Err(ChainError::Indirect);
+        }
+        total = total
+            .checked_add(d.len())
+            .ok_or(ChainError::LengthOverflow)?;
+        descs.push(d);
+        if !d.has_next() {
+            return Ok(descs);
+        }
+        index = d.next();
+    }
+}
+
+/// Serves the descriptor chains the driver makes available on `queue`, within one [`Budget`]:
+/// `handle` gets each walked chain (or why it could not be walked) and returns the length to
+/// put in the used ring. With EVENT_IDX, notifications stay off while serving and the ring is
+/// re-checked before stopping. Then the driver is interrupted if the ring's rules ask for it.
 pub fn serve_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     interrupt: &Interrupt,
-    mut handle: impl FnMut(&[Descriptor]) -> u32,
-) -> bool {
+    mut handle: impl FnMut(Result<&[Descriptor], ChainError>) -> u32,
+) -> Served {
     let event_idx = queue.event_idx_enabled();
-    loop {
-        if event_idx && queue.disable_notification(mem).is_err() {
-            return false;
-        }
-        // A malformed avail ring (index out of range) is a broken driver: stop serving.
-        let chains: Vec<_> = match queue.iter(mem) {
-            Ok(iter) => iter.collect(),
-            Err(_) => return false,
-        };
-        for chain in chains {
-            let head = chain.head_index();
-            let descs: Vec<Descriptor> = chain.collect();
-            if queue.add_used(mem, head, handle(&descs)).is_err() {
-                return false;
-            }
-        }
-        if !event_idx {
-            break;
-        }
-        match queue.enable_notification(mem) {
-            Ok(true) => continue, // more arrived while notifications were off
-            Ok(false) => break,
-            Err(_) => return false,
-        }
+    let mut budget = Budget::for_queue(queue);
+    if event_idx && queue.disable_notification(mem).is_err() {
+        return Served::Broken;
     }
-    notify_if_needed(queue, mem, interrupt)
+    let outcome = loop {
+        let (head, len) = match pop_chain(queue, mem, &mut budget) {
+            Ok(Popped::Chain(head, descs)) => (head, handle(descs.as_deref().map_err(|e| *e))),
+            Ok(Popped::Later) => break Served::More,
+            Ok(Popped::Empty) if !event_idx => break Served::Done,
+            Ok(Popped::Empty) => match queue.enable_notification(mem) {
+                // More arrived while notifications were off.
+                Ok(true) if queue.disable_notification(mem).is_ok() => continue,
+                Ok(false) => break Served::Done,
+                _ => return Served::Broken,
+            },
+            // A malformed avail ring (index out of range) is a broken driver: stop serving.
+            Err(_) => return Served::Broken,
+        };
+        if queue.add_used(mem, head, len).is_err() {
+            return Served::Broken;
+        }
+    };
+    if notify_if_needed(queue, mem, interrupt) {
+        outcome
+    } else {
+        Served::Broken
+    }
 }
 
 /// Interrupts the driver if the queue's notification rules (EVENT_IDX) say so. Returns false if
@@ -204,3 +338,6 @@ pub mod testing;
 
 #[cfg(test)]
 mod robustness_tests;
+
+#[cfg(test)]
+mod queue_tests;

@@ -2,10 +2,9 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::net::Backend;
@@ -16,9 +15,10 @@ use super::net::Backend;
 pub const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
 #[allow(clippy::cast_possible_truncation)]
 pub const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+#[allow(clippy::cast_possible_truncation)]
+pub const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
 pub struct TestQueue {
-    // Ring addresses, taken once from the mock: building a mock re-initialises the rings.
     desc: GuestAddress,
     avail: GuestAddress,
     used: GuestAddress,
@@ -28,19 +28,46 @@ pub struct TestQueue {
 }
 
 impl TestQueue {
-    /// A queue of `size` entries at `base`, and the device-side `Queue` for it.
+    /// A queue of `size` entries at `base`, and the device-side `Queue` for it. The rings are
+    /// laid out here, one after the other, zeroed: virtio-queue 0.18's `MockSplitQueue` puts the
+    /// used ring inside the avail ring of a queue of more than a few entries.
     pub fn new(mem: &GuestMemoryMmap, base: GuestAddress, size: u16) -> (TestQueue, Queue) {
-        let mock = MockSplitQueue::create(mem, base, size);
-        let queue = mock.create_queue().unwrap();
+        let n = u64::from(size);
+        let desc = base;
+        let avail = desc.unchecked_add(16 * n);
+        // flags, idx, ring, used_event; the used ring is 4-aligned.
+        let used = GuestAddress((avail.0 + 6 + 2 * n + 3) & !3);
+        let end = used.0 + 6 + 8 * n;
+        let len = usize::try_from(end - base.0).unwrap();
+        mem.write_slice(&vec![0u8; len], base).unwrap();
+        let mut queue = Queue::new(size).unwrap();
+        queue.try_set_desc_table_address(desc).unwrap();
+        queue.try_set_avail_ring_address(avail).unwrap();
+        queue.try_set_used_ring_address(used).unwrap();
+        queue.set_ready(true);
+        assert!(queue.is_valid(mem));
         let tq = TestQueue {
-            desc: mock.desc_table_addr(),
-            avail: mock.avail_addr(),
-            used: mock.used_addr(),
+            desc,
+            avail,
+            used,
             size,
             next_desc: 0,
             next_avail: 0,
         };
         (tq, queue)
+    }
+
+    /// Where the avail ring is (a test may aim a device-writable buffer at it).
+    pub fn avail_addr(&self) -> GuestAddress {
+        self.avail
+    }
+
+    /// Makes the chain at `head` available without touching the index: with
+    /// [`TestQueue::set_avail_idx`], a driver that re-posts faster than the device serves.
+    pub fn put_avail_entry(&self, mem: &GuestMemoryMmap, n: u16, head: u16) {
+        let slot = u64::from(n % self.size);
+        mem.write_obj(head, self.avail.unchecked_add(4 + 2 * slot))
+            .unwrap();
     }
 
     /// Puts raw descriptors (addr, len, flags, next) in the table; returns the first's index.
@@ -145,6 +172,21 @@ impl Backend for SocketBackend {
     }
     fn supports_offloads(&self) -> bool {
         false
+    }
+    fn set_offload(&self, _: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A socket-pair backend that claims the checksum and TSO offloads, as most TAPs do.
+pub struct OffloadSocketBackend(pub OwnedFd);
+
+impl Backend for OffloadSocketBackend {
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+    fn supports_offloads(&self) -> bool {
+        true
     }
     fn set_offload(&self, _: u32) -> std::io::Result<()> {
         Ok(())

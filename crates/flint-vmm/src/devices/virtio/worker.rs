@@ -5,7 +5,10 @@
 //! it at DRIVER_OK and takes it out at reset; the worker thread ([`spawn`]) waits on the
 //! queue notifications and backend descriptors and runs the worker. The only lock between them
 //! is the worker slot, taken by a vCPU at activation and reset alone, and a reset does wait for
-//! the request in flight: the driver may reuse the rings' memory once the reset is done.
+//! the batch in flight: the driver may reuse the rings' memory once the reset is done. A batch
+//! is bounded (see [`super::Budget`]): a queue or backend with work left after one is served
+//! again through an eventfd, behind whatever else is waiting (the stop event, other queues),
+//! so no driver keeps the thread, or a vCPU resetting the device, in one call.
 //! A worker that finds a queue broken sets DEVICE_NEEDS_RESET here, without the transport's
 //! lock, and tells the driver with a configuration-change interrupt.
 
@@ -17,7 +20,7 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, QueueWorker, INT_CONFIG_CHANGE};
+use super::{Interrupt, QueueWorker, Served, INT_CONFIG_CHANGE};
 use crate::bus::lock;
 use crate::exit::{error_chain, ExitEvent, ExitReason};
 use crate::sandbox::seccomp::{Filters, ThreadKind};
@@ -25,6 +28,8 @@ use crate::sandbox::seccomp::{Filters, ThreadKind};
 pub struct DeviceQueues {
     worker: Mutex<Option<Box<dyn QueueWorker>>>,
     needs_reset: AtomicBool,
+    /// A reset waits for the worker slot: the worker starts no new batch meanwhile.
+    resetting: AtomicBool,
     interrupt: Arc<Interrupt>,
 }
 
@@ -33,6 +38,7 @@ impl DeviceQueues {
         DeviceQueues {
             worker: Mutex::new(None),
             needs_reset: AtomicBool::new(false),
+            resetting: AtomicBool::new(false),
             interrupt,
         }
     }
@@ -42,10 +48,13 @@ impl DeviceQueues {
         *lock(&self.worker) = Some(worker);
     }
 
-    /// The driver reset the device: the worker is dropped once its request in flight is done.
+    /// The driver reset the device: the worker is dropped once its batch in flight is done.
     pub fn deactivate(&self) {
+        // However the lock is handed over, the reset waits for that one batch only.
+        self.resetting.store(true, Ordering::Release);
         let old = lock(&self.worker).take();
         self.needs_reset.store(false, Ordering::Release);
+        self.resetting.store(false, Ordering::Release);
         drop(old);
     }
 
@@ -54,32 +63,40 @@ impl DeviceQueues {
         self.needs_reset.load(Ordering::Acquire)
     }
 
-    /// Runs `f` on the worker if there is one and the device is still usable; a `false` from
-    /// it marks the device as needing a reset (while the slot is held, so a reset that comes
-    /// after cannot be undone by it).
-    fn serve(&self, f: impl FnOnce(&mut dyn QueueWorker) -> bool) {
+    /// Runs `f` on the worker if there is one and the device is still usable; a
+    /// [`Served::Broken`] from it marks the device as needing a reset (while the slot is held,
+    /// so a reset that comes after cannot be undone by it). Returns whether `f` has more to do.
+    fn serve(&self, f: impl FnOnce(&mut dyn QueueWorker) -> Served) -> bool {
+        if self.resetting.load(Ordering::Acquire) {
+            return false;
+        }
         let mut slot = lock(&self.worker);
         let Some(worker) = slot.as_mut() else {
-            return;
+            return false;
         };
         if self.needs_reset() {
-            return;
+            return false;
         }
-        if !f(worker.as_mut()) {
-            self.needs_reset.store(true, Ordering::Release);
-            self.interrupt.trigger(INT_CONFIG_CHANGE);
+        match f(worker.as_mut()) {
+            Served::Done => false,
+            Served::More => true,
+            Served::Broken => {
+                self.needs_reset.store(true, Ordering::Release);
+                self.interrupt.trigger(INT_CONFIG_CHANGE);
+                false
+            }
         }
     }
 
-    /// Queue `index` was notified.
-    pub fn process_queue(&self, index: usize) {
+    /// Queue `index` was notified. Returns whether one batch did not finish the work.
+    pub fn process_queue(&self, index: usize) -> bool {
         crate::panic::test_point("worker");
-        self.serve(|w| w.process_queue(index));
+        self.serve(|w| w.process_queue(index))
     }
 
-    /// Backend descriptor `index` is readable.
-    pub fn process_backend(&self, index: usize) {
-        self.serve(|w| w.process_backend(index));
+    /// Backend descriptor `index` is readable. Returns as `process_queue` does.
+    pub fn process_backend(&self, index: usize) -> bool {
+        self.serve(|w| w.process_backend(index))
     }
 
     /// The backend descriptors of the active worker, and whether each is wanted now (none
@@ -101,6 +118,8 @@ impl DeviceQueues {
 const BACKEND_TAG: u32 = 1 << 16;
 /// Event data for the stop eventfd.
 const STOP_TAG: u32 = u32::MAX;
+/// Event data for the eventfd that brings back backends with more to do.
+const AGAIN_TAG: u32 = u32::MAX - 1;
 
 /// The worker thread's one subscriber: queue eventfds, backend descriptors, and stop.
 struct QueueEvents {
@@ -108,11 +127,24 @@ struct QueueEvents {
     evts: Vec<EventFd>,
     stop: EventFd,
     stopped: bool,
+    /// Written when a backend stopped at its batch bound with work left (its descriptor may no
+    /// longer be readable), to serve it again after the other events.
+    again: EventFd,
+    /// The backends to serve again.
+    backends_again: Vec<usize>,
     /// Backend descriptors being watched now.
     watching: Vec<RawFd>,
 }
 
 impl QueueEvents {
+    /// Serves backend `i`; one with work left is brought back through `again`.
+    fn backend(&mut self, i: usize) {
+        if self.queues.process_backend(i) && !self.backends_again.contains(&i) {
+            self.backends_again.push(i);
+            let _ = self.again.write(1);
+        }
+    }
+
     /// Starts or stops watching each backend as the worker wants.
     fn sync_backends(&mut self, ops: &mut EventOps) {
         let backends = self.queues.backends();
@@ -154,6 +186,10 @@ impl MutEventSubscriber for QueueEvents {
             // Without it the thread cannot be stopped; process exit still ends it.
             eprintln!("flint: cannot watch a device worker's stop event: {e:?}");
         }
+        if let Err(e) = ops.add(Events::with_data(&self.again, AGAIN_TAG, EventSet::IN)) {
+            // Backends with more to do then wait for their descriptor to become readable.
+            eprintln!("flint: cannot watch a device worker's re-arm event: {e:?}");
+        }
         self.sync_backends(ops);
     }
 
@@ -163,11 +199,20 @@ impl MutEventSubscriber for QueueEvents {
             self.stopped = true;
             return;
         }
-        if data >= BACKEND_TAG {
-            self.queues.process_backend((data - BACKEND_TAG) as usize);
+        if data == AGAIN_TAG {
+            let _ = self.again.read();
+            for i in std::mem::take(&mut self.backends_again) {
+                self.backend(i);
+            }
+        } else if data >= BACKEND_TAG {
+            self.backend((data - BACKEND_TAG) as usize);
         } else if let Some(evt) = self.evts.get(data as usize) {
             let _ = evt.read();
-            self.queues.process_queue(data as usize);
+            // One batch at a time: a queue with work left is notified again by its own
+            // eventfd, behind the events already waiting (stop, a reset, other queues).
+            if self.queues.process_queue(data as usize) {
+                let _ = evt.write(1);
+            }
         }
         self.sync_backends(ops);
     }
@@ -207,6 +252,8 @@ pub fn spawn(
         evts,
         stop: stop.try_clone()?,
         stopped: false,
+        again: EventFd::new(libc::EFD_NONBLOCK)?,
+        backends_again: Vec::new(),
         watching: Vec::new(),
     };
     let thread_name = format!("flint-{name}");
@@ -236,4 +283,142 @@ fn run(events: QueueEvents, filters: &Filters, name: &str) -> Result<(), ExitRea
         em.run().map_err(failed)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::devices::irq::IrqLine;
+
+    /// A worker that has work left (`More`) for its first `more` calls, or forever (`None`),
+    /// on its queue and on its backend, an eventfd it drains on each call.
+    struct Busy {
+        calls: Arc<AtomicUsize>,
+        more: Option<usize>,
+        backend: Arc<EventFd>,
+    }
+
+    impl Busy {
+        fn call(&mut self) -> Served {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1));
+            match self.more {
+                Some(more) if n >= more => Served::Done,
+                _ => Served::More,
+            }
+        }
+    }
+
+    impl QueueWorker for Busy {
+        fn process_queue(&mut self, _: usize) -> Served {
+            self.call()
+        }
+        fn backend_fds(&self) -> Vec<RawFd> {
+            vec![self.backend.as_raw_fd()]
+        }
+        fn process_backend(&mut self, _: usize) -> Served {
+            // Not readable any more: only the worker's own re-arm can bring it back.
+            let _ = self.backend.read();
+            self.call()
+        }
+    }
+
+    struct Running {
+        queues: Arc<DeviceQueues>,
+        kick: EventFd,
+        backend: Arc<EventFd>,
+        calls: Arc<AtomicUsize>,
+        thread: WorkerThread,
+        exit: Arc<ExitEvent>,
+    }
+
+    fn start(more: Option<usize>) -> Running {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let queues = Arc::new(DeviceQueues::new(Arc::new(Interrupt::new(IrqLine::Fd(
+            irq,
+        )))));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let backend = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        queues.activate(Box::new(Busy {
+            calls: calls.clone(),
+            more,
+            backend: backend.clone(),
+        }));
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let exit = Arc::new(ExitEvent::new().unwrap());
+        let thread = spawn(
+            "test",
+            queues.clone(),
+            std::slice::from_ref(&kick),
+            exit.clone(),
+        )
+        .unwrap();
+        Running {
+            queues,
+            kick,
+            backend,
+            calls,
+            thread,
+            exit,
+        }
+    }
+
+    fn wait_for(calls: &AtomicUsize, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {calls:?} calls, expected {n}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_queue_with_work_left_is_served_again_without_a_kick() {
+        let r = start(Some(5));
+        r.kick.write(1).unwrap();
+        // One kick: five batches with work left, then the one that finishes.
+        wait_for(&r.calls, 6);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.calls.load(Ordering::SeqCst), 6, "no call after Done");
+        r.thread.stop();
+        assert!(r.exit.reason().is_none());
+    }
+
+    #[test]
+    fn a_backend_with_work_left_is_served_again_when_no_longer_readable() {
+        let r = start(Some(3));
+        r.backend.write(1).unwrap();
+        wait_for(&r.calls, 4);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.calls.load(Ordering::SeqCst), 4);
+        r.thread.stop();
+    }
+
+    #[test]
+    fn endless_work_holds_off_a_reset_and_stop_by_one_batch_only() {
+        let r = start(None);
+        r.kick.write(1).unwrap();
+        wait_for(&r.calls, 3);
+        // A vCPU resetting the device takes the worker slot between two batches.
+        let t = Instant::now();
+        r.queues.deactivate();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        let calls = r.calls.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(r.calls.load(Ordering::SeqCst), calls, "the worker is gone");
+        // The same for stopping the thread while a worker always has more.
+        let r2 = start(None);
+        r2.kick.write(1).unwrap();
+        wait_for(&r2.calls, 3);
+        let t = Instant::now();
+        r2.thread.stop();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        r.thread.stop();
+    }
 }

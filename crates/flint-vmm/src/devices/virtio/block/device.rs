@@ -9,7 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use super::request::{self, Limits};
 use super::*;
 use crate::devices::virtio::{
-    read_config_bytes, serve_queue, ActivateContext, Interrupt, QueueWorker, VirtioDevice,
+    read_config_bytes, serve_queue, ActivateContext, Interrupt, QueueWorker, Served, VirtioDevice,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -143,9 +143,9 @@ impl VirtioDevice for Block {
 }
 
 impl QueueWorker for BlockWorker {
-    fn process_queue(&mut self, index: usize) -> bool {
+    fn process_queue(&mut self, index: usize) -> Served {
         if index != 0 {
-            return true;
+            return Served::Done;
         }
         let BlockWorker {
             disk,
@@ -158,6 +158,11 @@ impl QueueWorker for BlockWorker {
         } = self;
         serve_queue(queue, mem, interrupt, |descs| {
             stats.requests += 1;
+            // A chain that cannot be walked whole is not a request: nothing of it is run.
+            let Ok(descs) = descs else {
+                stats.dropped_chains += 1;
+                return 0;
+            };
             match request::handle(descs, mem, disk, serial, *features, &LIMITS) {
                 Ok(out) => {
                     if out.status != VIRTIO_BLK_S_OK {

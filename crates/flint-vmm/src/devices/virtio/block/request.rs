@@ -89,7 +89,8 @@ pub fn handle(
     let _ = mem.write_obj(status, status_addr);
     Ok(Outcome {
         status,
-        written: data_written + 1,
+        // At most `limits.max_data` + 1: no overflow, but the used length never wraps anyway.
+        written: data_written.saturating_add(1),
     })
 }
 

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::irq::IrqLine;
-use crate::devices::virtio::testing::{TestQueue, F_NEXT, F_WRITE};
-use crate::devices::virtio::{ActivateContext, Interrupt, QueueWorker, VirtioDevice};
+use crate::devices::virtio::testing::{TestQueue, F_INDIRECT, F_NEXT, F_WRITE};
+use crate::devices::virtio::{ActivateContext, Interrupt, QueueWorker, Served, VirtioDevice};
 
 const MEM_SIZE: usize = 4 << 20;
 const QSIZE: u16 = 16;
@@ -28,22 +29,32 @@ struct Harness {
 }
 
 impl Harness {
+    /// A disk whose sector `n` is filled with the byte `n`, without EVENT_IDX.
     fn new(name: &str, sectors: u64, read_only: bool) -> Harness {
-        let path = std::env::temp_dir().join(format!("flint-blk-{}-{name}", std::process::id()));
         let image: Vec<u8> = (0..sectors * SECTOR_SIZE)
             .map(|i| ((i / SECTOR_SIZE) & 0xff) as u8)
             .collect();
+        Harness::with_image(name, &image, read_only, false)
+    }
+
+    fn with_image(name: &str, image: &[u8], read_only: bool, event_idx: bool) -> Harness {
+        let path = std::env::temp_dir().join(format!("flint-blk-{}-{name}", std::process::id()));
         std::fs::write(&path, image).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let device = Block::new(DiskImage::open(&path, read_only).unwrap(), "test-serial");
-        let (q, queue) = TestQueue::new(&mem, GuestAddress(0), QSIZE);
+        let (q, mut queue) = TestQueue::new(&mem, GuestAddress(0), QSIZE);
+        // As the transport does for a driver that negotiated EVENT_IDX.
+        queue.set_event_idx(event_idx);
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let features = device.features();
+        let mut features = device.features();
+        if !event_idx {
+            features &= !crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX;
+        }
         let block = device
             .start(ActivateContext {
                 mem: mem.clone(),
                 queues: vec![queue],
-                acked_features: features & !crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX,
+                acked_features: features,
                 interrupt: Arc::new(Interrupt::new(IrqLine::Fd(irq.try_clone().unwrap()))),
             })
             .unwrap();
@@ -64,7 +75,11 @@ impl Harness {
     /// Makes `head` available, runs the device, returns the used ring entry's length.
     fn run(&mut self, head: u16) -> u32 {
         self.q.make_available(&self.mem, head);
-        assert!(self.block.process_queue(0), "device must not need a reset");
+        assert_eq!(
+            self.block.process_queue(0),
+            Served::Done,
+            "device must not need a reset"
+        );
         let n = self.q.made_available();
         assert_eq!(self.q.used_idx(&self.mem), n, "request completed");
         // Completed requests give their descriptors back.
@@ -240,14 +255,160 @@ fn chains_without_a_usable_status_are_dropped() {
 fn looping_chain_terminates() {
     let mut h = Harness::new("loop", 8, false);
     h.header(VIRTIO_BLK_T_IN, 0);
+    h.mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).unwrap();
     let n = F_NEXT;
-    // 0 -> 1 -> 0 -> ...: the walk is bounded by the queue size; no hang, no panic.
+    // 0 -> 1 -> 0 -> ...: the walk is bounded by the queue size; no hang, no panic, and no
+    // request cut out of it (the last descriptor walked taken for a status byte).
     let head = h.put_raw(&[(HDR, 16, n, 1), (DATA, 512, W | n, 0)]);
-    let len = h.run(head);
-    assert!(len <= 1, "completed with at most a status byte, got {len}");
+    assert_eq!(h.run(head), 0);
+    let mut data = [0u8; 512];
+    h.mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+    assert!(data.iter().all(|&b| b == 0xaa), "nothing written");
     // A `next` index beyond the table.
     let head = h.put_raw(&[(HDR, 16, n, 1000)]);
     assert_eq!(h.run(head), 0);
+    assert_eq!(h.block.stats().dropped_chains, 2);
+}
+
+#[test]
+fn chains_that_end_mid_walk_are_not_run() {
+    let mut h = Harness::new("midwalk", 8, false);
+    h.mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+    let before = h.file();
+    // A whole write request, but its status descriptor says NEXT to an index past the table:
+    // not a request that ends at its status byte.
+    h.header(VIRTIO_BLK_T_OUT, 1);
+    h.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
+    let n = F_NEXT;
+    let head = h.put_raw(&[
+        (HDR, 16, n, 1),
+        (DATA, 512, n, 2),
+        (STATUS, 1, W | n, QSIZE),
+    ]);
+    assert_eq!(h.run(head), 0);
+    assert_eq!(h.file(), before, "the write was not run");
+    assert_eq!(h.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0xaa);
+    // Lengths adding up past 4 GiB: a read whose last descriptor overflows the total.
+    h.header(VIRTIO_BLK_T_IN, 0);
+    let head = h.put_raw(&[
+        (HDR, 16, n, 1),
+        (DATA, u32::MAX - 100, W | n, 2),
+        (STATUS, 1, W | n, 3),
+        (DATA, 200, W, 0),
+    ]);
+    assert_eq!(h.run(head), 0);
+    assert_eq!(
+        h.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+        0xaa,
+        "no status: the chain is not a request"
+    );
+    assert_eq!(h.block.stats().dropped_chains, 2);
+}
+
+#[test]
+fn indirect_requests_are_not_run() {
+    // flint does not offer VIRTIO_RING_F_INDIRECT_DESC: a write request in an indirect table
+    // must not reach the disk.
+    let mut h = Harness::new("indirect", 8, false);
+    let table = 0x38_0000u64;
+    let descs = [
+        (HDR, 16u32, F_NEXT, 1u16),
+        (DATA, 512, F_NEXT, 2),
+        (STATUS, 1, W, 0),
+    ];
+    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+        let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, next);
+        h.mem
+            .write_obj(d, GuestAddress(table + 16 * i as u64))
+            .unwrap();
+    }
+    h.header(VIRTIO_BLK_T_OUT, 2);
+    h.mem.write_slice(&[0x77; 512], GuestAddress(DATA)).unwrap();
+    h.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
+    let before = h.file();
+    let head = h.put_raw(&[(table, 48, F_INDIRECT, 0)]);
+    assert_eq!(h.run(head), 0);
+    assert_eq!(h.file(), before);
+    assert_eq!(h.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0xaa);
+    assert_eq!(h.block.stats().dropped_chains, 1);
+}
+
+#[test]
+fn a_chain_of_a_whole_queue_is_one_request() {
+    // The longest chain there is: header, QSIZE - 2 data buffers, status.
+    let mut h = Harness::new("long", 32, false);
+    h.header(VIRTIO_BLK_T_IN, 1);
+    let mut descs = vec![(HDR, 16, 0)];
+    for i in 0..u64::from(QSIZE) - 2 {
+        descs.push((DATA + i * 512, 512, W));
+    }
+    descs.push((STATUS, 1, W));
+    let (len, status) = h.submit(&descs);
+    assert_eq!(
+        (len, status),
+        (512 * (u32::from(QSIZE) - 2) + 1, VIRTIO_BLK_S_OK)
+    );
+    let mut last = [0u8; 512];
+    h.mem
+        .read_slice(&mut last, GuestAddress(DATA + 512 * (u64::from(QSIZE) - 3)))
+        .unwrap();
+    assert!(last
+        .iter()
+        .all(|&b| usize::from(b) == usize::from(QSIZE) - 2));
+}
+
+#[test]
+fn a_guest_that_keeps_the_queue_busy_is_served_in_batches() {
+    // Each request reads a sector that makes the next request available: its first data
+    // buffer is the avail ring (the disk's bytes advance its index), its second holds the
+    // header (the next sector). So the ring never empties while the disk lasts, as with a
+    // guest that re-posts requests as fast as they complete, with EVENT_IDX.
+    const SECTORS: u16 = 64;
+    const AVAIL_LEN: u32 = 40; // flags, idx, 16 ring entries, used_event, padding
+    const NEXT: u64 = 0x28_0000; // the second data buffer: the header, then scratch
+    let mut image = vec![0u8; usize::from(SECTORS) * 512];
+    for (k, sector) in image.chunks_mut(512).enumerate() {
+        let k = u16::try_from(k).unwrap();
+        sector[2..4].copy_from_slice(&(k + 2).to_le_bytes()); // avail idx: one more chain
+                                                              // Ring entries are all 0: head 0 again. Then, at the second buffer, the header.
+        sector[40..44].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+        sector[48..56].copy_from_slice(&u64::from(k + 1).to_le_bytes());
+    }
+    let mut h = Harness::with_image("busy", &image, false, true);
+    let avail = h.q.avail_addr().0;
+    let mut hdr = [0u8; 16];
+    hdr[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+    h.mem.write_slice(&hdr, GuestAddress(NEXT)).unwrap();
+    let head = h.q.put_chain(
+        &h.mem,
+        &[
+            (NEXT, 16, 0),
+            (avail, AVAIL_LEN, W),
+            (NEXT, 512 - AVAIL_LEN, W),
+            (STATUS, 1, W),
+        ],
+    );
+    assert_eq!(head, 0);
+    h.q.make_available(&h.mem, head);
+
+    let first = h.block.process_queue(0);
+    let served = h.q.used_idx(&h.mem);
+    assert!(
+        served <= QSIZE,
+        "one process_queue call served {served} requests; the bound is {QSIZE}"
+    );
+    assert_eq!(first, Served::More);
+    // The worker thread calls again until it is done: every request is served in the end.
+    let mut calls = 1;
+    while h.block.process_queue(0) == Served::More {
+        calls += 1;
+        assert!(calls < 1000);
+    }
+    assert!(calls > 1);
+    // Sectors 0..63 served, then sector 64 is past the end and the chain stops coming back.
+    assert_eq!(h.q.used_idx(&h.mem), SECTORS + 1);
+    assert_eq!(h.block.stats().requests, u64::from(SECTORS) + 1);
+    assert_eq!(h.block.stats().errors, 1);
 }
 
 #[test]
@@ -328,7 +489,7 @@ fn bogus_avail_index_needs_reset() {
     let mut h = Harness::new("avail", 8, false);
     // More entries "available" than the queue holds: a broken or hostile driver.
     h.q.set_avail_idx(&h.mem, QSIZE + 5);
-    assert!(!h.block.process_queue(0));
+    assert_eq!(h.block.process_queue(0), Served::Broken);
 }
 
 #[test]
@@ -343,4 +504,146 @@ fn config_space_reports_capacity_and_limits() {
     let mut beyond = [0xffu8; 8];
     h.device.read_config(4096, &mut beyond);
     assert_eq!(beyond, [0; 8]);
+}
+
+/// `request::handle` on chains built in memory, with limits small enough to reach (the
+/// device's own are as large as its queue allows).
+mod limits {
+    use virtio_queue::desc::split::Descriptor;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::super::request::{handle, Limits};
+    use super::super::*;
+    use super::{segment, DATA, HDR, MEM_SIZE, STATUS, W};
+
+    const LIMITS: Limits = Limits {
+        seg_max: 2,
+        discard_seg_max: 2,
+        discard_sectors_max: 4,
+        max_data: 1024,
+    };
+    const ALL: u64 = VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
+
+    struct Setup {
+        mem: GuestMemoryMmap,
+        disk: DiskImage,
+        path: std::path::PathBuf,
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn setup(name: &str) -> Setup {
+        let path = std::env::temp_dir().join(format!("flint-lim-{}-{name}", std::process::id()));
+        std::fs::write(&path, vec![0x11u8; 16 * 512]).unwrap();
+        Setup {
+            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
+            disk: DiskImage::open(&path, false).unwrap(),
+            path,
+        }
+    }
+
+    /// Runs a request of `type_` at `sector` with these data buffers; returns its status.
+    fn status(s: &Setup, type_: u32, sector: u64, data: &[(u64, u32, u16)]) -> u8 {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&type_.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        s.mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        let mut descs = vec![Descriptor::new(HDR, 16, 0, 0)];
+        descs.extend(data.iter().map(|&(a, l, f)| Descriptor::new(a, l, f, 0)));
+        descs.push(Descriptor::new(STATUS, 1, W, 0));
+        let out = handle(&descs, &s.mem, &s.disk, &[0; 20], ALL, &LIMITS).unwrap();
+        assert_eq!(
+            s.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            out.status
+        );
+        out.status
+    }
+
+    #[test]
+    fn data_segments_and_length_are_bounded() {
+        let s = setup("segs");
+        let seg = |i: u64| (DATA + i * 512, 512, W);
+        assert_eq!(
+            status(&s, VIRTIO_BLK_T_IN, 0, &[seg(0), seg(1)]),
+            VIRTIO_BLK_S_OK
+        );
+        assert_eq!(
+            status(&s, VIRTIO_BLK_T_IN, 0, &[seg(0), seg(1), seg(2)]),
+            VIRTIO_BLK_S_IOERR,
+            "more than seg_max data descriptors"
+        );
+        // Empty descriptors count as segments too.
+        assert_eq!(
+            status(
+                &s,
+                VIRTIO_BLK_T_IN,
+                0,
+                &[(DATA, 0, W), (DATA, 0, W), seg(0)]
+            ),
+            VIRTIO_BLK_S_IOERR
+        );
+        assert_eq!(
+            status(&s, VIRTIO_BLK_T_IN, 0, &[(DATA, 1536, W)]),
+            VIRTIO_BLK_S_IOERR,
+            "more than max_data"
+        );
+        // Two u32::MAX buffers: the total is checked without overflow, nothing is read.
+        assert_eq!(
+            status(
+                &s,
+                VIRTIO_BLK_T_IN,
+                0,
+                &[(DATA, u32::MAX, W), (DATA, u32::MAX, W)]
+            ),
+            VIRTIO_BLK_S_IOERR
+        );
+        // The last sector and one past it; a sector whose byte offset overflows.
+        assert_eq!(status(&s, VIRTIO_BLK_T_IN, 15, &[seg(0)]), VIRTIO_BLK_S_OK);
+        for sector in [16, u64::MAX >> 9, (u64::MAX >> 9) + 1, u64::MAX] {
+            assert_eq!(
+                status(&s, VIRTIO_BLK_T_IN, sector, &[seg(0)]),
+                VIRTIO_BLK_S_IOERR,
+                "sector {sector}"
+            );
+        }
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_segments_are_bounded() {
+        let s = setup("discard");
+        let before = std::fs::read(&s.path).unwrap();
+        let put = |segs: &[[u8; 16]]| {
+            s.mem
+                .write_slice(&segs.concat(), GuestAddress(DATA))
+                .unwrap();
+            u32::try_from(segs.len() * 16).unwrap()
+        };
+        for t in [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES] {
+            // More than discard_seg_max segments, in one descriptor or spread over two.
+            let len = put(&[segment(0, 1, 0), segment(1, 1, 0), segment(2, 1, 0)]);
+            assert_eq!(status(&s, t, 0, &[(DATA, len, 0)]), VIRTIO_BLK_S_IOERR);
+            assert_eq!(
+                status(&s, t, 0, &[(DATA, 32, 0), (DATA + 32, 16, 0)]),
+                VIRTIO_BLK_S_IOERR
+            );
+            // A segment longer than discard_sectors_max, past the disk, or overflowing.
+            for seg in [
+                segment(0, 5, 0),
+                segment(15, 2, 0),
+                segment(u64::MAX >> 9, 1, 0),
+                segment(u64::MAX, 1, 0),
+            ] {
+                let len = put(&[seg]);
+                assert_eq!(status(&s, t, 0, &[(DATA, len, 0)]), VIRTIO_BLK_S_IOERR);
+            }
+            // Segments read from device-writable buffers are refused.
+            let len = put(&[segment(0, 1, 0)]);
+            assert_eq!(status(&s, t, 0, &[(DATA, len, W)]), VIRTIO_BLK_S_IOERR);
+        }
+        assert_eq!(std::fs::read(&s.path).unwrap(), before, "nothing changed");
+    }
 }

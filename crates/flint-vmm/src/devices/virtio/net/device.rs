@@ -3,15 +3,16 @@
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::*;
 use crate::devices::virtio::iovec::GuestIovecs;
 use crate::devices::virtio::{
-    notify_if_needed, read_config_bytes, serve_queue, ActivateContext, Interrupt, QueueWorker,
-    VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    notify_if_needed, pop_chain, read_config_bytes, serve_queue, ActivateContext, Budget,
+    ChainError, Interrupt, Popped, QueueWorker, Served, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -20,6 +21,10 @@ const RX: usize = 0;
 const TX: usize = 1;
 /// Frames moved per wake-up before letting other events in (the fd stays readable).
 const RX_BATCH: usize = 256;
+/// Guest RX chains one frame may take with mergeable buffers: a largest frame in buffers of
+/// 512 bytes (Linux posts at least 1518). A driver posting smaller ones gets the frame dropped
+/// rather than flint holding a chain per byte.
+pub const MAX_RX_CHAINS: usize = MAX_FRAME_LEN.div_ceil(512);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetStats {
@@ -29,6 +34,12 @@ pub struct NetStats {
     pub rx_dropped: u64,
     /// Frames from the guest that were malformed or too large, or that the host refused.
     pub tx_dropped: u64,
+    /// Of `rx_dropped`: frames that would have needed more than [`MAX_RX_CHAINS`] buffers.
+    pub rx_too_many_buffers: u64,
+    /// Of `rx_dropped`: frames from the host with an offload the guest did not accept.
+    pub rx_bad_offload: u64,
+    /// Of `tx_dropped`: frames whose header asked for an offload the guest did not negotiate.
+    pub tx_bad_offload: u64,
 }
 
 /// An RX chain taken from the ring: its head and its device-writable buffers.
@@ -69,7 +80,10 @@ pub struct NetWorker {
 enum Delivery {
     Delivered,
     NoBuffers,
+    /// The wake-up's budget ran out while taking buffers: what was taken stays held.
+    Later,
     Dropped,
+    TooManyBuffers,
     Broken,
 }
 
@@ -145,10 +159,16 @@ impl NetWorker {
     }
 
     /// Moves frames from the backend to the guest until the backend is empty, the guest has no
-    /// buffers, or a batch is done. Returns false if the RX queue is broken.
-    fn receive(&mut self) -> bool {
+    /// buffers, or a batch (frames, and the RX queue's [`Budget`]) is done.
+    fn receive(&mut self) -> Served {
         let a = &mut self.active;
+        // A corrupted avail ring is found on every RX wake-up, even with no frame waiting.
+        if a.rx.iter(&a.mem).is_err() {
+            return Served::Broken;
+        }
+        let mut budget = Budget::for_queue(&a.rx);
         let mut delivered = false;
+        let mut outcome = Served::Done;
         for _ in 0..RX_BATCH {
             let len = match self.pending {
                 Some(len) => len,
@@ -161,27 +181,36 @@ impl NetWorker {
                             self.frame.len(),
                         )
                     };
-                    if n <= 0 {
-                        break; // EAGAIN: empty; other errors: try again on the next wake-up
+                    // EAGAIN: empty; other errors: try again on the next wake-up.
+                    let Ok(n) = usize::try_from(n) else { break };
+                    if n == 0 {
+                        break;
                     }
-                    let n = n as usize;
                     if n < VNET_HDR_LEN {
                         self.stats.rx_dropped += 1;
+                        continue;
+                    }
+                    if !fit_rx_header(&mut self.frame[..VNET_HDR_LEN], a.features) {
+                        self.stats.rx_dropped += 1;
+                        self.stats.rx_bad_offload += 1;
                         continue;
                     }
                     self.pending = Some(n);
                     n
                 }
             };
-            match deliver(a, &mut self.frame[..len]) {
+            match deliver(a, &mut self.frame[..len], &mut budget) {
                 Delivery::Delivered => {
                     self.pending = None;
                     self.stats.rx_frames += 1;
                     delivered = true;
                 }
-                Delivery::Dropped => {
+                d @ (Delivery::Dropped | Delivery::TooManyBuffers) => {
                     self.pending = None;
                     self.stats.rx_dropped += 1;
+                    if matches!(d, Delivery::TooManyBuffers) {
+                        self.stats.rx_too_many_buffers += 1;
+                    }
                     delivered = true; // buffers were returned
                 }
                 Delivery::NoBuffers => {
@@ -190,17 +219,24 @@ impl NetWorker {
                     match a.rx.enable_notification(&a.mem) {
                         Ok(true) => continue,
                         Ok(false) => break,
-                        Err(_) => return false,
+                        Err(_) => return Served::Broken,
                     }
                 }
-                Delivery::Broken => return false,
+                Delivery::Later => {
+                    outcome = Served::More;
+                    break;
+                }
+                Delivery::Broken => return Served::Broken,
             }
         }
-        !delivered || notify_if_needed(&mut a.rx, &a.mem, &a.interrupt)
+        if delivered && !notify_if_needed(&mut a.rx, &a.mem, &a.interrupt) {
+            return Served::Broken;
+        }
+        outcome
     }
 
-    /// Sends every frame the guest queued on TX. Returns false if the TX queue is broken.
-    fn transmit(&mut self) -> bool {
+    /// Sends the frames the guest queued on TX, one batch of them.
+    fn transmit(&mut self) -> Served {
         let NetWorker {
             active: a,
             backend,
@@ -208,53 +244,168 @@ impl NetWorker {
             ..
         } = self;
         let fd = backend.fd();
+        let features = a.features;
         serve_queue(&mut a.tx, &a.mem, &a.interrupt, |descs| {
-            if send(fd, descs, &a.mem) {
-                stats.tx_frames += 1;
-            } else {
-                stats.tx_dropped += 1;
+            match descs
+                .map_err(TxDrop::Chain)
+                .and_then(|d| send(fd, d, &a.mem, features))
+            {
+                Ok(()) => stats.tx_frames += 1,
+                Err(e) => {
+                    stats.tx_dropped += 1;
+                    if e == TxDrop::Offload {
+                        stats.tx_bad_offload += 1;
+                    }
+                }
             }
             0
         })
     }
 }
 
-/// One TX chain to the backend: device-readable descriptors only, a header and at most
-/// MAX_FRAME_LEN bytes, all in guest RAM; written with one writev straight from guest memory.
-fn send(fd: std::os::fd::RawFd, descs: &[Descriptor], mem: &GuestMemoryMmap) -> bool {
-    let mut bufs = GuestIovecs::new(mem, MAX_FRAME_LEN);
-    for d in descs {
-        if d.is_write_only() || bufs.push(d.addr(), d.len()).is_err() {
-            return false;
-        }
-    }
-    if bufs.total() < VNET_HDR_LEN {
-        return false;
-    }
-    let Ok(count) = bufs.count() else {
+/// Why a TX chain was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxDrop {
+    /// Not a frame: a writable buffer, shorter than the header, too long, outside RAM.
+    Malformed,
+    /// The chain could not be walked.
+    Chain(ChainError),
+    /// The header asks for an offload the guest did not negotiate.
+    Offload,
+    /// The backend did not take the whole frame.
+    Backend,
+}
+
+/// Whether a header from the guest asks only for offloads it negotiated: a checksum offload
+/// with CSUM, a TCP segmentation one with HOST_TSO4/6 (which need CSUM too, §5.1.3.1); nothing
+/// else (no UFO, ECN or flags a driver must not send is offered).
+fn tx_header_allowed(hdr: &[u8; VNET_HDR_LEN], features: u64) -> bool {
+    let has = |f: u64| features & (f | VIRTIO_NET_F_CSUM) == f | VIRTIO_NET_F_CSUM;
+    let flags_ok = match hdr[0] {
+        0 => true,
+        VIRTIO_NET_HDR_F_NEEDS_CSUM => has(VIRTIO_NET_F_CSUM),
+        _ => false,
+    };
+    let gso_ok = match hdr[1] {
+        VIRTIO_NET_HDR_GSO_NONE => true,
+        VIRTIO_NET_HDR_GSO_TCPV4 => has(VIRTIO_NET_F_HOST_TSO4),
+        VIRTIO_NET_HDR_GSO_TCPV6 => has(VIRTIO_NET_F_HOST_TSO6),
+        _ => false,
+    };
+    flags_ok && gso_ok
+}
+
+/// Makes the header of a frame from the backend say only what the guest accepted. False if
+/// the frame itself needs an offload the guest did not take (a partial checksum, a large
+/// segment): it cannot be delivered. (The TAP is told the guest's offloads, but flint does not
+/// count on that having worked.)
+fn fit_rx_header(hdr: &mut [u8], features: u64) -> bool {
+    // Every RX offload needs GUEST_CSUM (§5.1.3.1).
+    let has = |f: u64| features & (f | VIRTIO_NET_F_GUEST_CSUM) == f | VIRTIO_NET_F_GUEST_CSUM;
+    let (Some(&flags), Some(&gso)) = (hdr.first(), hdr.get(1)) else {
         return false;
     };
-    // SAFETY: `bufs` holds iovecs into guest RAM, each checked to be mapped for its length,
-    // and its borrow of guest memory keeps them mapped for the call; writev only reads them.
-    let n = unsafe { libc::writev(fd, bufs.as_slice().as_ptr(), count) };
-    usize::try_from(n) == Ok(bufs.total())
+    let csum = has(VIRTIO_NET_F_GUEST_CSUM);
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 && !csum {
+        return false;
+    }
+    let gso_ok = match gso {
+        VIRTIO_NET_HDR_GSO_NONE => true,
+        VIRTIO_NET_HDR_GSO_TCPV4 => has(VIRTIO_NET_F_GUEST_TSO4),
+        VIRTIO_NET_HDR_GSO_TCPV6 => has(VIRTIO_NET_F_GUEST_TSO6),
+        _ => false,
+    };
+    // Without GUEST_CSUM the flags must be zero (§5.1.6.4.1); with it, only the two defined.
+    hdr[0] = if csum {
+        flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)
+    } else {
+        0
+    };
+    gso_ok
+}
+
+/// One TX chain to the backend: device-readable descriptors only, a header and at most
+/// MAX_FRAME_LEN bytes, all in guest RAM. The header is copied out and checked
+/// ([`tx_header_allowed`]), and that copy is what the backend gets, so the guest cannot change
+/// it after the check; the rest goes with one writev straight from guest memory.
+fn send(
+    fd: std::os::fd::RawFd,
+    descs: &[Descriptor],
+    mem: &GuestMemoryMmap,
+    features: u64,
+) -> Result<(), TxDrop> {
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    let mut hdr_len = 0usize;
+    let mut bufs = GuestIovecs::new(mem, MAX_FRAME_LEN - VNET_HDR_LEN);
+    for d in descs {
+        if d.is_write_only() {
+            return Err(TxDrop::Malformed);
+        }
+        let len = usize::try_from(d.len()).map_err(|_| TxDrop::Malformed)?;
+        let take = (VNET_HDR_LEN - hdr_len).min(len);
+        if take > 0 {
+            mem.read_slice(&mut hdr[hdr_len..hdr_len + take], d.addr())
+                .map_err(|_| TxDrop::Malformed)?;
+            hdr_len += take;
+        }
+        if len > take {
+            // `take` is at most VNET_HDR_LEN and `len - take` at most `d.len()`.
+            let addr = d.addr().checked_add(take as u64).ok_or(TxDrop::Malformed)?;
+            let rest = u32::try_from(len - take).map_err(|_| TxDrop::Malformed)?;
+            bufs.push(addr, rest).map_err(|_| TxDrop::Malformed)?;
+        }
+    }
+    if hdr_len < VNET_HDR_LEN {
+        return Err(TxDrop::Malformed);
+    }
+    if !tx_header_allowed(&hdr, features) {
+        return Err(TxDrop::Offload);
+    }
+    let mut iov = Vec::with_capacity(bufs.as_slice().len() + 1);
+    iov.push(libc::iovec {
+        iov_base: hdr.as_mut_ptr().cast(),
+        iov_len: VNET_HDR_LEN,
+    });
+    iov.extend_from_slice(bufs.as_slice());
+    let count = libc::c_int::try_from(iov.len()).map_err(|_| TxDrop::Malformed)?;
+    // SAFETY: the first iovec is `hdr`, alive for the call; the others point into guest RAM,
+    // each checked to be mapped for its length, and `bufs`' borrow of guest memory keeps them
+    // mapped for the call. writev only reads them.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
+    if usize::try_from(n) == Ok(bufs.total() + VNET_HDR_LEN) {
+        Ok(())
+    } else {
+        Err(TxDrop::Backend)
+    }
 }
 
 /// Puts one frame (header included) into the guest's RX buffers: one chain, or several with
-/// mergeable buffers, setting `num_buffers` in the header accordingly.
-fn deliver(a: &mut Active, frame: &mut [u8]) -> Delivery {
+/// mergeable buffers (at most [`MAX_RX_CHAINS`]), setting `num_buffers` in the header
+/// accordingly. Chains are taken within `budget`.
+fn deliver(a: &mut Active, frame: &mut [u8], budget: &mut Budget) -> Delivery {
     let mergeable = a.features & VIRTIO_NET_F_MRG_RXBUF != 0;
     let mut capacity: usize = a.rx_held.iter().flat_map(|c| &c.1).map(|b| b.1).sum();
+    let mut too_many = false;
     while capacity < frame.len() && (mergeable || a.rx_held.is_empty()) {
-        let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
-            return Delivery::NoBuffers; // what was taken stays held for the next try
+        if a.rx_held.len() >= MAX_RX_CHAINS {
+            too_many = true;
+            break;
+        }
+        let (head, descs) = match pop_chain(&mut a.rx, &a.mem, budget) {
+            Ok(Popped::Chain(head, descs)) => (head, descs),
+            // What was taken stays held for the next try.
+            Ok(Popped::Empty) => return Delivery::NoBuffers,
+            Ok(Popped::Later) => return Delivery::Later,
+            Err(_) => return Delivery::Broken,
         };
-        let head = chain.head_index();
-        // Only device-writable buffers take data; the walk is bounded by the queue size.
-        let bufs: Vec<(GuestAddress, usize)> = chain
+        // Only device-writable buffers take data; a chain that cannot be walked takes none.
+        let bufs: Vec<(GuestAddress, usize)> = descs
+            .unwrap_or_default()
+            .iter()
             .filter(|d| d.is_write_only())
             .map(|d| (d.addr(), d.len() as usize))
             .collect();
+        // A walked chain's lengths add up to a u32.
         let size: usize = bufs.iter().map(|b| b.1).sum();
         if size == 0 {
             // A chain the device cannot write to: hand it back empty.
@@ -263,14 +414,14 @@ fn deliver(a: &mut Active, frame: &mut [u8]) -> Delivery {
             }
             continue;
         }
-        capacity += size;
+        capacity = capacity.saturating_add(size);
         a.rx_held.push((head, bufs));
     }
     let chains = std::mem::take(&mut a.rx_held);
     // Without mergeable buffers a frame must fit one chain; if it does not, it is dropped.
     let mut ok = capacity >= frame.len();
     if ok {
-        // At most a queue's worth of chains (the ring cannot hold more): fits in a u16.
+        // At most MAX_RX_CHAINS: fits in a u16.
         let n = u16::try_from(chains.len()).unwrap_or(u16::MAX);
         frame[10..12].copy_from_slice(&n.to_le_bytes());
     }
@@ -304,6 +455,8 @@ fn deliver(a: &mut Active, frame: &mut [u8]) -> Delivery {
     }
     if ok {
         Delivery::Delivered
+    } else if too_many {
+        Delivery::TooManyBuffers
     } else {
         Delivery::Dropped
     }
@@ -332,12 +485,12 @@ impl VirtioDevice for Net {
 }
 
 impl QueueWorker for NetWorker {
-    fn process_queue(&mut self, index: usize) -> bool {
+    fn process_queue(&mut self, index: usize) -> Served {
         match index {
             // New RX buffers: deliver what waits, and what the backend has meanwhile.
             RX => self.receive(),
             TX => self.transmit(),
-            _ => true,
+            _ => Served::Done,
         }
     }
 
@@ -345,7 +498,7 @@ impl QueueWorker for NetWorker {
         vec![self.backend.fd()]
     }
 
-    fn process_backend(&mut self, _index: usize) -> bool {
+    fn process_backend(&mut self, _index: usize) -> Served {
         self.receive()
     }
 
@@ -354,3 +507,6 @@ impl QueueWorker for NetWorker {
         self.pending.is_none()
     }
 }
+
+// num_buffers is a u16.
+const _: () = assert!(MAX_RX_CHAINS <= u16::MAX as usize);

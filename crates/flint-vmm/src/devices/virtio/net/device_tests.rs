@@ -9,11 +9,14 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::device::MAX_RX_CHAINS;
 use super::*;
 use crate::devices::irq::IrqLine;
-use crate::devices::virtio::testing::{seqpacket_pair, SocketBackend, TestQueue, F_WRITE};
+use crate::devices::virtio::testing::{
+    seqpacket_pair, OffloadSocketBackend, SocketBackend, TestQueue, F_WRITE,
+};
 use crate::devices::virtio::{
-    ActivateContext, Interrupt, QueueWorker, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
+    ActivateContext, Interrupt, QueueWorker, Served, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const MEM_SIZE: usize = 4 << 20;
@@ -42,10 +45,21 @@ struct Harness {
 }
 
 impl Harness {
+    /// A device on a backend without offloads; the driver accepts `features` of what it offers.
     fn new(features: u64) -> Harness {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let (dev_end, peer) = seqpacket_pair();
-        let device = Net::new(Box::new(SocketBackend(dev_end)), Mac([6, 1, 2, 3, 4, 5]));
+        Harness::on(Box::new(SocketBackend(dev_end)), peer, features)
+    }
+
+    /// The same on a backend with checksum and TSO offloads, as most TAPs have.
+    fn with_offloads(features: u64) -> Harness {
+        let (dev_end, peer) = seqpacket_pair();
+        Harness::on(Box::new(OffloadSocketBackend(dev_end)), peer, features)
+    }
+
+    fn on(backend: Box<dyn Backend>, peer: OwnedFd, features: u64) -> Harness {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let device = Net::new(backend, Mac([6, 1, 2, 3, 4, 5]));
         let (rx, mut rxq) = TestQueue::new(&mem, GuestAddress(0), QSIZE);
         let (tx, mut txq) = TestQueue::new(&mem, GuestAddress(0x8000), QSIZE);
         // As the transport does for a driver that negotiated EVENT_IDX.
@@ -98,11 +112,22 @@ impl Harness {
         head
     }
 
+    /// Calls process_queue until the batch that finishes the work.
+    fn kick_until_done(&mut self, queue: usize) {
+        for _ in 0..1000 {
+            match self.net.process_queue(queue) {
+                Served::More => continue,
+                served => return assert_eq!(served, Served::Done),
+            }
+        }
+        panic!("queue {queue} never done");
+    }
+
     /// The guest queues a TX chain (addr, len, flags) and kicks TX.
     fn guest_sends(&mut self, descs: &[(u64, u32, u16)]) {
         let head = self.tx.put_chain(&self.mem, descs);
         self.tx.make_available(&self.mem, head);
-        assert!(self.net.process_queue(1));
+        assert_eq!(self.net.process_queue(1), Served::Done);
         self.tx.recycle();
     }
 }
@@ -158,7 +183,7 @@ fn receive_into_one_buffer() {
     h.post_rx(&[(RXBUF, 2048)]);
     let f = frame(b"hello, guest");
     h.host_sends(&f);
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used(&h.mem, 0), (0, len32(&f)));
     let mut got = vec![0u8; f.len()];
     h.mem.read_slice(&mut got, GuestAddress(RXBUF)).unwrap();
@@ -176,7 +201,7 @@ fn mergeable_buffers_carry_a_large_frame() {
     let payload: Vec<u8> = (0..3000u32).map(|i| (i & 0xff) as u8).collect();
     let f = frame(&payload);
     h.host_sends(&f);
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used_idx(&h.mem), 3);
     let lens: Vec<u32> = (0..3).map(|i| h.rx.used(&h.mem, i).1).collect();
     assert_eq!(lens, vec![1500, 1500, len32(&f) - 3000]);
@@ -197,7 +222,7 @@ fn rx_waits_for_guest_buffers_without_dropping() {
     let mut h = Harness::new(ALL);
     h.host_sends(&frame(b"first"));
     h.host_sends(&frame(b"second"));
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     // No buffers: the frame is held and the backend is no longer watched.
     assert!(!h.net.backend_wanted(0));
     assert_eq!(h.rx.used_idx(&h.mem), 0);
@@ -205,7 +230,7 @@ fn rx_waits_for_guest_buffers_without_dropping() {
     // The guest adds buffers and kicks RX: both frames arrive, in order.
     h.post_rx(&[(RXBUF, 2048)]);
     h.post_rx(&[(RXBUF + 0x1000, 2048)]);
-    assert!(h.net.process_queue(0));
+    assert_eq!(h.net.process_queue(0), Served::Done);
     assert!(h.net.backend_wanted(0));
     assert_eq!(h.rx.used_idx(&h.mem), 2);
     let mut second = [0u8; 6];
@@ -224,7 +249,7 @@ fn too_small_buffer_without_mergeable_drops_the_frame() {
     let mut h = Harness::new(ALL & !VIRTIO_NET_F_MRG_RXBUF & !VIRTIO_RING_F_EVENT_IDX);
     h.post_rx(&[(RXBUF, 64)]);
     h.host_sends(&frame(&[7u8; 200]));
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used(&h.mem, 0), (0, 0), "buffer returned unused");
     assert_eq!(h.net.stats().rx_dropped, 1);
     assert!(h.net.backend_wanted(0), "not stuck on the dropped frame");
@@ -238,14 +263,14 @@ fn bad_rx_buffers_do_not_hurt_the_host() {
     h.rx.make_available(&h.mem, head);
     h.post_rx(&[(RXBUF + 0x1000, 2048)]);
     h.host_sends(&frame(b"x"));
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used(&h.mem, 0), (0, 0));
     assert_eq!(h.rx.used(&h.mem, 1).1, HDR_LEN32 + 1);
     // A buffer outside guest memory: the frame is dropped, the buffer returned unused.
     h.rx.recycle();
     h.post_rx(&[(MEM_SIZE as u64 - 4, 2048)]);
     h.host_sends(&frame(b"y"));
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert_eq!(h.rx.used(&h.mem, 2).1, 0);
     assert_eq!(h.net.stats().rx_dropped, 1);
 }
@@ -274,7 +299,7 @@ fn frame_waiting_for_more_mergeable_buffers_still_gets_kicked() {
     let payload: Vec<u8> = (0..2500u32).map(|i| ((i * 7) & 0xff) as u8).collect();
     let f = frame(&payload);
     h.host_sends(&f);
-    assert!(h.net.process_backend(0));
+    assert_eq!(h.net.process_backend(0), Served::Done);
     assert!(
         !h.net.backend_wanted(0),
         "waiting for buffers, not reading the backend"
@@ -286,7 +311,7 @@ fn frame_waiting_for_more_mergeable_buffers_still_gets_kicked() {
         "the next buffer the guest posts must trigger a kick"
     );
     h.post_rx(&[(RXBUF + 0x1000, 1500)]);
-    assert!(h.net.process_queue(0));
+    assert_eq!(h.net.process_queue(0), Served::Done);
     assert!(h.net.backend_wanted(0));
     assert_eq!(h.rx.used_idx(&h.mem), 2);
     let (l0, l1) = (h.rx.used(&h.mem, 0).1, h.rx.used(&h.mem, 1).1);
@@ -301,4 +326,195 @@ fn frame_waiting_for_more_mergeable_buffers_still_gets_kicked() {
     assert_eq!(u16::from_le_bytes([got[10], got[11]]), 2, "num_buffers");
     assert_eq!(&got[VNET_HDR_LEN..], &payload[..]);
     assert_eq!(h.net.stats().rx_dropped, 0);
+}
+
+/// A frame whose header has these flags and GSO type.
+fn frame_with(flags: u8, gso: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = frame(payload);
+    f[0] = flags;
+    f[1] = gso;
+    f
+}
+
+#[test]
+fn a_corrupted_rx_ring_needs_reset() {
+    // A frame waits for buffers while the driver's avail index is more than a queue ahead.
+    let mut h = Harness::new(ALL);
+    h.rx.set_avail_idx(&h.mem, QSIZE + 3);
+    h.host_sends(&frame(b"x"));
+    assert_eq!(h.net.process_backend(0), Served::Broken);
+    // The same found on the guest's RX kick, with no frame waiting.
+    let mut h = Harness::new(ALL);
+    h.rx.set_avail_idx(&h.mem, QSIZE + 3);
+    assert_eq!(h.net.process_queue(0), Served::Broken);
+    // And an RX chain whose head is outside the table cannot be returned.
+    let mut h = Harness::new(ALL);
+    h.rx.make_available(&h.mem, QSIZE);
+    h.host_sends(&frame(b"y"));
+    assert_eq!(h.net.process_backend(0), Served::Broken);
+}
+
+#[test]
+fn a_frame_takes_a_bounded_number_of_mergeable_buffers() {
+    // A driver posting 1-byte buffers, re-using its descriptors as fast as the device takes
+    // them: the frame is dropped once it would need more than MAX_RX_CHAINS buffers, and all
+    // of them come back.
+    let mut h = Harness::new(ALL);
+    h.host_sends(&frame(&[0x33; 1000]));
+    assert_eq!(h.net.process_backend(0), Served::Done);
+    let mut posted = 0usize;
+    while posted < MAX_RX_CHAINS + usize::from(QSIZE) && h.net.stats().rx_dropped == 0 {
+        h.rx.recycle();
+        for i in 0..u64::from(QSIZE) {
+            h.post_rx(&[(RXBUF + i, 1)]);
+        }
+        posted += usize::from(QSIZE);
+        h.kick_until_done(0);
+    }
+    assert_eq!(
+        h.net.stats().rx_dropped,
+        1,
+        "{posted} 1-byte buffers posted"
+    );
+    assert_eq!(h.net.stats().rx_too_many_buffers, 1);
+    assert!(posted > MAX_RX_CHAINS && posted <= MAX_RX_CHAINS + usize::from(QSIZE));
+    let returned = usize::from(h.rx.used_idx(&h.mem));
+    assert_eq!(returned, MAX_RX_CHAINS, "every chain taken came back");
+    for n in 0..QSIZE {
+        assert_eq!(h.rx.used(&h.mem, n).1, 0, "returned unused");
+    }
+    // The device reads the backend again, and the next frame gets the remaining buffers.
+    assert!(h.net.backend_wanted(0));
+}
+
+#[test]
+fn tx_headers_carry_only_negotiated_offloads() {
+    // This backend offers no offloads, so the guest negotiated none.
+    let mut h = Harness::new(ALL);
+    let mut sent = 0;
+    for (flags, gso, ok) in [
+        (0, VIRTIO_NET_HDR_GSO_NONE, true),
+        (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, false),
+        (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, false),
+        (0, VIRTIO_NET_HDR_GSO_TCPV6, false),
+        (VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_GSO_NONE, false),
+    ] {
+        let f = frame_with(flags, gso, b"payload");
+        h.mem.write_slice(&f, GuestAddress(TXBUF)).unwrap();
+        h.guest_sends(&[(TXBUF, len32(&f), 0)]);
+        let got = h.host_receives();
+        assert_eq!(got.is_some(), ok, "flags {flags:#x} gso {gso:#x}");
+        sent += u64::from(ok);
+    }
+    let stats = h.net.stats();
+    assert_eq!(
+        (stats.tx_frames, stats.tx_dropped, stats.tx_bad_offload),
+        (sent, 4, 4)
+    );
+
+    // Here the guest took CSUM and HOST_TSO4 but not HOST_TSO6.
+    let mut h = Harness::with_offloads(ALL & !VIRTIO_NET_F_HOST_TSO6);
+    for (flags, gso, ok) in [
+        (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, true),
+        (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, true),
+        (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV6, false),
+        (VIRTIO_NET_HDR_F_NEEDS_CSUM, 3, false), // UDP (UFO): never offered
+        (VIRTIO_NET_HDR_F_NEEDS_CSUM, 0x81, false), // ECN: never offered
+        (0x80, VIRTIO_NET_HDR_GSO_NONE, false),  // an undefined flag
+    ] {
+        let mut f = frame_with(flags, gso, &[0x42; 100]);
+        f[4..6].copy_from_slice(&1448u16.to_le_bytes()); // gso_size
+                                                         // The header split over two descriptors, the payload in a third.
+        h.mem.write_slice(&f[..5], GuestAddress(TXBUF)).unwrap();
+        h.mem
+            .write_slice(&f[5..VNET_HDR_LEN], GuestAddress(TXBUF + 0x100))
+            .unwrap();
+        h.mem
+            .write_slice(&f[VNET_HDR_LEN..], GuestAddress(TXBUF + 0x200))
+            .unwrap();
+        h.guest_sends(&[
+            (TXBUF, 5, 0),
+            (TXBUF + 0x100, 7, 0),
+            (TXBUF + 0x200, 100, 0),
+        ]);
+        let got = h.host_receives();
+        if ok {
+            assert_eq!(got.as_deref(), Some(&f[..]), "sent intact");
+        } else {
+            assert!(got.is_none(), "flags {flags:#x} gso {gso:#x}");
+        }
+    }
+    assert_eq!(h.net.stats().tx_bad_offload, 4);
+
+    // HOST_TSO4 without CSUM (a driver ignoring the feature dependency): no segmentation.
+    let mut h = Harness::with_offloads(ALL & !VIRTIO_NET_F_CSUM);
+    let f = frame_with(0, VIRTIO_NET_HDR_GSO_TCPV4, b"payload");
+    h.mem.write_slice(&f, GuestAddress(TXBUF)).unwrap();
+    h.guest_sends(&[(TXBUF, len32(&f), 0)]);
+    assert!(h.host_receives().is_none());
+    assert_eq!(h.net.stats().tx_bad_offload, 1);
+}
+
+#[test]
+fn rx_headers_carry_only_flags_the_guest_accepted() {
+    // No GUEST_CSUM or GUEST_TSO here: flags are cleared, frames needing an offload dropped.
+    let mut h = Harness::new(ALL);
+    for i in 0..3 {
+        h.post_rx(&[(RXBUF + i * 0x1000, 2048)]);
+    }
+    h.host_sends(&frame_with(VIRTIO_NET_HDR_F_DATA_VALID | 0x40, 0, b"valid"));
+    h.host_sends(&frame_with(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, b"partial"));
+    h.host_sends(&frame_with(0, VIRTIO_NET_HDR_GSO_TCPV4, b"large"));
+    assert_eq!(h.net.process_backend(0), Served::Done);
+    assert_eq!(h.rx.used_idx(&h.mem), 1, "one frame delivered");
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    h.mem.read_slice(&mut hdr, GuestAddress(RXBUF)).unwrap();
+    assert_eq!((hdr[0], hdr[1]), (0, 0), "flags cleared");
+    let stats = h.net.stats();
+    assert_eq!(
+        (stats.rx_frames, stats.rx_dropped, stats.rx_bad_offload),
+        (1, 2, 2)
+    );
+
+    // With GUEST_CSUM and GUEST_TSO4 (not TSO6): the defined flags and TSO4 pass.
+    let mut h = Harness::with_offloads(ALL & !VIRTIO_NET_F_GUEST_TSO6);
+    for i in 0..3 {
+        h.post_rx(&[(RXBUF + i * 0x1000, 2048)]);
+    }
+    h.host_sends(&frame_with(VIRTIO_NET_HDR_F_DATA_VALID | 0x40, 0, b"valid"));
+    h.host_sends(&frame_with(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VIRTIO_NET_HDR_GSO_TCPV4,
+        b"tso4",
+    ));
+    h.host_sends(&frame_with(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VIRTIO_NET_HDR_GSO_TCPV6,
+        b"tso6",
+    ));
+    assert_eq!(h.net.process_backend(0), Served::Done);
+    assert_eq!(h.rx.used_idx(&h.mem), 2);
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    h.mem.read_slice(&mut hdr, GuestAddress(RXBUF)).unwrap();
+    assert_eq!(
+        hdr[0], VIRTIO_NET_HDR_F_DATA_VALID,
+        "undefined flag cleared"
+    );
+    h.mem
+        .read_slice(&mut hdr, GuestAddress(RXBUF + 0x1000))
+        .unwrap();
+    assert_eq!(
+        (hdr[0], hdr[1]),
+        (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4)
+    );
+    assert_eq!(h.net.stats().rx_bad_offload, 1);
+
+    // GUEST_TSO4 without GUEST_CSUM (a driver ignoring the feature dependency): no large
+    // segments either.
+    let mut h = Harness::with_offloads(ALL & !VIRTIO_NET_F_GUEST_CSUM);
+    h.post_rx(&[(RXBUF, 2048)]);
+    h.host_sends(&frame_with(0, VIRTIO_NET_HDR_GSO_TCPV4, b"tso4"));
+    assert_eq!(h.net.process_backend(0), Served::Done);
+    assert_eq!(h.rx.used_idx(&h.mem), 0);
+    assert_eq!(h.net.stats().rx_bad_offload, 1);
 }

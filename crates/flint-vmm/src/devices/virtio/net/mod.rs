@@ -30,6 +30,13 @@ pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
+/// `virtio_net_hdr` flags and GSO types (§5.1.6).
+pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+pub const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+
 /// Where frames come from and go to: a TAP, or (in tests) any descriptor that keeps frame
 /// boundaries, such as a SOCK_SEQPACKET socket.
 pub trait Backend: Send + Sync {
