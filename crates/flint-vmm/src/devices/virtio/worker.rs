@@ -355,6 +355,8 @@ mod tests {
             queues.clone(),
             std::slice::from_ref(&kick),
             exit.clone(),
+            // The filters have their own tests; this one is about the worker's loop.
+            Filters::new(crate::sandbox::seccomp::SeccompLevel::Off).unwrap(),
         )
         .unwrap();
         Running {
