@@ -112,10 +112,7 @@ struct RunArgs {
 /// The error and its causes on one line: each error's message says what it adds, not its
 /// source's, so the chain joined by ": " reads as one sentence.
 fn one_line(err: &anyhow::Error) -> String {
-    err.chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    flint_vmm::exit::error_chain(err.as_ref())
 }
 
 fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {

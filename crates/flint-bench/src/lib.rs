@@ -98,17 +98,8 @@ impl BenchError {
     }
 }
 
-/// `err` and its causes on one line, joined by ": " (messages do not quote their sources).
-pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        cause = c.source();
-    }
-    msg
-}
+/// `err` and its causes on one line (the VMM's one chain printer).
+pub(crate) use flint_vmm::exit::error_chain as with_causes;
 
 /// The last lines of a process's stderr, indented, for an error message; empty if it said
 /// nothing.
