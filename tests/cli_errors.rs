@@ -5,7 +5,22 @@ mod common;
 use common::*;
 
 fn fails_with(args: &[&str], needle: &str) {
-    let r = run(args);
+    expect_failure(args, &run(args), needle);
+}
+
+/// As [`fails_with`], and within a few seconds: flint must not wait on the input.
+fn fails_quickly_with(args: &[&str], needle: &str) {
+    let t = std::time::Instant::now();
+    let r = run_with_input(args, b"", std::time::Duration::from_secs(15));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "args {args:?}: took {:?}",
+        t.elapsed()
+    );
+    expect_failure(args, &r, needle);
+}
+
+fn expect_failure(args: &[&str], r: &Run, needle: &str) {
     assert_eq!(
         r.code,
         Some(1),
@@ -37,6 +52,74 @@ fn missing_kernel() {
 #[test]
 fn kernel_is_a_directory() {
     fails_with(&["run", "--kernel", "/"], "is a directory");
+}
+
+/// A scratch directory holding a FIFO and a listening socket, removed when dropped.
+struct SpecialFiles(std::path::PathBuf);
+
+impl SpecialFiles {
+    fn new(name: &str) -> SpecialFiles {
+        let dir = std::env::temp_dir().join(format!("flint-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path only.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // The listener is dropped at once; its socket file stays.
+        std::os::unix::net::UnixListener::bind(dir.join("socket")).unwrap();
+        SpecialFiles(dir)
+    }
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for SpecialFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every way of naming a host input, with `path` in it, and the option the error must name.
+fn input_options(path: &str) -> Vec<(Vec<String>, &'static str)> {
+    let k = hello();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        (args(&["run", "--kernel", path]), "--kernel"),
+        (args(&["run", "--kernel", &k, "--initrd", path]), "--initrd"),
+        (args(&["run", "--kernel", &k, "--rootfs", path]), "--rootfs"),
+        (args(&["run", "--kernel", &k, "--disk", path]), "--disk"),
+        (
+            args(&["run", "--kernel", &k, "--disk", &format!("path={path},ro")]),
+            "--disk",
+        ),
+    ]
+}
+
+#[test]
+fn a_fifo_socket_directory_or_device_as_an_input_is_refused_at_once() {
+    let special = SpecialFiles::new("inputs");
+    for (path, kind) in [
+        (special.path("fifo"), "is a FIFO (named pipe)"),
+        (special.path("socket"), "is a socket"),
+        (special.0.to_str().unwrap().to_string(), "is a directory"),
+        ("/dev/null".to_string(), "is a character device"),
+    ] {
+        for (args, option) in input_options(&path) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            fails_quickly_with(&args, &format!("{option} {path}: {kind}"));
+        }
+    }
+}
+
+#[test]
+fn a_symlinked_kernel_still_boots() {
+    let dir = SpecialFiles::new("symlink");
+    let link = dir.0.join("vmlinuz");
+    std::os::unix::fs::symlink(firmware("hello"), &link).unwrap();
+    let r = run(&["run", "--kernel", link.to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("flint-fw"), "{}", r.stdout);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::alloc::ResourceAllocator;
 use crate::arch::x86_64::{cpuid, layout, mptable, regs::EntryMode};
 use crate::boot::{self, InitrdImage, KernelInfo};
 use crate::bus::Bus;
-use crate::config::{io_reason, ConfigError, Initrd, VmConfig};
+use crate::config::{io_reason, open_input, ConfigError, Initrd, InputKind, VmConfig};
 use crate::devices::guest_ports::GuestPorts;
 use crate::devices::irq::IrqLine;
 use crate::devices::legacy::boot_timer::BootTimer;
@@ -142,10 +142,10 @@ impl Vmm {
 }
 
 fn open_file(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
-    File::open(path).map_err(|e| VmmError::Read {
+    open_input(path, InputKind::File, false).map_err(|reason| VmmError::Read {
         what,
         path: path.display().to_string(),
-        reason: io_reason(&e),
+        reason,
     })
 }
 
