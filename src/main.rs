@@ -99,6 +99,11 @@ struct RunArgs {
     /// "flint: guest booted in N us".
     #[arg(long)]
     boot_timer: bool,
+    /// Stop passing on the guest's console output after this many bytes (stdout and, with
+    /// --oci-bundle, stderr together), so that a chatty guest cannot fill a disk; the rest is
+    /// dropped, and counted on stderr when flint exits.
+    #[arg(long, value_name = "BYTES")]
+    console_limit: Option<u64>,
 }
 
 /// The error and its causes on one line: each error's message says what it adds, not its
@@ -128,7 +133,9 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
         disks: args.rootfs.into_iter().chain(args.disk).collect(),
         nets: args.net,
     };
-    boot(&config, vmm::stdio_console(), start)
+    let mut console = vmm::stdio_console()?;
+    console.limit = args.console_limit;
+    boot(&config, console, start)
 }
 
 /// Builds the VM and runs it to its end.
@@ -146,7 +153,6 @@ fn run_bundle(
     args: RunArgs,
     start: Instant,
 ) -> anyhow::Result<ExitReason> {
-    use flint_vmm::devices::legacy::serial::Unbuffered;
     let kernel = match args.kernel.or_else(flint_oci::default_kernel) {
         Some(k) => k,
         None => anyhow::bail!(
@@ -172,8 +178,9 @@ fn run_bundle(
         disks: std::iter::once(root).chain(args.disk).collect(),
         nets: args.net,
     };
-    let mut console = vmm::stdio_console();
-    console.error_output = Some(Box::new(Unbuffered(std::io::stderr())));
+    let mut console = vmm::stdio_console()?;
+    console.limit = args.console_limit;
+    console.error_output = Some(std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned()?);
     console.eof_byte = Some(0x04);
     console.hold_input_until_ready = true;
     match boot(&config, console, start)? {

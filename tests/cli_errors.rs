@@ -272,6 +272,7 @@ fn help_documents_every_option() {
         "--cpus",
         "--memory",
         "--boot-timer",
+        "--console-limit",
     ] {
         assert!(r.stdout.contains(opt), "{opt} missing from help");
     }
