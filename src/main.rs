@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use flint_vmm::config::{self, DiskConfig, NetConfig, VmConfig};
@@ -133,7 +134,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
         disks: args.rootfs.into_iter().chain(args.disk).collect(),
         nets: args.net,
     };
-    let mut console = vmm::stdio_console()?;
+    let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
     console.limit = args.console_limit;
     boot(&config, console, start)
 }
@@ -178,9 +179,10 @@ fn run_bundle(
         disks: std::iter::once(root).chain(args.disk).collect(),
         nets: args.net,
     };
-    let mut console = vmm::stdio_console()?;
+    let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
     console.limit = args.console_limit;
-    console.error_output = Some(std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned()?);
+    let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned();
+    console.error_output = Some(stderr.context("cannot use stderr as the workload's stderr")?);
     console.eof_byte = Some(0x04);
     console.hold_input_until_ready = true;
     match boot(&config, console, start)? {
