@@ -137,6 +137,32 @@ fn truncated_elf_is_a_load_error() {
 }
 
 #[test]
+fn an_elf_segment_past_the_file_end_is_named() {
+    // An ELF64 header and one PT_LOAD of 4 KiB at file offset 0x1000, in a 512-byte file.
+    let mut f = vec![0u8; 512];
+    f[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    f[16] = 2; // ET_EXEC
+    f[18] = 0x3e; // x86-64
+    f[20] = 1;
+    f[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // e_entry
+    f[32] = 64; // e_phoff
+    f[52] = 64; // e_ehsize
+    f[54] = 56; // e_phentsize
+    f[56] = 1; // e_phnum
+    f[64] = 1; // PT_LOAD
+    f[72..80].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
+    f[88..96].copy_from_slice(&0x10_0000u64.to_le_bytes()); // p_paddr
+    f[96..104].copy_from_slice(&0x1000u64.to_le_bytes()); // p_filesz
+    f[104..112].copy_from_slice(&0x1000u64.to_le_bytes()); // p_memsz
+    let k = TempFile::new("segment-past-eof", &f);
+    fails_with(
+        &["run", "--kernel", k.path()],
+        "the kernel is malformed: ELF segment 0: 4096 bytes at file offset 0x1000 go past the \
+         file's end (512 bytes)",
+    );
+}
+
+#[test]
 fn missing_initrd() {
     fails_with(
         &[
