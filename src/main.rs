@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use flint_vmm::config::{self, DiskConfig, NetConfig, VmConfig};
@@ -107,6 +108,11 @@ struct RunArgs {
     /// list.
     #[arg(long, value_name = "kill|log|off", default_value = "kill")]
     seccomp: SeccompLevel,
+    /// Stop passing on the guest's console output after this many bytes (stdout and, with
+    /// --oci-bundle, stderr together), so that a chatty guest cannot fill a disk; the rest is
+    /// dropped, and counted on stderr when flint exits.
+    #[arg(long, value_name = "BYTES")]
+    console_limit: Option<u64>,
 }
 
 /// The error and its causes on one line: each error's message says what it adds, not its
@@ -133,7 +139,9 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
         disks: args.rootfs.into_iter().chain(args.disk).collect(),
         nets: args.net,
     };
-    boot(&config, vmm::stdio_console(), args.seccomp, start)
+    let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
+    console.limit = args.console_limit;
+    boot(&config, console, args.seccomp, start)
 }
 
 /// Builds the VM and runs it to its end.
@@ -156,7 +164,6 @@ fn run_bundle(
     args: RunArgs,
     start: Instant,
 ) -> anyhow::Result<ExitReason> {
-    use flint_vmm::devices::legacy::serial::Unbuffered;
     let kernel = match args.kernel.or_else(flint_oci::default_kernel) {
         Some(k) => k,
         None => anyhow::bail!(
@@ -182,8 +189,10 @@ fn run_bundle(
         disks: std::iter::once(root).chain(args.disk).collect(),
         nets: args.net,
     };
-    let mut console = vmm::stdio_console();
-    console.error_output = Some(Box::new(Unbuffered(std::io::stderr())));
+    let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
+    console.limit = args.console_limit;
+    let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned();
+    console.error_output = Some(stderr.context("cannot use stderr as the workload's stderr")?);
     console.eof_byte = Some(0x04);
     console.hold_input_until_ready = true;
     match boot(&config, console, args.seccomp, start)? {

@@ -5,7 +5,22 @@ mod common;
 use common::*;
 
 fn fails_with(args: &[&str], needle: &str) {
-    let r = run(args);
+    expect_failure(args, &run(args), needle);
+}
+
+/// As [`fails_with`], and within a few seconds: flint must not wait on the input.
+fn fails_quickly_with(args: &[&str], needle: &str) {
+    let t = std::time::Instant::now();
+    let r = run_with_input(args, b"", std::time::Duration::from_secs(15));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "args {args:?}: took {:?}",
+        t.elapsed()
+    );
+    expect_failure(args, &r, needle);
+}
+
+fn expect_failure(args: &[&str], r: &Run, needle: &str) {
     assert_eq!(
         r.code,
         Some(1),
@@ -39,6 +54,74 @@ fn kernel_is_a_directory() {
     fails_with(&["run", "--kernel", "/"], "is a directory");
 }
 
+/// A scratch directory holding a FIFO and a listening socket, removed when dropped.
+struct SpecialFiles(std::path::PathBuf);
+
+impl SpecialFiles {
+    fn new(name: &str) -> SpecialFiles {
+        let dir = std::env::temp_dir().join(format!("flint-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path only.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // The listener is dropped at once; its socket file stays.
+        std::os::unix::net::UnixListener::bind(dir.join("socket")).unwrap();
+        SpecialFiles(dir)
+    }
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for SpecialFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every way of naming a host input, with `path` in it, and the option the error must name.
+fn input_options(path: &str) -> Vec<(Vec<String>, &'static str)> {
+    let k = hello();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        (args(&["run", "--kernel", path]), "--kernel"),
+        (args(&["run", "--kernel", &k, "--initrd", path]), "--initrd"),
+        (args(&["run", "--kernel", &k, "--rootfs", path]), "--rootfs"),
+        (args(&["run", "--kernel", &k, "--disk", path]), "--disk"),
+        (
+            args(&["run", "--kernel", &k, "--disk", &format!("path={path},ro")]),
+            "--disk",
+        ),
+    ]
+}
+
+#[test]
+fn a_fifo_socket_directory_or_device_as_an_input_is_refused_at_once() {
+    let special = SpecialFiles::new("inputs");
+    for (path, kind) in [
+        (special.path("fifo"), "is a FIFO (named pipe)"),
+        (special.path("socket"), "is a socket"),
+        (special.0.to_str().unwrap().to_string(), "is a directory"),
+        ("/dev/null".to_string(), "is a character device"),
+    ] {
+        for (args, option) in input_options(&path) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            fails_quickly_with(&args, &format!("{option} {path}: {kind}"));
+        }
+    }
+}
+
+#[test]
+fn a_symlinked_kernel_still_boots() {
+    let dir = SpecialFiles::new("symlink");
+    let link = dir.0.join("vmlinuz");
+    std::os::unix::fs::symlink(firmware("hello"), &link).unwrap();
+    let r = run(&["run", "--kernel", link.to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("flint-fw"), "{}", r.stdout);
+}
+
 #[test]
 fn kernel_is_not_a_kernel() {
     let f = TempFile::new("notakernel", b"#!/bin/sh\necho I am a script\n");
@@ -51,6 +134,32 @@ fn kernel_is_not_a_kernel() {
 fn truncated_elf_is_a_load_error() {
     let f = TempFile::new("truncated-elf", b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
     fails_with(&["run", "--kernel", f.path()], "cannot load the kernel");
+}
+
+#[test]
+fn an_elf_segment_past_the_file_end_is_named() {
+    // An ELF64 header and one PT_LOAD of 4 KiB at file offset 0x1000, in a 512-byte file.
+    let mut f = vec![0u8; 512];
+    f[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    f[16] = 2; // ET_EXEC
+    f[18] = 0x3e; // x86-64
+    f[20] = 1;
+    f[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // e_entry
+    f[32] = 64; // e_phoff
+    f[52] = 64; // e_ehsize
+    f[54] = 56; // e_phentsize
+    f[56] = 1; // e_phnum
+    f[64] = 1; // PT_LOAD
+    f[72..80].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
+    f[88..96].copy_from_slice(&0x10_0000u64.to_le_bytes()); // p_paddr
+    f[96..104].copy_from_slice(&0x1000u64.to_le_bytes()); // p_filesz
+    f[104..112].copy_from_slice(&0x1000u64.to_le_bytes()); // p_memsz
+    let k = TempFile::new("segment-past-eof", &f);
+    fails_with(
+        &["run", "--kernel", k.path()],
+        "the kernel is malformed: ELF segment 0: 4096 bytes at file offset 0x1000 go past the \
+         file's end (512 bytes)",
+    );
 }
 
 #[test]
@@ -189,6 +298,7 @@ fn help_documents_every_option() {
         "--cpus",
         "--memory",
         "--boot-timer",
+        "--console-limit",
     ] {
         assert!(r.stdout.contains(opt), "{opt} missing from help");
     }

@@ -3,6 +3,7 @@
 //! Each step takes what the earlier ones made; devices land in one [`Devices`].
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,11 +15,12 @@ use crate::alloc::ResourceAllocator;
 use crate::arch::x86_64::{cpuid, layout, mptable, regs::EntryMode};
 use crate::boot::{self, InitrdImage, KernelInfo};
 use crate::bus::Bus;
-use crate::config::{io_reason, ConfigError, Initrd, VmConfig};
+use crate::config::{io_reason, open_input, ConfigError, Initrd, InputKind, VmConfig};
 use crate::devices::guest_ports::GuestPorts;
 use crate::devices::irq::IrqLine;
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::cmos::Cmos;
+use crate::devices::legacy::console_out::{Budget, ConsoleOutput};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialDevice, SerialOut};
 use crate::devices::manager::{Devices, VirtioSlot};
@@ -97,12 +99,10 @@ impl Vmm {
             escapes,
             eof_byte,
             hold_input_until_ready,
+            limit,
         } = console;
-        let outputs = ConsoleOutputs {
-            output,
-            error_output,
-            hold_input_until_ready,
-        };
+        let (console_outputs, outputs) =
+            console_outputs(output, error_output, limit, hold_input_until_ready, &exit)?;
         let mut devices = legacy_devices(&vm, fast, config, outputs, &exit, start)?;
         let boot_args = virtio_devices(&mut devices, &vm, fast, &mem, config)?;
 
@@ -135,6 +135,8 @@ impl Vmm {
             escapes,
             eof_byte,
             signals,
+            console_outputs,
+            console_limit: limit,
             _vm: vm,
             _mem: mem,
         })
@@ -142,10 +144,10 @@ impl Vmm {
 }
 
 fn open_file(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
-    File::open(path).map_err(|e| VmmError::Read {
+    open_input(path, InputKind::File, false).map_err(|reason| VmmError::Read {
         what,
         path: path.display().to_string(),
-        reason: io_reason(&e),
+        reason,
     })
 }
 
@@ -160,6 +162,38 @@ fn open_kernel(config: &VmConfig) -> Result<(File, KernelInfo), VmmError> {
         })?
         .ok_or_else(|| VmmError::NotAKernel(config.kernel.display().to_string()))?;
     Ok((kernel, info))
+}
+
+/// A writer thread for each console output fd (COM1's, and COM2's if any), and the sinks the
+/// UARTs write into.
+fn console_outputs(
+    output: OwnedFd,
+    error_output: Option<OwnedFd>,
+    limit: Option<u64>,
+    hold_input_until_ready: bool,
+    exit: &Arc<ExitEvent>,
+) -> Result<(Vec<ConsoleOutput>, ConsoleOutputs), VmmError> {
+    let budget = Budget::new(limit);
+    let start = |name, fd| {
+        ConsoleOutput::start(name, fd, budget.clone(), exit.clone())
+            .map_err(|e| VmmError::Io("starting a console output thread", e))
+    };
+    let (out, sink) = start("console", output)?;
+    let mut writers = vec![out];
+    let error_output = match error_output {
+        Some(fd) => {
+            let (out, sink) = start("console2", fd)?;
+            writers.push(out);
+            Some(Box::new(sink) as SerialOut)
+        }
+        None => None,
+    };
+    let outputs = ConsoleOutputs {
+        output: Box::new(sink),
+        error_output,
+        hold_input_until_ready,
+    };
+    Ok((writers, outputs))
 }
 
 /// Where the legacy devices' console output goes.

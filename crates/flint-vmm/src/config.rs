@@ -164,19 +164,87 @@ pub fn compose_cmdline(cmdline: Option<&str>, append: Option<&str>) -> String {
     s
 }
 
-/// Checks that `path` names a readable regular file.
-pub fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+/// What a host input named by the user may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// A regular file (a kernel, an initrd).
+    File,
+    /// A regular file or a block device (a disk).
+    Disk,
+}
+
+/// Opens a file the user named (`--kernel`, `--initrd`, a disk) without ever blocking, and
+/// only if it is the kind of file it should be; the one place every such input is opened.
+///
+/// The path may be a symlink (`/boot/vmlinuz` usually is), so it is followed: the user chose it.
+/// The open itself is non-blocking (opening a FIFO for reading would wait for a writer forever)
+/// and the type is checked on the opened descriptor, so a path swapped between the look-up and
+/// the open is caught too. A FIFO, socket, directory or character device (`/dev/null`) is refused
+/// with a reason; the returned file is back in blocking mode for the loaders' reads.
+pub fn open_input(path: &Path, kind: InputKind, write: bool) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // The type first, by path: a device node is refused without opening it at all.
+    let meta = std::fs::metadata(path).map_err(|e| io_reason(&e))?;
+    check_input_type(&meta.file_type(), kind)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| io_reason(&e))?;
+    let meta = file.metadata().map_err(|e| io_reason(&e))?;
+    check_input_type(&meta.file_type(), kind)?;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    let cleared = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if !cleared {
+        return Err(io_reason(&std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+fn check_input_type(t: &std::fs::FileType, kind: InputKind) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() || (kind == InputKind::Disk && t.is_block_device()) {
+        return Ok(());
+    }
+    let what = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    };
+    let wanted = match kind {
+        InputKind::File => "a regular file",
+        InputKind::Disk => "a disk image file or a block device",
+    };
+    Err(format!("is {what}, not {wanted}"))
+}
+
+/// Checks that `path` names a readable input of its kind, and returns its metadata.
+pub fn check_file(
+    what: &'static str,
+    path: &Path,
+    kind: InputKind,
+) -> Result<std::fs::Metadata, ConfigError> {
     let bad = |reason: String| ConfigError::BadFile {
         what,
         path: path.display().to_string(),
         reason,
     };
-    let meta = std::fs::metadata(path).map_err(|e| bad(io_reason(&e)))?;
-    if meta.is_dir() {
-        return Err(bad("is a directory, not a file".into()));
-    }
-    std::fs::File::open(path).map_err(|e| bad(io_reason(&e)))?;
-    Ok(())
+    let file = open_input(path, kind, false).map_err(bad)?;
+    file.metadata().map_err(|e| bad(io_reason(&e)))
 }
 
 pub fn io_reason(e: &std::io::Error) -> String {
@@ -224,9 +292,9 @@ impl VmConfig {
 
     /// The files and devices named: kernel, initrd, disks, TAPs (no KVM needed).
     pub fn validate_inputs(&self) -> Result<(), ConfigError> {
-        check_file("--kernel", &self.kernel)?;
+        check_file("--kernel", &self.kernel, InputKind::File)?;
         if let Some(Initrd::File(initrd)) = &self.initrd {
-            check_file("--initrd", initrd)?;
+            check_file("--initrd", initrd, InputKind::File)?;
         }
         self.validate_devices()
     }
@@ -252,12 +320,7 @@ impl VmConfig {
             } else {
                 "--disk"
             };
-            check_file(what, &d.path)?;
-            let meta = std::fs::metadata(&d.path).map_err(|e| ConfigError::BadFile {
-                what,
-                path: d.path.display().to_string(),
-                reason: io_reason(&e),
-            })?;
+            let meta = check_file(what, &d.path, InputKind::Disk)?;
             let id = (meta.dev(), meta.ino());
             if let Some((_, ro)) = seen.iter().find(|(s, _)| *s == id) {
                 if !(*ro && d.read_only) {
@@ -382,6 +445,46 @@ mod tests {
             c.validate_inputs(),
             Err(ConfigError::TooManyDevices { .. })
         ));
+    }
+
+    #[test]
+    fn inputs_are_regular_files_opened_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("flint-inputs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reason = |p: &Path, kind, write| open_input(p, kind, write).unwrap_err();
+        for kind in [InputKind::File, InputKind::Disk] {
+            for write in [false, true] {
+                assert!(reason(&fifo, kind, write).contains("is a FIFO"));
+                assert!(reason(Path::new("/dev/null"), kind, write).contains("character device"));
+                assert!(reason(&dir, kind, write).starts_with("is a directory"));
+            }
+        }
+        // A symlink to a regular file is followed, and the file reads blocking as usual.
+        let file = dir.join("vmlinux");
+        std::fs::write(&file, b"abc").unwrap();
+        let link = dir.join("vmlinuz");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let f = open_input(&link, InputKind::File, false).unwrap();
+        // SAFETY: F_GETFL only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        let meta = check_file("--kernel", &link, InputKind::File).unwrap();
+        assert_eq!(meta.len(), 3);
+        assert_eq!(
+            check_file("--initrd", &fifo, InputKind::File)
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "--initrd {}: is a FIFO (named pipe), not a regular file",
+                fifo.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::arch::x86_64::mptable;
 use crate::boot;
 use crate::bus::{lock, BusError};
 use crate::config::ConfigError;
-use crate::devices::legacy::serial::SerialOut;
+use crate::devices::legacy::console_out::{self, ConsoleOutput};
 use crate::devices::manager::Devices;
 use crate::devices::virtio::block::DiskError;
 use crate::devices::virtio::mmio::TransportError;
@@ -90,9 +90,12 @@ pub enum VmmError {
 /// Where the console's bytes come from and go to.
 pub struct Console {
     pub input: Option<std::os::fd::RawFd>,
-    pub output: SerialOut,
+    /// COM1's output (the guest's ttyS0), written by a thread of its own (see `console_out`).
+    pub output: std::os::fd::OwnedFd,
     /// A second UART (COM2, the guest's ttyS1) writing here: the OCI workload's stderr.
-    pub error_output: Option<SerialOut>,
+    pub error_output: Option<std::os::fd::OwnedFd>,
+    /// After this many bytes of console output (both UARTs together), the rest is dropped.
+    pub limit: Option<u64>,
     /// Interactive terminal: Ctrl-A x quits.
     pub escapes: bool,
     /// Sent to the guest when the input ends (^D lets a guest tty in canonical mode see EOF).
@@ -112,6 +115,9 @@ pub struct Vmm {
     pub(crate) escapes: bool,
     pub(crate) eof_byte: Option<u8>,
     pub(crate) signals: std::os::fd::OwnedFd,
+    /// The console outputs' writers, flushed when the VM ends.
+    pub(crate) console_outputs: Vec<ConsoleOutput>,
+    pub(crate) console_limit: Option<u64>,
     pub(crate) _vm: Arc<VmFd>,
     pub(crate) _mem: GuestMemoryMmap,
 }
@@ -208,8 +214,18 @@ impl Vmm {
         }
         self.stop_vcpus(threads);
         stop_workers(workers);
+        self.flush_console();
         // Every path above set a reason before leaving the loop.
         Ok(self.ctx.exit.reason().unwrap_or(ExitReason::Shutdown))
+    }
+
+    /// Flushes the console outputs (a bounded wait) and says what was dropped.
+    fn flush_console(&mut self) {
+        let mut dropped = console_out::Dropped::default();
+        for out in std::mem::take(&mut self.console_outputs) {
+            dropped.add(out.finish());
+        }
+        console_out::report_dropped(dropped, self.console_limit);
     }
 
     /// Stops every vCPU thread: sets the stop flag and kicks them out of KVM_RUN until they
@@ -242,17 +258,18 @@ fn stop_workers(workers: Vec<WorkerThread>) {
 }
 
 /// A console on this process's stdin/stdout.
-pub fn stdio_console() -> Console {
-    use crate::devices::legacy::serial::Unbuffered;
+pub fn stdio_console() -> std::io::Result<Console> {
+    use std::os::fd::AsFd;
     let stdin = std::io::stdin().as_raw_fd();
     // SAFETY: isatty only inspects the descriptor.
     let tty = unsafe { libc::isatty(stdin) } == 1;
-    Console {
+    Ok(Console {
         input: Some(stdin),
-        output: Box::new(Unbuffered(std::io::stdout())),
+        output: std::io::stdout().as_fd().try_clone_to_owned()?,
         error_output: None,
+        limit: None,
         escapes: tty,
         eof_byte: None,
         hold_input_until_ready: false,
-    }
+    })
 }

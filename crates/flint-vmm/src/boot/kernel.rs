@@ -26,6 +26,103 @@ const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
 const MAX_NOTE_SEGMENT: u64 = 64 * 1024;
 const MAX_PHDRS: u16 = 256;
 const PT_NOTE: u32 = 4;
+const PT_LOAD: u32 = 1;
+/// The loader reads program headers as consecutive 56-byte `Elf64_Phdr`s, whatever
+/// `e_phentsize` says; the check reads them the same way.
+const PHDR_SIZE: usize = 56;
+
+/// A loadable segment of an ELF kernel that cannot be what it claims.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SegmentError {
+    #[error(
+        "ELF segment {index}: {size} bytes at file offset {offset:#x} go past the file's end \
+         ({file_len} bytes)"
+    )]
+    BeyondFile {
+        index: usize,
+        offset: u64,
+        size: u64,
+        file_len: u64,
+    },
+    #[error("ELF segment {index}: its file size {filesz} is larger than its memory size {memsz}")]
+    FileLargerThanMemory {
+        index: usize,
+        filesz: u64,
+        memsz: u64,
+    },
+    #[error(
+        "ELF segment {index}: {memsz} bytes at {paddr:#x} go past the end of the address space"
+    )]
+    AddressOverflow {
+        index: usize,
+        paddr: u64,
+        memsz: u64,
+    },
+    #[error("ELF segment {index} at {paddr:#x} is below 1 MiB, where flint puts the boot data")]
+    BelowHighMemory { index: usize, paddr: u64 },
+}
+
+/// Checks an ELF kernel's loadable segments with checked arithmetic, before the loader copies
+/// them: each one's file range inside the file, its memory range inside the address space and
+/// above the boot data. Returns where the highest segment ends in guest memory (segments with
+/// no file bytes, such as a bss of its own, included: the loader leaves them out). Headers that
+/// cannot be read are left to the loader to report.
+pub fn elf_segments_end(file: &mut File, himem_start: u64) -> Result<u64, SegmentError> {
+    let Some(phdrs) = read_phdrs(file) else {
+        return Ok(0);
+    };
+    let file_len = file.metadata().map_or(u64::MAX, |m| m.len());
+    let mut end = 0u64;
+    for (index, ph) in phdrs.chunks_exact(PHDR_SIZE).enumerate() {
+        let field = |off| u64_at(ph, off).unwrap_or(0);
+        if u32_at(ph, 0) != Some(PT_LOAD) {
+            continue;
+        }
+        let (offset, paddr, filesz, memsz) = (field(8), field(24), field(32), field(40));
+        if filesz > 0 && offset.checked_add(filesz).is_none_or(|e| e > file_len) {
+            return Err(SegmentError::BeyondFile {
+                index,
+                offset,
+                size: filesz,
+                file_len,
+            });
+        }
+        if filesz > memsz {
+            return Err(SegmentError::FileLargerThanMemory {
+                index,
+                filesz,
+                memsz,
+            });
+        }
+        let seg_end = paddr
+            .checked_add(memsz)
+            .ok_or(SegmentError::AddressOverflow {
+                index,
+                paddr,
+                memsz,
+            })?;
+        if memsz > 0 && paddr < himem_start {
+            return Err(SegmentError::BelowHighMemory { index, paddr });
+        }
+        end = end.max(seg_end);
+    }
+    Ok(end)
+}
+
+/// The program header table as the loader will read it, or None if it cannot be read.
+fn read_phdrs(file: &mut File) -> Option<Vec<u8>> {
+    let mut ehdr = [0u8; 64];
+    file.seek(SeekFrom::Start(0)).ok()?;
+    if !read_full(file, &mut ehdr).ok()? {
+        return None;
+    }
+    let phoff = u64_at(&ehdr, 0x20)?;
+    // At most 65535 headers of 56 bytes: a few MiB.
+    let len = usize::from(u16_at(&ehdr, 0x38)?).checked_mul(PHDR_SIZE)?;
+    let mut phdrs = vec![0u8; len];
+    file.seek(SeekFrom::Start(phoff)).ok()?;
+    read_full(file, &mut phdrs).ok()?.then_some(phdrs)
+}
 
 pub fn inspect(file: &mut File) -> std::io::Result<Option<KernelInfo>> {
     let mut magic = [0u8; 4];

@@ -41,6 +41,10 @@ pub enum BootError {
     InitrdCopy(#[source] vm_memory::GuestMemoryError),
     #[error(transparent)]
     Params(#[from] params::ParamsError),
+    #[error("the kernel is malformed")]
+    Segment(#[from] kernel::SegmentError),
+    #[error("the kernel's setup header is malformed: {0}")]
+    SetupHeader(&'static str),
 }
 
 /// What `load` did: where the boot vCPU starts.
@@ -77,6 +81,10 @@ pub fn load(
     cmdline: &str,
 ) -> Result<Loaded, BootError> {
     let himem = Some(GuestAddress(HIMEM_START));
+    let segments_end = match info.format {
+        KernelFormat::Elf => kernel::elf_segments_end(kernel, HIMEM_START)?,
+        KernelFormat::BzImage => 0,
+    };
     let result = match info.format {
         KernelFormat::Elf => Elf::load(mem, None, kernel, himem),
         KernelFormat::BzImage => BzImage::load(mem, None, kernel, himem),
@@ -96,11 +104,17 @@ pub fn load(
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(BootError::Load)?;
 
     // Everything up to here is taken by the kernel (and, for a bzImage, by its decompression).
-    let mut kernel_end = result.kernel_end;
+    let mut kernel_end = result.kernel_end.max(segments_end);
     if let Some(h) = &hdr {
         let extract_at = result.kernel_load.0.max(h.pref_address);
-        // Both come from the kernel file: an absurd sum means nothing fits after the kernel.
-        kernel_end = kernel_end.max(extract_at.saturating_add(u64::from(h.init_size)));
+        // Both come from the kernel file.
+        let extract_end =
+            extract_at
+                .checked_add(u64::from(h.init_size))
+                .ok_or(BootError::SetupHeader(
+                    "pref_address + init_size is past the end of the address space",
+                ))?;
+        kernel_end = kernel_end.max(extract_end);
     }
     let initrd_addr_max = hdr
         .map(|h| u64::from(h.initrd_addr_max))
@@ -129,7 +143,12 @@ pub fn load(
         }
         (KernelFormat::BzImage, _) => {
             params::write_zero_page(mem, hdr, &e820, capacity - 1, initrd.as_ref())?;
-            EntryMode::Long64(result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET)
+            let entry = result
+                .kernel_load
+                .0
+                .checked_add(BZIMAGE_64BIT_ENTRY_OFFSET)
+                .ok_or(BootError::SetupHeader("code32_start is out of range"))?;
+            EntryMode::Long64(entry)
         }
     };
     Ok(Loaded { entry })
@@ -181,4 +200,190 @@ fn load_initrd(
     }
     .map_err(BootError::InitrdCopy)?;
     Ok(Initrd { addr, size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernel::SegmentError;
+    use std::io::Write;
+
+    /// (p_type, p_offset, p_paddr, p_filesz, p_memsz)
+    type Phdr = (u32, u64, u64, u64, u64);
+
+    /// A little-endian ELF64 executable entering at 1 MiB with these program headers, padded
+    /// to `len` bytes.
+    fn elf(phdrs: &[Phdr], len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[..4].copy_from_slice(b"\x7fELF");
+        (f[4], f[5], f[6]) = (2, 1, 1);
+        f[16..18].copy_from_slice(&2u16.to_le_bytes());
+        f[18..20].copy_from_slice(&0x3eu16.to_le_bytes());
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[24..32].copy_from_slice(&HIMEM_START.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[52..54].copy_from_slice(&64u16.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&u16::try_from(phdrs.len()).unwrap().to_le_bytes());
+        for &(t, offset, paddr, filesz, memsz) in phdrs {
+            let mut ph = vec![0u8; 56];
+            ph[..4].copy_from_slice(&t.to_le_bytes());
+            ph[8..16].copy_from_slice(&offset.to_le_bytes());
+            ph[16..24].copy_from_slice(&paddr.to_le_bytes());
+            ph[24..32].copy_from_slice(&paddr.to_le_bytes());
+            ph[32..40].copy_from_slice(&filesz.to_le_bytes());
+            ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+            f.extend(ph);
+        }
+        f.resize(len.max(f.len()), 0x90);
+        f
+    }
+
+    fn file(name: &str, bytes: &[u8]) -> File {
+        let path = std::env::temp_dir().join(format!("flint-boot-{}-{name}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+        let f = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    const MEM: u64 = 8 << 20;
+
+    fn guest_mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap()
+    }
+
+    fn load_elf(name: &str, bytes: &[u8], initrd: Option<&[u8]>) -> Result<Loaded, BootError> {
+        let mem = guest_mem();
+        let info = KernelInfo {
+            format: KernelFormat::Elf,
+            is_linux: false,
+        };
+        let initrd = initrd.map(InitrdImage::Bytes);
+        load(&mem, MEM, &mut file(name, bytes), info, initrd, "")
+    }
+
+    const LOAD: u32 = 1;
+
+    #[test]
+    fn a_well_formed_elf_loads() {
+        let k = elf(&[(LOAD, 0x1000, HIMEM_START, 0x100, 0x1000)], 0x1100);
+        assert!(load_elf("good", &k, Some(&[1; 4096])).is_ok());
+    }
+
+    #[test]
+    fn segment_sizes_that_overflow_or_lie_are_errors() {
+        let bad = |name, ph: Phdr| {
+            let k = elf(&[(LOAD, 0x1000, HIMEM_START, 0x100, 0x1000), ph], 0x1100);
+            match load_elf(name, &k, None) {
+                Err(BootError::Segment(e)) => e,
+                other => panic!("{name}: {:?}", other.map(|_| ())),
+            }
+        };
+        // p_offset + p_filesz wraps, or goes past the file's end.
+        assert!(matches!(
+            bad(
+                "offset-wraps",
+                (LOAD, u64::MAX - 8, 0x20_0000, 0x100, 0x100)
+            ),
+            SegmentError::BeyondFile { index: 1, .. }
+        ));
+        assert!(matches!(
+            bad("past-eof", (LOAD, 0x1000, 0x20_0000, 0x1000, 0x1000)),
+            SegmentError::BeyondFile { index: 1, .. }
+        ));
+        // p_paddr + p_memsz wraps (no file bytes: the loader itself would skip it).
+        assert!(matches!(
+            bad("paddr-wraps", (LOAD, 0, u64::MAX - 0xfff, 0, 0x2000)),
+            SegmentError::AddressOverflow { index: 1, .. }
+        ));
+        assert!(matches!(
+            bad("filesz>memsz", (LOAD, 0x1000, 0x20_0000, 0x100, 0x10)),
+            SegmentError::FileLargerThanMemory { index: 1, .. }
+        ));
+        // Over the zero page and command line, which flint writes after loading.
+        assert!(matches!(
+            bad("low", (LOAD, 0x1000, 0x7000, 0x100, 0x100)),
+            SegmentError::BelowHighMemory { index: 1, .. }
+        ));
+        assert_eq!(
+            SegmentError::BeyondFile {
+                index: 1,
+                offset: 0x1000,
+                size: 16,
+                file_len: 8
+            }
+            .to_string(),
+            "ELF segment 1: 16 bytes at file offset 0x1000 go past the file's end (8 bytes)"
+        );
+    }
+
+    #[test]
+    fn the_initrd_goes_above_a_segment_without_file_bytes() {
+        // A bss-only segment up to 6 MiB: the initrd (1 MiB) cannot go below 6 MiB; in 8 MiB
+        // it goes at 7 MiB.
+        let bss_end = 6 << 20;
+        let k = elf(
+            &[
+                (LOAD, 0x1000, HIMEM_START, 0x100, 0x1000),
+                (LOAD, 0, 0x20_0000, 0, bss_end - 0x20_0000),
+            ],
+            0x1100,
+        );
+        let mem = guest_mem();
+        let mut f = file("bss", &k);
+        assert_eq!(kernel::elf_segments_end(&mut f, HIMEM_START), Ok(bss_end));
+        let info = KernelInfo {
+            format: KernelFormat::Elf,
+            is_linux: false,
+        };
+        load(
+            &mem,
+            MEM,
+            &mut f,
+            info,
+            Some(InitrdImage::Bytes(&[7; 1 << 20])),
+            "",
+        )
+        .unwrap();
+        let mut b = [0u8; 1];
+        mem.read_slice(&mut b, GuestAddress(bss_end - 1)).unwrap();
+        assert_eq!(b[0], 0, "the kernel's bss is not under the initrd");
+        // Where it does not fit above the kernel, it is an error, not an overlap.
+        let big = vec![7u8; 3 << 20];
+        assert!(matches!(
+            load_elf("bss-big", &k, Some(&big)),
+            Err(BootError::InitrdDoesNotFit { kernel_end, .. }) if kernel_end == bss_end
+        ));
+    }
+
+    #[test]
+    fn a_setup_header_whose_sizes_overflow_is_an_error() {
+        // A bzImage: 4 setup sectors + the boot sector, then 4 KiB of "kernel".
+        let mut bz = vec![0u8; 5 * 512 + 4096];
+        bz[0x1f1] = 4; // setup_sects
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz[0x206..0x208].copy_from_slice(&0x20cu16.to_le_bytes()); // version 2.12
+        bz[0x211] = 1; // loadflags: LOADED_HIGH
+        bz[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        bz[0x258..0x260].copy_from_slice(&(u64::MAX - 0x1000).to_le_bytes()); // pref_address
+        bz[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes()); // init_size
+        let mem = guest_mem();
+        let info = KernelInfo {
+            format: KernelFormat::BzImage,
+            is_linux: true,
+        };
+        let r = load(&mem, MEM, &mut file("bz", &bz), info, None, "");
+        assert!(
+            matches!(r, Err(BootError::SetupHeader(_))),
+            "{:?}",
+            r.map(|_| ())
+        );
+        // The same with a sane pref_address loads.
+        bz[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        assert!(load(&mem, MEM, &mut file("bz2", &bz), info, None, "").is_ok());
+    }
 }

@@ -28,6 +28,11 @@ const KBD_ACK: u8 = 0xfa;
 const KBD_CMD_RESET: u8 = 0xff;
 const KBD_RESET_OK: u8 = 0xaa;
 
+/// Bytes waiting for the guest to read port 0x60. A real 8042 holds one; a few let a keyboard
+/// reset's ACK and result both wait. A guest that writes commands without reading loses the
+/// replies past this, rather than growing flint's memory.
+pub const MAX_OUTPUT: usize = 16;
+
 pub struct I8042 {
     exit: Arc<ExitEvent>,
     ctr: u8,
@@ -60,15 +65,22 @@ impl I8042 {
         s
     }
 
+    /// Queues a reply for the guest; dropped when the queue is full.
+    fn reply(&mut self, v: u8) {
+        if self.out.len() < MAX_OUTPUT {
+            self.out.push_back(v);
+        }
+    }
+
     fn command(&mut self, cmd: u8) {
         self.last_was_cmd = true;
         match cmd {
-            CMD_READ_CTR => self.out.push_back(self.ctr),
+            CMD_READ_CTR => self.reply(self.ctr),
             CMD_WRITE_CTR | CMD_WRITE_OUTPORT => self.awaiting = Some(cmd),
-            CMD_SELF_TEST => self.out.push_back(SELF_TEST_OK),
-            CMD_KBD_TEST => self.out.push_back(0),
+            CMD_SELF_TEST => self.reply(SELF_TEST_OK),
+            CMD_KBD_TEST => self.reply(0),
             // Output port: A20 enabled, CPU not held in reset.
-            CMD_READ_OUTPORT => self.out.push_back(0x03),
+            CMD_READ_OUTPORT => self.reply(0x03),
             CMD_RESET_CPU => self.exit.request(ExitReason::Shutdown),
             _ => {}
         }
@@ -83,9 +95,9 @@ impl I8042 {
             Some(_) => {}
             None => {
                 // A command for the keyboard itself: acknowledge it.
-                self.out.push_back(KBD_ACK);
+                self.reply(KBD_ACK);
                 if v == KBD_CMD_RESET {
-                    self.out.push_back(KBD_RESET_OK);
+                    self.reply(KBD_RESET_OK);
                 }
             }
         }
@@ -157,6 +169,23 @@ mod tests {
         d.write(OFF_CMD, &[CMD_WRITE_OUTPORT]);
         d.write(OFF_DATA, &[0xfe]);
         assert_eq!(e.reason(), Some(ExitReason::Shutdown));
+    }
+
+    #[test]
+    fn unread_replies_are_bounded() {
+        let (mut d, _) = dev();
+        for _ in 0..100_000 {
+            d.write(OFF_CMD, &[CMD_SELF_TEST]);
+            d.write(OFF_DATA, &[KBD_CMD_RESET]);
+        }
+        assert_eq!(d.out.len(), MAX_OUTPUT);
+        // What was kept is still read in order, then the buffer is empty.
+        assert_eq!(rd(&mut d, OFF_DATA), SELF_TEST_OK);
+        assert_eq!(rd(&mut d, OFF_DATA), KBD_ACK);
+        for _ in 2..MAX_OUTPUT {
+            rd(&mut d, OFF_DATA);
+        }
+        assert_eq!(rd(&mut d, OFF_CMD) & STATUS_OUT_FULL, 0);
     }
 
     #[test]

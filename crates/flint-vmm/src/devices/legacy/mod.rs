@@ -1,5 +1,6 @@
 //! Legacy PC devices a Linux guest probes for: serial, i8042, CMOS/RTC, and the boot timer.
 pub mod boot_timer;
 pub mod cmos;
+pub mod console_out;
 pub mod i8042;
 pub mod serial;

@@ -1,7 +1,8 @@
 //! The 8250/16550 UART at 0x3f8 (COM1), backed by `vm-superio`.
 //!
-//! Output goes to a host writer (stdout); input from the host is queued here and fed into the
-//! UART's 64-byte FIFO as the guest drains it, so piped input larger than the FIFO is not lost.
+//! Output goes to a host writer (the bounded console buffer, see `console_out`); input from the
+//! host is queued here and fed into the UART's 64-byte FIFO as the guest drains it, so piped
+//! input larger than the FIFO is not lost.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -20,20 +21,8 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Writes every byte through at once: a guest prompt without a newline must still show.
-pub struct Unbuffered<W: Write>(pub W);
-
-impl<W: Write> Write for Unbuffered<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.0.write(buf)?;
-        self.0.flush()?;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
+/// Where the UART's output goes: for a VM, a [`super::console_out::ConsoleSink`], which never
+/// blocks the vCPU writing it.
 pub type SerialOut = Box<dyn Write + Send>;
 
 pub struct SerialDevice {
@@ -139,10 +128,7 @@ mod tests {
     #[test]
     fn output_reaches_the_writer() {
         let out = Shared::default();
-        let mut s = SerialDevice::new(
-            line(&EventFd::new(0).unwrap()),
-            Box::new(Unbuffered(out.clone())),
-        );
+        let mut s = SerialDevice::new(line(&EventFd::new(0).unwrap()), Box::new(out.clone()));
         for b in b"hi\n" {
             s.write(THR_RBR, &[*b]);
         }

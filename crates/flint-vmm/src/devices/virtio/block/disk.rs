@@ -1,20 +1,20 @@
 //! The host side of a disk: a raw image file, opened read-only or read-write and locked so that
 //! no two flint processes write the same image, with positioned vectored I/O.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use super::SECTOR_SIZE;
-use crate::config::io_reason;
+use crate::config::{io_reason, open_input, InputKind};
 use crate::devices::virtio::iovec::GuestIovecs;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskError {
     #[error("{path}: {reason}")]
     Open { path: String, reason: String },
-    #[error("{path}: is a directory, not a disk image")]
-    Directory { path: String },
     #[error("{path}: size {size} is not a multiple of 512 bytes")]
     Unaligned { path: String, size: u64 },
     #[error("{path}: the image is in use by another process (it holds a lock on it)")]
@@ -35,15 +35,12 @@ impl DiskImage {
             path: name.clone(),
             reason: io_reason(&e),
         };
-        let meta = std::fs::metadata(path).map_err(open_err)?;
-        if meta.is_dir() {
-            return Err(DiskError::Directory { path: name });
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(open_err)?;
+        // A FIFO, directory or character device is refused there, without blocking.
+        let file =
+            open_input(path, InputKind::Disk, !read_only).map_err(|reason| DiskError::Open {
+                path: name.clone(),
+                reason,
+            })?;
         // Writers take the image exclusively, readers share it: another flint (or anyone using
         // flock) writing the same image would corrupt the guest's filesystem.
         let op = if read_only {
@@ -55,7 +52,13 @@ impl DiskImage {
         if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
             return Err(DiskError::Locked { path: name });
         }
-        let size = file.metadata().map_err(open_err)?.len();
+        let meta = file.metadata().map_err(open_err)?;
+        // A block device's size is where it ends; its metadata says 0.
+        let size = if meta.file_type().is_block_device() {
+            (&file).seek(SeekFrom::End(0)).map_err(open_err)?
+        } else {
+            meta.len()
+        };
         if size % SECTOR_SIZE != 0 {
             return Err(DiskError::Unaligned { path: name, size });
         }
@@ -189,7 +192,11 @@ mod tests {
         ));
         assert!(matches!(
             DiskImage::open(Path::new("/"), true),
-            Err(DiskError::Directory { .. })
+            Err(DiskError::Open { reason, .. }) if reason.contains("is a directory")
+        ));
+        assert!(matches!(
+            DiskImage::open(Path::new("/dev/null"), false),
+            Err(DiskError::Open { reason, .. }) if reason.contains("character device")
         ));
         let p = image("odd", &[0; 1000]);
         assert!(matches!(
