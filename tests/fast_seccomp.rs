@@ -87,11 +87,11 @@ fn thread_states(name: &str, extra: &[&str]) -> Vec<(String, String, String)> {
 fn every_thread_runs_under_seccomp_with_no_new_privs() {
     let states = thread_states("seccomp-on", &[]);
     let names: Vec<&str> = states.iter().map(|s| s.0.as_str()).collect();
-    // The main thread (named after the binary), the vCPU and the disk's worker (its name cut
-    // to the kernel's 15 characters).
+    // The main thread (named after the binary), the console's writer, the vCPU and the disk's
+    // worker (its name cut to the kernel's 15 characters).
     assert_eq!(
         names,
-        ["flint", "flint-vcpu0", "flint-virtio-bl"],
+        ["flint", "flint-console", "flint-vcpu0", "flint-virtio-bl"],
         "{states:?}"
     );
     for (name, seccomp, nnp) in &states {
@@ -103,7 +103,7 @@ fn every_thread_runs_under_seccomp_with_no_new_privs() {
 #[test]
 fn seccomp_off_installs_no_filter() {
     let states = thread_states("seccomp-off", &["--seccomp", "off"]);
-    assert_eq!(states.len(), 3, "{states:?}");
+    assert_eq!(states.len(), 4, "{states:?}");
     for (name, seccomp, _) in &states {
         assert_eq!(seccomp, "0", "thread {name}: {states:?}");
     }

@@ -175,6 +175,11 @@ impl Vmm {
                 }
             }
         }
+        // The console writers started at build time; they take their filter now, before any
+        // guest output reaches them.
+        for out in &self.console_outputs {
+            out.install_filters(&filters);
+        }
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let vcpus = std::mem::take(&mut self.vcpus);
         for (fd, index) in vcpus {

@@ -56,6 +56,8 @@ pub enum ThreadKind {
     Vcpu,
     /// A virtio device's worker: its queues, disk or TAP I/O, interrupts.
     DeviceWorker,
+    /// A console writer: the guest's console output to stdout or stderr.
+    ConsoleWriter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,7 @@ pub struct Filters {
     main: Arc<BpfProgram>,
     vcpu: Arc<BpfProgram>,
     worker: Arc<BpfProgram>,
+    console: Arc<BpfProgram>,
 }
 
 impl Filters {
@@ -87,7 +90,8 @@ impl Filters {
                 level,
                 main: empty.clone(),
                 vcpu: empty.clone(),
-                worker: empty,
+                worker: empty.clone(),
+                console: empty,
             });
         }
         install_sigsys_handler()?;
@@ -96,6 +100,7 @@ impl Filters {
             main: Arc::new(compile(ThreadKind::Main, level)?),
             vcpu: Arc::new(compile(ThreadKind::Vcpu, level)?),
             worker: Arc::new(compile(ThreadKind::DeviceWorker, level)?),
+            console: Arc::new(compile(ThreadKind::ConsoleWriter, level)?),
         })
     }
 
@@ -113,6 +118,7 @@ impl Filters {
             ThreadKind::Main => &self.main,
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::DeviceWorker => &self.worker,
+            ThreadKind::ConsoleWriter => &self.console,
         };
         seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(name.to_string(), e))
     }
@@ -240,6 +246,8 @@ fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
             // The device's interrupt where KVM has no irqfd.
             arg_in(libc::SYS_ioctl, 1, &[KVM_IRQ_LINE()])?,
         ],
+        // Writing (common) and waiting for bytes (futex, common) is all it does.
+        ThreadKind::ConsoleWriter => Vec::new(),
     })
 }
 
@@ -429,6 +437,13 @@ mod tests {
         (libc::WEXITSTATUS(status), out)
     }
 
+    const ALL_KINDS: [ThreadKind; 4] = [
+        ThreadKind::Main,
+        ThreadKind::Vcpu,
+        ThreadKind::DeviceWorker,
+        ThreadKind::ConsoleWriter,
+    ];
+
     fn allowed_then_socket() {
         let msg = b"allowed\n";
         // SAFETY: writes our buffer to stderr; then asks for a socket, which no list allows.
@@ -440,7 +455,7 @@ mod tests {
 
     #[test]
     fn each_thread_kind_is_stopped_by_a_syscall_outside_its_list() {
-        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::DeviceWorker] {
+        for kind in ALL_KINDS {
             let (code, out) = in_filtered_child(kind, allowed_then_socket);
             assert_eq!(code, BLOCKED_SYSCALL_STATUS, "{kind:?}: {out}");
             assert!(out.starts_with("allowed\n"), "{kind:?}: {out}");
@@ -472,7 +487,7 @@ mod tests {
 
     #[test]
     fn arguments_are_filtered_too() {
-        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::DeviceWorker] {
+        for kind in ALL_KINDS {
             let (code, out) = in_filtered_child(kind, exec_mapping);
             assert_eq!(code, BLOCKED_SYSCALL_STATUS, "{kind:?} mmap: {out}");
             assert!(out.contains(": mmap (9)"), "{out}");

@@ -23,7 +23,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::bus::lock;
-use crate::exit::{ExitEvent, ExitReason};
+use crate::exit::{error_chain, ExitEvent, ExitReason};
+use crate::sandbox::seccomp::{Filters, ThreadKind};
 
 /// Guest output waiting for the host, per console; what does not fit is dropped.
 pub const BUFFER_BYTES: usize = 64 * 1024;
@@ -83,6 +84,9 @@ struct State {
     dropped: Dropped,
     /// No more output: the writer ends once the buffer is empty.
     closed: bool,
+    /// The seccomp filters for the writer to install before it writes anything more (handed
+    /// over when the VM starts running; the writer starts earlier, at build time).
+    filters: Option<Filters>,
 }
 
 struct Shared {
@@ -93,6 +97,8 @@ struct Shared {
     progress: Condvar,
     budget: Arc<Budget>,
     capacity: usize,
+    /// The writer thread's name, for its seccomp report.
+    name: String,
 }
 
 /// The UART's side: appends to the buffer and never blocks on the host.
@@ -150,17 +156,20 @@ impl ConsoleOutput {
                 written: 0,
                 dropped: Dropped::default(),
                 closed: false,
+                filters: None,
             }),
             more: Condvar::new(),
             progress: Condvar::new(),
             budget,
             capacity,
+            name: format!("flint-{name}"),
         });
         let writer = shared.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("flint-{name}"))
+            .name(shared.name.clone())
             .spawn(move || {
-                if let Err(what) = crate::panic::guard(|| write_out(&writer, File::from(out))) {
+                let guarded = crate::panic::guard(|| write_out(&writer, File::from(out), &exit));
+                if let Err(what) = guarded {
                     exit.request(ExitReason::InternalError(what));
                 }
             })?;
@@ -171,6 +180,13 @@ impl ConsoleOutput {
             },
             ConsoleSink(shared),
         ))
+    }
+
+    /// Has the writer thread install its seccomp filter before it writes anything more.
+    pub fn install_filters(&self, filters: &Filters) {
+        let mut s = lock(&self.shared.state);
+        s.filters = Some(filters.clone());
+        self.shared.more.notify_all();
     }
 
     /// Writes out what is buffered, waiting while the output takes it (bounded: see
@@ -225,13 +241,22 @@ impl Drop for ConsoleOutput {
 
 /// The writer thread: takes chunks from the buffer and writes them to `out` until closed and
 /// drained.
-fn write_out(shared: &Shared, mut out: File) {
+fn write_out(shared: &Shared, mut out: File, exit: &ExitEvent) {
     let mut chunk = Vec::with_capacity(CHUNK);
     loop {
         {
             let mut s = lock(&shared.state);
-            while s.buf.is_empty() && !s.closed {
+            while s.buf.is_empty() && !s.closed && s.filters.is_none() {
                 s = wait(&shared.more, s);
+            }
+            if let Some(filters) = s.filters.take() {
+                if let Err(e) = filters.apply(ThreadKind::ConsoleWriter, &shared.name) {
+                    // Unfiltered output is not worth running a guest for: stop the VM.
+                    drop(s);
+                    exit.request(ExitReason::VcpuFailure(error_chain(&e)));
+                    return;
+                }
+                continue;
             }
             if s.buf.is_empty() {
                 return;
