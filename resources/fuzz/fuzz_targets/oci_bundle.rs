@@ -35,11 +35,23 @@ fn bundle_dir() -> &'static PathBuf {
     })
 }
 
+/// `FLINT_FUZZ_VERBOSE=1`: say what happened to each input (for checking seeds).
+fn verbose() -> bool {
+    static VERBOSE: OnceLock<bool> = OnceLock::new();
+    *VERBOSE.get_or_init(|| std::env::var_os("FLINT_FUZZ_VERBOSE").is_some())
+}
+
 fuzz_target!(|data: &[u8]| {
     let dir = bundle_dir();
     std::fs::write(dir.join("config.json"), data).unwrap();
-    let Ok(bundle) = Bundle::load(dir) else {
-        return;
+    let bundle = match Bundle::load(dir) {
+        Ok(b) => b,
+        Err(e) => {
+            if verbose() {
+                eprintln!("oci_bundle: refused: {e}");
+            }
+            return;
+        }
     };
     let spec = bundle.spec;
     assert!(!spec.args.is_empty() && spec.cwd.starts_with('/'));
@@ -77,4 +89,7 @@ fuzz_target!(|data: &[u8]| {
         caps_ambient: caps.ambient,
     };
     assert_eq!(got, want, "what the guest init read back");
+    if verbose() {
+        eprintln!("oci_bundle: accepted, and the guest init reads the same spec: {got:?}");
+    }
 });
