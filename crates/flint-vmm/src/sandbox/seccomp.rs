@@ -12,6 +12,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use seccompiler::{
@@ -292,7 +293,7 @@ fn set_thread_label(name: &str) {
 
 /// A fixed buffer that a signal handler can format into without allocating.
 struct Line {
-    buf: [u8; 192],
+    buf: [u8; 512],
     len: usize,
 }
 
@@ -302,6 +303,21 @@ impl Line {
         let n = bytes.len().min(room);
         self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
         self.len += n;
+    }
+
+    fn push_hex(&mut self, mut v: usize) {
+        let mut digits = [0u8; 16];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b"0123456789abcdef"[v & 0xf];
+            v >>= 4;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(b"0x");
+        self.push(&digits[i..]);
     }
 
     fn push_number(&mut self, mut v: u32) {
@@ -323,10 +339,12 @@ impl Line {
 /// The exit status after a blocked syscall: as if SIGSYS had killed flint.
 pub const BLOCKED_SYSCALL_STATUS: i32 = 128 + libc::SIGSYS;
 
-/// The message for a blocked syscall `nr` in thread `label`.
-fn blocked_message(label: &[u8], nr: u32) -> Line {
+/// The message for a blocked syscall `nr` in thread `label`; `code` holds where in flint's
+/// code it was made and return addresses found on the stack, as offsets into the binary (for
+/// `addr2line -e flint`), when known.
+fn blocked_message(label: &[u8], nr: u32, code: &[usize]) -> Line {
     let mut line = Line {
-        buf: [0; 192],
+        buf: [0; 512],
         len: 0,
     };
     line.push(b"flint: error: seccomp: thread '");
@@ -338,11 +356,52 @@ fn blocked_message(label: &[u8], nr: u32) -> Line {
     }
     line.push(b" (");
     line.push_number(nr);
-    line.push(b"); stopping (--seccomp log lets it through and logs it)\n");
+    line.push(b")");
+    for (i, &off) in code.iter().enumerate() {
+        line.push(if i == 0 { b" at flint+" } else { b" < flint+" });
+        line.push_hex(off);
+    }
+    line.push(b"; stopping (--seccomp log lets it through and logs it)\n");
     line
 }
 
-extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+/// Where flint is loaded and where its code is ([start, end)), for the report's offsets.
+static BASE: AtomicUsize = AtomicUsize::new(0);
+static CODE_START: AtomicUsize = AtomicUsize::new(0);
+static CODE_END: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn find_code(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    _data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: dl_iterate_phdr passes a valid info whose dlpi_phdr has dlpi_phnum headers; the
+    // first object it reports is the executable.
+    unsafe {
+        let info = &*info;
+        let base = usize::try_from(info.dlpi_addr).unwrap_or(0);
+        BASE.store(base, Ordering::Relaxed);
+        for i in 0..usize::from(info.dlpi_phnum) {
+            let ph = &*info.dlpi_phdr.add(i);
+            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+                let start = base.saturating_add(usize::try_from(ph.p_vaddr).unwrap_or(0));
+                let end = start.saturating_add(usize::try_from(ph.p_memsz).unwrap_or(0));
+                CODE_START.store(start, Ordering::Relaxed);
+                CODE_END.store(end, Ordering::Relaxed);
+            }
+        }
+    }
+    1 // the executable is enough
+}
+
+/// The offset of `addr` from flint's load base, if it is in flint's code.
+fn code_offset(addr: usize) -> Option<usize> {
+    let code = CODE_START.load(Ordering::Relaxed)..CODE_END.load(Ordering::Relaxed);
+    code.contains(&addr)
+        .then(|| addr - BASE.load(Ordering::Relaxed))
+}
+
+extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // For SIGSYS, the kernel puts the syscall number in the siginfo union's `_syscall` field,
     // 8 bytes into the union (after `_call_addr`), which starts at byte 16.
     // SAFETY: the kernel passes a valid siginfo_t for this signal; the read stays inside it.
@@ -352,8 +411,30 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
             .cast::<libc::c_int>()
             .read_unaligned()
     };
+    // Where the call was made, and return addresses into flint's code among the stack's top
+    // 512 words (a thread's stack is far larger than that beneath its deepest frames).
+    // SAFETY: the kernel passes the interrupted thread's ucontext; these are its registers.
+    let (rip, rsp) = unsafe {
+        let regs = &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs;
+        let reg = |i: libc::c_int| usize::try_from(regs[i as usize]).unwrap_or(0);
+        (reg(libc::REG_RIP), reg(libc::REG_RSP))
+    };
+    let mut code = [0usize; 12];
+    let mut found = 0;
+    let stack = (0..512).map(|i| {
+        // SAFETY: reads the interrupted thread's stack above its stack pointer (see above).
+        unsafe { (rsp as *const usize).add(i).read_volatile() }
+    });
+    for off in std::iter::once(rip).chain(stack).filter_map(code_offset) {
+        if found == code.len() {
+            break;
+        }
+        code[found] = off;
+        found += 1;
+    }
     let (buf, n) = LABEL.with(Cell::get);
-    let line = blocked_message(&buf[..n], u32::try_from(nr).unwrap_or(u32::MAX));
+    let nr = u32::try_from(nr).unwrap_or(u32::MAX);
+    let line = blocked_message(&buf[..n], nr, &code[..found]);
     // SAFETY: write and _exit are async-signal-safe, on every thread's list, and take a
     // buffer we own.
     unsafe {
@@ -363,6 +444,8 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
 }
 
 fn install_sigsys_handler() -> Result<(), SeccompError> {
+    // SAFETY: the callback only reads what dl_iterate_phdr hands it.
+    unsafe { libc::dl_iterate_phdr(Some(find_code), std::ptr::null_mut()) };
     // SAFETY: a zeroed sigaction is a valid starting point; the handler has the SA_SIGINFO
     // signature and only calls async-signal-safe functions.
     unsafe {
@@ -387,7 +470,7 @@ mod tests {
     fn names_syscalls_and_formats_the_report() {
         assert_eq!(syscall_name(0), Some("read"));
         assert_eq!(syscall_name(41), Some("socket"));
-        let line = blocked_message(b"flint-vcpu0", 41);
+        let line = blocked_message(b"flint-vcpu0", 41, &[]);
         let text = std::str::from_utf8(&line.buf[..line.len]).unwrap();
         assert_eq!(
             text,
@@ -460,7 +543,7 @@ mod tests {
             assert_eq!(code, BLOCKED_SYSCALL_STATUS, "{kind:?}: {out}");
             assert!(out.starts_with("allowed\n"), "{kind:?}: {out}");
             assert!(
-                out.contains("seccomp: thread 'test-thread' made a system call flint does not allow: socket (41)"),
+                out.contains("seccomp: thread 'test-thread' made a system call flint does not allow: socket (41) at flint+0x"),
                 "{kind:?}: {out}"
             );
         }
