@@ -193,6 +193,9 @@ fn common() -> Result<Vec<Entry>, seccompiler::BackendError> {
         any(libc::SYS_exit_group),
         any(libc::SYS_rt_sigprocmask),
         any(libc::SYS_rt_sigreturn),
+        // The kernel resumes a wait or sleep that a stop (SIGSTOP/SIGCONT: job control, a
+        // debugger, the startup benchmark measuring flint paused) interrupted.
+        any(libc::SYS_restart_syscall),
         any(libc::SYS_sigaltstack),
         any(libc::SYS_gettid),
         // Time (when the vDSO is not used): the boot timer, the RTC, timeouts.
