@@ -18,7 +18,7 @@ use flint_vmm::devices::virtio::net::{
     Backend, Mac, Net, MAX_FRAME_LEN, VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
 };
 use flint_vmm::devices::virtio::{
-    ActivateContext, Interrupt, IrqLine, QueueWorker, VirtioDevice, VIRTIO_F_VERSION_1,
+    ActivateContext, Interrupt, IrqLine, QueueWorker, Served, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
 use libfuzzer_sys::fuzz_target;
@@ -215,7 +215,7 @@ fuzz_target!(|data: &[u8]| {
                     tx_next = tx_next.wrapping_add(1) % tx.size;
                 }
                 tx.make_available(mem, head);
-                broken = !worker.process_queue(1);
+                broken = worker.process_queue(1) == Served::Broken;
             }
             // The host sends a frame; the worker's backend descriptor is readable.
             2 => {
@@ -225,10 +225,10 @@ fuzz_target!(|data: &[u8]| {
                 frame[..head.len()].copy_from_slice(head);
                 // SAFETY: sends from our own buffer, at most its length; a full socket fails.
                 unsafe { libc::send(peer.as_raw_fd(), frame.as_ptr().cast(), len, 0) };
-                broken = !worker.process_backend(0);
+                broken = worker.process_backend(0) == Served::Broken;
             }
             // The guest kicks RX.
-            3 => broken = !worker.process_queue(0),
+            3 => broken = worker.process_queue(0) == Served::Broken,
             // The host reads what the guest sent.
             4 => host_drain(&peer, &mut frame),
             // Raw descriptor table entries: loops, indirect tables, anything.
