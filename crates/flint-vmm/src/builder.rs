@@ -88,6 +88,7 @@ impl Vmm {
         let signals = block_stop_signals().map_err(|e| VmmError::Io("signalfd", e))?;
 
         let mem = create_guest_memory(config.memory_mib)?;
+        let mem_size = config.memory_mib << 20; // at most the host's memory (validated)
         let vm = Arc::new(create_vm(&kvm, &mem)?);
         let fast = FastPaths::probe(&kvm);
         let exit = Arc::new(ExitEvent::new().map_err(|e| VmmError::Io("eventfd", e))?);
@@ -103,7 +104,7 @@ impl Vmm {
         } = console;
         let (console_outputs, outputs) =
             console_outputs(output, error_output, limit, hold_input_until_ready, &exit)?;
-        let mut devices = legacy_devices(&vm, fast, config, outputs, &exit, start)?;
+        let mut devices = legacy_devices(&vm, fast, config, mem_size, outputs, &exit, start)?;
         let boot_args = virtio_devices(&mut devices, &vm, fast, &mem, config)?;
 
         let initrd = match (&config.initrd, initrd_file.as_mut()) {
@@ -116,7 +117,6 @@ impl Vmm {
             requested: config.vcpus,
             max: u8::MAX.into(),
         })?;
-        let mem_size = config.memory_mib << 20; // at most the host's memory (validated)
         let loaded = boot::load(&mem, mem_size, &mut kernel, info, initrd, &cmdline)?;
         mptable::setup_mptable(&mem, num_cpus)?;
 
@@ -209,6 +209,7 @@ fn legacy_devices(
     vm: &Arc<VmFd>,
     fast: FastPaths,
     config: &VmConfig,
+    mem_size: u64,
     console: ConsoleOutputs,
     exit: &Arc<ExitEvent>,
     start: Instant,
@@ -252,7 +253,6 @@ fn legacy_devices(
         layout::I8042_PORT_LEN,
         i8042.clone(),
     )?;
-    let mem_size = config.memory_mib << 20;
     let below_4g = mem_size.min(layout::MMIO32_START);
     let cmos = Arc::new(Mutex::new(Cmos::new(below_4g, mem_size - below_4g)));
     pio.insert(

@@ -88,10 +88,12 @@ impl Bus {
 /// again: the state behind it may be half-updated, so this thread stops too, and its guard
 /// turns that into the VM's end (see [`crate::panic`]; the first panic's reason is kept).
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(guard) => guard,
-        Err(_) => panic!("a lock was poisoned by an earlier panic; stopping"),
-    }
+    m.lock().unwrap_or_else(|_| poisoned())
+}
+
+/// What any wait on shared state does when it finds its lock poisoned (see [`lock`]).
+pub fn poisoned() -> ! {
+    panic!("a lock was poisoned by an earlier panic; stopping")
 }
 
 #[cfg(test)]

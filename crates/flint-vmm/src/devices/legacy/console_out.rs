@@ -281,10 +281,7 @@ fn write_out(shared: &Shared, mut out: File, exit: &ExitEvent) {
 }
 
 fn wait<'a>(c: &Condvar, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-    match c.wait(g) {
-        Ok(g) => g,
-        Err(_) => panic!("a lock was poisoned by an earlier panic; stopping"),
-    }
+    c.wait(g).unwrap_or_else(|_| crate::bus::poisoned())
 }
 
 /// Says on stderr how much console output was dropped, if any.
