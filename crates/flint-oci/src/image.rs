@@ -1853,8 +1853,16 @@ mod tests {
         std::fs::create_dir_all(&parent).unwrap();
         std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
         let c = parent.join("images");
+        use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
-        let out = Command::new(std::env::current_exe().unwrap())
+        // nobody may not be able to reach the checkout (CI clones it wherever it likes): run a
+        // copy of this test binary from a directory anyone can read.
+        let bin_dir = parent.with_extension("bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        std::fs::set_permissions(&bin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = bin_dir.join("flint-oci-tests");
+        std::fs::copy(std::env::current_exe().unwrap(), &bin).unwrap();
+        let out = Command::new(&bin)
             .args([
                 "--exact",
                 "image::tests::as_nobody",
@@ -1884,6 +1892,7 @@ mod tests {
         check_every_kind(&img, true);
         set_mode(&d.join("ro"), 0o755);
         std::fs::remove_dir_all(&parent).unwrap();
+        std::fs::remove_dir_all(&bin_dir).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
     }
 
