@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 
 use flint_vmm::config::{self, DiskConfig, NetConfig, VmConfig};
 use flint_vmm::exit::ExitReason;
+use flint_vmm::sandbox::cgroup::{self, Limit};
+use flint_vmm::sandbox::jail::{self, Jail, Side};
+use flint_vmm::sandbox::landlock;
 use flint_vmm::sandbox::seccomp::SeccompLevel;
 use flint_vmm::terminal::RawTerminal;
 use flint_vmm::vmm::{self, Vmm};
@@ -113,6 +116,48 @@ struct RunArgs {
     /// dropped, and counted on stderr when flint exits.
     #[arg(long, value_name = "BYTES")]
     console_limit: Option<u64>,
+    #[command(flatten)]
+    confine: ConfineArgs,
+}
+
+/// Where flint confines itself beyond seccomp and Landlock (which are always on).
+#[derive(clap::Args)]
+struct ConfineArgs {
+    /// Confine flint (needs root): once its inputs are open, flint enters new mount, PID, IPC
+    /// and UTS namespaces, makes an empty read-only tmpfs its root, sets rlimits (1024 open
+    /// files, no file written past its largest writable disk, no core dumps), drops every
+    /// capability and runs as --uid/--gid.
+    #[arg(long, requires_all = ["uid", "gid"])]
+    jail: bool,
+    /// With --jail: the user id flint runs as (not 0).
+    #[arg(long, value_name = "UID", requires = "jail")]
+    uid: Option<u32>,
+    /// With --jail: the group id flint runs as (not 0); supplementary groups are dropped.
+    #[arg(long, value_name = "GID", requires = "jail")]
+    gid: Option<u32>,
+    /// With --jail: join this network namespace (e.g. /run/netns/NAME) before opening the
+    /// TAPs, so that --net names that namespace's TAPs.
+    #[arg(long, value_name = "PATH", requires = "jail")]
+    netns: Option<PathBuf>,
+    /// Run flint in this cgroup v2 directory, made if missing (e.g. /sys/fs/cgroup/flint/vm1):
+    /// its limits then cover the VMM's threads and the guest's memory. flint leaves the
+    /// directory when it exits.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// A limit written into the --cgroup directory before flint joins it, KEY=VALUE with KEY
+    /// one of cpu.max, cpu.weight, memory.high, memory.max, memory.swap.max, pids.max (e.g.
+    /// memory.max=600M). Repeatable.
+    #[arg(long, value_name = "KEY=VALUE", requires = "cgroup")]
+    cgroup_limit: Vec<Limit>,
+}
+
+/// How a `flint run` ended.
+enum Outcome {
+    /// The VM ran in this process and ended for this reason.
+    Vm(ExitReason),
+    /// This process supervised a jailed flint, which reported everything itself and ended
+    /// with this status.
+    Jail(i32),
 }
 
 /// The error and its causes on one line: each error's message says what it adds, not its
@@ -121,7 +166,7 @@ fn one_line(err: &anyhow::Error) -> String {
     flint_vmm::exit::error_chain(err.as_ref())
 }
 
-fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
+fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
     if let Some(bundle) = args.oci_bundle.clone() {
         return run_bundle(&bundle, args, start);
     }
@@ -141,29 +186,74 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<ExitReason> {
     };
     let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
     console.limit = args.console_limit;
-    boot(&config, console, args.seccomp, start)
+    boot(&config, console, &args.confine, args.seccomp, start)
 }
 
-/// Builds the VM and runs it to its end.
+/// Opens the inputs, confines flint (the jail if asked, Landlock always), builds the VM and
+/// runs it to its end.
 fn boot(
     config: &VmConfig,
     console: vmm::Console,
+    confine: &ConfineArgs,
     seccomp: SeccompLevel,
     start: Instant,
-) -> anyhow::Result<ExitReason> {
-    let vmm = Vmm::build(config, console, start)?;
+) -> anyhow::Result<Outcome> {
+    let jail = match (confine.jail, confine.uid, confine.gid) {
+        (true, Some(uid), Some(gid)) => {
+            jail::check_can_jail(uid, gid)?;
+            Some((uid, gid))
+        }
+        _ => None,
+    };
+    if let Some(path) = &confine.cgroup {
+        cgroup::join(path, &confine.cgroup_limit)?;
+    }
+    if let Some(path) = &confine.netns {
+        jail::enter_netns(path)?;
+    }
+    let inputs = vmm::Inputs::open(config)?;
+    if let Some((uid, gid)) = jail {
+        let max_file_size = jail::file_size_limit(inputs.largest_writable_disk(), console.limit);
+        let jail = Jail {
+            uid,
+            gid,
+            max_file_size,
+        };
+        if let Side::Supervisor(status) = jail.enter()? {
+            return Ok(Outcome::Jail(status));
+        }
+    }
+    // From here on flint reaches no file by path: everything it needs is open.
+    if let Some(note) = landlock::restrict(&[])?.note() {
+        eprintln!("{note}");
+    }
+    test_open();
+    let vmm = Vmm::build(config, inputs, console, start)?;
     // Raw mode only once the VM is built, and restored when `_raw` drops on every return.
     let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
-    Ok(vmm.run(seccomp)?)
+    Ok(Outcome::Vm(vmm.run(seccomp)?))
+}
+
+/// Debug builds: `FLINT_TEST_OPEN=PATH` has flint try to open PATH once it is confined and say
+/// what happened on stderr (how the tests see that Landlock and the jail hold).
+fn test_open() {
+    if cfg!(debug_assertions) {
+        if let Some(path) = std::env::var_os("FLINT_TEST_OPEN") {
+            let what = match std::fs::File::open(&path) {
+                Ok(_) => "opened".to_string(),
+                Err(e) => e.to_string(),
+            };
+            eprintln!(
+                "flint: test: open {}: {what}",
+                PathBuf::from(path).display()
+            );
+        }
+    }
 }
 
 /// `run --oci-bundle`: the bundle's rootfs image first (/dev/vda, read-only), then any --disk;
 /// the workload's stdout on COM1 and stderr on COM2; its exit status as flint's.
-fn run_bundle(
-    bundle: &std::path::Path,
-    args: RunArgs,
-    start: Instant,
-) -> anyhow::Result<ExitReason> {
+fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
     let kernel = match args.kernel.or_else(flint_oci::default_kernel) {
         Some(k) => k,
         None => anyhow::bail!(
@@ -195,8 +285,8 @@ fn run_bundle(
     console.error_output = Some(stderr.context("cannot use stderr as the workload's stderr")?);
     console.eof_byte = Some(0x04);
     console.hold_input_until_ready = true;
-    match boot(&config, console, args.seccomp, start)? {
-        ExitReason::Shutdown => anyhow::bail!(
+    match boot(&config, console, &args.confine, args.seccomp, start)? {
+        Outcome::Vm(ExitReason::Shutdown) => anyhow::bail!(
             "the guest stopped without reporting the process's exit status (did the kernel \
              panic? its messages go to stderr)"
         ),
@@ -233,6 +323,11 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    // Nothing flint's parent left open (a socket, a host file) stays reachable from it.
+    if let Err(e) = flint_vmm::sandbox::close_inherited_fds() {
+        eprintln!("flint: error: cannot close inherited file descriptors: {e}");
+        return ExitCode::FAILURE;
+    }
     flint_vmm::panic::install_hook();
     // The main thread's edge: a panic here (a flint bug) is one line and exit 1, with the
     // terminal restored by the unwinding, like a panic in any other flint thread.
@@ -263,7 +358,9 @@ fn real_main(start: Instant) -> ExitCode {
         }
     };
     let reason = match result {
-        Ok(reason) => reason,
+        Ok(Outcome::Vm(reason)) => reason,
+        // The jailed flint said what happened; its status is ours.
+        Ok(Outcome::Jail(status)) => return ExitCode::from(u8::try_from(status).unwrap_or(1)),
         Err(e) => {
             eprintln!("flint: error: {}", one_line(&e));
             return ExitCode::FAILURE;

@@ -533,25 +533,22 @@ fn no_home_no_image_cache() {
         );
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let b = TestBundle::with_args("no-home", r#"["/bin/sh"]"#);
-    // nobody may not be able to reach the checkout (CI clones it wherever it likes): run copies
-    // of flint and the kernel from a directory anyone can read.
-    let dir = std::env::temp_dir().join(format!("flint-test-{}-as-nobody", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (flint, kernel) = (dir.join("flint"), dir.join("hello.elf"));
-    std::fs::copy(env!("CARGO_BIN_EXE_flint"), &flint).unwrap();
-    std::fs::copy(hello(), &kernel).unwrap();
-    let mut cmd = std::process::Command::new(&flint);
+    let copies = SharedCopies::new(
+        "as-nobody",
+        &[
+            std::path::Path::new(env!("CARGO_BIN_EXE_flint")),
+            &firmware("hello"),
+        ],
+    );
+    let mut cmd = std::process::Command::new(copies.path("flint"));
     cmd.args(["run", "--oci-bundle", b.path(), "--kernel"])
-        .arg(&kernel)
+        .arg(copies.path("hello.elf"))
         .env_clear()
         .uid(65534)
         .gid(65534);
     let r = run_command(cmd, b"", std::time::Duration::from_secs(60));
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert_eq!(
         r.stderr,

@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 
@@ -16,52 +15,24 @@ use common::*;
 fn thread_states(name: &str, extra: &[&str]) -> Vec<(String, String, String)> {
     let disk = TempFile::new(name, &vec![0u8; 1 << 20]);
     let fw = firmware("spin");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flint"))
-        .args([
-            "run",
-            "--kernel",
-            fw.to_str().unwrap(),
-            "--disk",
-            disk.path(),
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn flint");
-    // Wait for the guest to run (it says "spinning"): by then every thread has its filter.
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 256];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&seen).contains("spinning") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let running = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-    // The main thread installs its filter right after starting the others.
-    std::thread::sleep(Duration::from_millis(300));
+    let mut cmd = flint();
+    cmd.args([
+        "run",
+        "--kernel",
+        fw.to_str().unwrap(),
+        "--disk",
+        disk.path(),
+    ])
+    .args(extra)
+    .stdin(Stdio::null())
+    .stderr(Stdio::piped());
+    let (child, running) = spawn_until_spinning(cmd);
     let mut states = Vec::new();
-    if running.is_ok() {
+    if running {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
         for t in tasks.flatten() {
             let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim().to_string())
-                    .unwrap_or_default()
-            };
+            let field = |name: &str| status_field(&status, name.trim_end_matches(':'));
             let name = field("Name:");
             // KVM attaches a kernel worker of its own to the process (kvm-nx-lpage-recovery);
             // it runs no flint code.
@@ -72,7 +43,7 @@ fn thread_states(name: &str, extra: &[&str]) -> Vec<(String, String, String)> {
     }
     signal(&child, libc::SIGTERM);
     let out = wait_or_kill(child, Duration::from_secs(20));
-    assert!(running.is_ok(), "the guest never ran: {:?}", out);
+    assert!(running, "the guest never ran: {:?}", out);
     assert_eq!(
         out.status.code(),
         Some(128 + libc::SIGTERM),

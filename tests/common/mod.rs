@@ -688,3 +688,66 @@ impl Drop for TestBundle {
         let _ = std::fs::remove_dir_all(self.cache());
     }
 }
+
+/// Spawns `cmd` (flint running the `spin` firmware, stdout piped) and waits until the guest
+/// says "spinning", 20 s at most: by then every flint thread runs, under its filter (the main
+/// thread installs its own right after starting the others, hence a short wait more). Returns
+/// the child and whether the guest ran.
+pub fn spawn_until_spinning(mut cmd: Command) -> (Child, bool) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn flint");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("spinning") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let running = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+    std::thread::sleep(Duration::from_millis(300));
+    (child, running)
+}
+
+/// A field of a `/proc/PID/status`-style text (`Name:\tvalue`), trimmed.
+pub fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A directory anyone may read, holding copies of `files` (by file name): for running flint as
+/// another user, who may not be able to reach the checkout (CI clones it wherever it likes).
+/// Removed on drop.
+pub struct SharedCopies(pub PathBuf);
+
+impl SharedCopies {
+    pub fn new(tag: &str, files: &[&Path]) -> SharedCopies {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("flint-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for f in files {
+            std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        SharedCopies(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for SharedCopies {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

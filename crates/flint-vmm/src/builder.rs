@@ -1,5 +1,6 @@
-//! [`Vmm::build`]: a VM from a validated [`VmConfig`], in named steps — inputs, memory, the VM
-//! and its interrupt controllers, legacy devices, virtio devices, kernel and boot data, vCPUs.
+//! [`Inputs::open`] then [`Vmm::build`]: a VM from a validated [`VmConfig`], in named steps —
+//! inputs (opened first, on their own), memory, the VM and its interrupt controllers, legacy
+//! devices, virtio devices, kernel and boot data, vCPUs.
 //! Each step takes what the earlier ones made; devices land in one [`Devices`].
 
 use std::fs::File;
@@ -68,21 +69,90 @@ fn use_fast_path(kvm: &Kvm, cap: Cap, name: &str) -> bool {
         && std::env::var_os(format!("FLINT_NO_{name}")).is_none_or(|v| v != "1")
 }
 
-impl Vmm {
-    /// Builds the VM. `start` is when the process started (for the boot timer).
-    pub fn build(config: &VmConfig, console: Console, start: Instant) -> Result<Vmm, VmmError> {
-        // Input checks that need no KVM come first, so a typo never waits on anything.
+/// What a VM is built from, opened: `/dev/kvm` and every file and device the config names.
+/// Opening them is the build's first step, on its own, so that flint can then give up opening
+/// anything at all (Landlock, the jail's empty root) before it parses a byte of the guest's.
+pub struct Inputs {
+    kvm: Kvm,
+    kernel: File,
+    kernel_info: KernelInfo,
+    initrd: Option<File>,
+    disks: Vec<DiskImage>,
+    taps: Vec<Tap>,
+}
+
+impl Inputs {
+    /// Checks and opens the config's inputs. Input checks that need no KVM come first, so a
+    /// typo never waits on anything.
+    pub fn open(config: &VmConfig) -> Result<Inputs, VmmError> {
         config.validate_inputs()?;
-        let (mut kernel, info) = open_kernel(config)?;
+        let (kernel, kernel_info) = open_kernel(config)?;
         let kvm = kvm::open()?;
         config.validate_limits(max_vcpus(&kvm))?;
-        if info.is_linux {
+        if kernel_info.is_linux {
             kvm::check_can_boot_linux()?;
         }
-        let mut initrd_file = match &config.initrd {
+        let initrd = match &config.initrd {
             Some(Initrd::File(p)) => Some(open_file("--initrd", p)?),
             _ => None,
         };
+        let disks = config
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, disk)| {
+                let what = if i == 0 && config.root_on_first_disk {
+                    "--rootfs"
+                } else {
+                    "--disk"
+                };
+                DiskImage::open(&disk.path, disk.read_only).map_err(|e| VmmError::Disk(what, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let taps = config
+            .nets
+            .iter()
+            .map(|net| Tap::open(&net.tap))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Inputs {
+            kvm,
+            kernel,
+            kernel_info,
+            initrd,
+            disks,
+            taps,
+        })
+    }
+
+    /// The size of the largest disk the guest may write, in bytes (0 without one): as far as
+    /// flint ever needs to write into a file.
+    pub fn largest_writable_disk(&self) -> u64 {
+        self.disks
+            .iter()
+            .filter(|d| !d.read_only())
+            .map(DiskImage::size)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Vmm {
+    /// Builds the VM from its opened `inputs` (see [`Inputs::open`]); opens no file itself.
+    /// `start` is when the process started (for the boot timer).
+    pub fn build(
+        config: &VmConfig,
+        inputs: Inputs,
+        console: Console,
+        start: Instant,
+    ) -> Result<Vmm, VmmError> {
+        let Inputs {
+            kvm,
+            mut kernel,
+            kernel_info: info,
+            initrd: mut initrd_file,
+            disks,
+            taps,
+        } = inputs;
 
         // Signals are blocked before any thread starts so that they all inherit the mask.
         let signals = block_stop_signals().map_err(|e| VmmError::Io("signalfd", e))?;
@@ -105,7 +175,7 @@ impl Vmm {
         let (console_outputs, outputs) =
             console_outputs(output, error_output, limit, hold_input_until_ready, &exit)?;
         let mut devices = legacy_devices(&vm, fast, config, mem_size, outputs, &exit, start)?;
-        let boot_args = virtio_devices(&mut devices, &vm, fast, &mem, config)?;
+        let boot_args = virtio_devices(&mut devices, &vm, fast, &mem, config, disks, taps)?;
 
         let initrd = match (&config.initrd, initrd_file.as_mut()) {
             (_, Some(f)) => Some(InitrdImage::File(f)),
@@ -296,16 +366,11 @@ fn virtio_devices(
     fast: FastPaths,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
+    images: Vec<DiskImage>,
+    taps: Vec<Tap>,
 ) -> Result<Vec<String>, VmmError> {
     let mut wanted: Vec<(String, &'static str, Box<dyn VirtioDevice>)> = Vec::new();
-    for (i, disk) in config.disks.iter().enumerate() {
-        let what = if i == 0 && config.root_on_first_disk {
-            "--rootfs"
-        } else {
-            "--disk"
-        };
-        let image =
-            DiskImage::open(&disk.path, disk.read_only).map_err(|e| VmmError::Disk(what, e))?;
+    for (i, (disk, image)) in config.disks.iter().zip(images).enumerate() {
         let serial = match &disk.serial {
             Some(s) => s.clone(),
             None => format!("flint-vd{}", disk_letter(i)),
@@ -316,8 +381,7 @@ fn virtio_devices(
             Box::new(Block::new(image, &serial)),
         ));
     }
-    for (i, net) in config.nets.iter().enumerate() {
-        let tap = Tap::open(&net.tap)?;
+    for (i, (net, tap)) in config.nets.iter().zip(taps).enumerate() {
         let mac = net.mac.unwrap_or_else(|| Mac::for_tap(&net.tap));
         wanted.push((
             format!("virtio-net{i}"),

@@ -32,7 +32,7 @@ use crate::vstate::memory::MemoryError;
 use crate::vstate::vcpu::{self, VcpuContext, VcpuError};
 use crate::vstate::vm::VmError;
 
-pub use crate::builder::max_vcpus;
+pub use crate::builder::{max_vcpus, Inputs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {

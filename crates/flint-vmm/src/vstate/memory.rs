@@ -1,6 +1,6 @@
 //! Guest RAM: anonymous host mappings laid out around the 32-bit MMIO hole.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout::{MMIO32_END, MMIO32_START};
 
@@ -17,6 +17,8 @@ pub enum MemoryError {
     },
     #[error("guest memory size {mib} MiB is too large for this host's address space")]
     TooLarge { mib: u64 },
+    #[error("cannot keep guest memory out of core dumps (madvise MADV_DONTDUMP)")]
+    DontDump(#[source] std::io::Error),
 }
 
 /// The RAM ranges (guest address, length) for `size` bytes of guest memory: everything below the
@@ -34,7 +36,8 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
 
 /// Allocates `mib` MiB of guest RAM. Pages are mapped lazily (MAP_NORESERVE), so untouched guest
 /// memory costs the host nothing. Zero is refused by config validation, and here by the host
-/// (no empty mapping).
+/// (no empty mapping). The guest's memory is left out of any core dump of flint: it is the
+/// guest's, not flint's, and may hold its secrets.
 pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let size = mib
         .checked_mul(1 << 20)
@@ -48,13 +51,24 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .map(|(a, l)| usize::try_from(l).map(|l| (a, l)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| MemoryError::TooLarge { mib })?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map { mib, source })
+    let mem =
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map { mib, source })?;
+    for region in mem.iter() {
+        // SAFETY: the range is exactly one mapping vm-memory made and owns; MADV_DONTDUMP only
+        // sets a flag on it and never changes its contents.
+        let r =
+            unsafe { libc::madvise(region.as_ptr().cast(), region.size(), libc::MADV_DONTDUMP) };
+        if r != 0 {
+            return Err(MemoryError::DontDump(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(mem)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::GuestMemoryRegion;
 
     #[test]
     fn small_memory_is_one_region() {

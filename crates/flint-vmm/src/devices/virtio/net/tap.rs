@@ -4,7 +4,6 @@
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use super::VNET_HDR_LEN;
 
@@ -84,12 +83,12 @@ impl Tap {
             return Err(TapError::BadName(name.into()));
         }
         // TUNSETIFF would create a missing TAP; flint only attaches to one the operator made.
-        let sys = Path::new("/sys/class/net").join(name);
-        if !sys.exists() {
+        // Looked up in this thread's network namespace (sysfs shows the one it was mounted in,
+        // which is not the one a jailed flint joined with --netns).
+        let cname = std::ffi::CString::new(name).map_err(|_| TapError::BadName(name.into()))?;
+        // SAFETY: if_nametoindex reads the NUL-terminated string and returns 0 if there is none.
+        if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
             return Err(TapError::NoSuchInterface(name.into()));
-        }
-        if !sys.join("tun_flags").exists() {
-            return Err(TapError::NotTap(name.into()));
         }
         let file = OpenOptions::new()
             .read(true)
@@ -110,6 +109,8 @@ impl Tap {
             return Err(match e.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::EACCES) => TapError::Permission(name.into()),
                 Some(libc::EBUSY) => TapError::Busy(name.into()),
+                // An interface by that name that is not a TAP (or is a TUN).
+                Some(libc::EINVAL) => TapError::NotTap(name.into()),
                 _ => TapError::Attach(name.into(), e.to_string()),
             });
         }
