@@ -20,15 +20,41 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("no-initrd-panics", "--kernel /guest/vmlinux --append 'panic=-1'"),
 ];
 
+/// A jailed flint (as root, dropping to uid 1000) with a writable disk, in a cgroup with
+/// limits, boots the small kernel; what its jailed child is and sees is reported while the
+/// guest boots. Its console goes to a file, bounded by --console-limit (so is its file size).
+const JAILED: &str = "dd if=/dev/zero of=/tmp/jail.img bs=1M count=4 2>/dev/null
+flint run --jail --uid 1000 --gid 1000 --kernel /guest/vmlinux --initrd /guest/initramfs.cpio.gz \
+    --disk path=/tmp/jail.img --console-limit 1000000 --cgroup /sys/fs/cgroup/flint-jailed \
+    --cgroup-limit memory.max=400M --cgroup-limit pids.max=64 >/tmp/jailed.out 2>&1 & p=$!
+jail_report $p jail
+echo \"jail memory.max: $(cat /sys/fs/cgroup/flint-jailed/memory.max)\"
+echo \"jail pids.max: $(cat /sys/fs/cgroup/flint-jailed/pids.max)\"
+wait $p; echo \"flint exit: $?\"
+cat /tmp/jailed.out";
+
+/// The small kernel booted by a user in the kvm group: no root, no capabilities.
+const ROOTLESS: &str = "su flint -c 'id; grep ^CapEff: /proc/self/status; flint run --kernel /guest/vmlinux --initrd /guest/initramfs.cpio.gz'";
+
 fn lab() -> &'static LabResults {
     static RESULTS: OnceLock<LabResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
         // Each boot's console goes to a file and is shown when it ends (see LAB_LOGGED_FN).
-        let list: Vec<(String, String)> = SCENARIOS
+        let mut list: Vec<(String, String)> = SCENARIOS
             .iter()
             .map(|(name, args)| (name.to_string(), format!("flint run {args}")))
             .collect();
-        let script = common::lab_script("", &list, 300);
+        // Scenario bodies run in shells of their own: each carries the functions it uses.
+        list.push((
+            "jailed".into(),
+            format!("{}{JAILED}", common::LAB_JAIL_REPORT_FN),
+        ));
+        list.push(("rootless".into(), ROOTLESS.into()));
+        let setup = format!(
+            "{}echo +memory +pids > /sys/fs/cgroup/cgroup.subtree_control\n",
+            common::LAB_USER_SETUP
+        );
+        let script = common::lab_script(&setup, &list, 300);
         common::scenarios(&common::run_in_lab(&script))
     })
 }
@@ -111,4 +137,41 @@ fn kernel_panic_reboots_and_flint_exits() {
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("Kernel panic"), "{output}");
     assert!(!output.contains("flint-guest: init started"));
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn jailed_flint_sees_only_its_jail_and_boots_linux() {
+    let (output, code) = scenario("jailed");
+    assert_eq!(code, 0, "{output}");
+    let value = |k: &str| common::value(output, &format!("jail {k}: ")).unwrap_or("");
+    assert!(common::has_line(output, "flint exit: 0"), "{output}");
+    assert!(value("nspid").ends_with(" 1"), "{output}");
+    assert_eq!(value("uid"), "1000 1000 1000 1000", "{output}");
+    assert_eq!(value("capeff"), "0000000000000000", "{output}");
+    assert_eq!(value("capbnd"), "0000000000000000", "{output}");
+    assert_eq!(value("seccomp"), "2", "{output}");
+    assert_eq!(value("mounts"), "1", "{output}");
+    assert!(value("mountinfo").contains(" / / ro,"), "{output}");
+    assert_eq!(value("root entries"), "0", "{output}");
+    assert_eq!(value("cgroup"), "0::/flint-jailed", "{output}");
+    assert_eq!(value("memory.max"), (400u64 << 20).to_string(), "{output}");
+    assert_eq!(value("pids.max"), "64", "{output}");
+    assert_eq!(value("net ns same as the lab's"), "yes", "{output}");
+    // And the guest booted and powered off, its console intact.
+    assert!(output.contains("flint-guest: init started"), "{output}");
+    assert!(output.contains("flint-guest: powering off"), "{output}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn a_user_in_the_kvm_group_boots_linux() {
+    let lines = booted("rootless");
+    assert!(lines.contains(&"init started"), "{lines:?}");
+    let (output, _) = scenario("rootless");
+    assert!(
+        output.contains("uid=1000(flint) gid=1000(flint)"),
+        "{output}"
+    );
+    assert!(output.contains("CapEff:\t0000000000000000"), "{output}");
 }

@@ -98,6 +98,27 @@ fn errors() -> String {
     s
 }
 
+/// A network namespace (bound at /run/netns/jail) holding TAP `tapj` (169.254.102.1); a jailed
+/// flint joins it with --netns and its guest pings the lab's end of the TAP.
+fn jailed_netns() -> String {
+    let guest = "timeout 20 ping -c 2 -W 5 169.254.102.1 >/dev/null 2>&1; echo \"jail ping: $?\"";
+    format!(
+        r#"{report}
+mkdir -p /run/netns && touch /run/netns/jail && unshare --net=/run/netns/jail true || echo "netns: not made"
+nsenter --net=/run/netns/jail sh -c 'ip link set lo up; tunctl -t tapj >/dev/null && ip addr add 169.254.102.1/24 dev tapj && ip link set tapj up'
+ip link show tapj >/dev/null 2>&1 && echo "tapj in the lab's namespace: yes" || echo "tapj in the lab's namespace: no"
+timeout 120 flint run --jail --uid 1000 --gid 1000 --netns /run/netns/jail --kernel /guest/vmlinux \
+    --initrd /guest/initramfs.cpio.gz --net tap=tapj \
+    --append 'ip=169.254.102.2::169.254.102.1:255.255.255.0::eth0:off flint.run={script}' \
+    </dev/null >/tmp/jnet.out 2>&1 & p=$!
+jail_report $p jail
+wait $p; echo "flint exit: $?"
+cat /tmp/jnet.out"#,
+        report = common::LAB_JAIL_REPORT_FN,
+        script = base64(guest.as_bytes())
+    )
+}
+
 fn lab() -> &'static LabResults {
     static RESULTS: OnceLock<LabResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
@@ -140,6 +161,8 @@ timeout 20 ping -c 2 -W 5 169.254.101.1 >/dev/null 2>&1; echo "eth1 ping: $?"
         );
         // 4. Bad --net arguments.
         scenario("errors", &errors());
+        // 5. A jailed flint on a TAP that exists only in a network namespace of its own.
+        scenario("jailed-netns", &jailed_netns());
         common::scenarios(&common::run_in_lab(&common::lab_script(&setup, &list, 600)))
     })
 }
@@ -339,4 +362,23 @@ fn a_malformed_net_option_is_refused() {
         assert!(code == 1 || code == 2, "{case}: exit {code}: {err}");
         one_line_error_with(case, mentions, code);
     }
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn jailed_flint_uses_a_tap_in_the_network_namespace_it_was_given() {
+    let out = scenario("jailed-netns");
+    assert!(has_line(out, "tapj in the lab's namespace: no"), "{out}");
+    assert_eq!(
+        value(out, "jail net ns same as the lab's: "),
+        Some("no"),
+        "{out}"
+    );
+    assert_eq!(
+        value(out, "jail uid: "),
+        Some("1000 1000 1000 1000"),
+        "{out}"
+    );
+    assert!(has_line(out, "jail ping: 0"), "{out}");
+    assert!(has_line(out, "flint exit: 0"), "{out}");
 }

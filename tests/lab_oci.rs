@@ -93,6 +93,7 @@ run() {
         crun)  crun run --bundle "$2" "t-$1" </dev/null >/tmp/out 2>/tmp/err; code=$?
                crun delete --force "t-$1" >/dev/null 2>&1 ;;
         flint) flint run --oci-bundle "$2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-user) su flint -c "flint run --oci-bundle $2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
     esac
     echo "--- stdout $(md5sum </tmp/out)"; cat /tmp/out
     echo "--- stderr $(md5sum </tmp/err)"; cat /tmp/err
@@ -103,6 +104,11 @@ run probe-flint /bundles/probe flint
 run default-crun /guest/bundle crun
 run default-flint /guest/bundle flint
 run badexec-flint /bundles/badexec flint
+run probe-flint-rootless /bundles/probe flint-user
+echo "=== begin rootless-cache"
+stat -c 'cache %a %U' /home/flint/.cache/flint/images
+for f in /home/flint/.cache/flint/images/*; do stat -c 'entry %F %a %U' "$f"; done
+echo "=== end rootless-cache 0"
 echo "=== begin bench"
 flint bench startup --bundle /guest/bundle -n 2 --out /tmp/bench >/tmp/bench.out 2>&1
 code=$?
@@ -115,8 +121,13 @@ ls -1 /tmp/bench
 ls -d /tmp/flint-bench-* /run/crun/* 2>/dev/null
 echo "=== end workdirs-left 0"
 "#;
+        let script = script.replacen(
+            "#!/bin/sh\n",
+            &format!("#!/bin/sh\n{}", common::LAB_USER_SETUP),
+            1,
+        );
         let out = common::run_in_lab_with(
-            script,
+            &script,
             &[
                 "--with-qemu".into(),
                 "--add".into(),
@@ -241,4 +252,26 @@ fn startup_benchmark_writes_json_markdown_and_svg() {
     let mut left: Vec<&str> = left.lines().collect();
     left.sort();
     assert_eq!(left, ["startup.json", "startup.md", "startup.svg"]);
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn a_user_in_the_kvm_group_runs_a_bundle_with_a_cache_of_its_own() {
+    let (crun_out, crun_err) = streams("probe-crun");
+    let (out, err) = streams("probe-flint-rootless");
+    let (all, code) = scenario("probe-flint-rootless");
+    assert_eq!(*code, 3, "{all}");
+    assert_eq!(out, crun_out, "stdout differs");
+    assert_eq!(err, crun_err, "stderr differs");
+    let (cache, _) = scenario("rootless-cache");
+    assert!(common::has_line(cache, "cache 700 flint"), "{cache}");
+    let entries: Vec<&str> = cache.lines().filter(|l| l.starts_with("entry ")).collect();
+    assert!(!entries.is_empty(), "{cache}");
+    for e in entries {
+        assert!(e.ends_with(" flint"), "{cache}");
+        assert!(
+            e == "entry directory 700 flint" || e == "entry regular file 600 flint",
+            "{cache}"
+        );
+    }
 }

@@ -751,3 +751,39 @@ impl Drop for SharedCopies {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Lab shell setup for rootless runs: a user `flint` (uid 1000) in a `kvm` group that owns
+/// /dev/kvm (0660, as udev leaves it on Debian), with a home for its image cache. Run a
+/// command as that user with `su flint -c '…'` (busybox su sets up its groups).
+pub const LAB_USER_SETUP: &str = r#"
+echo 'flint:x:1000:1000::/home/flint:/bin/sh' >> /etc/passwd
+echo 'flint:x:1000:' >> /etc/group
+echo 'kvm:x:36:flint' >> /etc/group
+mkdir -p /home/flint && chown 1000:1000 /home/flint
+chgrp 36 /dev/kvm && chmod 660 /dev/kvm
+"#;
+
+/// Lab shell function `jail_report PID PREFIX`: once the jailed child of flint `PID` has
+/// become uid 1000 (60 s at most), prints what it is and sees, each line starting PREFIX:
+/// its NSpid, uids, effective and bounding capabilities, mount count and mounts, root
+/// entries, cgroup and rlimits.
+pub const LAB_JAIL_REPORT_FN: &str = r#"
+jail_report() {
+    p=$1; pre=$2; c=; i=0
+    while [ $i -lt 600 ]; do
+        c=$(cat /proc/$p/task/$p/children 2>/dev/null | tr -d ' ')
+        [ -n "$c" ] && grep -q '^Uid:.1000' /proc/$c/status 2>/dev/null && break
+        sleep 0.1; i=$((i+1))
+    done
+    echo "$pre nspid: $(grep '^NSpid:' /proc/$c/status | cut -f2- | tr '\t' ' ')"
+    echo "$pre uid: $(grep '^Uid:' /proc/$c/status | cut -f2- | tr '\t' ' ')"
+    echo "$pre capeff: $(grep '^CapEff:' /proc/$c/status | cut -f2)"
+    echo "$pre capbnd: $(grep '^CapBnd:' /proc/$c/status | cut -f2)"
+    echo "$pre seccomp: $(grep '^Seccomp:' /proc/$c/status | cut -f2)"
+    echo "$pre mounts: $(wc -l < /proc/$c/mountinfo)"
+    sed "s/^/$pre mountinfo: /" /proc/$c/mountinfo
+    echo "$pre root entries: $(ls -A /proc/$c/root | wc -l)"
+    echo "$pre cgroup: $(cat /proc/$c/cgroup)"
+    echo "$pre net ns same as the lab's: $([ "$(readlink /proc/$c/ns/net)" = "$(readlink /proc/self/ns/net)" ] && echo yes || echo no)"
+}
+"#;
