@@ -763,8 +763,8 @@ mkdir -p /home/flint && chown 1000:1000 /home/flint
 chgrp 36 /dev/kvm && chmod 660 /dev/kvm
 "#;
 
-/// Lab shell function `jail_report PID PREFIX`: once the jailed child of flint `PID` has
-/// become uid 1000 (60 s at most), prints what it is and sees, each line starting PREFIX:
+/// Lab shell function `jail_report PID PREFIX`: once the jailed child of flint `PID` runs the
+/// VM (its main thread is under seccomp, which comes last; 60 s at most), prints what it is and sees, each line starting PREFIX:
 /// its NSpid, uids, effective and bounding capabilities, mount count and mounts, root
 /// entries, cgroup and rlimits.
 pub const LAB_JAIL_REPORT_FN: &str = r#"
@@ -772,7 +772,7 @@ jail_report() {
     p=$1; pre=$2; c=; i=0
     while [ $i -lt 600 ]; do
         c=$(cat /proc/$p/task/$p/children 2>/dev/null | tr -d ' ')
-        [ -n "$c" ] && grep -q '^Uid:.1000' /proc/$c/status 2>/dev/null && break
+        [ -n "$c" ] && grep -q '^Seccomp:.2' /proc/$c/status 2>/dev/null && break
         sleep 0.1; i=$((i+1))
     done
     echo "$pre nspid: $(grep '^NSpid:' /proc/$c/status | cut -f2- | tr '\t' ' ')"
