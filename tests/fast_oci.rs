@@ -85,3 +85,18 @@ fn more_disks_follow_the_bundle_root() {
         r.stdout
     );
 }
+
+#[test]
+fn a_jailed_bundle_run_is_the_same_run() {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        skip("a_jailed_bundle_run_is_the_same_run", "--jail needs root");
+        return;
+    }
+    let b = TestBundle::with_args("jailed", r#"["sh", "-c", "true"]"#);
+    let free = probe(&b, &[]);
+    let jailed = probe(&b, &["--jail", "--uid", "65534", "--gid", "65534"]);
+    assert_eq!(jailed.code, Some(42), "{}", jailed.stderr);
+    assert_eq!(jailed.stdout, free.stdout);
+    assert_eq!(jailed.stderr, "flint-fw: on COM2\n");
+}

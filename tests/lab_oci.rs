@@ -94,6 +94,7 @@ run() {
                crun delete --force "t-$1" >/dev/null 2>&1 ;;
         flint) flint run --oci-bundle "$2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
         flint-user) su flint -c "flint run --oci-bundle $2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-jail) flint run --jail --uid 1000 --gid 1000 --oci-bundle "$2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
     esac
     echo "--- stdout $(md5sum </tmp/out)"; cat /tmp/out
     echo "--- stderr $(md5sum </tmp/err)"; cat /tmp/err
@@ -105,6 +106,7 @@ run default-crun /guest/bundle crun
 run default-flint /guest/bundle flint
 run badexec-flint /bundles/badexec flint
 run probe-flint-rootless /bundles/probe flint-user
+run probe-flint-jailed /bundles/probe flint-jail
 echo "=== begin rootless-cache"
 stat -c 'cache %a %U' /home/flint/.cache/flint/images
 for f in /home/flint/.cache/flint/images/*; do stat -c 'entry %F %a %U' "$f"; done
@@ -252,6 +254,17 @@ fn startup_benchmark_writes_json_markdown_and_svg() {
     let mut left: Vec<&str> = left.lines().collect();
     left.sort();
     assert_eq!(left, ["startup.json", "startup.md", "startup.svg"]);
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn a_jailed_flint_runs_a_bundle_as_crun_does() {
+    let (crun_out, crun_err) = streams("probe-crun");
+    let (out, err) = streams("probe-flint-jailed");
+    let (all, code) = scenario("probe-flint-jailed");
+    assert_eq!(*code, 3, "{all}");
+    assert_eq!(out, crun_out, "stdout differs");
+    assert_eq!(err, crun_err, "stderr differs");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build the lab's cached initramfs pieces (uncompressed cpio, concatenated per run):
 #   $FLINT_CACHE/lab/base.cpio   busybox, Debian's KVM modules, resources/lab/init, and the
-#                                tools OCI runs need: crun and mkfs.ext4 with their libraries
+#                                tools OCI runs need: crun, mkfs.ext4 and debugfs with their libraries
 #   $FLINT_CACHE/lab/guest.cpio  the guest artifacts under /guest/ (the default bundle too)
 #   $FLINT_CACHE/lab/qemu.cpio   (--with-qemu) qemu-system-x86_64, its libraries and firmware
 # Assumes the guest artifacts exist (resources/guest/build.sh). Prints the archive paths.
@@ -38,8 +38,9 @@ statsum() { stat -L -c '%n %s %Y' "$@"; }
 # --- base ---
 [ -f "$deb/modules/load-order" ] || die "no Debian modules: run resources/guest/fetch-debian-kernel.sh"
 need_pkgs crun e2fsprogs
-tools=(/usr/bin/crun /usr/sbin/mke2fs /etc/mke2fs.conf)
-mapfile -t tool_libs < <(libs_of /usr/bin/crun /usr/sbin/mke2fs)
+# debugfs: a user other than root builds an OCI image with it (owners, device nodes).
+tools=(/usr/bin/crun /usr/sbin/mke2fs /usr/sbin/debugfs /etc/mke2fs.conf)
+mapfile -t tool_libs < <(libs_of /usr/bin/crun /usr/sbin/mke2fs /usr/sbin/debugfs)
 hash=$(stamp_hash "busybox $(busybox_version)" "file:$FLINT_RESOURCES/lab/init" \
     "file:$FLINT_RESOURCES/lib.sh" "$(statsum "$deb/modules"/* "${tools[@]}" "${tool_libs[@]}")")
 if ! stamp_ok "$out/base.stamp" "$hash" "$out/base.cpio"; then

@@ -68,6 +68,8 @@ pub enum ImageError {
     NoMkfs,
     #[error("mkfs.ext4 could not build the rootfs image: {0}")]
     Mkfs(String),
+    #[error("building the rootfs image as a user other than root needs debugfs (to give files their owners and make device nodes), which is not installed (apt-get install e2fsprogs)")]
+    NoDebugfs,
     #[error("debugfs could not set owners and device nodes in the rootfs image: {0}")]
     Debugfs(String),
 }
@@ -1180,7 +1182,10 @@ fn fix_up(fixups: &[Fixup], image: &Path) -> Result<(), ImageError> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| ImageError::Debugfs(e.to_string()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ImageError::NoDebugfs,
+            _ => ImageError::Debugfs(e.to_string()),
+        })?;
     let written = child
         .stdin
         .take()
