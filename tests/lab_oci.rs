@@ -259,9 +259,14 @@ fn startup_benchmark_writes_json_markdown_and_svg() {
 #[test]
 #[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
 fn a_jailed_flint_runs_a_bundle_as_crun_does() {
+    probe_ran_as_under_crun("probe-flint-jailed");
+}
+
+/// Scenario `name` ran the probe bundle with crun's stdout, stderr and exit status.
+fn probe_ran_as_under_crun(name: &str) {
     let (crun_out, crun_err) = streams("probe-crun");
-    let (out, err) = streams("probe-flint-jailed");
-    let (all, code) = scenario("probe-flint-jailed");
+    let (out, err) = streams(name);
+    let (all, code) = scenario(name);
     assert_eq!(*code, 3, "{all}");
     assert_eq!(out, crun_out, "stdout differs");
     assert_eq!(err, crun_err, "stderr differs");
@@ -270,12 +275,7 @@ fn a_jailed_flint_runs_a_bundle_as_crun_does() {
 #[test]
 #[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
 fn a_user_in_the_kvm_group_runs_a_bundle_with_a_cache_of_its_own() {
-    let (crun_out, crun_err) = streams("probe-crun");
-    let (out, err) = streams("probe-flint-rootless");
-    let (all, code) = scenario("probe-flint-rootless");
-    assert_eq!(*code, 3, "{all}");
-    assert_eq!(out, crun_out, "stdout differs");
-    assert_eq!(err, crun_err, "stderr differs");
+    probe_ran_as_under_crun("probe-flint-rootless");
     let (cache, _) = scenario("rootless-cache");
     assert!(common::has_line(cache, "cache 700 flint"), "{cache}");
     let entries: Vec<&str> = cache.lines().filter(|l| l.starts_with("entry ")).collect();

@@ -138,6 +138,10 @@ mod tests {
         false
     }
 
+    fn denied<T>(r: std::io::Result<T>) -> bool {
+        matches!(r, Err(e) if e.kind() == ErrorKind::PermissionDenied)
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("flint-landlock-{}-{name}", std::process::id()));
@@ -166,18 +170,15 @@ mod tests {
             if std::fs::read(&listed).ok().as_deref() != Some(&b"listed"[..]) {
                 return 11;
             }
-            match std::fs::read(dir.join("unlisted")) {
-                Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
-                _ => return 12,
+            if !denied(std::fs::read(dir.join("unlisted"))) {
+                return 12;
             }
             // Read-only: the listed file cannot be written, nor a new file made beside it.
-            match std::fs::OpenOptions::new().append(true).open(&listed) {
-                Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
-                _ => return 13,
+            if !denied(std::fs::OpenOptions::new().append(true).open(&listed)) {
+                return 13;
             }
-            match std::fs::write(dir.join("new"), b"x") {
-                Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
-                _ => return 14,
+            if !denied(std::fs::write(dir.join("new"), b"x")) {
+                return 14;
             }
             0
         });
@@ -204,9 +205,8 @@ mod tests {
                 PathBuf::from("/etc/passwd"),
                 PathBuf::from("/dev/null"),
             ] {
-                match std::fs::File::open(&p) {
-                    Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
-                    _ => return 11,
+                if !denied(std::fs::File::open(&p)) {
+                    return 11;
                 }
             }
             let mut s = String::new();
