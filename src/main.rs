@@ -116,6 +116,11 @@ struct RunArgs {
     /// dropped, and counted on stderr when flint exits.
     #[arg(long, value_name = "BYTES")]
     console_limit: Option<u64>,
+    /// Give the guest no ACPI tables: it then finds its CPUs in the MP table and its virtio
+    /// devices only on the kernel command line (kernels built with
+    /// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), and powers off through the i8042 reset.
+    #[arg(long)]
+    no_acpi: bool,
     #[command(flatten)]
     confine: ConfineArgs,
 }
@@ -183,6 +188,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
         root_on_first_disk: args.rootfs.is_some(),
         disks: args.rootfs.into_iter().chain(args.disk).collect(),
         nets: args.net,
+        acpi: !args.no_acpi,
     };
     let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
     console.limit = args.console_limit;
@@ -278,6 +284,7 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
         root_on_first_disk: false,
         disks: std::iter::once(root).chain(args.disk).collect(),
         nets: args.net,
+        acpi: !args.no_acpi,
     };
     let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
     console.limit = args.console_limit;

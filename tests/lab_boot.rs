@@ -18,6 +18,11 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("debian-1cpu-append", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --append 'quiet flint.test=appended'"),
     ("debian-2cpu", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --append quiet --boot-timer"),
     ("no-initrd-panics", "--kernel /guest/vmlinux --append 'panic=-1'"),
+    // Debian's kernel reads flint's ACPI tables (2 vCPUs from the MADT) and powers off through
+    // the FADT's sleep control register: `poweroff -f` (base64 below) ends flint.
+    ("debian-acpi-poweroff", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --append flint.run=cG93ZXJvZmYgLWY="),
+    // And without ACPI it finds its two vCPUs in the MP table.
+    ("debian-no-acpi", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --no-acpi"),
 ];
 
 /// A jailed flint (as root, dropping to uid 1000) with a writable disk, in a cgroup with
@@ -174,4 +179,30 @@ fn a_user_in_the_kvm_group_boots_linux() {
         "{output}"
     );
     assert!(output.contains("CapEff:\t0000000000000000"), "{output}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn debian_kernel_uses_acpi_and_powers_off_through_it() {
+    let (output, code) = scenario("debian-acpi-poweroff");
+    assert_eq!(code, 0, "{output}");
+    for table in ["RSDP", "XSDT", "FACP", "DSDT", "APIC"] {
+        assert!(
+            output.contains(&format!("ACPI: {table} 0x")),
+            "no {table}: {output}"
+        );
+    }
+    assert!(output.contains("flint-guest: cpus=2"), "{output}");
+    // The guest's own poweroff (from flint.run), not the init's final reboot -f.
+    assert!(output.contains("reboot: Power down"), "{output}");
+    assert!(!output.contains("flint-guest: powering off"), "{output}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn debian_kernel_without_acpi_uses_the_mp_table() {
+    let lines = booted("debian-no-acpi");
+    assert!(lines.contains(&"cpus=2"), "{lines:?}");
+    let (output, _) = scenario("debian-no-acpi");
+    assert!(!output.contains("ACPI: RSDP"), "{output}");
 }

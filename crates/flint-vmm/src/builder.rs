@@ -13,12 +13,13 @@ use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::alloc::ResourceAllocator;
-use crate::arch::x86_64::{cpuid, layout, mptable, regs::EntryMode};
+use crate::arch::x86_64::{acpi, cpuid, layout, mptable, regs::EntryMode};
 use crate::boot::{self, InitrdImage, KernelInfo};
 use crate::bus::Bus;
 use crate::config::{io_reason, open_input, ConfigError, Initrd, InputKind, VmConfig};
 use crate::devices::guest_ports::GuestPorts;
 use crate::devices::irq::IrqLine;
+use crate::devices::legacy::acpi_power::AcpiPower;
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::cmos::Cmos;
 use crate::devices::legacy::console_out::{Budget, ConsoleOutput};
@@ -187,7 +188,12 @@ impl Vmm {
             requested: config.vcpus,
             max: u8::MAX.into(),
         })?;
-        let loaded = boot::load(&mem, mem_size, &mut kernel, info, initrd, &cmdline)?;
+        let rsdp = if config.acpi {
+            Some(setup_acpi(&mem, num_cpus, &devices)?)
+        } else {
+            None
+        };
+        let loaded = boot::load(&mem, mem_size, &mut kernel, info, initrd, &cmdline, rsdp)?;
         mptable::setup_mptable(&mem, num_cpus)?;
 
         let vcpus = create_vcpus(&kvm, &vm, &mem, num_cpus, loaded.entry)?;
@@ -323,6 +329,14 @@ fn legacy_devices(
         layout::I8042_PORT_LEN,
         i8042.clone(),
     )?;
+    if config.acpi {
+        let power = Arc::new(Mutex::new(AcpiPower::new(exit.clone())));
+        pio.insert(
+            layout::ACPI_SLEEP_CONTROL_PORT.into(),
+            layout::ACPI_PORTS_LEN,
+            power,
+        )?;
+    }
     let below_4g = mem_size.min(layout::MMIO32_START);
     let cmos = Arc::new(Mutex::new(Cmos::new(below_4g, mem_size - below_4g)));
     pio.insert(
@@ -432,6 +446,35 @@ fn virtio_devices(
         boot_args.push(format!("root=/dev/vda {mode}"));
     }
     Ok(boot_args)
+}
+
+/// The ACPI tables for these vCPUs and devices, in guest memory; returns the RSDP's address.
+fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8, devices: &Devices) -> Result<u64, VmmError> {
+    let mut serials = vec![acpi::SerialPort {
+        port: layout::SERIAL_PORT,
+        irq: layout::SERIAL_IRQ,
+    }];
+    if devices.serial2.is_some() {
+        serials.push(acpi::SerialPort {
+            port: layout::SERIAL2_PORT,
+            irq: layout::SERIAL2_IRQ,
+        });
+    }
+    let virtio: Vec<acpi::VirtioMmio> = devices
+        .virtio
+        .iter()
+        .map(|slot| acpi::VirtioMmio {
+            base: slot.resources.mmio_base,
+            len: slot.resources.mmio_len,
+            gsi: slot.resources.gsi,
+        })
+        .collect();
+    let config = acpi::AcpiConfig {
+        num_cpus,
+        serials: &serials,
+        virtio: &virtio,
+    };
+    Ok(acpi::setup_acpi(mem, &config)?)
 }
 
 /// The letter of disk `i` as the guest names it (vda, vdb, …).

@@ -124,6 +124,9 @@ pub struct VmConfig {
     pub root_on_first_disk: bool,
     /// Network interfaces in guest order (eth0, eth1, ...).
     pub nets: Vec<NetConfig>,
+    /// Describe the machine in ACPI tables too (the MP table and the command line's device
+    /// announcements are there either way).
+    pub acpi: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -350,6 +353,7 @@ mod tests {
             disks: vec![],
             root_on_first_disk: false,
             nets: vec![],
+            acpi: true,
         }
     }
 

@@ -60,6 +60,8 @@ pub enum VmmError {
     Boot(#[from] boot::BootError),
     #[error("cannot write the MP table")]
     Mptable(#[from] mptable::MptableError),
+    #[error("cannot write the ACPI tables")]
+    Acpi(#[from] crate::arch::x86_64::acpi::AcpiError),
     #[error("KVM_GET_SUPPORTED_CPUID failed")]
     Cpuid(#[source] kvm_ioctls::Error),
     #[error("registering the interrupt for {0} failed")]

@@ -79,6 +79,7 @@ pub fn load(
     info: KernelInfo,
     initrd: Option<InitrdImage>,
     cmdline: &str,
+    rsdp: Option<u64>,
 ) -> Result<Loaded, BootError> {
     let himem = Some(GuestAddress(HIMEM_START));
     let segments_end = match info.format {
@@ -134,15 +135,15 @@ pub fn load(
     let e820 = params::e820_map(mem_size);
     let entry = match (info.format, result.pvh_boot_cap) {
         (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(addr)) => {
-            params::write_pvh_start_info(mem, &e820, initrd.as_ref())?;
+            params::write_pvh_start_info(mem, &e820, initrd.as_ref(), rsdp)?;
             EntryMode::Pvh32(addr.0)
         }
         (KernelFormat::Elf, _) => {
-            params::write_zero_page(mem, None, &e820, capacity - 1, initrd.as_ref())?;
+            params::write_zero_page(mem, None, &e820, capacity - 1, initrd.as_ref(), rsdp)?;
             EntryMode::Long64(result.kernel_load.0)
         }
         (KernelFormat::BzImage, _) => {
-            params::write_zero_page(mem, hdr, &e820, capacity - 1, initrd.as_ref())?;
+            params::write_zero_page(mem, hdr, &e820, capacity - 1, initrd.as_ref(), rsdp)?;
             let entry = result
                 .kernel_load
                 .0
@@ -263,7 +264,7 @@ mod tests {
             is_linux: false,
         };
         let initrd = initrd.map(InitrdImage::Bytes);
-        load(&mem, MEM, &mut file(name, bytes), info, initrd, "")
+        load(&mem, MEM, &mut file(name, bytes), info, initrd, "", None)
     }
 
     const LOAD: u32 = 1;
@@ -347,6 +348,7 @@ mod tests {
             info,
             Some(InitrdImage::Bytes(&[7; 1 << 20])),
             "",
+            None,
         )
         .unwrap();
         let mut b = [0u8; 1];
@@ -376,7 +378,7 @@ mod tests {
             format: KernelFormat::BzImage,
             is_linux: true,
         };
-        let r = load(&mem, MEM, &mut file("bz", &bz), info, None, "");
+        let r = load(&mem, MEM, &mut file("bz", &bz), info, None, "", None);
         assert!(
             matches!(r, Err(BootError::SetupHeader(_))),
             "{:?}",
@@ -384,6 +386,6 @@ mod tests {
         );
         // The same with a sane pref_address loads.
         bz[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
-        assert!(load(&mem, MEM, &mut file("bz2", &bz), info, None, "").is_ok());
+        assert!(load(&mem, MEM, &mut file("bz2", &bz), info, None, "", None).is_ok());
     }
 }

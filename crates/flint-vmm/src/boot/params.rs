@@ -58,15 +58,20 @@ pub struct Initrd {
     pub size: u64,
 }
 
-/// Writes Linux's zero page. `hdr` is the bzImage's own setup header, or `None` for an ELF.
+/// Writes Linux's zero page. `hdr` is the bzImage's own setup header, or `None` for an ELF;
+/// `rsdp` is the ACPI RSDP's address, if the VM has ACPI tables.
 pub fn write_zero_page(
     mem: &GuestMemoryMmap,
     hdr: Option<setup_header>,
     e820: &[E820Entry],
     cmdline_size: usize,
     initrd: Option<&Initrd>,
+    rsdp: Option<u64>,
 ) -> Result<(), ParamsError> {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: rsdp.unwrap_or(0),
+        ..Default::default()
+    };
     if let Some(h) = hdr {
         params.hdr = h;
     } else {
@@ -104,16 +109,19 @@ pub fn write_zero_page(
     .map_err(ParamsError::Write)
 }
 
-/// Writes the PVH start info, its memory map and (for an initrd) its module list.
+/// Writes the PVH start info, its memory map and (for an initrd) its module list; `rsdp` is
+/// the ACPI RSDP's address, if the VM has ACPI tables.
 pub fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
     e820: &[E820Entry],
     initrd: Option<&Initrd>,
+    rsdp: Option<u64>,
 ) -> Result<(), ParamsError> {
     let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
         cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: rsdp.unwrap_or(0),
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: u32::try_from(e820.len()).map_err(|_| ParamsError::TooManyE820Entries)?,
         ..Default::default()
@@ -187,8 +195,9 @@ mod tests {
             addr: 0x10_0000,
             size: 0x1234,
         };
-        write_zero_page(&m, None, &e820, 2048, Some(&initrd)).unwrap();
+        write_zero_page(&m, None, &e820, 2048, Some(&initrd), Some(0xe_0000)).unwrap();
         let p: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
         assert_eq!(u64::from(p.hdr.cmd_line_ptr), CMDLINE_START);
         assert_eq!({ p.hdr.ramdisk_image }, 0x10_0000);
@@ -205,8 +214,9 @@ mod tests {
             addr: 0x18_0000,
             size: 77,
         };
-        write_pvh_start_info(&m, &e820, Some(&initrd)).unwrap();
+        write_pvh_start_info(&m, &e820, Some(&initrd), Some(0xe_0000)).unwrap();
         let info: hvm_start_info = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!({ info.rsdp_paddr }, 0xe_0000);
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
         assert_eq!(info.memmap_entries, 3);
         assert_eq!(info.nr_modules, 1);

@@ -29,6 +29,9 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const MPTABLE_START: u64 = EBDA_START;
 /// Everything from here to 1 MiB is the legacy VGA/BIOS area and is not RAM in the e820 map.
 pub const LEGACY_HOLE_START: u64 = 0xa0000;
+/// The ACPI tables: the RSDP first, in the BIOS area Linux scans for it (0xE0000–0xFFFFF).
+pub const ACPI_START: u64 = 0xe_0000;
+pub const ACPI_END: u64 = HIMEM_START;
 /// First address of "high" memory: kernels and initrds load at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
 
@@ -80,6 +83,12 @@ pub const EXIT_STATUS_PORT: u16 = 0x501;
 /// ...and that its console is ready here.
 pub const CONSOLE_READY_PORT: u16 = 0x502;
 pub const GUEST_PORTS_LEN: u64 = 2;
+/// The ACPI hardware-reduced registers (one byte each; see `arch::x86_64::acpi`): sleep
+/// control, sleep status, reset.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x3c1;
+pub const ACPI_RESET_PORT: u16 = 0x3c2;
+pub const ACPI_PORTS_LEN: u64 = 3;
 
 /// A fixed address below 4 GiB as a boot structure's 32-bit field. Meant for `const` items,
 /// where an address that does not fit fails the build.
