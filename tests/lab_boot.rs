@@ -18,9 +18,13 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("debian-1cpu-append", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --append 'quiet flint.test=appended'"),
     ("debian-2cpu", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --append quiet --boot-timer"),
     ("no-initrd-panics", "--kernel /guest/vmlinux --append 'panic=-1'"),
-    // Debian's kernel reads flint's ACPI tables (2 vCPUs from the MADT) and powers off through
-    // the FADT's sleep control register: `poweroff -f` (base64 below) ends flint.
-    ("debian-acpi-poweroff", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --append flint.run=cG93ZXJvZmYgLWY="),
+    // Debian's kernel reads flint's ACPI tables (2 vCPUs from the MADT), enumerates the disk
+    // (LNRO0005, the modalias udev loads virtio_mmio by) and the VM generation ID (its
+    // built-in vmgenid driver binds), and powers off through the FADT's sleep control
+    // register. The script (base64 below): echo "acpi devices: $(ls /sys/bus/acpi/devices |
+    // tr "\n" " ")"; echo "virtio modalias: $(cat /sys/bus/acpi/devices/LNRO0005:00/modalias)";
+    // echo "vmgenid bound: $(ls /sys/bus/acpi/drivers/vmgenid | grep -c VMGENCTR)"; poweroff -f
+    ("debian-acpi-poweroff", concat!("--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --disk path=/guest/rootfs.ext4,ro --append flint.run=", "ZWNobyAiYWNwaSBkZXZpY2VzOiAkKGxzIC9zeXMvYnVzL2FjcGkvZGV2aWNlcyB8IHRyICJcbiIgIiAiKSI7IGVjaG8gInZpcnRpbyBtb2RhbGlhczogJChjYXQgL3N5cy9idXMvYWNwaS9kZXZpY2VzL0xOUk8wMDA1OjAwL21vZGFsaWFzKSI7IGVjaG8gInZtZ2VuaWQgYm91bmQ6ICQobHMgL3N5cy9idXMvYWNwaS9kcml2ZXJzL3ZtZ2VuaWQgfCBncmVwIC1jIFZNR0VOQ1RSKSI7IHBvd2Vyb2ZmIC1m")),
     // And without ACPI it finds its two vCPUs in the MP table.
     ("debian-no-acpi", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --no-acpi"),
 ];
@@ -193,6 +197,15 @@ fn debian_kernel_uses_acpi_and_powers_off_through_it() {
         );
     }
     assert!(output.contains("flint-guest: cpus=2"), "{output}");
+    assert!(
+        output.contains("virtio modalias: acpi:LNRO0005:"),
+        "{output}"
+    );
+    assert!(output.contains("vmgenid bound: 1"), "{output}");
+    let devices = common::value(output, "acpi devices: ").unwrap_or("");
+    for d in ["LNRO0005:00", "PNP0501:00", "VMGENCTR:00"] {
+        assert!(devices.split(' ').any(|x| x == d), "no {d}: {output}");
+    }
     // The guest's own poweroff (from flint.run), not the init's final reboot -f.
     assert!(output.contains("reboot: Power down"), "{output}");
     assert!(!output.contains("flint-guest: powering off"), "{output}");

@@ -473,8 +473,23 @@ fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8, devices: &Devices) -> Result<
         num_cpus,
         serials: &serials,
         virtio: &virtio,
+        vm_generation_id: random_id()?,
     };
     Ok(acpi::setup_acpi(mem, &config)?)
+}
+
+/// 16 random bytes from the kernel (getrandom: no file, which flint can no longer open here).
+fn random_id() -> Result<[u8; 16], VmmError> {
+    let mut id = [0u8; 16];
+    // SAFETY: getrandom writes at most `id.len()` bytes into `id`.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if usize::try_from(n).ok() != Some(id.len()) {
+        return Err(VmmError::Io(
+            "getrandom for the VM generation ID",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(id)
 }
 
 /// The letter of disk `i` as the guest names it (vda, vdb, …).

@@ -7,7 +7,8 @@
 //!
 //! Layout, in the BIOS area that the e820 map reserves: the RSDP at [`layout::ACPI_START`]
 //! (where Linux's scan of 0xE0000–0xFFFFF finds it even when the boot protocol does not say),
-//! then the DSDT, FADT, MADT and XSDT.
+//! then the DSDT, FADT, MADT and XSDT; the VM generation ID on a page of its own at
+//! [`layout::VMGENID_ADDR`].
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -35,7 +36,7 @@ pub const RESET_VALUE: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
-    #[error("the ACPI tables ({0} bytes) do not fit below 1 MiB")]
+    #[error("the ACPI tables ({0} bytes) do not fit below the VM generation ID's page")]
     TooBig(usize),
     #[error("writing the ACPI tables into guest memory failed")]
     Write(#[source] vm_memory::GuestMemoryError),
@@ -61,6 +62,9 @@ pub struct AcpiConfig<'a> {
     pub num_cpus: u8,
     pub serials: &'a [SerialPort],
     pub virtio: &'a [VirtioMmio],
+    /// The VM generation ID (16 bytes at [`layout::VMGENID_ADDR`]): a guest reseeds its RNG
+    /// when it changes, as after a restore from a snapshot.
+    pub vm_generation_id: [u8; 16],
 }
 
 /// The tables, laid out from [`layout::ACPI_START`]: each table's guest address and bytes.
@@ -125,6 +129,19 @@ fn dsdt(config: &AcpiConfig) -> Vec<u8> {
             ],
         )));
     }
+    // The VM generation ID device (Microsoft's "Virtual Machine Generation ID" spec, which
+    // Linux's vmgenid driver and Windows follow): ADDR gives the 16 bytes' address as two
+    // DWORDs, low then high. Linux binds to the _HID VMGENCTR; the _CID is the spec's.
+    let addr_low = layout::low32(layout::VMGENID_ADDR);
+    devices.push(bytes(&aml::Device::new(
+        "VGEN".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"VMGENCTR"),
+            &aml::Name::new("_CID".into(), &"VM_Gen_Counter"),
+            &aml::Name::new("_DDN".into(), &"VM_Gen_Counter"),
+            &aml::Name::new("ADDR".into(), &aml::Package::new(vec![&addr_low, &0u32])),
+        ],
+    )));
     body.extend(aml::Scope::raw("_SB_".into(), devices.concat()));
 
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -194,7 +211,7 @@ pub fn create_tables(config: &AcpiConfig) -> Result<AcpiTables, AcpiError> {
     x.add_entry(madt_addr);
     let xsdt = bytes(&x);
     let end = xsdt_addr + xsdt.len() as u64;
-    if end > layout::ACPI_END {
+    if end > layout::VMGENID_ADDR {
         return Err(AcpiError::TooBig(
             usize::try_from(end - rsdp_addr).unwrap_or(usize::MAX),
         ));
@@ -208,6 +225,7 @@ pub fn create_tables(config: &AcpiConfig) -> Result<AcpiTables, AcpiError> {
             (fadt_addr, fadt),
             (madt_addr, madt),
             (xsdt_addr, xsdt),
+            (layout::VMGENID_ADDR, config.vm_generation_id.to_vec()),
         ],
     })
 }
@@ -241,6 +259,7 @@ mod tests {
             num_cpus,
             serials: &serials,
             virtio,
+            vm_generation_id: *b"0123456789abcdef",
         })
         .unwrap()
     }
@@ -271,6 +290,7 @@ mod tests {
     fn by_signature(t: &AcpiTables) -> Vec<(String, u64, Vec<u8>)> {
         t.tables
             .iter()
+            .filter(|(a, _)| *a != layout::VMGENID_ADDR)
             .map(|(a, b)| (String::from_utf8_lossy(&b[..4]).into_owned(), *a, b.clone()))
             .collect()
     }
@@ -339,6 +359,14 @@ mod tests {
             }
             assert_eq!(apics, (0..cpus).collect::<Vec<_>>());
             assert_eq!(ioapics, 1);
+            // The generation ID, on its own page past every table.
+            let id = t
+                .tables
+                .iter()
+                .find(|(a, _)| *a == layout::VMGENID_ADDR)
+                .unwrap();
+            assert_eq!(id.1, b"0123456789abcdef");
+            assert!(spans.iter().all(|s| s.1 <= layout::VMGENID_ADDR));
         }
     }
 
@@ -392,6 +420,10 @@ mod tests {
             "Device (V000)",
             "Device (V001)",
             "Name (_HID, \"LNRO0005\")",
+            "Device (VGEN)",
+            "Name (_HID, \"VMGENCTR\")",
+            "Name (_CID, \"VM_Gen_Counter\")",
+            "Name (ADDR, Package (0x02)\n            {\n                0x000FF000, \n                Zero\n            })",
             "Memory32Fixed (ReadWrite,\n                    0xD0001000,",
             "Memory32Fixed (ReadWrite,\n                    0xD0002000,",
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {\n                    0x00000005,",

@@ -32,6 +32,8 @@ pub const LEGACY_HOLE_START: u64 = 0xa0000;
 /// The ACPI tables: the RSDP first, in the BIOS area Linux scans for it (0xE0000–0xFFFFF).
 pub const ACPI_START: u64 = 0xe_0000;
 pub const ACPI_END: u64 = HIMEM_START;
+/// The VM generation ID (16 bytes), alone on the last page of the ACPI area.
+pub const VMGENID_ADDR: u64 = ACPI_END - 0x1000;
 /// First address of "high" memory: kernels and initrds load at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
 
