@@ -10,13 +10,14 @@
 //! entry claims more than MAX_FRAME_LEN bytes, TX completions carry length 0.
 #![no_main]
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
 
 use flint_fuzz::{clear, guest_memory, ring_bytes, Input, Ring, F_INDIRECT, F_NEXT, F_WRITE};
 use flint_vmm::devices::virtio::net::{
-    Backend, Mac, Net, MAX_FRAME_LEN, VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
+    Mac, Net, MAX_FRAME_LEN, VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
 };
+use flint_vmm::devices::virtio::testing::{seqpacket_pair, SocketBackend};
 use flint_vmm::devices::virtio::{
     ActivateContext, Interrupt, IrqLine, QueueWorker, Served, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -33,37 +34,6 @@ const RX_BASE: u64 = 0x0000;
 const TX_BASE: u64 = 0x4000;
 const BUFS: u64 = 0x8000;
 const MAX_OPS: usize = 96;
-
-/// One end of a socket pair standing in for the TAP (no offloads).
-struct Socket(OwnedFd);
-
-impl Backend for Socket {
-    fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-    fn supports_offloads(&self) -> bool {
-        false
-    }
-    fn set_offload(&self, _: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two new descriptors into `fds`.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
 
 fn memory() -> &'static GuestMemoryMmap {
     static MEMORY: OnceLock<GuestMemoryMmap> = OnceLock::new();
@@ -145,7 +115,7 @@ fuzz_target!(|data: &[u8]| {
     let mut tx = ring_at(TX_BASE, 1 << (input.u8() % 9));
 
     let (dev_end, peer) = seqpacket_pair();
-    let device = Net::new(Box::new(Socket(dev_end)), Mac([6, 0, 0, 0, 0, 1]));
+    let device = Net::new(Box::new(SocketBackend(dev_end)), Mac([6, 0, 0, 0, 0, 1]));
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut worker = device
         .start(ActivateContext {

@@ -128,9 +128,8 @@ pub fn clear(mem: &GuestMemoryMmap, size: usize) {
     }
 }
 
-pub const F_NEXT: u16 = 1;
-pub const F_WRITE: u16 = 2;
-pub const F_INDIRECT: u16 = 4;
+/// Descriptor flags, as flint's own test driver spells them.
+pub use flint_vmm::devices::virtio::testing::{F_INDIRECT, F_NEXT, F_WRITE};
 
 /// A split virtqueue's rings in guest memory, filled in as a (possibly hostile) driver would.
 pub struct Ring {

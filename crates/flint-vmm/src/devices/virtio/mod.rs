@@ -333,7 +333,7 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 }
 pub mod net;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 #[cfg(test)]
