@@ -89,11 +89,11 @@ fn on_cgroup2(dir: &Path) -> bool {
     r == 0 && st.f_type == CGROUP2_SUPER_MAGIC
 }
 
+/// What a write into a cgroup file said: the kernel's EINVAL is a value it does not take.
 fn reason(e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::EACCES) | Some(libc::EPERM) => "permission denied".into(),
         Some(libc::EINVAL) => "invalid value".into(),
-        _ => e.to_string(),
+        _ => crate::config::io_reason(e),
     }
 }
 
