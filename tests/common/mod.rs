@@ -617,7 +617,23 @@ pub fn scenarios_reported(stdout: &str, report: &Report) -> LabResults {
         };
         report.rerun(Rerun::ScenarioHang, Some(name), &summary, out);
     }
+    // A scenario that hung once and then ended is judged on its second try alone: what the
+    // killed try printed (a first boot's lines, say) must not add to what the tests count.
+    for (out, code) in results.values_mut() {
+        if *code != HUNG_TWICE && !hung_twice(out) {
+            *out = last_try(out).to_string();
+        }
+    }
     results
+}
+
+/// The output of a scenario's last try: everything after its last [`HUNG_ONCE_MORE`] line, or
+/// all of it if it never hung.
+pub fn last_try(output: &str) -> &str {
+    match output.rfind(HUNG_ONCE_MORE) {
+        Some(at) => output[at..].split_once('\n').map_or("", |(_, rest)| rest),
+        None => output,
+    }
 }
 
 /// Whether `out` has exactly this line.
