@@ -175,3 +175,40 @@ fn sigterm_stops_the_vm_with_non_zero_exit() {
 fn sigint_stops_the_vm_with_non_zero_exit() {
     stop_with(libc::SIGINT, 128 + libc::SIGINT);
 }
+
+/// flint running the spinning firmware with `args`, once the guest runs: SIGPWR (the power
+/// button) must not end it, SIGTERM then does. Returns flint's stderr.
+fn power_button_then_stop(args: &[&str]) -> String {
+    let fw = firmware("spin");
+    let mut cmd = flint();
+    cmd.args(["run", "--kernel", fw.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    let (mut child, running) = spawn_until_spinning(cmd);
+    assert!(running, "the guest never ran");
+    signal(&child, libc::SIGPWR);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGPWR ended flint: it only asks the guest"
+    );
+    signal(&child, libc::SIGTERM);
+    let out = wait_or_kill(child, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn sigpwr_presses_the_power_button_and_the_vm_goes_on() {
+    // The press itself (an edge on the GED's line, under the main thread's seccomp filter)
+    // succeeds; what the guest makes of it is the lab's to see (tests/lab_debian.rs).
+    let stderr = power_button_then_stop(&[]);
+    assert!(!stderr.contains("power button"), "{stderr}");
+    // Without ACPI there is no button, and flint says so.
+    let stderr = power_button_then_stop(&["--no-acpi"]);
+    assert!(
+        stderr.contains("flint: SIGPWR: the guest has no power button to press"),
+        "{stderr}"
+    );
+}

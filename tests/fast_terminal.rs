@@ -1,5 +1,5 @@
 //! Fast tier: on a terminal, flint puts the console in raw mode and restores it on every exit
-//! path; Ctrl-A x quits. Uses a real pseudo-terminal as flint's stdin and stdout.
+//! path; Ctrl-A x quits, Ctrl-A p presses the power button. Uses a real pseudo-terminal as flint's stdin and stdout.
 
 mod common;
 
@@ -38,6 +38,16 @@ fn lflag(fd: &OwnedFd) -> libc::tcflag_t {
 /// Runs `fw` with the pty slave as stdin/stdout, calls `act` once `ready` shows on the console,
 /// and checks that the terminal is back in its original mode after flint exits.
 fn run_on_pty(fw: &str, ready: &str, act: impl FnOnce(&Child, &OwnedFd)) -> (Option<i32>, String) {
+    run_on_pty_with(fw, &[], ready, act)
+}
+
+/// [`run_on_pty`] with more flint arguments.
+fn run_on_pty_with(
+    fw: &str,
+    args: &[&str],
+    ready: &str,
+    act: impl FnOnce(&Child, &OwnedFd),
+) -> (Option<i32>, String) {
     let (master, slave) = openpty();
     let before = lflag(&slave);
     assert_ne!(
@@ -47,6 +57,7 @@ fn run_on_pty(fw: &str, ready: &str, act: impl FnOnce(&Child, &OwnedFd)) -> (Opt
     );
     let child = flint()
         .args(["run", "--kernel", firmware(fw).to_str().unwrap()])
+        .args(args)
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::piped())
@@ -99,4 +110,34 @@ fn ctrl_a_x_quits() {
         assert_eq!(n, 2);
     });
     assert_eq!(code, Some(128 + libc::SIGINT), "{err}");
+}
+
+/// Types `keys` on the console.
+fn type_keys(master: &OwnedFd, keys: &[u8]) {
+    // SAFETY: writes a short buffer to the pty master.
+    let n = unsafe { libc::write(master.as_raw_fd(), keys.as_ptr().cast(), keys.len()) };
+    assert_eq!(n, keys.len() as isize);
+}
+
+#[test]
+fn ctrl_a_p_presses_the_power_button() {
+    // With ACPI the press goes through (no message) and the VM runs on until Ctrl-A x.
+    let (code, err) = run_on_pty("spin", "spinning", |_, master| {
+        type_keys(master, b"\x01p");
+        std::thread::sleep(Duration::from_millis(300));
+        type_keys(master, b"\x01x");
+    });
+    assert_eq!(code, Some(128 + libc::SIGINT), "{err}");
+    assert!(!err.contains("power button"), "{err}");
+    // Without ACPI there is no button: flint says so, and the key goes nowhere else.
+    let (code, err) = run_on_pty_with("spin", &["--no-acpi"], "spinning", |_, master| {
+        type_keys(master, b"\x01p");
+        std::thread::sleep(Duration::from_millis(300));
+        type_keys(master, b"\x01x");
+    });
+    assert_eq!(code, Some(128 + libc::SIGINT), "{err}");
+    assert!(
+        err.contains("flint: Ctrl-A p: the guest has no power button to press"),
+        "{err}"
+    );
 }

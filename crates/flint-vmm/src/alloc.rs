@@ -3,13 +3,13 @@
 //! ([`VIRTIO_DEVICE_CAPACITY`]) follows from them, and the configuration's limit is that.
 
 use crate::arch::x86_64::layout::{
-    IRQ_DEVICES_START, IRQ_MAX, MMIO_DEVICE_WINDOW, VIRTIO_MMIO_END, VIRTIO_MMIO_START,
+    IRQ_DEVICES_END, IRQ_DEVICES_START, MMIO_DEVICE_WINDOW, VIRTIO_MMIO_END, VIRTIO_MMIO_START,
 };
 
 /// MMIO windows between `VIRTIO_MMIO_START` and `VIRTIO_MMIO_END`.
 const MMIO_WINDOWS: u64 = (VIRTIO_MMIO_END - VIRTIO_MMIO_START) / MMIO_DEVICE_WINDOW;
-/// IOAPIC pins from `IRQ_DEVICES_START` to `IRQ_MAX`.
-const IRQ_LINES: u64 = (IRQ_MAX - IRQ_DEVICES_START + 1) as u64;
+/// IOAPIC pins from `IRQ_DEVICES_START` to `IRQ_DEVICES_END`.
+const IRQ_LINES: u64 = (IRQ_DEVICES_END - IRQ_DEVICES_START + 1) as u64;
 
 /// How many virtio devices a VM can have: the scarcer of windows and interrupt lines.
 pub const VIRTIO_DEVICE_CAPACITY: usize = {
@@ -68,7 +68,7 @@ impl ResourceAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::x86_64::layout::{BOOT_TIMER_ADDR, IOAPIC_ADDR};
+    use crate::arch::x86_64::layout::{BOOT_TIMER_ADDR, GED_IRQ, IOAPIC_ADDR, IRQ_MAX};
 
     #[test]
     fn hands_out_distinct_windows_and_lines_until_full() {
@@ -81,14 +81,14 @@ mod tests {
         for (i, r) in all.iter().enumerate() {
             assert!(r.mmio_base > BOOT_TIMER_ADDR);
             assert!(r.mmio_base + r.mmio_len <= IOAPIC_ADDR);
-            assert!(r.gsi <= IRQ_MAX);
+            assert!(r.gsi <= IRQ_MAX && r.gsi != GED_IRQ);
             for s in &all[..i] {
                 assert!(s.mmio_base + s.mmio_len <= r.mmio_base);
                 assert_ne!(s.gsi, r.gsi);
             }
         }
         assert_eq!(a.virtio_device(), Err(Exhausted));
-        // The IOAPIC's 24 pins are the limit today.
-        assert_eq!(VIRTIO_DEVICE_CAPACITY, 19);
+        // The IOAPIC's 24 pins are the limit today, less the legacy ones and the power button's.
+        assert_eq!(VIRTIO_DEVICE_CAPACITY, 18);
     }
 }

@@ -19,7 +19,7 @@ use crate::bus::Bus;
 use crate::config::{io_reason, open_input, ConfigError, Initrd, InputKind, VmConfig};
 use crate::devices::guest_ports::GuestPorts;
 use crate::devices::irq::IrqLine;
-use crate::devices::legacy::acpi_power::AcpiPower;
+use crate::devices::legacy::acpi_power::{AcpiPower, PowerButton};
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::cmos::Cmos;
 use crate::devices::legacy::console_out::{Budget, ConsoleOutput};
@@ -30,7 +30,7 @@ use crate::devices::virtio::block::{Block, DiskImage};
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Mac, Net, Tap};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
-use crate::event_loop::block_stop_signals;
+use crate::event_loop::block_control_signals;
 use crate::exit::ExitEvent;
 use crate::kvm;
 use crate::vmm::{Console, Vmm, VmmError};
@@ -156,7 +156,7 @@ impl Vmm {
         } = inputs;
 
         // Signals are blocked before any thread starts so that they all inherit the mask.
-        let signals = block_stop_signals().map_err(|e| VmmError::Io("signalfd", e))?;
+        let signals = block_control_signals().map_err(|e| VmmError::Io("signalfd", e))?;
 
         let mem = create_guest_memory(config.memory_mib)?;
         let mem_size = config.memory_mib << 20; // at most the host's memory (validated)
@@ -329,14 +329,18 @@ fn legacy_devices(
         layout::I8042_PORT_LEN,
         i8042.clone(),
     )?;
-    if config.acpi {
+    let power_button = if config.acpi {
         let power = Arc::new(Mutex::new(AcpiPower::new(exit.clone())));
         pio.insert(
             layout::ACPI_SLEEP_CONTROL_PORT.into(),
             layout::ACPI_PORTS_LEN,
             power,
         )?;
-    }
+        let line = irq(layout::GED_IRQ, "the ACPI power button")?;
+        Some(Arc::new(PowerButton::new(line)))
+    } else {
+        None
+    };
     let below_4g = mem_size.min(layout::MMIO32_START);
     let cmos = Arc::new(Mutex::new(Cmos::new(below_4g, mem_size - below_4g)));
     pio.insert(
@@ -367,6 +371,7 @@ fn legacy_devices(
         i8042,
         cmos,
         boot_timer,
+        power_button,
         virtio: Vec::new(),
     })
 }

@@ -1,5 +1,6 @@
 //! The device event loop's subscribers (`event-manager`): host input for the serial console, and
-//! the control events that end a VM (the exit eventfd, SIGINT/SIGTERM/SIGHUP via a signalfd).
+//! the control events (via a signalfd): SIGINT/SIGTERM/SIGHUP end the VM, SIGPWR presses its
+//! ACPI power button; and the exit eventfd.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -8,11 +9,16 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use crate::bus::lock;
+use crate::devices::legacy::acpi_power::PowerButton;
 use crate::devices::legacy::serial::{SerialDevice, MAX_PENDING_INPUT};
 use crate::exit::{ExitEvent, ExitReason};
 
-/// Signals that stop the VM; blocked in every thread and read from a signalfd instead.
-pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// The signal that asks the guest to shut itself down (its ACPI power button), as init systems
+/// take SIGPWR for "the power is going".
+pub const POWER_BUTTON_SIGNAL: i32 = libc::SIGPWR;
+/// Every signal the event loop handles: SIGINT, SIGTERM and SIGHUP stop the VM, and
+/// [`POWER_BUTTON_SIGNAL`]. Blocked in every thread and read from a signalfd.
+pub const CONTROL_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPWR];
 
 fn sigset(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set before sigaddset uses it.
@@ -26,10 +32,10 @@ fn sigset(signals: &[i32]) -> libc::sigset_t {
     }
 }
 
-/// Blocks the stop signals in the calling thread (and so in every thread it starts after) and
-/// returns a signalfd that reports them.
-pub fn block_stop_signals() -> std::io::Result<OwnedFd> {
-    let set = sigset(&STOP_SIGNALS);
+/// Blocks the control signals in the calling thread (and so in every thread it starts after)
+/// and returns a signalfd that reports them.
+pub fn block_control_signals() -> std::io::Result<OwnedFd> {
+    let set = sigset(&CONTROL_SIGNALS);
     // SAFETY: `set` is initialised; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -44,10 +50,25 @@ pub fn block_stop_signals() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Ends the loop on the exit eventfd or a stop signal.
+/// Ends the loop on the exit eventfd or a stop signal; presses the power button on SIGPWR.
 pub struct Control {
     pub exit: Arc<ExitEvent>,
     pub signals: OwnedFd,
+    pub power_button: Option<Arc<PowerButton>>,
+}
+
+/// Presses the guest's power button, or says why there is none.
+pub fn press_power_button(button: Option<&PowerButton>, why: &str) {
+    match button {
+        Some(b) => {
+            if let Err(e) = b.press() {
+                eprintln!("flint: {why}: pressing the guest's power button failed: {e}");
+            }
+        }
+        None => eprintln!(
+            "flint: {why}: the guest has no power button to press (it has no ACPI: --no-acpi)"
+        ),
+    }
 }
 
 impl MutEventSubscriber for Control {
@@ -78,14 +99,20 @@ impl MutEventSubscriber for Control {
             };
             if n == info.len() as isize {
                 let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
-                self.exit.request(ExitReason::Signal(signo as i32));
+                match i32::try_from(signo) {
+                    Ok(POWER_BUTTON_SIGNAL) => {
+                        press_power_button(self.power_button.as_deref(), "SIGPWR")
+                    }
+                    Ok(s) => self.exit.request(ExitReason::Signal(s)),
+                    Err(_) => {}
+                }
             }
         }
     }
 }
 
-/// Ctrl-A then `x` quits when the console is a terminal (raw mode sends Ctrl-C to the guest);
-/// Ctrl-A twice sends one Ctrl-A.
+/// Ctrl-A then `x` quits when the console is a terminal (raw mode sends Ctrl-C to the guest),
+/// Ctrl-A then `p` presses the guest's power button; Ctrl-A twice sends one Ctrl-A.
 const ESCAPE: u8 = 0x01;
 
 /// Host input (stdin) → the serial console.
@@ -93,6 +120,7 @@ pub struct ConsoleInput {
     pub input: RawFd,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub exit: Arc<ExitEvent>,
+    pub power_button: Option<Arc<PowerButton>>,
     /// Interactive terminal: honour the Ctrl-A escape.
     pub escapes: bool,
     /// Queued for the guest once the input ends.
@@ -112,6 +140,7 @@ impl ConsoleInput {
                 self.after_escape = false;
                 match b {
                     b'x' | b'X' => self.exit.request(ExitReason::ConsoleQuit),
+                    b'p' | b'P' => press_power_button(self.power_button.as_deref(), "Ctrl-A p"),
                     ESCAPE => out.push(ESCAPE),
                     _ => out.extend([ESCAPE, b]),
                 }

@@ -144,12 +144,14 @@ impl Vmm {
         em.add_subscriber(Arc::new(Mutex::new(Control {
             exit: self.ctx.exit.clone(),
             signals,
+            power_button: self.devices.power_button.clone(),
         })));
         let input = self.console_input.map(|fd| {
             let sub = Arc::new(Mutex::new(ConsoleInput {
                 input: fd,
                 serial: self.devices.serial.clone(),
                 exit: self.ctx.exit.clone(),
+                power_button: self.devices.power_button.clone(),
                 escapes: self.escapes,
                 eof_byte: self.eof_byte,
                 after_escape: false,

@@ -9,6 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::alloc::DeviceResources;
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::devices::guest_ports::GuestPorts;
+use crate::devices::legacy::acpi_power::PowerButton;
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::cmos::Cmos;
 use crate::devices::legacy::i8042::I8042;
@@ -42,6 +43,8 @@ pub struct Devices {
     pub i8042: Arc<Mutex<I8042>>,
     pub cmos: Arc<Mutex<Cmos>>,
     pub boot_timer: Option<Arc<Mutex<BootTimer>>>,
+    /// With ACPI: the power button a host presses to ask the guest to shut down.
+    pub power_button: Option<Arc<PowerButton>>,
     pub virtio: Vec<VirtioSlot>,
 }
 

@@ -172,7 +172,13 @@ impl Jail {
     /// The parent: passes signals on, drops to the jail's user, waits.
     fn supervise(&self, child: libc::pid_t) -> Result<Side, JailError> {
         CHILD.store(child, Ordering::Relaxed);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        for sig in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGPWR,
+        ] {
             // SAFETY: `forward` only loads an atomic and calls kill, both async-signal-safe.
             unsafe {
                 let mut sa: libc::sigaction = std::mem::zeroed();

@@ -227,8 +227,13 @@ fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
             any(libc::SYS_tgkill),
             any(libc::SYS_clock_nanosleep),
             any(libc::SYS_nanosleep),
-            // Restoring the user's terminal.
-            arg_in(libc::SYS_ioctl, 1, &[TCGETS, TCSETS, TCSETSW, TCSETSF])?,
+            // Restoring the user's terminal; pressing the ACPI power button (SIGPWR, Ctrl-A p)
+            // where KVM has no irqfd.
+            arg_in(
+                libc::SYS_ioctl,
+                1,
+                &[TCGETS, TCSETS, TCSETSW, TCSETSF, KVM_IRQ_LINE()],
+            )?,
         ],
         ThreadKind::Vcpu => vec![
             // Running the guest; its registers for a failure message; the serial port's

@@ -3,7 +3,8 @@
 //! `LNRO0005` with each device's window and interrupt, which a stock kernel's `virtio_mmio`
 //! driver binds to), and how to power off and reset (a hardware-reduced FADT with sleep
 //! control, sleep status and reset registers on I/O ports, served by
-//! `devices::legacy::acpi_power`). Built with rust-vmm's `acpi_tables`.
+//! `devices::legacy::acpi_power`), and a power button a host can press (a Generic Event
+//! Device on [`layout::GED_IRQ`]). Built with rust-vmm's `acpi_tables`.
 //!
 //! Layout, in the BIOS area that the e820 map reserves: the RSDP at [`layout::ACPI_START`]
 //! (where Linux's scan of 0xE0000–0xFFFFF finds it even when the boot protocol does not say),
@@ -140,6 +141,30 @@ fn dsdt(config: &AcpiConfig) -> Vec<u8> {
             &aml::Name::new("_CID".into(), &"VM_Gen_Counter"),
             &aml::Name::new("_DDN".into(), &"VM_Gen_Counter"),
             &aml::Name::new("ADDR".into(), &aml::Package::new(vec![&addr_low, &0u32])),
+        ],
+    )));
+    // The power button (a control-method button, as the FADT says) and the hardware-reduced
+    // way to press it: a Generic Event Device whose interrupt makes Linux run `_EVT`, which
+    // notifies the button (0x80: pressed); the guest's button driver turns that into a
+    // KEY_POWER press, which systemd-logind answers with a clean power-off.
+    devices.push(bytes(&aml::Device::new(
+        "PWRB".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+        ],
+    )));
+    let ged_irq = aml::Interrupt::new(true, true, false, false, layout::GED_IRQ);
+    let ged_crs = aml::ResourceTemplate::new(vec![&ged_irq]);
+    let pwrb = aml::Path::new("\\_SB_.PWRB");
+    let pressed = aml::Notify::new(&pwrb, &0x80u8);
+    devices.push(bytes(&aml::Device::new(
+        "GED0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"ACPI0013"),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_CRS".into(), &ged_crs),
+            &aml::Method::new("_EVT".into(), 1, true, vec![&pressed]),
         ],
     )));
     body.extend(aml::Scope::raw("_SB_".into(), devices.concat()));
@@ -297,7 +322,7 @@ mod tests {
 
     #[test]
     fn tables_are_well_formed_and_linked() {
-        for (cpus, n) in [(1u8, 0u32), (2, 1), (8, 19), (255, 19)] {
+        for (cpus, n) in [(1u8, 0u32), (2, 1), (8, 18), (255, 18)] {
             let t = config(cpus, &devices(n));
             let tables = by_signature(&t);
             let find = |sig: &str| tables.iter().find(|(s, _, _)| s == sig).unwrap().clone();
@@ -428,6 +453,14 @@ mod tests {
             "Memory32Fixed (ReadWrite,\n                    0xD0002000,",
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {\n                    0x00000005,",
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {\n                    0x00000006,",
+            // The power button and the event device that presses it.
+            "Device (PWRB)",
+            "Name (_HID, EisaId (\"PNP0C0C\")",
+            "Device (GED0)",
+            "Name (_HID, \"ACPI0013\" /* Generic Event Device */)",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {\n                    0x00000017,",
+            "Method (_EVT, 1, Serialized)",
+            "Notify (\\_SB.PWRB, 0x80)",
             // FADT and MADT.
             "Hardware Reduced (V5) : 1",
             "Sleep Control Register : [Generic Address Structure]",

@@ -59,8 +59,12 @@ pub const SERIAL_IRQ: u32 = 4;
 /// The second UART (COM2: port 0x2f8, IRQ 3), present when the console has an error output.
 pub const SERIAL2_PORT: u16 = 0x2f8;
 pub const SERIAL2_IRQ: u32 = 3;
-/// First GSI free for virtio-mmio devices; the IOAPIC has 24 pins.
+/// GSIs for virtio-mmio devices: from here to [`IRQ_DEVICES_END`].
 pub const IRQ_DEVICES_START: u32 = 5;
+pub const IRQ_DEVICES_END: u32 = 22;
+/// The ACPI Generic Event Device's line: the power button (see `arch::x86_64::acpi`).
+pub const GED_IRQ: u32 = 23;
+/// The IOAPIC's last pin (it has 24).
 pub const IRQ_MAX: u32 = 23;
 
 /// The virtio-mmio windows: one [`MMIO_DEVICE_WINDOW`] each, after the boot timer's, handed

@@ -1,9 +1,12 @@
 //! The ACPI hardware-reduced power registers the FADT points at (see `arch::x86_64::acpi`):
 //! sleep control (a guest's `poweroff` writes SLP_EN with the `_S5_` sleep type), sleep status,
 //! and reset (a guest's `reboot` through ACPI writes the reset value). Either ends the VM as a
-//! clean shutdown, as the i8042 reset does.
+//! clean shutdown, as the i8042 reset does. And the power button ([`PowerButton`]): a host's
+//! request that the guest shut itself down.
 
 use std::sync::Arc;
+
+use crate::devices::irq::IrqLine;
 
 use crate::arch::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
 use crate::bus::BusDevice;
@@ -53,6 +56,23 @@ impl BusDevice for AcpiPower {
             // Other sleep states (S1–S4) are not offered; other values do nothing.
             _ => {}
         }
+    }
+}
+
+/// The ACPI power button: an edge on the Generic Event Device's line (`layout::GED_IRQ`),
+/// for which the DSDT's `_EVT` notifies the `PNP0C0C` button. What the guest does then is its
+/// own choice (systemd-logind powers off; a guest without a button driver does nothing).
+pub struct PowerButton {
+    line: IrqLine,
+}
+
+impl PowerButton {
+    pub fn new(line: IrqLine) -> PowerButton {
+        PowerButton { line }
+    }
+
+    pub fn press(&self) -> std::io::Result<()> {
+        self.line.trigger()
     }
 }
 
