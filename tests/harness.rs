@@ -304,3 +304,54 @@ fn logged_runs_a_hung_command_once_more_and_gives_up_on_a_second_hang() {
     assert!(kept.contains("first\n"), "{kept}");
     assert!(kept.contains("lab: HUNG: (report)"), "{kept}");
 }
+
+#[test]
+fn a_scenario_whose_guest_triple_faulted_runs_once_more_and_is_counted() {
+    let dir = Scratch::new("crash");
+    let crash =
+        format!("echo 'flint: the VM failed: vCPU 0: {TRIPLE_FAULT} at RIP 0xfff0'; exit 1");
+    let out = run_script_locally(
+        &[
+            (
+                "crashes-once",
+                &format!(
+                    "if [ -e \"$TMPDIR/crashed\" ]; then echo second; else touch \"$TMPDIR/crashed\"; echo first; {crash}; fi"
+                ),
+            ),
+            ("crashes-always", &crash),
+            ("fails-otherwise", "echo 'some other failure'; exit 1"),
+        ],
+        &dir,
+    );
+    let report = Scratch::new("crash-report");
+    let results = scenarios_reported(&out, &Report::quiet_at(&report.0));
+    // The second try alone is the result.
+    assert_eq!(scenario(&results, "crashes-once"), &("second\n".into(), 0));
+    let (always, code) = scenario(&results, "crashes-always");
+    assert_eq!(*code, 1);
+    assert!(always.contains(TRIPLE_FAULT), "{always}");
+    assert!(!always.contains(GUEST_CRASH_ONCE_MORE), "{always}");
+    // Any other failure is not run again.
+    assert_eq!(
+        scenario(&results, "fails-otherwise"),
+        &("some other failure\n".into(), 1)
+    );
+    let log = report.read(RERUNS_LOG);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].starts_with(
+            "guest-crash harness/crashes-always: its guest triple-faulted, ran once more and crashed again (status 1)"
+        ),
+        "{log}"
+    );
+    assert!(
+        lines[1].starts_with(
+            "guest-crash harness/crashes-once: its guest triple-faulted, ran once more and ended with status 0"
+        ),
+        "{log}"
+    );
+    let kept = diagnostics(lines[1]);
+    assert!(kept.contains("first\n"), "{kept}");
+    assert!(kept.contains(TRIPLE_FAULT), "{kept}");
+}

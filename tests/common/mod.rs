@@ -181,6 +181,8 @@ pub enum Rerun {
     LabStall,
     /// A lab scenario was still running after its limit (see [`LAB_LOGGED_FN`]).
     ScenarioHang,
+    /// A guest in a lab scenario triple-faulted (see [`GUEST_CRASH_ONCE_MORE`]).
+    GuestCrash,
 }
 
 impl Rerun {
@@ -188,6 +190,7 @@ impl Rerun {
         match self {
             Rerun::LabStall => "lab-stall",
             Rerun::ScenarioHang => "scenario-hang",
+            Rerun::GuestCrash => "guest-crash",
         }
     }
 }
@@ -464,6 +467,19 @@ hung_report() {
 }
 "#;
 
+/// What flint prints when a vCPU triple-faults (KVM_EXIT_SHUTDOWN).
+pub const TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
+/// The line `logged` prints before it runs a scenario once more whose guest triple-faulted.
+///
+/// Why: in the lab, guests triple-fault now and then at random points (the small kernel early
+/// in its boot, Debian's kernel at SMP bring-up or under systemd minutes in; with and without
+/// ACPI), about one boot in thirty on 2026-12-02, never the same place twice; the lab's own
+/// kernel crashes the same way (a recursive page fault on a wrong GS base). QEMU/TCG's nested
+/// SVM is the likely cause; AMD's KVM re-initialises the vCPU on a shutdown intercept, so the
+/// RIP flint reports (0xfff0) says nothing about where it happened. One more try tells such a
+/// flake from a guest or flint bug, which crashes again.
+pub const GUEST_CRASH_ONCE_MORE: &str = "lab: GUEST CRASH: once more";
+
 /// The line `logged` prints when a try is still running after its limit.
 pub const HUNG_STILL_RUNNING: &str = "lab: HUNG: still running";
 /// The line `logged` prints before it runs a hung command once more.
@@ -478,6 +494,8 @@ pub const HUNG_TWICE: i32 = -1;
 /// `hung_report`'s findings, see [`LAB_HUNG_REPORT_FN`]), killed with its session, and run once
 /// more. If that hangs too, `logged` gives up and sets `logged_hung=2` (which [`lab_script`]
 /// turns into [`HUNG_TWICE`]); after one try, or a hang and a good second try, it is 0 or 1.
+/// A try in which flint reported a guest triple fault is run once more too (see
+/// [`GUEST_CRASH_ONCE_MORE`]); a second crash is the scenario's result.
 /// A flag, not a status: CMD may exit 255 itself, and must not be run again for that.
 ///
 /// Why: in lab runs where VMs wrote their consoles straight to the lab's serial console, now
@@ -507,6 +525,10 @@ logged_once() {
 }
 logged() {
     logged_once "$@"; c=$?
+    if [ $logged_hung = 0 ] && grep -q 'triple fault (KVM_EXIT_SHUTDOWN)' "${TMPDIR:-/tmp}/logged.out"; then
+        echo "lab: GUEST CRASH: once more"
+        logged_once "$@"; c=$?
+    fi
     [ $logged_hung = 1 ] || return $c
     echo "lab: HUNG: once more"
     logged_once "$@"; c=$?
@@ -617,8 +639,22 @@ pub fn scenarios_reported(stdout: &str, report: &Report) -> LabResults {
         };
         report.rerun(Rerun::ScenarioHang, Some(name), &summary, out);
     }
-    // A scenario that hung once and then ended is judged on its second try alone: what the
-    // killed try printed (a first boot's lines, say) must not add to what the tests count.
+    let mut crashed: Vec<(&String, &(String, i32))> = results
+        .iter()
+        .filter(|(_, (out, _))| out.contains(GUEST_CRASH_ONCE_MORE))
+        .collect();
+    crashed.sort();
+    for (name, (out, code)) in crashed {
+        let again = last_try(out).contains(TRIPLE_FAULT);
+        let summary = if again {
+            format!("its guest triple-faulted, ran once more and crashed again (status {code})")
+        } else {
+            format!("its guest triple-faulted, ran once more and ended with status {code}")
+        };
+        report.rerun(Rerun::GuestCrash, Some(name), &summary, out);
+    }
+    // A scenario tried again (after a hang or a guest crash) is judged on its last try alone:
+    // what the first try printed (a first boot's lines, say) must not add to what tests count.
     for (out, code) in results.values_mut() {
         if *code != HUNG_TWICE && !hung_twice(out) {
             *out = last_try(out).to_string();
@@ -627,10 +663,14 @@ pub fn scenarios_reported(stdout: &str, report: &Report) -> LabResults {
     results
 }
 
-/// The output of a scenario's last try: everything after its last [`HUNG_ONCE_MORE`] line, or
-/// all of it if it never hung.
+/// The output of a scenario's last try: everything after its last [`HUNG_ONCE_MORE`] or
+/// [`GUEST_CRASH_ONCE_MORE`] line, or all of it if it was tried once.
 pub fn last_try(output: &str) -> &str {
-    match output.rfind(HUNG_ONCE_MORE) {
+    let at = [HUNG_ONCE_MORE, GUEST_CRASH_ONCE_MORE]
+        .iter()
+        .filter_map(|m| output.rfind(m))
+        .max();
+    match at {
         Some(at) => output[at..].split_once('\n').map_or("", |(_, rest)| rest),
         None => output,
     }
