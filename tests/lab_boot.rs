@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 const SCENARIOS: &[(&str, &str)] = &[
     ("small-pvh-1cpu", "--kernel /guest/vmlinux --initrd /guest/initramfs.cpio.gz --boot-timer"),
     ("small-pvh-2cpu", "--kernel /guest/vmlinux --initrd /guest/initramfs.cpio.gz --cpus 2 --memory 256"),
+    // The small kernel has no ACPI: with or without flint's tables it boots the same way.
+    ("small-no-acpi", "--kernel /guest/vmlinux --initrd /guest/initramfs.cpio.gz --cpus 2 --no-acpi"),
     ("small-bzimage-cmdline", "--kernel /guest/bzImage --initrd /guest/initramfs.cpio.gz --cmdline 'console=ttyS0 reboot=k panic=1 flint.test=custom'"),
     ("debian-1cpu-append", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --append 'quiet flint.test=appended'"),
     ("debian-2cpu", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --append quiet --boot-timer"),
@@ -106,6 +108,12 @@ fn small_kernel_pvh_one_cpu() {
 #[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
 fn small_kernel_sees_two_cpus() {
     assert!(booted("small-pvh-2cpu").contains(&"cpus=2"));
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn small_kernel_boots_without_acpi() {
+    assert!(booted("small-no-acpi").contains(&"cpus=2"));
 }
 
 #[test]

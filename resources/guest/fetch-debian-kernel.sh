@@ -11,8 +11,9 @@ set -euo pipefail
 # shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 
-# What the lab needs: KVM for AMD (kvm-amd pulls kvm, irqbypass, ccp) and tun.
-want_modules=(kvm-amd tun)
+# What the lab needs: KVM for AMD (kvm-amd pulls kvm, irqbypass, ccp), tun, and virtio-blk on
+# PCI for the disk of `resources/lab/run --with-debian`.
+want_modules=(kvm-amd tun virtio_pci virtio_blk)
 
 out=$FLINT_CACHE/debian
 need_pkgs apt dpkg xz-utils kmod binutils
