@@ -7,6 +7,8 @@
 #          $FLINT_CACHE/debian/modules/*.ko      the modules the lab loads (uncompressed)
 #          $FLINT_CACHE/debian/modules/load-order their names, dependencies first
 # Re-downloads only when the linux-image-amd64 metapackage points at a new package.
+# Env: FLINT_DEBIAN_KERNEL_PKG=linux-image-6.1.0-N-amd64 takes that package instead (to compare
+# lab kernels; the Debian root filesystem follows it).
 set -euo pipefail
 # shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
@@ -22,7 +24,7 @@ lock debian-kernel
 # Fast path: asking apt-cache costs ~1 s, so skip it while the package lists
 # are unchanged since the last successful run.
 lists=$(stat -c '%n %s %Y' /var/lib/apt/lists/*Packages* 2>/dev/null || true)
-quick=$(stamp_hash "$lists" "${want_modules[*]}")
+quick=$(stamp_hash "$lists" "${want_modules[*]}" "${FLINT_DEBIAN_KERNEL_PKG:-}")
 if [ -n "$lists" ] && stamp_ok "$out/lists.stamp" "$quick" "$out/vmlinuz" "$out/vmlinux" "$out/modules/load-order"; then
     exit 0
 fi
@@ -32,7 +34,7 @@ resolve() {
     apt-cache depends linux-image-amd64 2>/dev/null \
         | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1
 }
-pkg=$(resolve)
+pkg=${FLINT_DEBIAN_KERNEL_PKG:-$(resolve)}
 if [ -z "$pkg" ]; then
     apt_update_once
     pkg=$(resolve)
