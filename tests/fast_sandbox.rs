@@ -184,6 +184,28 @@ fn jail_without_pivot_root_is_the_same_jail() {
     check_jail("move_and_chroot", &[("FLINT_TEST_NO_PIVOT", "1")]);
 }
 
+/// The jail's parent passes SIGPWR on to the child that runs the VM: without ACPI, the child
+/// says it has no power button, and the VM goes on until SIGTERM.
+#[test]
+fn jailed_flint_passes_sigpwr_on() {
+    if !is_root() {
+        skip("jailed_flint_passes_sigpwr_on", "--jail needs root");
+        return;
+    }
+    let parent = spinning(
+        &["--jail", "--uid", "65534", "--gid", "65534", "--no-acpi"],
+        &[],
+    );
+    signal(&parent, libc::SIGPWR);
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, stderr) = stop(parent);
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(
+        stderr.contains("flint: SIGPWR: the guest has no power button to press"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn jail_refuses_without_root_and_with_root_ids() {
     let hello = firmware("hello");

@@ -18,7 +18,12 @@ use crate::exit::{ExitEvent, ExitReason};
 pub const POWER_BUTTON_SIGNAL: i32 = libc::SIGPWR;
 /// Every signal the event loop handles: SIGINT, SIGTERM and SIGHUP stop the VM, and
 /// [`POWER_BUTTON_SIGNAL`]. Blocked in every thread and read from a signalfd.
-pub const CONTROL_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPWR];
+pub const CONTROL_SIGNALS: [i32; 4] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    POWER_BUTTON_SIGNAL,
+];
 
 fn sigset(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set before sigaddset uses it.

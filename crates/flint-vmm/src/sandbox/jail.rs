@@ -172,13 +172,11 @@ impl Jail {
     /// The parent: passes signals on, drops to the jail's user, waits.
     fn supervise(&self, child: libc::pid_t) -> Result<Side, JailError> {
         CHILD.store(child, Ordering::Relaxed);
-        for sig in [
-            libc::SIGINT,
-            libc::SIGTERM,
-            libc::SIGHUP,
-            libc::SIGQUIT,
-            libc::SIGPWR,
-        ] {
+        // What the VM's event loop handles, and SIGQUIT (whose default ends the child too).
+        for sig in crate::event_loop::CONTROL_SIGNALS
+            .into_iter()
+            .chain([libc::SIGQUIT])
+        {
             // SAFETY: `forward` only loads an atomic and calls kill, both async-signal-safe.
             unsafe {
                 let mut sa: libc::sigaction = std::mem::zeroed();
