@@ -34,6 +34,17 @@ impl Drop for Scratch {
     }
 }
 
+/// The lines of the `reruns.log` in `dir`, which must be one per prefix in `starts`, in order.
+fn reruns(dir: &Scratch, starts: &[&str]) -> Vec<String> {
+    let log = dir.read(RERUNS_LOG);
+    let lines: Vec<String> = log.lines().map(String::from).collect();
+    assert_eq!(lines.len(), starts.len(), "{log}");
+    for (line, start) in lines.iter().zip(starts) {
+        assert!(line.starts_with(start), "{start:?} expected: {log}");
+    }
+    lines
+}
+
 /// The diagnostics file a `reruns.log` line points to, read.
 fn diagnostics(line: &str) -> String {
     let path = line
@@ -178,16 +189,11 @@ fn a_scenario_that_hung_once_is_counted_and_passes() {
     // try's); the rerun's diagnostics keep both.
     assert_eq!(succeeded(&results, "flaky"), "flint-guest: done\n");
     assert_eq!(succeeded(&results, "fine"), "all good\n");
-    let log = dir.read(RERUNS_LOG);
-    let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines.len(), 1, "one rerun: {log}");
-    assert!(
-        lines[0].starts_with(
-            "scenario-hang harness/flaky: hung, ran once more and ended with status 0; diagnostics: "
-        ),
-        "{log}"
+    let lines = reruns(
+        &dir,
+        &["scenario-hang harness/flaky: hung, ran once more and ended with status 0; diagnostics: "],
     );
-    let kept = diagnostics(lines[0]);
+    let kept = diagnostics(&lines[0]);
     assert!(kept.contains("lab: HUNG: kvm exits=7"), "{kept}");
     assert!(kept.contains("thread vcpu0"), "{kept}");
     assert!(kept.contains("half a li"), "{kept}");
@@ -286,21 +292,14 @@ fn logged_runs_a_hung_command_once_more_and_gives_up_on_a_second_hang() {
     })
     .is_some());
 
-    let log = report.read(RERUNS_LOG);
-    let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines.len(), 2, "{log}");
-    assert!(
-        lines[0]
-            .starts_with("scenario-hang harness/hangs-always: hung, ran once more and hung again"),
-        "{log}"
+    let lines = reruns(
+        &report,
+        &[
+            "scenario-hang harness/hangs-always: hung, ran once more and hung again",
+            "scenario-hang harness/hangs-once: hung, ran once more and ended with status 0",
+        ],
     );
-    assert!(
-        lines[1].starts_with(
-            "scenario-hang harness/hangs-once: hung, ran once more and ended with status 0"
-        ),
-        "{log}"
-    );
-    let kept = diagnostics(lines[1]);
+    let kept = diagnostics(&lines[1]);
     assert!(kept.contains("first\n"), "{kept}");
     assert!(kept.contains("lab: HUNG: (report)"), "{kept}");
 }
@@ -336,22 +335,14 @@ fn a_scenario_whose_guest_triple_faulted_runs_once_more_and_is_counted() {
         scenario(&results, "fails-otherwise"),
         &("some other failure\n".into(), 1)
     );
-    let log = report.read(RERUNS_LOG);
-    let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines.len(), 2, "{log}");
-    assert!(
-        lines[0].starts_with(
-            "guest-crash harness/crashes-always: its guest triple-faulted, ran once more and crashed again (status 1)"
-        ),
-        "{log}"
+    let lines = reruns(
+        &report,
+        &[
+            "guest-crash harness/crashes-always: its guest triple-faulted, ran once more and crashed again (status 1)",
+            "guest-crash harness/crashes-once: its guest triple-faulted, ran once more and ended with status 0",
+        ],
     );
-    assert!(
-        lines[1].starts_with(
-            "guest-crash harness/crashes-once: its guest triple-faulted, ran once more and ended with status 0"
-        ),
-        "{log}"
-    );
-    let kept = diagnostics(lines[1]);
+    let kept = diagnostics(&lines[1]);
     assert!(kept.contains("first\n"), "{kept}");
     assert!(kept.contains(TRIPLE_FAULT), "{kept}");
 }

@@ -626,32 +626,25 @@ pub fn scenarios_reported(stdout: &str, report: &Report) -> LabResults {
         }
     }
     // In name order, so that the records are in the same order every time.
-    let mut hung: Vec<(&String, &(String, i32))> = results
-        .iter()
-        .filter(|(_, (out, _))| hung_tries(out) > 0)
-        .collect();
-    hung.sort();
-    for (name, (out, code)) in hung {
-        let summary = if *code == HUNG_TWICE || hung_twice(out) {
-            "hung, ran once more and hung again: the scenario fails".to_string()
-        } else {
-            format!("hung, ran once more and ended with status {code}")
-        };
-        report.rerun(Rerun::ScenarioHang, Some(name), &summary, out);
-    }
-    let mut crashed: Vec<(&String, &(String, i32))> = results
-        .iter()
-        .filter(|(_, (out, _))| out.contains(GUEST_CRASH_ONCE_MORE))
-        .collect();
-    crashed.sort();
-    for (name, (out, code)) in crashed {
-        let again = last_try(out).contains(TRIPLE_FAULT);
-        let summary = if again {
-            format!("its guest triple-faulted, ran once more and crashed again (status {code})")
-        } else {
-            format!("its guest triple-faulted, ran once more and ended with status {code}")
-        };
-        report.rerun(Rerun::GuestCrash, Some(name), &summary, out);
+    let mut tried: Vec<(&String, &(String, i32))> = results.iter().collect();
+    tried.sort();
+    for (name, (out, code)) in tried {
+        if hung_tries(out) > 0 {
+            let summary = if *code == HUNG_TWICE || hung_twice(out) {
+                "hung, ran once more and hung again: the scenario fails".to_string()
+            } else {
+                format!("hung, ran once more and ended with status {code}")
+            };
+            report.rerun(Rerun::ScenarioHang, Some(name), &summary, out);
+        }
+        if out.contains(GUEST_CRASH_ONCE_MORE) {
+            let summary = if last_try(out).contains(TRIPLE_FAULT) {
+                format!("its guest triple-faulted, ran once more and crashed again (status {code})")
+            } else {
+                format!("its guest triple-faulted, ran once more and ended with status {code}")
+            };
+            report.rerun(Rerun::GuestCrash, Some(name), &summary, out);
+        }
     }
     // A scenario tried again (after a hang or a guest crash) is judged on its last try alone:
     // what the first try printed (a first boot's lines, say) must not add to what tests count.
