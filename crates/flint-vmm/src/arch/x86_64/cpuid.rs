@@ -1,5 +1,9 @@
 //! Per-vCPU CPUID: KVM's supported set, with each vCPU's APIC ID and the VM's topology
 //! (one socket, `num_cpus` cores, one thread per core), and the hypervisor bit set.
+//!
+//! Hardware virtualization (VMX, SVM) is hidden: flint does not offer nested virtualization,
+//! whose emulation in the host's KVM is a large attack surface of its own, and a snapshot could
+//! not carry a nested guest's state. KVM refuses `EFER.SVME` to a guest whose CPUID lacks SVM.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -7,11 +11,15 @@ const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_SVM: u32 = 0x8000_000a;
 const LEAF_AMD_TOPOLOGY_EXT: u32 = 0x8000_001e;
 
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_VMX: u32 = 1 << 5;
+const ECX_AMD_SVM: u32 = 1 << 2;
 const EDX_HTT: u32 = 1 << 28;
 const ECX_AMD_CMP_LEGACY: u32 = 1 << 1;
 
@@ -39,6 +47,7 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8, caps: HostCa
                 // CLFLUSH line size in quadwords (8 = 64 bytes).
                 e.ebx = (apic_id << 24) | (cpus << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR;
+                e.ecx &= !ECX_VMX;
                 if caps.tsc_deadline {
                     e.ecx |= ECX_TSC_DEADLINE;
                 }
@@ -85,8 +94,17 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8, caps: HostCa
                 e.ebx = apic_id & 0xff; // core id; threads per core - 1 = 0
                 e.ecx = 0; // one node
             }
-            // CmpLegacy tells an AMD-aware kernel that HTT counts cores, not threads.
-            0x8000_0001 if num_cpus > 1 => e.ecx |= ECX_AMD_CMP_LEGACY,
+            LEAF_AMD_FEATURES => {
+                e.ecx &= !ECX_AMD_SVM;
+                // CmpLegacy tells an AMD-aware kernel that HTT counts cores, not threads.
+                if num_cpus > 1 {
+                    e.ecx |= ECX_AMD_CMP_LEGACY;
+                }
+            }
+            LEAF_AMD_SVM => {
+                // SVM's revision, ASID count and features: meaningless without SVM.
+                (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+            }
             _ => {}
         }
     }
@@ -127,6 +145,16 @@ mod tests {
             entry(0xb, 1),
             entry(0xb, 2),
             entry(0x8000_0008, 0),
+            kvm_cpuid_entry2 {
+                ecx: ECX_AMD_SVM | 1, // SVM and LAHF/SAHF
+                ..entry(0x8000_0001, 0)
+            },
+            kvm_cpuid_entry2 {
+                eax: 1,
+                ebx: 8,
+                edx: 0x1ff,
+                ..entry(0x8000_000a, 0)
+            },
         ])
         .unwrap()
     }
@@ -148,6 +176,20 @@ mod tests {
         assert_eq!((find(&c, 4, 3).unwrap().eax >> 14) & 0xfff, 2);
         assert_eq!((find(&c, 4, 0).unwrap().eax >> 14) & 0xfff, 0);
         assert_eq!(find(&c, 0x8000_0008, 0).unwrap().ecx & 0xff, 2);
+    }
+
+    #[test]
+    fn hardware_virtualization_is_hidden() {
+        let mut c = sample();
+        c.as_mut_slice()[0].ecx = ECX_VMX | 1;
+        filter_cpuid(&mut c, 0, 2, HostCaps::default());
+        assert_eq!(find(&c, 1, 0).unwrap().ecx & (ECX_VMX | 1), 1);
+        let ext = find(&c, 0x8000_0001, 0).unwrap();
+        assert_eq!(ext.ecx, 1 | ECX_AMD_CMP_LEGACY);
+        let svm = find(&c, 0x8000_000a, 0).unwrap();
+        assert_eq!((svm.eax, svm.ebx, svm.ecx, svm.edx), (0, 0, 0, 0));
+        filter_cpuid(&mut c, 0, 1, HostCaps::default());
+        assert_eq!(find(&c, 0x8000_0001, 0).unwrap().ecx & ECX_AMD_SVM, 0);
     }
 
     #[test]
