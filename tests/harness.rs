@@ -167,6 +167,103 @@ fn failed_labs_are_run_again_and_each_rerun_is_recorded() {
     assert!(!dir.0.join(RERUNS_LOG).exists());
 }
 
+fn list(names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|n| (n.to_string(), format!("body of {n}")))
+        .collect()
+}
+
+#[test]
+fn a_lab_that_fails_midway_resumes_with_the_scenarios_it_did_not_finish() {
+    let dir = Scratch::new("resume");
+    let report = Report::quiet_at(&dir.0);
+    let mut asked: Vec<Vec<String>> = Vec::new();
+    let mut runs = vec![
+        exited(
+            125,
+            "boot\n=== begin a\na ran\n=== end a 0\n=== begin b\nb cut short\n",
+            "lab: error: died\n",
+        ),
+        exited(
+            125,
+            "=== begin b\nlab died again\n",
+            "lab: error: stalled\n",
+        ),
+        exited(
+            0,
+            "=== begin b\nb ran\n=== end b 3\n=== begin c\nc ran\n=== end c 0\n",
+            "",
+        ),
+    ]
+    .into_iter();
+    let (out, finished) = resume_failed_labs(&report, &list(&["a", "b", "c"]), |left| {
+        asked.push(left.iter().map(|(n, _)| n.clone()).collect());
+        runs.next().unwrap()
+    });
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(asked, [vec!["a", "b", "c"], vec!["b", "c"], vec!["b", "c"]]);
+    let results = scenarios(&finished);
+    assert_eq!(scenario(&results, "a"), &("a ran\n".into(), 0));
+    // Only the try that finished counts: the cut-short ones are in the diagnostics.
+    assert_eq!(scenario(&results, "b"), &("b ran\n".into(), 3));
+    assert_eq!(scenario(&results, "c"), &("c ran\n".into(), 0));
+    let lines = reruns(
+        &dir,
+        &[
+            "lab-stall harness: the lab failed (exit 125) in scenario b (1 of 3 done); a new lab run takes up there; diagnostics: ",
+            "lab-stall harness: the lab failed (exit 125) in scenario b (1 of 3 done)",
+        ],
+    );
+    let first = diagnostics(&lines[0]);
+    assert!(
+        first.contains("lab: error: died") && first.contains("b cut short"),
+        "{first}"
+    );
+    assert!(diagnostics(&lines[1]).contains("lab: error: stalled"));
+}
+
+#[test]
+fn a_lab_that_keeps_failing_without_progress_is_given_up() {
+    // Four failures in a row that finish nothing end it, and the last one is returned...
+    let dir = Scratch::new("resume-stuck");
+    let report = Report::quiet_at(&dir.0);
+    let mut n = 0;
+    let (out, finished) = resume_failed_labs(&report, &list(&["a"]), |_| {
+        n += 1;
+        exited(125, "=== begin a\n", "")
+    });
+    assert_eq!(
+        (n, out.status.code(), finished.as_str()),
+        (4, Some(125), "")
+    );
+    assert_eq!(dir.read(RERUNS_LOG).lines().count(), 3);
+
+    // ...but a run that finishes a scenario starts the count again.
+    let dir = Scratch::new("resume-progress");
+    let report = Report::quiet_at(&dir.0);
+    let mut n = 0;
+    let (out, finished) = resume_failed_labs(&report, &list(&["a", "b", "c"]), |left| {
+        n += 1;
+        match (n, left[0].0.as_str()) {
+            (4, "a") => exited(125, "=== begin a\n=== end a 0\n", ""),
+            (8, "b") => exited(125, "=== begin b\n=== end b 0\n", ""),
+            (_, name) if n > 8 => exited(0, &format!("=== begin {name}\n=== end {name} 0\n"), ""),
+            _ => exited(125, "", ""),
+        }
+    });
+    assert_eq!((n, out.status.code()), (9, Some(0)));
+    assert_eq!(scenarios(&finished).len(), 3);
+    assert_eq!(dir.read(RERUNS_LOG).lines().count(), 8);
+
+    // A failure of the command in the lab is not the lab's: no rerun.
+    let dir = Scratch::new("resume-none");
+    let report = Report::quiet_at(&dir.0);
+    let (out, _) = resume_failed_labs(&report, &list(&["a", "b"]), |_| exited(1, "", ""));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dir.0.join(RERUNS_LOG).exists());
+}
+
 const HUNG_ONCE: &str = "\
 === begin fine
 all good

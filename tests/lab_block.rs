@@ -91,7 +91,7 @@ fn lab() -> &'static LabResults {
                     .replace("--rootfs /tmp/root.ext4", "--rootfs path=/tmp/root.ext4,ro")
             ),
         );
-        common::scenarios(&common::run_in_lab(&common::lab_script("", &list, 600)))
+        common::run_scenarios_in_lab("", &list, 600, &[])
     })
 }
 

@@ -163,7 +163,7 @@ timeout 20 ping -c 2 -W 5 169.254.101.1 >/dev/null 2>&1; echo "eth1 ping: $?"
         scenario("errors", &errors());
         // 5. A jailed flint on a TAP that exists only in a network namespace of its own.
         scenario("jailed-netns", &jailed_netns());
-        common::scenarios(&common::run_in_lab(&common::lab_script(&setup, &list, 600)))
+        common::run_scenarios_in_lab(&setup, &list, 600, &[])
     })
 }
 

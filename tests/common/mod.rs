@@ -381,18 +381,22 @@ const LAB_ATTEMPTS: usize = 3;
 /// `resources/lab/run`'s status when the lab itself failed, not the command in it.
 const LAB_FAILED: i32 = 125;
 
-/// Runs `script` (a shell script) inside the lab, with extra files, and returns its stdout.
-/// Panics with what the lab printed if it fails. A failure of the lab itself (exit 125: it
-/// died booting, stalled, or stopped without CMD's status) is retried, up to [`LAB_ATTEMPTS`]
-/// runs in all, and every rerun is recorded (see [`rerun_failed_labs`]): QEMU/TCG emulating
-/// nested SVM stalls now and then (the lab kernel then reports a soft lockup on the CPU running
-/// a VM), in bursts.
-pub fn run_in_lab(script: &str) -> String {
-    run_in_lab_with(script, &[])
+/// Runs `script` (a shell script) inside the lab with `lab/run` `options` (`--add HOST:/LAB`
+/// files, `--with-qemu`, …) and returns its stdout. Panics with what the lab printed if it
+/// fails. A failure of the lab itself (exit 125: it died booting, stalled, or stopped without
+/// CMD's status) is retried, up to [`LAB_ATTEMPTS`] runs in all, and every rerun is recorded
+/// (see [`rerun_failed_labs`]): QEMU/TCG emulating nested SVM stalls now and then (the lab
+/// kernel then reports a soft lockup on the CPU running a VM), in bursts. A list of scenarios
+/// is better run by [`run_scenarios_in_lab`], which resumes where a failed lab stopped.
+pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
+    let out = rerun_failed_labs(&Report::default(), || lab_run(script, options));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_lab_ended(&out, &stdout);
+    stdout
 }
 
-/// [`run_in_lab`] with extra `--add HOST:/LAB` files or directories and other `lab/run` options.
-pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
+/// One lab run of `script`: `resources/lab/run`'s output.
+fn lab_run(script: &str, options: &[String]) -> Output {
     let path = std::env::temp_dir().join(format!(
         "flint-lab-{}-{}.sh",
         std::process::id(),
@@ -400,26 +404,123 @@ pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
     ));
     std::fs::write(&path, script).unwrap();
     let run = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lab/run");
-    let out = rerun_failed_labs(&Report::default(), || {
-        Command::new(run)
-            .args(["--timeout", "1200", "--add"])
-            .arg(format!("{}:/scenarios.sh", path.display()))
-            .args(options)
-            .args(["--", "sh", "/scenarios.sh"])
-            .output()
-            .expect("run resources/lab/run")
-    });
+    let out = Command::new(run)
+        .args(["--timeout", "1200", "--add"])
+        .arg(format!("{}:/scenarios.sh", path.display()))
+        .args(options)
+        .args(["--", "sh", "/scenarios.sh"])
+        .output()
+        .expect("run resources/lab/run");
     let _ = std::fs::remove_file(&path);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    out
+}
+
+/// Panics with the lab's messages if its last run did not end with the script's status 0.
+fn assert_lab_ended(out: &Output, stdout: &str) {
     // The lab's own messages first: a long console log would bury them.
     assert_eq!(
         out.status.code(),
         Some(0),
         "the lab failed; its messages:\n{}\nthe end of its output:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        tail(&stdout, 60)
+        tail(stdout, 60)
     );
-    stdout
+}
+
+/// Runs `scenarios` in the lab as one [`lab_script`] (`setup`, then each scenario with `limit`
+/// seconds) and returns their results (see [`scenarios`]). When the lab itself fails in the
+/// middle (see [`resume_failed_labs`]), a new lab run takes up where it stopped.
+pub fn run_scenarios_in_lab(
+    setup: &str,
+    scenarios: &[(String, String)],
+    limit: u32,
+    options: &[String],
+) -> LabResults {
+    let (out, finished) = resume_failed_labs(&Report::default(), scenarios, |left| {
+        lab_run(&lab_script(setup, left, limit), options)
+    });
+    assert_lab_ended(&out, &String::from_utf8_lossy(&out.stdout));
+    self::scenarios(&finished)
+}
+
+/// How many lab runs in a row may fail by themselves without finishing a scenario.
+const LAB_ATTEMPTS_WITHOUT_PROGRESS: usize = 4;
+
+/// Runs `lab` on `scenarios` until every one has finished (its `=== end` line) or the lab has
+/// failed by itself (exit 125) [`LAB_ATTEMPTS_WITHOUT_PROGRESS`] times in a row without
+/// finishing one. A failed run is followed by one on the scenarios it did not finish, recorded
+/// in `report` as a `lab-stall` with the failed run's stderr and console tail. Returns the last
+/// run's output and the finished scenarios' sections, in the order they ran.
+///
+/// Why: the lab's own kernel crashes now and then while a VM runs (QEMU/TCG's nested SVM; a
+/// fault right after VMRUN), about once in three long Debian boots on 2026-12-02: running the
+/// whole list again would each time put the scenarios that had passed at the same risk.
+pub fn resume_failed_labs(
+    report: &Report,
+    scenarios: &[(String, String)],
+    mut lab: impl FnMut(&[(String, String)]) -> Output,
+) -> (Output, String) {
+    let mut left: Vec<(String, String)> = scenarios.to_vec();
+    let mut finished = String::new();
+    let mut failures = 0;
+    loop {
+        let out = lab(&left);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let sections = finished_sections(&stdout);
+        let progress = !sections.is_empty();
+        for (name, text) in sections {
+            left.retain(|(n, _)| *n != name);
+            finished.push_str(&text);
+        }
+        if out.status.code() != Some(LAB_FAILED) || left.is_empty() {
+            return (out, finished);
+        }
+        failures = if progress { 0 } else { failures + 1 };
+        if failures >= LAB_ATTEMPTS_WITHOUT_PROGRESS {
+            return (out, finished);
+        }
+        let done = scenarios.len() - left.len();
+        let summary = format!(
+            "the lab failed (exit {LAB_FAILED}) in scenario {} ({done} of {} done); a new lab \
+             run takes up there",
+            left[0].0,
+            scenarios.len()
+        );
+        let diagnostics = format!(
+            "The lab failed by itself (exit {LAB_FAILED}) in scenario {}; a new lab run takes up \
+             there ({failures} failure(s) in a row without a finished scenario, \
+             {LAB_ATTEMPTS_WITHOUT_PROGRESS} end it).\n--- its messages (stderr):\n{}\n\
+             --- the end of its output (console):\n{}\n",
+            left[0].0,
+            String::from_utf8_lossy(&out.stderr),
+            tail(&stdout, 200)
+        );
+        report.rerun(Rerun::LabStall, None, &summary, &diagnostics);
+    }
+}
+
+/// The `=== begin NAME` … `=== end NAME CODE` sections of a lab run's output (it may have been
+/// cut short): (NAME, the section's lines, markers included).
+pub fn finished_sections(stdout: &str) -> Vec<(String, String)> {
+    let mut sections = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in stdout.lines() {
+        if let Some(name) = line.strip_prefix("=== begin ") {
+            current = Some((name.to_string(), String::new()));
+        }
+        if let Some((name, text)) = current.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+            let ended = line
+                .strip_prefix("=== end ")
+                .and_then(|rest| rest.rsplit_once(' '))
+                .is_some_and(|(n, _)| n == name.as_str());
+            if ended {
+                sections.extend(current.take());
+            }
+        }
+    }
+    sections
 }
 
 /// Runs `lab` (one lab run) until it ends other than by a failure of the lab itself (exit
