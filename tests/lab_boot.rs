@@ -8,6 +8,7 @@
 mod common;
 
 use common::LabResults;
+use std::process::Command;
 use std::sync::OnceLock;
 
 /// (name, flint arguments). Every guest's init prints `flint-guest:` lines and powers off.
@@ -46,6 +47,22 @@ echo \"jail pids.max: $(cat /sys/fs/cgroup/flint-jailed/pids.max)\"
 wait $p; echo \"flint exit: $?\"
 cat /tmp/jailed.out";
 
+/// Ubuntu's stock kernel (resources/guest/fetch-ubuntu-kernel.sh), whose config builds
+/// virtio_mmio in *with* `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`: it sees each device twice, in
+/// flint's DSDT and on the command line. The ACPI devices (enumerated first) take the MMIO
+/// windows, the command line's copies fail to probe (-EBUSY), and each device works once.
+/// The script (base64 below): echo "virtio devices: $(ls /sys/bus/virtio/devices | tr "\n" "
+/// ")"; d=/sys/bus/platform/drivers/virtio-mmio; echo "bound through acpi: $(ls $d | grep -c
+/// LNRO0005)"; echo "bound from the command line: $(ls $d | grep -c "virtio-mmio\.")"; echo
+/// "vda serial: $(cat /sys/block/vda/serial)"; echo "nic driver: $(basename "$(readlink
+/// /sys/class/net/eth0/device/driver)")"; dmesg | grep "virtio-mmio: probe of"; poweroff -f
+const UBUNTU: &str = concat!(
+    "tunctl -t tap-u >/dev/null && ip link set tap-u up && dd if=/dev/zero of=/tmp/u.img bs=1M count=4 2>/dev/null && \
+flint run --kernel /guest/ubuntu-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 \
+    --disk path=/tmp/u.img,serial=u-1 --net tap=tap-u --append flint.run=",
+    "ZWNobyAidmlydGlvIGRldmljZXM6ICQobHMgL3N5cy9idXMvdmlydGlvL2RldmljZXMgfCB0ciAiXG4iICIgIikiOyBkPS9zeXMvYnVzL3BsYXRmb3JtL2RyaXZlcnMvdmlydGlvLW1taW87IGVjaG8gImJvdW5kIHRocm91Z2ggYWNwaTogJChscyAkZCB8IGdyZXAgLWMgTE5STzAwMDUpIjsgZWNobyAiYm91bmQgZnJvbSB0aGUgY29tbWFuZCBsaW5lOiAkKGxzICRkIHwgZ3JlcCAtYyAidmlydGlvLW1taW9cLiIpIjsgZWNobyAidmRhIHNlcmlhbDogJChjYXQgL3N5cy9ibG9jay92ZGEvc2VyaWFsKSI7IGVjaG8gIm5pYyBkcml2ZXI6ICQoYmFzZW5hbWUgIiQocmVhZGxpbmsgL3N5cy9jbGFzcy9uZXQvZXRoMC9kZXZpY2UvZHJpdmVyKSIpIjsgZG1lc2cgfCBncmVwICJ2aXJ0aW8tbW1pbzogcHJvYmUgb2YiOyBwb3dlcm9mZiAtZg=="
+);
+
 /// The small kernel booted by a user in the kvm group: no root, no capabilities.
 const ROOTLESS: &str = "su flint -c 'id; grep ^CapEff: /proc/self/status; flint run --kernel /guest/vmlinux --initrd /guest/initramfs.cpio.gz'";
 
@@ -63,11 +80,27 @@ fn lab() -> &'static LabResults {
             format!("{}{JAILED}", common::LAB_JAIL_REPORT_FN),
         ));
         list.push(("rootless".into(), ROOTLESS.into()));
+        list.push(("ubuntu-kernel".into(), UBUNTU.into()));
         let setup = format!(
             "{}echo +memory +pids > /sys/fs/cgroup/cgroup.subtree_control\n",
             common::LAB_USER_SETUP
         );
-        common::run_scenarios_in_lab(&setup, &list, 300, &[])
+        let ubuntu = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/resources/guest/fetch-ubuntu-kernel.sh"
+        ))
+        .output()
+        .expect("run fetch-ubuntu-kernel.sh");
+        assert!(
+            ubuntu.status.success(),
+            "fetch-ubuntu-kernel.sh failed: {}",
+            String::from_utf8_lossy(&ubuntu.stderr)
+        );
+        let add = format!(
+            "{}:/guest/ubuntu-vmlinuz",
+            String::from_utf8_lossy(&ubuntu.stdout).trim()
+        );
+        common::run_scenarios_in_lab(&setup, &list, 300, &["--add".into(), add])
     })
 }
 
@@ -229,4 +262,43 @@ fn debian_kernel_without_acpi_uses_the_mp_table() {
     assert!(lines.contains(&"cpus=2"), "{lines:?}");
     let (output, _) = scenario("debian-no-acpi");
     assert!(!output.contains("ACPI: RSDP"), "{output}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn ubuntu_kernel_sees_each_device_once() {
+    let (output, code) = scenario("ubuntu-kernel");
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("flint-guest: cpus=2"), "{output}");
+    assert!(output.contains("virtio_mmio.device="), "{output}");
+    assert_eq!(
+        common::value(output, "virtio devices: ").map(str::trim_end),
+        Some("virtio0 virtio1"),
+        "{output}"
+    );
+    assert_eq!(
+        common::value(output, "bound through acpi: "),
+        Some("2"),
+        "{output}"
+    );
+    assert_eq!(
+        common::value(output, "bound from the command line: "),
+        Some("0"),
+        "{output}"
+    );
+    for n in 0..2 {
+        let failed = format!("virtio-mmio: probe of virtio-mmio.{n} failed with error -16");
+        assert!(output.contains(&failed), "{output}");
+    }
+    assert_eq!(
+        common::value(output, "vda serial: "),
+        Some("u-1"),
+        "{output}"
+    );
+    assert_eq!(
+        common::value(output, "nic driver: "),
+        Some("virtio_net"),
+        "{output}"
+    );
+    assert!(output.contains("reboot: Power down"), "{output}");
 }
