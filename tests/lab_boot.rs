@@ -24,12 +24,14 @@ const SCENARIOS: &[(&str, &str)] = &[
     // Debian's kernel reads flint's ACPI tables (2 vCPUs from the MADT), enumerates the disk
     // (LNRO0005, the modalias udev loads virtio_mmio by) and the VM generation ID (its
     // built-in vmgenid driver binds), and powers off through the FADT's sleep control
-    // register. Its CPUs show no SVM (the lab's do: its kvm-amd runs flint). The script
+    // register. Its CPUs show no SVM (the lab's do: its kvm-amd runs flint); its RTC is the
+    // DSDT's (PNP0B00). The script
     // (base64 below): echo "acpi devices: $(ls /sys/bus/acpi/devices | tr "\n" " ")"; echo
     // "virtio modalias: $(cat /sys/bus/acpi/devices/LNRO0005:00/modalias)"; echo "vmgenid
     // bound: $(ls /sys/bus/acpi/drivers/vmgenid | grep -c VMGENCTR)"; echo "cpus with svm or
-    // vmx: $(grep -c -w -E "svm|vmx" /proc/cpuinfo)"; poweroff -f
-    ("debian-acpi-poweroff", concat!("--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --disk path=/guest/rootfs.ext4,ro --append flint.run=", "ZWNobyAiYWNwaSBkZXZpY2VzOiAkKGxzIC9zeXMvYnVzL2FjcGkvZGV2aWNlcyB8IHRyICJcbiIgIiAiKSI7IGVjaG8gInZpcnRpbyBtb2RhbGlhczogJChjYXQgL3N5cy9idXMvYWNwaS9kZXZpY2VzL0xOUk8wMDA1OjAwL21vZGFsaWFzKSI7IGVjaG8gInZtZ2VuaWQgYm91bmQ6ICQobHMgL3N5cy9idXMvYWNwaS9kcml2ZXJzL3ZtZ2VuaWQgfCBncmVwIC1jIFZNR0VOQ1RSKSI7IGVjaG8gImNwdXMgd2l0aCBzdm0gb3Igdm14OiAkKGdyZXAgLWMgLXcgLUUgInN2bXx2bXgiIC9wcm9jL2NwdWluZm8pIjsgcG93ZXJvZmYgLWY=")),
+    // vmx: $(grep -c -w -E "svm|vmx" /proc/cpuinfo)"; echo "rtc: $(cat
+    // /sys/class/rtc/rtc0/name)"; poweroff -f
+    ("debian-acpi-poweroff", concat!("--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --disk path=/guest/rootfs.ext4,ro --append flint.run=", "ZWNobyAiYWNwaSBkZXZpY2VzOiAkKGxzIC9zeXMvYnVzL2FjcGkvZGV2aWNlcyB8IHRyICJcbiIgIiAiKSI7IGVjaG8gInZpcnRpbyBtb2RhbGlhczogJChjYXQgL3N5cy9idXMvYWNwaS9kZXZpY2VzL0xOUk8wMDA1OjAwL21vZGFsaWFzKSI7IGVjaG8gInZtZ2VuaWQgYm91bmQ6ICQobHMgL3N5cy9idXMvYWNwaS9kcml2ZXJzL3ZtZ2VuaWQgfCBncmVwIC1jIFZNR0VOQ1RSKSI7IGVjaG8gImNwdXMgd2l0aCBzdm0gb3Igdm14OiAkKGdyZXAgLWMgLXcgLUUgInN2bXx2bXgiIC9wcm9jL2NwdWluZm8pIjsgZWNobyAicnRjOiAkKGNhdCAvc3lzL2NsYXNzL3J0Yy9ydGMwL25hbWUpIjsgcG93ZXJvZmYgLWY=")),
     // And without ACPI it finds its two vCPUs in the MP table.
     ("debian-no-acpi", "--kernel /guest/debian-vmlinuz --initrd /guest/initramfs.cpio.gz --memory 512 --cpus 2 --no-acpi"),
 ];
@@ -246,8 +248,12 @@ fn debian_kernel_uses_acpi_and_powers_off_through_it() {
     assert!(output.contains("vmgenid bound: 1"), "{output}");
     // No nested virtualization: flint hides SVM and VMX from the guest's CPUID.
     assert!(output.contains("cpus with svm or vmx: 0"), "{output}");
+    // The CMOS clock, found through ACPI (without the DSDT's entry its probe failed, -EINVAL).
+    let rtc = common::value(output, "rtc: ").unwrap_or("");
+    assert!(rtc.starts_with("rtc_cmos "), "{output}");
+    assert!(!output.contains("probe of rtc_cmos failed"), "{output}");
     let devices = common::value(output, "acpi devices: ").unwrap_or("");
-    for d in ["LNRO0005:00", "PNP0501:00", "VMGENCTR:00"] {
+    for d in ["LNRO0005:00", "PNP0501:00", "PNP0B00:00", "VMGENCTR:00"] {
         assert!(devices.split(' ').any(|x| x == d), "no {d}: {output}");
     }
     // The guest's own poweroff (from flint.run), not the init's final reboot -f.

@@ -1,5 +1,6 @@
 //! ACPI tables, so that a stock distribution kernel finds flint's devices by itself: its
-//! CPUs and IOAPIC (MADT), its serial ports and virtio-mmio devices (DSDT: `PNP0501`, and
+//! CPUs and IOAPIC (MADT), its serial ports, CMOS RTC and virtio-mmio devices (DSDT: `PNP0501`,
+//! `PNP0B00`, and
 //! `LNRO0005` with each device's window and interrupt, which a stock kernel's `virtio_mmio`
 //! driver binds to), and how to power off and reset (a hardware-reduced FADT with sleep
 //! control, sleep status and reset registers on I/O ports, served by
@@ -110,6 +111,25 @@ fn dsdt(config: &AcpiConfig) -> Vec<u8> {
             ],
         )));
     }
+    // The CMOS RTC. Under hardware-reduced ACPI, Linux maps no legacy ISA interrupt by itself,
+    // so its fallback platform device (IRQ 8 by convention) fails to probe (-EINVAL) and the
+    // guest has no /dev/rtc0; described here, rtc_cmos binds through ACPI PNP instead. No
+    // interrupt: flint's CMOS raises none (the guest reads the clock, without alarms), and GSI 8
+    // may be a virtio device's.
+    let cmos_io = aml::IO::new(
+        layout::CMOS_PORT,
+        layout::CMOS_PORT,
+        1,
+        u8::try_from(layout::CMOS_PORT_LEN).unwrap_or(2),
+    );
+    let rtc_crs = aml::ResourceTemplate::new(vec![&cmos_io]);
+    devices.push(bytes(&aml::Device::new(
+        "RTC0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00")),
+            &aml::Name::new("_CRS".into(), &rtc_crs),
+        ],
+    )));
     for (i, v) in config.virtio.iter().enumerate() {
         // Windows sit below 4 GiB by the layout (checked there); a device's window is 4 KiB.
         let base = layout::low32(v.base);
@@ -442,6 +462,9 @@ mod tests {
             "Device (COM2)",
             "Name (_HID, EisaId (\"PNP0501\")",
             "IO (Decode16,\n                    0x03F8,",
+            "Device (RTC0)",
+            "Name (_HID, EisaId (\"PNP0B00\")",
+            "IO (Decode16,\n                    0x0070,",
             "Device (V000)",
             "Device (V001)",
             "Name (_HID, \"LNRO0005\")",
