@@ -1,10 +1,10 @@
 //! ACPI tables, so that a stock distribution kernel finds flint's devices by itself: its
 //! CPUs and IOAPIC (MADT), its serial ports, CMOS RTC and virtio-mmio devices (DSDT:
 //! `PNP0501`, `PNP0B00`, and `LNRO0005` with each device's window and interrupt, which a stock
-//! kernel's `virtio_mmio` driver binds to), and how to power off and reset (a hardware-reduced FADT with sleep
-//! control, sleep status and reset registers on I/O ports, served by
-//! `devices::legacy::acpi_power`), and a power button a host can press (a Generic Event
-//! Device on [`layout::GED_IRQ`]). Built with rust-vmm's `acpi_tables`.
+//! kernel's `virtio_mmio` driver binds to), and how to power off and reset (a
+//! hardware-reduced FADT with sleep control, sleep status and reset registers on I/O ports,
+//! served by `devices::legacy::acpi_power`), and a power button a host can press (a Generic
+//! Event Device on [`layout::GED_IRQ`]). Built with rust-vmm's `acpi_tables`.
 //!
 //! Layout, in the BIOS area that the e820 map reserves: the RSDP at [`layout::ACPI_START`]
 //! (where Linux's scan of 0xE0000–0xFFFFF finds it even when the boot protocol does not say),
