@@ -8,7 +8,6 @@
 mod common;
 
 use common::LabResults;
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// (name, flint arguments). Every guest's init prints `flint-guest:` lines and powers off.
@@ -87,21 +86,8 @@ fn lab() -> &'static LabResults {
             "{}echo +memory +pids > /sys/fs/cgroup/cgroup.subtree_control\n",
             common::LAB_USER_SETUP
         );
-        let ubuntu = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/resources/guest/fetch-ubuntu-kernel.sh"
-        ))
-        .output()
-        .expect("run fetch-ubuntu-kernel.sh");
-        assert!(
-            ubuntu.status.success(),
-            "fetch-ubuntu-kernel.sh failed: {}",
-            String::from_utf8_lossy(&ubuntu.stderr)
-        );
-        let add = format!(
-            "{}:/guest/ubuntu-vmlinuz",
-            String::from_utf8_lossy(&ubuntu.stdout).trim()
-        );
+        let ubuntu = common::resource_stdout("guest/fetch-ubuntu-kernel.sh", common::NO_ARGS);
+        let add = format!("{}:/guest/ubuntu-vmlinuz", ubuntu.trim());
         common::run_scenarios_in_lab(&setup, &list, 300, &["--add".into(), add])
     })
 }

@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::OnceLock;
 
 use common::{base64, LabResults};
@@ -88,13 +87,7 @@ echo \"seconds to exit: $(awk \"BEGIN {{ print $t1 - $t0 }}\")\"
 fn debian_system() -> &'static Result<(), String> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/resources/guest/build-debian-rootfs.sh"
-        );
-        let out = Command::new(script)
-            .output()
-            .expect("run build-debian-rootfs.sh");
+        let out = common::resource_script("guest/build-debian-rootfs.sh", common::NO_ARGS);
         let stderr = String::from_utf8_lossy(&out.stderr);
         match out.status.success() {
             true => Ok(()),

@@ -34,17 +34,8 @@ impl Drop for Bundles {
 }
 
 fn make_bundle(dir: &Path, args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/oci/make-bundle");
-    let out = std::process::Command::new(script)
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run make-bundle");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = std::iter::once(dir.as_os_str()).chain(args.iter().map(|a| a.as_ref()));
+    common::resource_stdout("oci/make-bundle", args);
 }
 
 fn lab() -> &'static common::LabResults {

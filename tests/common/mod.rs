@@ -376,6 +376,41 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
+/// No arguments, for [`resource_script`] and [`resource_stdout`].
+pub const NO_ARGS: [&str; 0] = [];
+
+/// Runs the project's `resources/<script>` with `args` and returns its output, whatever its
+/// status (see [`resource_stdout`] for the usual case).
+pub fn resource_script<I, A>(script: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("resources")
+            .join(script),
+    )
+    .args(args)
+    .output()
+    .unwrap_or_else(|e| panic!("run resources/{script}: {e}"))
+}
+
+/// [`resource_script`]'s stdout; panics with its stderr if it failed.
+pub fn resource_stdout<I, A>(script: &str, args: I) -> String
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    let out = resource_script(script, args);
+    assert!(
+        out.status.success(),
+        "resources/{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// How many times a lab run that failed by itself (exit 125) is tried in all.
 const LAB_ATTEMPTS: usize = 3;
 /// `resources/lab/run`'s status when the lab itself failed, not the command in it.
@@ -403,14 +438,10 @@ fn lab_run(script: &str, options: &[String]) -> Output {
         script.len()
     ));
     std::fs::write(&path, script).unwrap();
-    let run = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lab/run");
-    let out = Command::new(run)
-        .args(["--timeout", "1200", "--add"])
-        .arg(format!("{}:/scenarios.sh", path.display()))
-        .args(options)
-        .args(["--", "sh", "/scenarios.sh"])
-        .output()
-        .expect("run resources/lab/run");
+    let add = format!("{}:/scenarios.sh", path.display());
+    let head = ["--timeout", "1200", "--add", &add].map(String::from);
+    let tail = ["--", "sh", "/scenarios.sh"].map(String::from);
+    let out = resource_script("lab/run", head.iter().chain(options).chain(&tail));
     let _ = std::fs::remove_file(&path);
     out
 }
@@ -500,7 +531,8 @@ pub fn resume_failed_labs(
 }
 
 /// The `=== begin NAME` … `=== end NAME CODE` sections of a lab run's output (it may have been
-/// cut short): (NAME, the section's lines, markers included).
+/// cut short): (NAME, the section's lines, markers included). The one reader of those markers:
+/// [`scenarios`] and [`resume_failed_labs`] both go through it.
 pub fn finished_sections(stdout: &str) -> Vec<(String, String)> {
     let mut sections = Vec::new();
     let mut current: Option<(String, String)> = None;
@@ -713,18 +745,17 @@ pub fn scenarios(stdout: &str) -> LabResults {
 /// output (its `lab: HUNG:` reports included) as diagnostics, for each scenario that hung.
 pub fn scenarios_reported(stdout: &str, report: &Report) -> LabResults {
     let mut results = std::collections::HashMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in stdout.lines() {
-        if let Some(name) = line.strip_prefix("=== begin ") {
-            current = Some((name.to_string(), String::new()));
-        } else if let Some(rest) = line.strip_prefix("=== end ") {
-            let (name, code) = rest.rsplit_once(' ').unwrap();
-            let (_, output) = current.take().unwrap();
-            results.insert(name.to_string(), (output, code.parse().unwrap()));
-        } else if let Some((_, out)) = current.as_mut() {
-            out.push_str(line.trim_end_matches('\r'));
-            out.push('\n');
+    for (name, text) in finished_sections(stdout) {
+        // Between the `=== begin` line and the `=== end NAME CODE` line.
+        let lines: Vec<&str> = text.lines().collect();
+        let (end, body) = lines[1..].split_last().unwrap();
+        let code = end.rsplit_once(' ').unwrap().1.parse().unwrap();
+        let mut output = String::new();
+        for line in body {
+            output.push_str(line.trim_end_matches('\r'));
+            output.push('\n');
         }
+        results.insert(name, (output, code));
     }
     // In name order, so that the records are in the same order every time.
     let mut tried: Vec<(&String, &(String, i32))> = results.iter().collect();
