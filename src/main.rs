@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use flint_vmm::api::socket::ApiSocket;
 use flint_vmm::config::{self, DiskConfig, NetConfig, VmConfig};
 use flint_vmm::exit::ExitReason;
 use flint_vmm::sandbox::cgroup::{self, Limit};
@@ -43,6 +44,29 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Drive a running flint through its control API (`flint run --api-sock PATH`).
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The socket the VM's flint serves its API on (its --api-sock).
+    #[arg(long, value_name = "PATH")]
+    api_sock: PathBuf,
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Print the VM's state as JSON: {"app_name":"flint","state":"Running"|"Paused",...}.
+    State,
+    /// Pause every vCPU (the guest's clock stops too; devices finish what they were doing).
+    Pause,
+    /// Let a paused VM run again.
+    Resume,
+    /// Ask the guest to shut down cleanly: press its ACPI power button.
+    Shutdown,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +145,11 @@ struct RunArgs {
     /// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), and powers off through the i8042 reset.
     #[arg(long)]
     no_acpi: bool,
+    /// Serve the control API (HTTP/1.1 + JSON, see resources/api/flint-api.yaml) on a Unix
+    /// socket at PATH, made 0600 and removed when flint exits: pause, resume, state, shutdown
+    /// (`flint ctl` is its client).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
     #[command(flatten)]
     confine: ConfineArgs,
 }
@@ -192,7 +221,19 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
     };
     let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
     console.limit = args.console_limit;
-    boot(&config, console, &args.confine, args.seccomp, start)
+    let how = How {
+        confine: &args.confine,
+        seccomp: args.seccomp,
+        api_sock: args.api_sock.as_deref(),
+    };
+    boot(&config, console, &how, start)
+}
+
+/// How a VM runs, beside its config: confinement, seccomp, the control API.
+struct How<'a> {
+    confine: &'a ConfineArgs,
+    seccomp: SeccompLevel,
+    api_sock: Option<&'a std::path::Path>,
 }
 
 /// Opens the inputs, confines flint (the jail if asked, Landlock always), builds the VM and
@@ -200,10 +241,15 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
 fn boot(
     config: &VmConfig,
     console: vmm::Console,
-    confine: &ConfineArgs,
-    seccomp: SeccompLevel,
+    how: &How,
     start: Instant,
 ) -> anyhow::Result<Outcome> {
+    let confine = how.confine;
+    // First, while flint has no other thread: binding forks the socket's remover.
+    let api = match how.api_sock {
+        Some(path) => Some(ApiSocket::bind(path)?),
+        None => None,
+    };
     let jail = match (confine.jail, confine.uid, confine.gid) {
         (true, Some(uid), Some(gid)) => {
             jail::check_can_jail(uid, gid)?;
@@ -234,10 +280,14 @@ fn boot(
         eprintln!("{note}");
     }
     test_open();
-    let vmm = Vmm::build(config, inputs, console, start)?;
+    let mut vmm = Vmm::build(config, inputs, console, start)?;
+    if let Some(api) = &api {
+        let listener = api.listener.try_clone();
+        vmm.serve_api(listener.context("cannot use the API socket")?);
+    }
     // Raw mode only once the VM is built, and restored when `_raw` drops on every return.
     let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
-    Ok(Outcome::Vm(vmm.run(seccomp)?))
+    Ok(Outcome::Vm(vmm.run(how.seccomp)?))
 }
 
 /// Debug builds: `FLINT_TEST_OPEN=PATH` has flint try to open PATH once it is confined and say
@@ -292,13 +342,40 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
     console.error_output = Some(stderr.context("cannot use stderr as the workload's stderr")?);
     console.eof_byte = Some(0x04);
     console.hold_input_until_ready = true;
-    match boot(&config, console, &args.confine, args.seccomp, start)? {
+    let how = How {
+        confine: &args.confine,
+        seccomp: args.seccomp,
+        api_sock: args.api_sock.as_deref(),
+    };
+    match boot(&config, console, &how, start)? {
         Outcome::Vm(ExitReason::Shutdown) => anyhow::bail!(
             "the guest stopped without reporting the process's exit status (did the kernel \
              panic? its messages go to stderr)"
         ),
         reason => Ok(reason),
     }
+}
+
+/// `flint ctl`: one API request; prints the body of a response that has one.
+fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
+    use flint_vmm::api::client::request;
+    let sock = &args.api_sock;
+    let reply = match args.action {
+        CtlAction::State => request(sock, "GET", "/", None, &[])?,
+        CtlAction::Pause => request(sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#), &[])?,
+        CtlAction::Resume => request(sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#), &[])?,
+        CtlAction::Shutdown => request(
+            sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"Shutdown"}"#),
+            &[],
+        )?,
+    };
+    if !reply.body.is_empty() {
+        println!("{}", reply.body);
+    }
+    Ok(())
 }
 
 /// Parses the command line; a usage error is one line on stderr and exit code 2 (help and
@@ -354,6 +431,15 @@ fn real_main(start: Instant) -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run(args, start),
+        Command::Ctl(args) => {
+            return match ctl(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flint: error: {}", one_line(&e));
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Bench(BenchCommand::Startup(args)) => {
             return match flint_bench::startup(&args) {
                 Ok(_) => ExitCode::SUCCESS,

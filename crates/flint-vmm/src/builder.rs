@@ -205,6 +205,7 @@ impl Vmm {
                 mmio: devices.mmio.clone(),
                 exit,
                 stop: Default::default(),
+                pause: Default::default(),
             }),
             devices,
             console_input: input,
@@ -213,6 +214,7 @@ impl Vmm {
             signals,
             console_outputs,
             console_limit: limit,
+            api: None,
             _vm: vm,
             _mem: mem,
         })

@@ -6,9 +6,11 @@
 //! from one [`devices::manager::Devices`]; [`boot`] loads the kernel; [`arch`] writes the x86
 //! boot structures) → vCPU threads, one worker thread per virtio device and the control event
 //! loop → an [`exit::ExitReason`] → the process exit code. [`panic`] is the one policy for
-//! panics: each thread's edge turns one into the VM's end, never a hang.
+//! panics: each thread's edge turns one into the VM's end, never a hang. [`api`] is the
+//! control API a running VM can serve on a Unix socket.
 
 pub mod alloc;
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod builder;

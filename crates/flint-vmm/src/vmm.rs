@@ -14,6 +14,9 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
+use crate::api::http::Response;
+use crate::api::server::ApiServer;
+use crate::api::{Command, Controller, InstanceInfo, VmState};
 use crate::arch::x86_64::mptable;
 use crate::boot;
 use crate::bus::{lock, BusError};
@@ -120,6 +123,8 @@ pub struct Vmm {
     /// The console outputs' writers, flushed when the VM ends.
     pub(crate) console_outputs: Vec<ConsoleOutput>,
     pub(crate) console_limit: Option<u64>,
+    /// The control API's listening socket, if any (see [`Vmm::serve_api`]).
+    pub(crate) api: Option<std::os::unix::net::UnixListener>,
     pub(crate) _vm: Arc<VmFd>,
     pub(crate) _mem: GuestMemoryMmap,
 }
@@ -128,6 +133,11 @@ impl Vmm {
     /// The VM's devices (state, counters; snapshots walk them).
     pub fn devices(&self) -> &Devices {
         &self.devices
+    }
+
+    /// Serves the control API on `listener` while the VM runs.
+    pub fn serve_api(&mut self, listener: std::os::unix::net::UnixListener) {
+        self.api = Some(listener);
     }
 
     /// Runs the VM to its end and returns why it ended. Every flint thread runs under its
@@ -146,6 +156,13 @@ impl Vmm {
             signals,
             power_button: self.devices.power_button.clone(),
         })));
+        if let Some(listener) = self.api.take() {
+            let controller = VmController {
+                ctx: self.ctx.clone(),
+                power_button: self.devices.power_button.clone(),
+            };
+            em.add_subscriber(Arc::new(Mutex::new(ApiServer::new(listener, controller))));
+        }
         let input = self.console_input.map(|fd| {
             let sub = Arc::new(Mutex::new(ConsoleInput {
                 input: fd,
@@ -241,6 +258,7 @@ impl Vmm {
     /// leave (a kick can land just before a thread re-enters KVM_RUN, so it repeats).
     fn stop_vcpus(&self, threads: Vec<JoinHandle<()>>) {
         self.ctx.stop.store(true, Ordering::Release);
+        self.ctx.pause.stop();
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut threads = threads;
         while !threads.is_empty() && Instant::now() < deadline {
@@ -256,6 +274,67 @@ impl Vmm {
             threads = running;
         }
         // A thread still running after this is abandoned; process exit ends it.
+    }
+}
+
+/// How long a pause may wait for every vCPU to leave the guest.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the control API drives.
+struct VmController {
+    ctx: Arc<VcpuContext>,
+    power_button: Option<Arc<crate::devices::legacy::acpi_power::PowerButton>>,
+}
+
+impl VmController {
+    fn state(&self) -> VmState {
+        if self.ctx.pause.is_paused() {
+            VmState::Paused
+        } else {
+            VmState::Running
+        }
+    }
+}
+
+impl Controller for VmController {
+    fn handle(&mut self, command: Command) -> Response {
+        match command {
+            Command::Info => Response::json(
+                200,
+                &InstanceInfo {
+                    app_name: "flint".into(),
+                    state: self.state(),
+                    vmm_version: env!("CARGO_PKG_VERSION").into(),
+                },
+            ),
+            Command::Pause => {
+                let kick = |t| {
+                    // SAFETY: `t` is a vCPU thread not yet joined (they are joined only
+                    // after the control loop ends); the signal's handler does nothing.
+                    unsafe { libc::pthread_kill(t, vcpu::kick_signal()) };
+                };
+                match self.ctx.pause.pause(PAUSE_TIMEOUT, kick) {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => Response::error(503, format!("cannot pause: {e}")),
+                }
+            }
+            Command::Resume => {
+                self.ctx.pause.resume();
+                Response::no_content()
+            }
+            Command::Shutdown => match &self.power_button {
+                Some(b) => match b.press() {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => {
+                        Response::error(500, format!("pressing the power button failed: {e}"))
+                    }
+                },
+                None => Response::error(
+                    400,
+                    "the guest has no power button to press (it has no ACPI: --no-acpi)",
+                ),
+            },
+        }
     }
 }
 

@@ -227,6 +227,13 @@ fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
             any(libc::SYS_tgkill),
             any(libc::SYS_clock_nanosleep),
             any(libc::SYS_nanosleep),
+            // The control API (--api-sock): accepting a connection on the socket flint bound
+            // before it was confined, and reading a request with the files a client sends
+            // beside it (SCM_RIGHTS; they are only written into, never opened by path).
+            any(libc::SYS_accept4),
+            any(libc::SYS_recvmsg),
+            // Waiting at exit for the process that removes the API socket's file.
+            any(libc::SYS_wait4),
             // Restoring the user's terminal; pressing the ACPI power button (SIGPWR, Ctrl-A p)
             // where KVM has no irqfd.
             arg_in(

@@ -13,6 +13,7 @@ use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::bus::Bus;
 use crate::exit::{error_chain, ExitEvent, ExitReason};
 use crate::sandbox::seccomp::{Filters, ThreadKind};
+use crate::vstate::pause::PauseControl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -43,6 +44,8 @@ pub struct VcpuContext {
     pub mmio: Bus,
     pub exit: Arc<ExitEvent>,
     pub stop: AtomicBool,
+    /// Pausing the vCPUs (the control API, snapshots).
+    pub pause: PauseControl,
 }
 
 /// Creates vCPU `index` and sets its CPUID, MSRs, FPU and LAPIC; the boot vCPU (`entry` given)
@@ -111,21 +114,37 @@ pub fn spawn(
     ctx: Arc<VcpuContext>,
     filters: Filters,
 ) -> Result<JoinHandle<()>, VcpuError> {
+    use std::os::unix::thread::JoinHandleExt;
     let name = format!("flint-vcpu{index}");
-    std::thread::Builder::new()
+    let thread_ctx = ctx.clone();
+    ctx.pause.thread_starting();
+    let spawned = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
+            let ctx = thread_ctx;
             if let Err(e) = filters.apply(ThreadKind::Vcpu, &name) {
                 ctx.exit.request(ExitReason::VcpuFailure(error_chain(&e)));
-                return;
+            } else {
+                let reason = crate::panic::guard(|| run_loop(fd, index, &ctx))
+                    .unwrap_or_else(|what| Some(ExitReason::InternalError(what)));
+                if let Some(r) = reason {
+                    ctx.exit.request(r);
+                }
             }
-            let reason = crate::panic::guard(|| run_loop(fd, index, &ctx))
-                .unwrap_or_else(|what| Some(ExitReason::InternalError(what)));
-            if let Some(r) = reason {
-                ctx.exit.request(r);
-            }
-        })
-        .map_err(VcpuError::Spawn)
+            // SAFETY: pthread_self has no preconditions.
+            ctx.pause
+                .thread_ended(Some(unsafe { libc::pthread_self() }));
+        });
+    match spawned {
+        Ok(handle) => {
+            ctx.pause.thread_spawned(handle.as_pthread_t());
+            Ok(handle)
+        }
+        Err(e) => {
+            ctx.pause.thread_ended(None);
+            Err(VcpuError::Spawn(e))
+        }
+    }
 }
 
 /// Runs until the VM stops; returns why, if this vCPU is the reason.
@@ -133,6 +152,15 @@ fn run_loop(mut fd: VcpuFd, index: u8, ctx: &VcpuContext) -> Option<ExitReason> 
     loop {
         if ctx.stop.load(Ordering::Acquire) {
             return None;
+        }
+        if ctx.pause.requested() {
+            // Completes the exit the vCPU was in (KVM finishes an I/O read on the next entry)
+            // without entering the guest, so the state it parks with is final.
+            fd.set_kvm_immediate_exit(1);
+            let _ = fd.run();
+            fd.set_kvm_immediate_exit(0);
+            ctx.pause.park(&mut fd, index);
+            continue;
         }
         let exit = fd.run();
         crate::panic::test_point("vcpu");
