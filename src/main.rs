@@ -40,7 +40,7 @@ enum Command {
     /// keys go to the guest as typed (Ctrl-C included) and Ctrl-A x quits. flint exits 0 when
     /// the guest powers off or reboots, 128+N when stopped by signal N (SIGINT, SIGTERM,
     /// SIGHUP), and 1 when a vCPU fails or the VM cannot be built.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -67,6 +67,17 @@ enum CtlAction {
     Resume,
     /// Ask the guest to shut down cleanly: press its ACPI power button.
     Shutdown,
+    /// Write a snapshot of the VM into a directory (`state` and `memory`; made if missing,
+    /// files replaced), pausing it meanwhile; `flint run --restore DIR` continues it. Prints
+    /// what it cost as JSON. Disks are not copied: snapshot their files yourself.
+    Snapshot {
+        /// The directory to write into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// End the VM once the snapshot is written (flint exits 0).
+        #[arg(long)]
+        stop: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,8 +95,16 @@ struct RunArgs {
     /// 64-bit entry) or a bzImage. Required, but with --oci-bundle, where flint's own kernel is
     /// found through $FLINT_KERNEL or in /usr/local/share/flint/vmlinux or
     /// /usr/share/flint/vmlinux.
-    #[arg(long, value_name = "PATH", required_unless_present = "oci_bundle")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["oci_bundle", "restore"])]
     kernel: Option<PathBuf>,
+    /// Continue the VM a snapshot holds (`flint ctl snapshot --out DIR`) in this process,
+    /// instead of booting: its vCPUs, memory (mapped copy-on-write from DIR/memory, read as
+    /// the guest touches it) and devices as they were. --disk and --net, if given, replace
+    /// the snapshot's disk files and TAPs in order (all of them; each disk the same size).
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "kernel", "oci_bundle", "initrd", "cmdline", "append", "rootfs", "boot_timer",
+        "no_acpi", "cpus", "memory"])]
+    restore: Option<PathBuf>,
     /// Run an OCI runtime bundle (a directory with config.json and its rootfs, as crun and runc
     /// take) in the VM: its process with its args, env, cwd, user and mounts, its stdout and
     /// stderr on flint's, and its exit code as flint's. The rootfs becomes an ext4 image (cached
@@ -204,6 +223,21 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
     if let Some(bundle) = args.oci_bundle.clone() {
         return run_bundle(&bundle, args, start);
     }
+    if let Some(dir) = &args.restore {
+        let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
+        console.limit = args.console_limit;
+        let how = How {
+            confine: &args.confine,
+            seccomp: args.seccomp,
+            api_sock: args.api_sock.as_deref(),
+        };
+        return boot(
+            What::Restore(dir, &args.disk, &args.net),
+            console,
+            &how,
+            start,
+        );
+    }
     let Some(kernel) = args.kernel else {
         anyhow::bail!("--kernel is required (or --oci-bundle)");
     };
@@ -226,7 +260,20 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
         seccomp: args.seccomp,
         api_sock: args.api_sock.as_deref(),
     };
-    boot(&config, console, &how, start)
+    boot(What::Boot(&config), console, &how, start)
+}
+
+/// What `boot` makes a VM from.
+enum What<'a> {
+    Boot(&'a VmConfig),
+    /// A snapshot directory, and the disks and TAPs that replace its own (if given).
+    Restore(&'a std::path::Path, &'a [DiskConfig], &'a [NetConfig]),
+}
+
+/// Its inputs, opened.
+enum Opened<'a> {
+    Boot(&'a VmConfig, vmm::Inputs),
+    Restore(Box<vmm::RestoreInputs>),
 }
 
 /// How a VM runs, beside its config: confinement, seccomp, the control API.
@@ -238,12 +285,7 @@ struct How<'a> {
 
 /// Opens the inputs, confines flint (the jail if asked, Landlock always), builds the VM and
 /// runs it to its end.
-fn boot(
-    config: &VmConfig,
-    console: vmm::Console,
-    how: &How,
-    start: Instant,
-) -> anyhow::Result<Outcome> {
+fn boot(what: What, console: vmm::Console, how: &How, start: Instant) -> anyhow::Result<Outcome> {
     let confine = how.confine;
     // First, while flint has no other thread: binding forks the socket's remover.
     let api = match how.api_sock {
@@ -263,9 +305,18 @@ fn boot(
     if let Some(path) = &confine.netns {
         jail::enter_netns(path)?;
     }
-    let inputs = vmm::Inputs::open(config)?;
+    let inputs = match what {
+        What::Boot(config) => Opened::Boot(config, vmm::Inputs::open(config)?),
+        What::Restore(dir, disks, nets) => {
+            Opened::Restore(Box::new(vmm::RestoreInputs::open(dir, disks, nets)?))
+        }
+    };
     if let Some((uid, gid)) = jail {
-        let max_file_size = jail::file_size_limit(inputs.largest_writable_disk(), console.limit);
+        let largest = match &inputs {
+            Opened::Boot(_, i) => i.largest_writable_disk(),
+            Opened::Restore(i) => i.largest_writable_disk(),
+        };
+        let max_file_size = jail::file_size_limit(largest, console.limit);
         let jail = Jail {
             uid,
             gid,
@@ -280,7 +331,10 @@ fn boot(
         eprintln!("{note}");
     }
     test_open();
-    let mut vmm = Vmm::build(config, inputs, console, start)?;
+    let mut vmm = match inputs {
+        Opened::Boot(config, inputs) => Vmm::build(config, inputs, console, start)?,
+        Opened::Restore(inputs) => Vmm::restore(*inputs, console, start)?,
+    };
     if let Some(api) = &api {
         let listener = api.listener.try_clone();
         vmm.serve_api(listener.context("cannot use the API socket")?);
@@ -347,7 +401,7 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
         seccomp: args.seccomp,
         api_sock: args.api_sock.as_deref(),
     };
-    match boot(&config, console, &how, start)? {
+    match boot(What::Boot(&config), console, &how, start)? {
         Outcome::Vm(ExitReason::Shutdown) => anyhow::bail!(
             "the guest stopped without reporting the process's exit status (did the kernel \
              panic? its messages go to stderr)"
@@ -360,7 +414,19 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
 fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
     use flint_vmm::api::client::request;
     let sock = &args.api_sock;
-    let reply = match args.action {
+    let reply = match &args.action {
+        CtlAction::Snapshot { out, stop } => {
+            let (state, memory) = snapshot_files(out)?;
+            use std::os::fd::AsRawFd;
+            let body = format!(r#"{{"stop":{stop}}}"#);
+            request(
+                sock,
+                "PUT",
+                "/snapshot/create",
+                Some(&body),
+                &[state.as_raw_fd(), memory.as_raw_fd()],
+            )?
+        }
         CtlAction::State => request(sock, "GET", "/", None, &[])?,
         CtlAction::Pause => request(sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#), &[])?,
         CtlAction::Resume => request(sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#), &[])?,
@@ -376,6 +442,32 @@ fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
         println!("{}", reply.body);
     }
     Ok(())
+}
+
+/// Makes DIR (0700) if missing and opens its two snapshot files for writing (0600).
+fn snapshot_files(dir: &std::path::Path) -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("--out {}: cannot make the directory", dir.display()))?;
+    let open = |name: &str| {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open {} for writing", path.display()))
+    };
+    Ok((
+        open(flint_vmm::snapshot::STATE_FILE)?,
+        open(flint_vmm::snapshot::MEMORY_FILE)?,
+    ))
 }
 
 /// Parses the command line; a usage error is one line on stderr and exit code 2 (help and
@@ -430,7 +522,7 @@ fn real_main(start: Instant) -> ExitCode {
         Err(code) => return code,
     };
     let result = match cli.command {
-        Command::Run(args) => run(args, start),
+        Command::Run(args) => run(*args, start),
         Command::Ctl(args) => {
             return match ctl(&args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -463,6 +555,9 @@ fn real_main(start: Instant) -> ExitCode {
         ExitReason::Shutdown | ExitReason::Status(_) => {}
         ExitReason::Signal(sig) => {
             eprintln!("flint: stopped by signal {sig}; the VM was shut down");
+        }
+        ExitReason::Snapshotted => {
+            eprintln!("flint: the VM was stopped after its snapshot");
         }
         ExitReason::ConsoleQuit => {
             eprintln!("flint: quit from the console (Ctrl-A x); the VM was shut down");

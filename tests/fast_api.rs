@@ -8,100 +8,11 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use flint_vmm::api::client::{request, ClientError};
-
-/// flint running the counting firmware with its API on a socket in a directory of its own.
-struct CounterVm {
-    child: Option<Child>,
-    dir: PathBuf,
-    sock: PathBuf,
-    out: PathBuf,
-}
-
-impl CounterVm {
-    fn start(name: &str, extra: &[&str]) -> CounterVm {
-        let dir = std::env::temp_dir().join(format!("flint-api-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("api.sock");
-        let out = dir.join("console");
-        let child = flint()
-            .args(["run", "--kernel", firmware("counter").to_str().unwrap()])
-            .arg("--api-sock")
-            .arg(&sock)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let vm = CounterVm {
-            child: Some(child),
-            dir,
-            sock,
-            out,
-        };
-        vm.wait_for(|c| c >= 2, "the guest to count");
-        vm
-    }
-
-    /// The last count the guest printed (0 before any).
-    fn count(&self) -> u64 {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        text.lines()
-            .filter(|l| l.len() == "flint-fw: count ".len() + 16)
-            .filter_map(|l| l.strip_prefix("flint-fw: count "))
-            .filter_map(|n| u64::from_str_radix(n, 16).ok())
-            .next_back()
-            .unwrap_or(0)
-    }
-
-    fn wait_for(&self, f: impl Fn(u64) -> bool, what: &str) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let c = self.count();
-            if f(c) {
-                return c;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<String, ClientError> {
-        request(&self.sock, method, path, body, &[]).map(|r| r.body)
-    }
-
-    fn state(&self) -> String {
-        let body = self.call("GET", "/", None).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["state"].as_str().unwrap().to_string()
-    }
-
-    /// Stops flint with SIGTERM; returns its stderr.
-    fn stop(&mut self) -> String {
-        let child = self.child.take().unwrap();
-        signal(&child, libc::SIGTERM);
-        let out = wait_or_kill(child, Duration::from_secs(20));
-        assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-}
-
-impl Drop for CounterVm {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn refused(r: Result<String, ClientError>) -> (u16, String) {
     match r {

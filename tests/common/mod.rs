@@ -968,3 +968,115 @@ jail_report() {
     echo "$pre net ns same as the lab's: $([ "$(readlink /proc/$c/ns/net)" = "$(readlink /proc/self/ns/net)" ] && echo yes || echo no)"
 }
 "#;
+
+/// flint running the counting firmware with its API on a socket in a directory of its own.
+pub struct CounterVm {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    pub out: PathBuf,
+}
+
+impl CounterVm {
+    /// Boots the counting firmware with `extra` arguments.
+    pub fn start(name: &str, extra: &[&str]) -> CounterVm {
+        let kernel = firmware("counter");
+        let mut args = vec!["--kernel", kernel.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::run(name, &args)
+    }
+
+    /// `flint run ARGS --api-sock SOCK` (ARGS boot or restore a counting guest), its console
+    /// in a file, once the guest has counted twice. A directory of its own per `name`.
+    pub fn run(name: &str, args: &[&str]) -> CounterVm {
+        let dir = std::env::temp_dir().join(format!("flint-counter-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let out = dir.join("console");
+        let child = flint()
+            .arg("run")
+            .args(args)
+            .arg("--api-sock")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let vm = CounterVm {
+            child: Some(child),
+            dir,
+            sock,
+            out,
+        };
+        vm.wait_for(|c| c >= 2, "the guest to count");
+        vm
+    }
+
+    /// The last count the guest printed (0 before any).
+    pub fn count(&self) -> u64 {
+        counts(&self.console()).last().copied().unwrap_or(0)
+    }
+
+    /// Everything the guest printed so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn wait_for(&self, f: impl Fn(u64) -> bool, what: &str) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.count();
+            if f(c) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<String, flint_vmm::api::client::ClientError> {
+        flint_vmm::api::client::request(&self.sock, method, path, body, &[]).map(|r| r.body)
+    }
+
+    pub fn state(&self) -> String {
+        let body = self.call("GET", "/", None).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["state"].as_str().unwrap().to_string()
+    }
+
+    /// Stops flint with SIGTERM; returns its stderr.
+    pub fn stop(&mut self) -> String {
+        let child = self.child.take().unwrap();
+        signal(&child, libc::SIGTERM);
+        let out = wait_or_kill(child, Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for CounterVm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The counts in the counting firmware's output, in order (whole lines only).
+pub fn counts(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter(|l| l.len() == "flint-fw: count ".len() + 16)
+        .filter_map(|l| l.strip_prefix("flint-fw: count "))
+        .filter_map(|n| u64::from_str_radix(n, 16).ok())
+        .collect()
+}

@@ -68,7 +68,9 @@ impl ResourceAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::x86_64::layout::{BOOT_TIMER_ADDR, GED_IRQ, IOAPIC_ADDR, IRQ_MAX};
+    use crate::arch::x86_64::layout::{
+        BOOT_TIMER_ADDR, GED_IRQ, IOAPIC_ADDR, IRQ_MAX, VMGENID_IRQ,
+    };
 
     #[test]
     fn hands_out_distinct_windows_and_lines_until_full() {
@@ -81,14 +83,15 @@ mod tests {
         for (i, r) in all.iter().enumerate() {
             assert!(r.mmio_base > BOOT_TIMER_ADDR);
             assert!(r.mmio_base + r.mmio_len <= IOAPIC_ADDR);
-            assert!(r.gsi <= IRQ_MAX && r.gsi != GED_IRQ);
+            assert!(r.gsi <= IRQ_MAX && r.gsi != GED_IRQ && r.gsi != VMGENID_IRQ);
             for s in &all[..i] {
                 assert!(s.mmio_base + s.mmio_len <= r.mmio_base);
                 assert_ne!(s.gsi, r.gsi);
             }
         }
         assert_eq!(a.virtio_device(), Err(Exhausted));
-        // The IOAPIC's 24 pins are the limit today, less the legacy ones and the power button's.
-        assert_eq!(VIRTIO_DEVICE_CAPACITY, 18);
+        // The IOAPIC's 24 pins are the limit today, less the legacy ones and the Generic Event
+        // Device's two (the power button, the VM generation ID).
+        assert_eq!(VIRTIO_DEVICE_CAPACITY, 17);
     }
 }

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::alloc::ResourceAllocator;
 use crate::arch::x86_64::{acpi, cpuid, layout, mptable, regs::EntryMode};
 use crate::boot::{self, InitrdImage, KernelInfo};
 use crate::bus::Bus;
-use crate::config::{io_reason, open_input, ConfigError, Initrd, InputKind, VmConfig};
+use crate::config::{
+    io_reason, open_input, ConfigError, DiskConfig, Initrd, InputKind, NetConfig, VmConfig,
+};
 use crate::devices::guest_ports::GuestPorts;
 use crate::devices::irq::IrqLine;
 use crate::devices::legacy::acpi_power::{AcpiPower, PowerButton};
@@ -33,6 +35,7 @@ use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::block_control_signals;
 use crate::exit::ExitEvent;
 use crate::kvm;
+use crate::snapshot::{self, LegacyStates, Machine, SavedDisk, SavedNet, Snapshot, SnapshotError};
 use crate::vmm::{Console, Vmm, VmmError};
 use crate::vstate::memory::create_guest_memory;
 use crate::vstate::vcpu::{self, VcpuContext};
@@ -175,8 +178,42 @@ impl Vmm {
         } = console;
         let (console_outputs, outputs) =
             console_outputs(output, error_output, limit, hold_input_until_ready, &exit)?;
-        let mut devices = legacy_devices(&vm, fast, config, mem_size, outputs, &exit, start)?;
-        let boot_args = virtio_devices(&mut devices, &vm, fast, &mem, config, disks, taps)?;
+        let machine = Machine {
+            vcpus: u8::try_from(config.vcpus).map_err(|_| ConfigError::TooManyVcpus {
+                requested: config.vcpus,
+                max: u8::MAX.into(),
+            })?,
+            memory_mib: config.memory_mib,
+            acpi: config.acpi,
+            boot_timer: config.boot_timer,
+            serial2: outputs.error_output.is_some(),
+            disks: config
+                .disks
+                .iter()
+                .zip(&disks)
+                .map(|(d, image)| SavedDisk {
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                    serial: d.serial.clone(),
+                    size: image.size(),
+                })
+                .collect(),
+            nets: config
+                .nets
+                .iter()
+                .map(|n| SavedNet {
+                    tap: n.tap.clone(),
+                    mac: n.mac.unwrap_or_else(|| Mac::for_tap(&n.tap)).0,
+                })
+                .collect(),
+        };
+        let mut devices =
+            legacy_devices(&vm, fast, &machine, None, mem_size, outputs, &exit, start)?;
+        let mut boot_args = virtio_devices(&mut devices, &vm, fast, &mem, &machine, disks, taps)?;
+        if let (true, Some(root)) = (config.root_on_first_disk, config.disks.first()) {
+            let mode = if root.read_only { "ro" } else { "rw" };
+            boot_args.push(format!("root=/dev/vda {mode}"));
+        }
 
         let initrd = match (&config.initrd, initrd_file.as_mut()) {
             (_, Some(f)) => Some(InitrdImage::File(f)),
@@ -196,7 +233,7 @@ impl Vmm {
         let loaded = boot::load(&mem, mem_size, &mut kernel, info, initrd, &cmdline, rsdp)?;
         mptable::setup_mptable(&mem, num_cpus)?;
 
-        let vcpus = create_vcpus(&kvm, &vm, &mem, num_cpus, loaded.entry)?;
+        let (vcpus, cpuids) = create_vcpus(&kvm, &vm, &mem, num_cpus, loaded.entry)?;
 
         Ok(Vmm {
             vcpus,
@@ -215,9 +252,305 @@ impl Vmm {
             console_outputs,
             console_limit: limit,
             api: None,
+            machine,
+            msr_list: Arc::new(msr_list(&kvm)),
+            cpuids,
             _vm: vm,
             _mem: mem,
         })
+    }
+}
+
+/// What a VM is restored from, opened: `/dev/kvm`, the snapshot's state (read and checked)
+/// and its memory file.
+pub struct RestoreInputs {
+    kvm: Kvm,
+    snapshot: Snapshot,
+    memory: File,
+    disks: Vec<DiskImage>,
+    taps: Vec<Tap>,
+}
+
+impl RestoreInputs {
+    /// Opens and checks the snapshot in `dir`: a truncated, corrupted, other-version or
+    /// other-machine snapshot is an error here, before anything is built.
+    /// `disks` and `nets`, when given, replace the snapshot's disk files and TAPs in order
+    /// (as many as it has; each disk the size it had).
+    pub fn open(
+        dir: &std::path::Path,
+        disks: &[DiskConfig],
+        nets: &[NetConfig],
+    ) -> Result<RestoreInputs, VmmError> {
+        let mut state = open_file("--restore", &dir.join(snapshot::STATE_FILE))?;
+        let memory = open_file("--restore", &dir.join(snapshot::MEMORY_FILE))?;
+        let mut snapshot = snapshot::read_state(&mut state)?;
+        let devices = snapshot.machine.disks.len() + snapshot.machine.nets.len();
+        if snapshot.virtio.len() != devices {
+            return Err(SnapshotError::Mismatch(format!(
+                "the snapshot holds {} virtio device states for {devices} devices",
+                snapshot.virtio.len()
+            ))
+            .into());
+        }
+        let (disks, taps) = open_restored_devices(&mut snapshot.machine, disks, nets)?;
+        let kvm = kvm::open()?;
+        let vendor = snapshot::host_cpu_vendor();
+        if snapshot.cpu_vendor != vendor {
+            return Err(SnapshotError::Mismatch(format!(
+                "the snapshot was taken on a {} CPU; this host's is {vendor}",
+                snapshot.cpu_vendor
+            ))
+            .into());
+        }
+        let m = &snapshot.machine;
+        if snapshot.vcpus.len() != usize::from(m.vcpus) || m.vcpus == 0 {
+            return Err(SnapshotError::Mismatch(format!(
+                "the snapshot holds {} vCPU states for {} vCPUs",
+                snapshot.vcpus.len(),
+                m.vcpus
+            ))
+            .into());
+        }
+        if u32::from(m.vcpus) > max_vcpus(&kvm) {
+            return Err(ConfigError::TooManyVcpus {
+                requested: m.vcpus.into(),
+                max: max_vcpus(&kvm),
+            }
+            .into());
+        }
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::Cpuid)?;
+        for (i, v) in snapshot.vcpus.iter().enumerate() {
+            let mut here = supported.clone();
+            let index = u8::try_from(i).unwrap_or(u8::MAX);
+            cpuid::filter_cpuid(&mut here, index, m.vcpus, host_caps(&kvm));
+            if let Some((leaf, sub, reg, bits)) = cpuid::missing_features(&v.cpuid, &here) {
+                return Err(SnapshotError::Mismatch(format!(
+                    "the snapshot's guest uses CPU features this host does not offer (CPUID \
+                     leaf {leaf:#x}.{sub} {reg} bits {bits:#x}); restore it on the kind of host \
+                     it was taken on"
+                ))
+                .into());
+            }
+        }
+        // The layout must be exactly what this flint gives that much memory.
+        let expected: Vec<(u64, u64)> = crate::vstate::memory::ram_ranges(
+            m.memory_mib
+                .checked_mul(1 << 20)
+                .ok_or(SnapshotError::Mismatch("absurd memory size".into()))?,
+        )
+        .into_iter()
+        .map(|(a, l)| (a.0, l))
+        .collect();
+        let saved: Vec<(u64, u64)> = snapshot
+            .memory
+            .iter()
+            .map(|r| (r.guest_addr, r.len))
+            .collect();
+        if expected != saved {
+            return Err(SnapshotError::Mismatch(format!(
+                "the snapshot's memory layout {saved:x?} is not that of {} MiB",
+                m.memory_mib
+            ))
+            .into());
+        }
+        Ok(RestoreInputs {
+            kvm,
+            snapshot,
+            memory,
+            disks,
+            taps,
+        })
+    }
+
+    /// As [`Inputs::largest_writable_disk`].
+    pub fn largest_writable_disk(&self) -> u64 {
+        self.disks
+            .iter()
+            .filter(|d| !d.read_only())
+            .map(DiskImage::size)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The machine the snapshot describes.
+    pub fn machine(&self) -> &Machine {
+        &self.snapshot.machine
+    }
+}
+
+/// Opens a restored VM's disks and TAPs: the snapshot's own, or those given instead (same
+/// count, same sizes and modes); `machine` then names what was opened.
+fn open_restored_devices(
+    machine: &mut Machine,
+    disks: &[DiskConfig],
+    nets: &[NetConfig],
+) -> Result<(Vec<DiskImage>, Vec<Tap>), VmmError> {
+    let mismatch = |m: String| VmmError::Snapshot(SnapshotError::Mismatch(m));
+    if !disks.is_empty() && disks.len() != machine.disks.len() {
+        return Err(mismatch(format!(
+            "the snapshot's VM has {} disks; --disk was given {} times (give all or none)",
+            machine.disks.len(),
+            disks.len()
+        )));
+    }
+    if !nets.is_empty() && nets.len() != machine.nets.len() {
+        return Err(mismatch(format!(
+            "the snapshot's VM has {} network interfaces; --net was given {} times (give all \
+             or none)",
+            machine.nets.len(),
+            nets.len()
+        )));
+    }
+    let mut images = Vec::new();
+    for (i, saved) in machine.disks.iter_mut().enumerate() {
+        if let Some(given) = disks.get(i) {
+            if given.read_only != saved.read_only {
+                return Err(mismatch(format!(
+                    "--disk {}: the snapshot's disk {i} was {}",
+                    given.path.display(),
+                    if saved.read_only {
+                        "read-only (add ,ro)"
+                    } else {
+                        "writable (drop ,ro)"
+                    }
+                )));
+            }
+            saved.path = given.path.clone();
+        }
+        let image = DiskImage::open(&saved.path, saved.read_only)
+            .map_err(|e| VmmError::Disk("--disk", e))?;
+        if image.size() != saved.size {
+            return Err(mismatch(format!(
+                "{}: {} bytes, but the snapshot's disk {i} had {} bytes",
+                saved.path.display(),
+                image.size(),
+                saved.size
+            )));
+        }
+        images.push(image);
+    }
+    let mut taps = Vec::new();
+    for (i, saved) in machine.nets.iter_mut().enumerate() {
+        if let Some(given) = nets.get(i) {
+            saved.tap = given.tap.clone();
+            if let Some(mac) = given.mac {
+                saved.mac = mac.0;
+            }
+        }
+        taps.push(Tap::open(&saved.tap)?);
+    }
+    Ok((images, taps))
+}
+
+impl Vmm {
+    /// Makes the VM a snapshot holds, ready to continue where it was taken. Memory is mapped
+    /// from the snapshot's file copy-on-write; nothing is read from it up front.
+    pub fn restore(
+        inputs: RestoreInputs,
+        console: Console,
+        start: Instant,
+    ) -> Result<Vmm, VmmError> {
+        let RestoreInputs {
+            kvm,
+            snapshot,
+            memory,
+            disks,
+            taps,
+        } = inputs;
+        let signals = block_control_signals().map_err(|e| VmmError::Io("signalfd", e))?;
+        let mem = snapshot::memory::map(&memory, &snapshot.memory)?;
+        let machine = snapshot.machine;
+        let mem_size = machine.memory_mib << 20; // checked against the layout in open()
+        let vm = Arc::new(create_vm(&kvm, &mem)?);
+        crate::vstate::vm::restore_state(&vm, &snapshot.vm)
+            .map_err(|e| SnapshotError::Mismatch(crate::exit::error_chain(&e)))?;
+        let fast = FastPaths::probe(&kvm);
+        let exit = Arc::new(ExitEvent::new().map_err(|e| VmmError::Io("eventfd", e))?);
+        let Console {
+            input,
+            output,
+            error_output,
+            escapes,
+            eof_byte,
+            hold_input_until_ready,
+            limit,
+        } = console;
+        if error_output.is_some() != machine.serial2 {
+            return Err(SnapshotError::Mismatch(
+                "the snapshot's VM had a different console (a second serial port or not)".into(),
+            )
+            .into());
+        }
+        let (console_outputs, outputs) =
+            console_outputs(output, error_output, limit, hold_input_until_ready, &exit)?;
+        let mut devices = legacy_devices(
+            &vm,
+            fast,
+            &machine,
+            Some(&snapshot.legacy),
+            mem_size,
+            outputs,
+            &exit,
+            start,
+        )?;
+        virtio_devices(&mut devices, &vm, fast, &mem, &machine, disks, taps)?;
+        for (slot, state) in devices.virtio.iter().zip(&snapshot.virtio) {
+            crate::bus::lock(&slot.transport).restore(state)?;
+        }
+        let cpuids: Cpuids = Arc::new(snapshot.vcpus.iter().map(|v| v.cpuid.clone()).collect());
+        let vcpus = snapshot
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(i, state)| {
+                let index = u8::try_from(i).unwrap_or(u8::MAX);
+                let fd = crate::vstate::vcpu::restore_vcpu(&vm, index, state)
+                    .map_err(|e| SnapshotError::Mismatch(crate::exit::error_chain(&e)))?;
+                Ok((fd, index))
+            })
+            .collect::<Result<Vec<_>, VmmError>>()?;
+        // A restored VM is a new instance: it gets a new generation ID, and the guest is told
+        // so that it reseeds its RNG (now that its vCPUs exist: the interrupt waits in the
+        // local APIC for the first run).
+        if let Some(line) = &devices.vmgenid_changed {
+            mem.write_slice(&random_id()?, GuestAddress(layout::VMGENID_ADDR))
+                .map_err(|e| {
+                    VmmError::Io("writing the VM generation ID", std::io::Error::other(e))
+                })?;
+            line.trigger()
+                .map_err(|e| VmmError::Io("signalling the new VM generation ID", e))?;
+        }
+        Ok(Vmm {
+            vcpus,
+            ctx: Arc::new(VcpuContext {
+                pio: devices.pio.clone(),
+                mmio: devices.mmio.clone(),
+                exit,
+                stop: Default::default(),
+                pause: Default::default(),
+            }),
+            devices,
+            console_input: input,
+            escapes,
+            eof_byte,
+            signals,
+            console_outputs,
+            console_limit: limit,
+            api: None,
+            machine,
+            msr_list: Arc::new(msr_list(&kvm)),
+            cpuids,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+}
+
+fn host_caps(kvm: &Kvm) -> cpuid::HostCaps {
+    cpuid::HostCaps {
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
     }
 }
 
@@ -283,10 +616,12 @@ struct ConsoleOutputs {
 
 /// The legacy devices on the port bus (serial ports, the guest init's ports, i8042, CMOS) and
 /// the boot timer on the MMIO bus, each at its address from `layout`.
+#[allow(clippy::too_many_arguments)]
 fn legacy_devices(
     vm: &Arc<VmFd>,
     fast: FastPaths,
-    config: &VmConfig,
+    config: &Machine,
+    saved: Option<&LegacyStates>,
     mem_size: u64,
     console: ConsoleOutputs,
     exit: &Arc<ExitEvent>,
@@ -296,8 +631,13 @@ fn legacy_devices(
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
 
-    let mut serial = SerialDevice::new(irq(layout::SERIAL_IRQ, "the serial port")?, console.output);
-    if console.hold_input_until_ready {
+    let line = irq(layout::SERIAL_IRQ, "the serial port")?;
+    let mut serial = match saved {
+        Some(s) => SerialDevice::restore(line, console.output, &s.serial)
+            .ok_or_else(|| bad_state("the serial port's"))?,
+        None => SerialDevice::new(line, console.output),
+    };
+    if console.hold_input_until_ready && saved.is_none() {
         serial.hold_input();
     }
     let serial = Arc::new(Mutex::new(serial));
@@ -309,7 +649,13 @@ fn legacy_devices(
     let serial2 = match console.error_output {
         Some(out) => {
             let line = irq(layout::SERIAL2_IRQ, "the second serial port")?;
-            let s = Arc::new(Mutex::new(SerialDevice::new(line, out)));
+            let dev = match saved.map(|s| s.serial2.as_ref()) {
+                Some(Some(state)) => SerialDevice::restore(line, out, state)
+                    .ok_or_else(|| bad_state("the second serial port's"))?,
+                Some(None) => return Err(bad_state("the second serial port's")),
+                None => SerialDevice::new(line, out),
+            };
+            let s = Arc::new(Mutex::new(dev));
             pio.insert(
                 layout::SERIAL2_PORT.into(),
                 layout::SERIAL_PORT_LEN,
@@ -325,7 +671,10 @@ fn legacy_devices(
         layout::GUEST_PORTS_LEN,
         guest_ports.clone(),
     )?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    let i8042 = Arc::new(Mutex::new(match saved {
+        Some(s) => I8042::restore(exit.clone(), &s.i8042),
+        None => I8042::new(exit.clone()),
+    }));
     pio.insert(
         layout::I8042_PORT.into(),
         layout::I8042_PORT_LEN,
@@ -343,8 +692,18 @@ fn legacy_devices(
     } else {
         None
     };
+    let vmgenid_changed = if config.acpi {
+        Some(irq(layout::VMGENID_IRQ, "the VM generation ID")?)
+    } else {
+        None
+    };
     let below_4g = mem_size.min(layout::MMIO32_START);
-    let cmos = Arc::new(Mutex::new(Cmos::new(below_4g, mem_size - below_4g)));
+    let mut cmos = Cmos::new(below_4g, mem_size - below_4g);
+    if let Some(s) = saved {
+        cmos.restore(&s.cmos)
+            .ok_or_else(|| bad_state("the CMOS's"))?;
+    }
+    let cmos = Arc::new(Mutex::new(cmos));
     pio.insert(
         layout::CMOS_PORT.into(),
         layout::CMOS_PORT_LEN,
@@ -374,8 +733,15 @@ fn legacy_devices(
         cmos,
         boot_timer,
         power_button,
+        vmgenid_changed,
         virtio: Vec::new(),
     })
+}
+
+fn bad_state(whose: &str) -> VmmError {
+    VmmError::Snapshot(SnapshotError::Mismatch(format!(
+        "{whose} state in the snapshot is malformed"
+    )))
 }
 
 /// The disk and network devices, disks first (vda, vdb, …) then NICs (eth0, …), each with a
@@ -386,12 +752,12 @@ fn virtio_devices(
     vm: &Arc<VmFd>,
     fast: FastPaths,
     mem: &GuestMemoryMmap,
-    config: &VmConfig,
+    machine: &Machine,
     images: Vec<DiskImage>,
     taps: Vec<Tap>,
 ) -> Result<Vec<String>, VmmError> {
     let mut wanted: Vec<(String, &'static str, Box<dyn VirtioDevice>)> = Vec::new();
-    for (i, (disk, image)) in config.disks.iter().zip(images).enumerate() {
+    for (i, (disk, image)) in machine.disks.iter().zip(images).enumerate() {
         let serial = match &disk.serial {
             Some(s) => s.clone(),
             None => format!("flint-vd{}", disk_letter(i)),
@@ -402,12 +768,11 @@ fn virtio_devices(
             Box::new(Block::new(image, &serial)),
         ));
     }
-    for (i, (net, tap)) in config.nets.iter().zip(taps).enumerate() {
-        let mac = net.mac.unwrap_or_else(|| Mac::for_tap(&net.tap));
+    for (i, (net, tap)) in machine.nets.iter().zip(taps).enumerate() {
         wanted.push((
             format!("virtio-net{i}"),
             "a network interface",
-            Box::new(Net::new(Box::new(tap), mac)),
+            Box::new(Net::new(Box::new(tap), Mac(net.mac))),
         ));
     }
 
@@ -447,10 +812,6 @@ fn virtio_devices(
             queues,
             queue_evts,
         })?;
-    }
-    if let (true, Some(root)) = (config.root_on_first_disk, config.disks.first()) {
-        let mode = if root.read_only { "ro" } else { "rw" };
-        boot_args.push(format!("root=/dev/vda {mode}"));
     }
     Ok(boot_args)
 }
@@ -517,6 +878,13 @@ fn with_boot_args(cmdline: &str, extra: &[String]) -> String {
     }
 }
 
+/// The MSRs KVM can save and restore (none where it cannot list them).
+fn msr_list(kvm: &Kvm) -> Vec<u32> {
+    kvm.get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .unwrap_or_default()
+}
+
 /// The vCPUs: CPUID, MSRs, FPU and LAPIC on each; the boot vCPU also gets the entry state.
 fn create_vcpus(
     kvm: &Kvm,
@@ -524,21 +892,24 @@ fn create_vcpus(
     mem: &GuestMemoryMmap,
     num_cpus: u8,
     entry: EntryMode,
-) -> Result<Vec<(VcpuFd, u8)>, VmmError> {
+) -> Result<(Vec<(VcpuFd, u8)>, Cpuids), VmmError> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmmError::Cpuid)?;
-    let caps = cpuid::HostCaps {
-        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
-    };
-    (0..num_cpus)
-        .map(|i| {
-            let entry = (i == 0).then_some(entry);
-            let fd = vcpu::create_vcpu(vm, i, num_cpus, &supported, caps, mem, entry)?;
-            Ok((fd, i))
-        })
-        .collect()
+    let caps = host_caps(kvm);
+    let mut vcpus = Vec::new();
+    let mut cpuids = Vec::new();
+    for i in 0..num_cpus {
+        let entry = (i == 0).then_some(entry);
+        let (fd, cpuid) = vcpu::create_vcpu(vm, i, num_cpus, &supported, caps, mem, entry)?;
+        vcpus.push((fd, i));
+        cpuids.push(cpuid);
+    }
+    Ok((vcpus, Arc::new(cpuids)))
 }
+
+/// The CPUID flint gave each vCPU, by index (a snapshot records it).
+pub type Cpuids = Arc<Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>>;
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,8 @@ pub enum ExitReason {
     Signal(i32),
     /// The user typed Ctrl-A x on an interactive console.
     ConsoleQuit,
+    /// A snapshot was taken with the request to stop the VM after it.
+    Snapshotted,
     /// A vCPU hit something it cannot go on from; the string says what, with the vCPU's RIP.
     VcpuFailure(String),
     /// A flint thread panicked (a flint bug): where and why (see [`crate::panic`]).
@@ -28,7 +30,7 @@ impl ExitReason {
     /// The process exit code a user sees.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::Shutdown => 0,
+            ExitReason::Shutdown | ExitReason::Snapshotted => 0,
             ExitReason::Status(s) => *s as i32,
             ExitReason::Signal(sig) => 128 + sig,
             // As a shell reports a job ended with Ctrl-C.

@@ -22,6 +22,7 @@ pub mod exit;
 pub mod kvm;
 pub mod panic;
 pub mod sandbox;
+pub mod snapshot;
 pub mod terminal;
 pub mod vmm;
 pub mod vstate;

@@ -31,11 +31,12 @@ use crate::event_loop::{ConsoleInput, Control};
 use crate::exit::ExitReason;
 use crate::kvm::KvmError;
 use crate::sandbox::seccomp::{Filters, SeccompError, SeccompLevel, ThreadKind};
+use crate::snapshot::{self, Machine};
 use crate::vstate::memory::MemoryError;
 use crate::vstate::vcpu::{self, VcpuContext, VcpuError};
 use crate::vstate::vm::VmError;
 
-pub use crate::builder::{max_vcpus, Inputs};
+pub use crate::builder::{max_vcpus, Inputs, RestoreInputs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -88,6 +89,8 @@ pub enum VmmError {
     TooManyQueues,
     #[error("--net")]
     Tap(#[from] TapError),
+    #[error("the snapshot cannot be restored")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("registering a virtio queue notification with KVM (KVM_IOEVENTFD) failed")]
     IoEvent(#[source] kvm_ioctls::Error),
 }
@@ -125,6 +128,10 @@ pub struct Vmm {
     pub(crate) console_limit: Option<u64>,
     /// The control API's listening socket, if any (see [`Vmm::serve_api`]).
     pub(crate) api: Option<std::os::unix::net::UnixListener>,
+    /// What a snapshot records of the machine, and the MSRs it saves.
+    pub(crate) machine: Machine,
+    pub(crate) msr_list: Arc<Vec<u32>>,
+    pub(crate) cpuids: crate::builder::Cpuids,
     pub(crate) _vm: Arc<VmFd>,
     pub(crate) _mem: GuestMemoryMmap,
 }
@@ -160,6 +167,24 @@ impl Vmm {
             let controller = VmController {
                 ctx: self.ctx.clone(),
                 power_button: self.devices.power_button.clone(),
+                snapshot: snapshot::create::Source {
+                    ctx: self.ctx.clone(),
+                    vm: self._vm.clone(),
+                    mem: self._mem.clone(),
+                    machine: self.machine.clone(),
+                    msr_list: self.msr_list.clone(),
+                    cpuids: self.cpuids.clone(),
+                    serial: self.devices.serial.clone(),
+                    serial2: self.devices.serial2.clone(),
+                    i8042: self.devices.i8042.clone(),
+                    cmos: self.devices.cmos.clone(),
+                    virtio: self
+                        .devices
+                        .virtio
+                        .iter()
+                        .map(|v| (v.transport.clone(), v.queues.clone()))
+                        .collect(),
+                },
             };
             em.add_subscriber(Arc::new(Mutex::new(ApiServer::new(listener, controller))));
         }
@@ -284,6 +309,7 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 struct VmController {
     ctx: Arc<VcpuContext>,
     power_button: Option<Arc<crate::devices::legacy::acpi_power::PowerButton>>,
+    snapshot: snapshot::create::Source,
 }
 
 impl VmController {
@@ -307,17 +333,32 @@ impl Controller for VmController {
                     vmm_version: env!("CARGO_PKG_VERSION").into(),
                 },
             ),
-            Command::Pause => {
-                let kick = |t| {
-                    // SAFETY: `t` is a vCPU thread not yet joined (they are joined only
-                    // after the control loop ends); the signal's handler does nothing.
-                    unsafe { libc::pthread_kill(t, vcpu::kick_signal()) };
-                };
-                match self.ctx.pause.pause(PAUSE_TIMEOUT, kick) {
-                    Ok(()) => Response::no_content(),
-                    Err(e) => Response::error(503, format!("cannot pause: {e}")),
+            Command::Snapshot {
+                stop,
+                state,
+                memory,
+            } => {
+                if let Err(why) = check_writable(&state).and_then(|_| check_writable(&memory)) {
+                    return Response::error(400, why);
+                }
+                match snapshot::create::create(&self.snapshot, &state, &memory, stop, PAUSE_TIMEOUT)
+                {
+                    Ok(summary) => {
+                        if stop {
+                            self.ctx.exit.request(ExitReason::Snapshotted);
+                        }
+                        Response::json(200, &summary)
+                    }
+                    Err(e) => Response::error(
+                        500,
+                        format!("the snapshot failed: {}", crate::exit::error_chain(&e)),
+                    ),
                 }
             }
+            Command::Pause => match self.ctx.pause.pause(PAUSE_TIMEOUT, vcpu::kick) {
+                Ok(()) => Response::no_content(),
+                Err(e) => Response::error(503, format!("cannot pause: {e}")),
+            },
             Command::Resume => {
                 self.ctx.pause.resume();
                 Response::no_content()
@@ -336,6 +377,31 @@ impl Controller for VmController {
             },
         }
     }
+}
+
+/// A file a client sent for flint to write into must be a regular file open for writing: a
+/// pipe or a device could block the control loop or mean something else entirely.
+fn check_writable(file: &std::fs::File) -> Result<(), String> {
+    // SAFETY: fstat fills `st` for a descriptor this process owns.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(format!(
+            "cannot inspect a file sent: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err("the files sent for a snapshot must be regular files".into());
+    }
+    // SAFETY: F_GETFL only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || flags & libc::O_ACCMODE != libc::O_RDWR && flags & libc::O_ACCMODE != libc::O_WRONLY
+    {
+        return Err("the files sent for a snapshot must be open for writing".into());
+    }
+    Ok(())
 }
 
 /// Stops the device workers (each finishes the request it is serving first).

@@ -7,6 +7,11 @@
 //! | `GET /`                                     | the VM's state (`Running`, `Paused`)      |
 //! | `PATCH /vm` `{"state":"Paused"\|"Resumed"}` | pauses or resumes every vCPU              |
 //! | `PUT /actions` `{"action_type":"Shutdown"}` | presses the guest's ACPI power button     |
+//! | `PUT /snapshot/create` `{"stop":false}`     | writes a snapshot into the two files sent |
+//!
+//! A snapshot's files come with the request as open file descriptors (SCM_RIGHTS: the state
+//! file, then the memory file), not as paths: flint, confined, can open no path, and the
+//! client creates the files with its own rights where it may (`flint ctl snapshot` does).
 //!
 //! The socket is made 0600 (only its owner may drive the VM) and removed when flint exits by a
 //! small process of its own ([`socket::ApiSocket`]): flint itself can no longer remove any file
@@ -66,6 +71,15 @@ pub enum ActionType {
     Shutdown,
 }
 
+/// `PUT /snapshot/create`.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    /// End the VM once the snapshot is durable (flint exits 0).
+    #[serde(default)]
+    pub stop: bool,
+}
+
 /// What a request asks the VM to do.
 #[derive(Debug)]
 pub enum Command {
@@ -73,6 +87,11 @@ pub enum Command {
     Pause,
     Resume,
     Shutdown,
+    Snapshot {
+        stop: bool,
+        state: std::fs::File,
+        memory: std::fs::File,
+    },
 }
 
 /// The VM side of the API: carries out one command.
@@ -84,6 +103,26 @@ pub trait Controller {
 /// says what was wrong with it.
 pub fn route(req: &Request, files: Vec<std::fs::File>) -> Result<Command, Response> {
     let path = req.path.split('?').next().unwrap_or("");
+    if (req.method.as_str(), path) == ("PUT", "/snapshot/create") {
+        let args: SnapshotCreate = if req.body.is_empty() {
+            SnapshotCreate::default()
+        } else {
+            body(req)?
+        };
+        let mut files = files.into_iter();
+        return match (files.next(), files.next()) {
+            (Some(state), Some(memory)) => Ok(Command::Snapshot {
+                stop: args.stop,
+                state,
+                memory,
+            }),
+            _ => Err(Response::error(
+                400,
+                "PUT /snapshot/create needs two open files sent with the request (SCM_RIGHTS): \
+                 the state file, then the memory file (flint ctl snapshot --out DIR does this)",
+            )),
+        };
+    }
     if !files.is_empty() {
         return Err(Response::error(
             400,
@@ -99,7 +138,7 @@ pub fn route(req: &Request, files: Vec<std::fs::File>) -> Result<Command, Respon
         ("PUT", "/actions") => match body::<Action>(req)?.action_type {
             ActionType::Shutdown => Ok(Command::Shutdown),
         },
-        (_, "/" | "/vm" | "/actions") => Err(Response::error(
+        (_, "/" | "/vm" | "/actions" | "/snapshot/create") => Err(Response::error(
             405,
             format!(
                 "{} {path} is not served (see the API description)",
@@ -163,6 +202,9 @@ mod tests {
             "\n  /:\n    get:",
             "\n  /vm:\n    patch:",
             "\n  /actions:\n    put:",
+            "\n  /snapshot/create:\n    put:",
+            "capture_us",
+            "memory_bytes_written",
             "enum: [Running, Paused]",
             "enum: [Paused, Resumed]",
             "enum: [Shutdown]",
@@ -170,6 +212,26 @@ mod tests {
         ] {
             assert!(yaml.contains(needle), "flint-api.yaml lacks {needle:?}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_request_needs_its_two_files() {
+        let (status, msg) = fault(route(&req("PUT", "/snapshot/create", "")));
+        assert_eq!(status, 400);
+        assert!(msg.contains("two open files"), "{msg}");
+        let files = || {
+            vec![
+                std::fs::File::open("/dev/null").unwrap(),
+                std::fs::File::open("/dev/null").unwrap(),
+            ]
+        };
+        let r = super::route(&req("PUT", "/snapshot/create", r#"{"stop":true}"#), files());
+        assert!(matches!(r, Ok(Command::Snapshot { stop: true, .. })));
+        let r = super::route(&req("PUT", "/snapshot/create", ""), files());
+        assert!(matches!(r, Ok(Command::Snapshot { stop: false, .. })));
+        let r = super::route(&req("PUT", "/snapshot/create", r#"{"out":"x"}"#), files());
+        assert_eq!(fault(r).0, 400);
+        assert_eq!(fault(route(&req("GET", "/snapshot/create", ""))).0, 405);
     }
 
     #[test]

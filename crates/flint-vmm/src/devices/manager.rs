@@ -45,6 +45,8 @@ pub struct Devices {
     pub boot_timer: Option<Arc<Mutex<BootTimer>>>,
     /// With ACPI: the power button a host presses to ask the guest to shut down.
     pub power_button: Option<Arc<PowerButton>>,
+    /// With ACPI: the line that tells the guest its VM generation ID changed (a restore).
+    pub vmgenid_changed: Option<crate::devices::irq::IrqLine>,
     pub virtio: Vec<VirtioSlot>,
 }
 

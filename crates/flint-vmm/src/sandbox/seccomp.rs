@@ -136,13 +136,30 @@ impl Filters {
 
 /// ioctl request numbers flint's threads make once filtered.
 mod ioctls {
-    use kvm_bindings::{kvm_irq_level, kvm_regs};
-    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+    use kvm_bindings::{
+        kvm_clock_data, kvm_debugregs, kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+        kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    };
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
     const KVMIO: u32 = 0xae;
     ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
     ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
+    // What a snapshot reads: the VM's (control thread) ...
+    ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+    ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+    // ... and each vCPU's (its own thread, parked).
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
     /// The offloads a virtio-net driver accepted, told to the TAP when the driver activates
     /// the device (on the vCPU that wrote DRIVER_OK).
     pub const TUNSETOFFLOAD: u64 = crate::devices::virtio::net::tap::TUNSETOFFLOAD;
@@ -234,21 +251,58 @@ fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
             any(libc::SYS_recvmsg),
             // Waiting at exit for the process that removes the API socket's file.
             any(libc::SYS_wait4),
+            // A snapshot (PUT /snapshot/create): checking that the files a client sent are
+            // regular files (fstat, which glibc makes newfstatat on the descriptor itself), and
+            // writing them durably.
+            arg_in(
+                libc::SYS_newfstatat,
+                3,
+                &[u64::try_from(libc::AT_EMPTY_PATH).unwrap_or(0)],
+            )?,
+            any(libc::SYS_ftruncate),
+            any(libc::SYS_pwrite64),
+            // Which guest pages were ever touched (only those are written).
+            any(libc::SYS_mincore),
+            any(libc::SYS_fsync),
             // Restoring the user's terminal; pressing the ACPI power button (SIGPWR, Ctrl-A p)
-            // where KVM has no irqfd.
+            // where KVM has no irqfd; a snapshot's VM state (interrupt controllers, PIT, clock).
             arg_in(
                 libc::SYS_ioctl,
                 1,
-                &[TCGETS, TCSETS, TCSETSW, TCSETSF, KVM_IRQ_LINE()],
+                &[
+                    TCGETS,
+                    TCSETS,
+                    TCSETSW,
+                    TCSETSF,
+                    KVM_IRQ_LINE(),
+                    KVM_GET_IRQCHIP(),
+                    KVM_GET_PIT2(),
+                    KVM_GET_CLOCK(),
+                ],
             )?,
         ],
         ThreadKind::Vcpu => vec![
             // Running the guest; its registers for a failure message; the serial port's
-            // interrupt where KVM has no irqfd; a NIC's offloads when its driver starts it.
+            // interrupt where KVM has no irqfd; a NIC's offloads when its driver starts it;
+            // the vCPU's state for a snapshot (read on its own thread while parked).
             arg_in(
                 libc::SYS_ioctl,
                 1,
-                &[KVM_RUN(), KVM_GET_REGS(), KVM_IRQ_LINE(), TUNSETOFFLOAD],
+                &[
+                    KVM_RUN(),
+                    KVM_GET_REGS(),
+                    KVM_IRQ_LINE(),
+                    TUNSETOFFLOAD,
+                    KVM_GET_SREGS(),
+                    KVM_GET_MSRS(),
+                    KVM_GET_LAPIC(),
+                    KVM_GET_MP_STATE(),
+                    KVM_GET_VCPU_EVENTS(),
+                    KVM_GET_DEBUGREGS(),
+                    KVM_GET_TSC_KHZ(),
+                    KVM_GET_XSAVE(),
+                    KVM_GET_XCRS(),
+                ],
             )?,
         ],
         ThreadKind::DeviceWorker => vec![

@@ -58,7 +58,7 @@ pub fn create_vcpu(
     caps: cpuid::HostCaps,
     mem: &GuestMemoryMmap,
     entry: Option<regs::EntryMode>,
-) -> Result<VcpuFd, VcpuError> {
+) -> Result<(VcpuFd, Vec<kvm_bindings::kvm_cpuid_entry2>), VcpuError> {
     let fd = vm
         .create_vcpu(index as u64)
         .map_err(|e| VcpuError::Create(index, e))?;
@@ -92,13 +92,20 @@ pub fn create_vcpu(
         fd.set_regs(&regs::boot_regs(mode))
             .map_err(setup("KVM_SET_REGS"))?;
     }
-    Ok(fd)
+    Ok((fd, cpuid.as_slice().to_vec()))
 }
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN` (its handler does nothing: the
 /// interrupted ioctl returning EINTR is the point).
 pub fn kick_signal() -> i32 {
     SIGRTMIN()
+}
+
+/// Kicks one vCPU thread out of `KVM_RUN`.
+pub fn kick(thread: libc::pthread_t) {
+    // SAFETY: `thread` is a vCPU thread not yet joined (they are joined only after the control
+    // loop, the one caller, ends); the signal's handler does nothing.
+    unsafe { libc::pthread_kill(thread, kick_signal()) };
 }
 
 extern "C" fn noop_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -228,4 +235,148 @@ fn run_loop(mut fd: VcpuFd, index: u8, ctx: &VcpuContext) -> Option<ExitReason> 
             return None;
         }
     }
+}
+
+/// Everything KVM holds for one vCPU that a snapshot must carry: what the guest sees (CPUID),
+/// its registers of every kind, the MSRs KVM lists as saveable, its local APIC, whether it is
+/// running or waiting for a SIPI, the events KVM has pending for it, and its TSC rate.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct VcpuState {
+    pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    pub msrs: Vec<kvm_bindings::kvm_msr_entry>,
+    pub regs: kvm_bindings::kvm_regs,
+    pub sregs: kvm_bindings::kvm_sregs,
+    /// The x87/SSE/AVX state (XSAVE covers what KVM_GET_FPU would).
+    pub xsave: kvm_bindings::kvm_xsave,
+    pub xcrs: kvm_bindings::kvm_xcrs,
+    pub debugregs: kvm_bindings::kvm_debugregs,
+    pub lapic: kvm_bindings::kvm_lapic_state,
+    pub mp_state: kvm_bindings::kvm_mp_state,
+    pub events: kvm_bindings::kvm_vcpu_events,
+    /// None where KVM cannot say (no KVM_CAP_GET_TSC_KHZ).
+    pub tsc_khz: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuStateError {
+    #[error("vCPU {index}: {what} failed")]
+    Ioctl {
+        index: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(
+        "vCPU {index}: KVM took only {set} of the {total} saved MSRs (the first refused: {msr:#x})"
+    )]
+    Msrs {
+        index: u8,
+        set: usize,
+        total: usize,
+        msr: u32,
+    },
+    #[error("vCPU {0}: the saved state is malformed ({1})")]
+    Malformed(u8, &'static str),
+}
+
+/// Reads vCPU `index`'s state; `msr_list` is what KVM_GET_MSR_INDEX_LIST said (an MSR KVM
+/// lists but cannot read here is left out), `cpuid` what flint gave the vCPU (kept as given:
+/// some KVMs, PVM's among them, answer KVM_GET_CPUID2 with more than was set). Runs on the
+/// vCPU's own thread while it is parked.
+pub fn save_state(
+    fd: &VcpuFd,
+    index: u8,
+    msr_list: &[u32],
+    cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+) -> Result<VcpuState, VcpuStateError> {
+    let err = |what: &'static str| {
+        move |source| VcpuStateError::Ioctl {
+            index,
+            what,
+            source,
+        }
+    };
+    let mut wanted: Vec<u32> = msr_list.to_vec();
+    let msrs = loop {
+        let entries: Vec<kvm_bindings::kvm_msr_entry> = wanted
+            .iter()
+            .map(|&index| kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = kvm_bindings::Msrs::from_entries(&entries)
+            .map_err(|_| VcpuStateError::Malformed(index, "too many MSRs"))?;
+        let n = fd.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS"))?;
+        if n >= wanted.len() {
+            break msrs.as_slice().to_vec();
+        }
+        // KVM stops at the first MSR it cannot read: leave that one out and ask again.
+        wanted.remove(n);
+    };
+    Ok(VcpuState {
+        cpuid,
+        msrs,
+        regs: fd.get_regs().map_err(err("KVM_GET_REGS"))?,
+        sregs: fd.get_sregs().map_err(err("KVM_GET_SREGS"))?,
+        xsave: fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?,
+        xcrs: fd.get_xcrs().map_err(err("KVM_GET_XCRS"))?,
+        debugregs: fd.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?,
+        lapic: fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?,
+        mp_state: fd.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?,
+        events: fd.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?,
+        tsc_khz: fd.get_tsc_khz().ok(),
+    })
+}
+
+/// Creates vCPU `index` of a restored VM and gives it `state`, in the order KVM needs: CPUID
+/// first, the local APIC before the MSRs (the TSC deadline MSR depends on its mode), the
+/// pending events last.
+pub fn restore_vcpu(vm: &VmFd, index: u8, state: &VcpuState) -> Result<VcpuFd, VcpuStateError> {
+    let fd = vm
+        .create_vcpu(u64::from(index))
+        .map_err(|source| VcpuStateError::Ioctl {
+            index,
+            what: "creating the vCPU",
+            source,
+        })?;
+    let err = |what: &'static str| {
+        move |source| VcpuStateError::Ioctl {
+            index,
+            what,
+            source,
+        }
+    };
+    let cpuid = CpuId::from_entries(&state.cpuid)
+        .map_err(|_| VcpuStateError::Malformed(index, "too many CPUID entries"))?;
+    fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
+    if let (Some(khz), Ok(here)) = (state.tsc_khz, fd.get_tsc_khz()) {
+        if khz != here {
+            fd.set_tsc_khz(khz).map_err(err("KVM_SET_TSC_KHZ"))?;
+        }
+    }
+    fd.set_mp_state(state.mp_state)
+        .map_err(err("KVM_SET_MP_STATE"))?;
+    fd.set_regs(&state.regs).map_err(err("KVM_SET_REGS"))?;
+    fd.set_sregs(&state.sregs).map_err(err("KVM_SET_SREGS"))?;
+    // SAFETY: the buffer is a whole kvm_xsave as KVM_GET_XSAVE returned it.
+    unsafe { fd.set_xsave(&state.xsave) }.map_err(err("KVM_SET_XSAVE"))?;
+    fd.set_xcrs(&state.xcrs).map_err(err("KVM_SET_XCRS"))?;
+    fd.set_debug_regs(&state.debugregs)
+        .map_err(err("KVM_SET_DEBUGREGS"))?;
+    fd.set_lapic(&state.lapic).map_err(err("KVM_SET_LAPIC"))?;
+    let msrs = kvm_bindings::Msrs::from_entries(&state.msrs)
+        .map_err(|_| VcpuStateError::Malformed(index, "too many MSRs"))?;
+    let set = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
+    if set != state.msrs.len() {
+        return Err(VcpuStateError::Msrs {
+            index,
+            set,
+            total: state.msrs.len(),
+            msr: state.msrs.get(set).map_or(0, |m| m.index),
+        });
+    }
+    fd.set_vcpu_events(&state.events)
+        .map_err(err("KVM_SET_VCPU_EVENTS"))?;
+    Ok(fd)
 }

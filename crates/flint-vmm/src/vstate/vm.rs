@@ -60,3 +60,58 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
     vm.create_pit2(pit).map_err(VmError::Pit)?;
     Ok(vm)
 }
+
+/// The VM-wide interrupt controllers, the PIT and the KVM clock, as a snapshot holds them.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_bindings::kvm_irqchip,
+    pub pic_slave: kvm_bindings::kvm_irqchip,
+    pub ioapic: kvm_bindings::kvm_irqchip,
+    pub pit: kvm_bindings::kvm_pit_state2,
+    pub clock: kvm_bindings::kvm_clock_data,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0} failed")]
+pub struct VmStateError(&'static str, #[source] kvm_ioctls::Error);
+
+fn irqchip(vm: &VmFd, chip_id: u32) -> Result<kvm_bindings::kvm_irqchip, VmStateError> {
+    let mut chip = kvm_bindings::kvm_irqchip {
+        chip_id,
+        ..Default::default()
+    };
+    vm.get_irqchip(&mut chip)
+        .map_err(|e| VmStateError("KVM_GET_IRQCHIP", e))?;
+    Ok(chip)
+}
+
+/// Reads the VM's state (its vCPUs paused).
+pub fn save_state(vm: &VmFd) -> Result<VmState, VmStateError> {
+    Ok(VmState {
+        pic_master: irqchip(vm, kvm_bindings::KVM_IRQCHIP_PIC_MASTER)?,
+        pic_slave: irqchip(vm, kvm_bindings::KVM_IRQCHIP_PIC_SLAVE)?,
+        ioapic: irqchip(vm, kvm_bindings::KVM_IRQCHIP_IOAPIC)?,
+        pit: vm.get_pit2().map_err(|e| VmStateError("KVM_GET_PIT2", e))?,
+        clock: vm
+            .get_clock()
+            .map_err(|e| VmStateError("KVM_GET_CLOCK", e))?,
+    })
+}
+
+/// Gives a new VM (made by [`create_vm`], before its vCPUs) the saved state.
+pub fn restore_state(vm: &VmFd, state: &VmState) -> Result<(), VmStateError> {
+    vm.set_pit2(&state.pit)
+        .map_err(|e| VmStateError("KVM_SET_PIT2", e))?;
+    // Only the clock's value is settable; the flags KVM reported (stable TSC, ...) are its own.
+    let clock = kvm_bindings::kvm_clock_data {
+        clock: state.clock.clock,
+        ..Default::default()
+    };
+    vm.set_clock(&clock)
+        .map_err(|e| VmStateError("KVM_SET_CLOCK", e))?;
+    for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+        vm.set_irqchip(chip)
+            .map_err(|e| VmStateError("KVM_SET_IRQCHIP", e))?;
+    }
+    Ok(())
+}

@@ -173,17 +173,29 @@ fn dsdt(config: &AcpiConfig) -> Vec<u8> {
             &aml::Name::new("_UID".into(), &aml::ZERO),
         ],
     )));
+    // Its second line says the VM generation ID changed (flint restored a snapshot): `_EVT`
+    // gets the line's GSI and notifies VGEN, and Linux's vmgenid driver reads the new ID and
+    // reseeds its RNG.
     let ged_irq = aml::Interrupt::new(true, true, false, false, layout::GED_IRQ);
-    let ged_crs = aml::ResourceTemplate::new(vec![&ged_irq]);
+    let vmgenid_irq = aml::Interrupt::new(true, true, false, false, layout::VMGENID_IRQ);
+    let ged_crs = aml::ResourceTemplate::new(vec![&ged_irq, &vmgenid_irq]);
     let pwrb = aml::Path::new("\\_SB_.PWRB");
     let pressed = aml::Notify::new(&pwrb, &0x80u8);
+    let vgen = aml::Path::new("\\_SB_.VGEN");
+    let changed = aml::Notify::new(&vgen, &0x80u8);
+    let button_gsi = layout::GED_IRQ;
+    let vmgenid_gsi = layout::VMGENID_IRQ;
+    let is_button = aml::Equal::new(&aml::Arg(0), &button_gsi);
+    let is_vmgenid = aml::Equal::new(&aml::Arg(0), &vmgenid_gsi);
+    let on_button = aml::If::new(&is_button, vec![&pressed]);
+    let on_vmgenid = aml::If::new(&is_vmgenid, vec![&changed]);
     devices.push(bytes(&aml::Device::new(
         "GED0".into(),
         vec![
             &aml::Name::new("_HID".into(), &"ACPI0013"),
             &aml::Name::new("_UID".into(), &aml::ZERO),
             &aml::Name::new("_CRS".into(), &ged_crs),
-            &aml::Method::new("_EVT".into(), 1, true, vec![&pressed]),
+            &aml::Method::new("_EVT".into(), 1, true, vec![&on_button, &on_vmgenid]),
         ],
     )));
     body.extend(aml::Scope::raw("_SB_".into(), devices.concat()));
@@ -341,7 +353,7 @@ mod tests {
 
     #[test]
     fn tables_are_well_formed_and_linked() {
-        for (cpus, n) in [(1u8, 0u32), (2, 1), (8, 18), (255, 18)] {
+        for (cpus, n) in [(1u8, 0u32), (2, 1), (8, 17), (255, 17)] {
             let t = config(cpus, &devices(n));
             let tables = by_signature(&t);
             let find = |sig: &str| tables.iter().find(|(s, _, _)| s == sig).unwrap().clone();
@@ -483,6 +495,7 @@ mod tests {
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {\n                    0x00000017,",
             "Method (_EVT, 1, Serialized)",
             "Notify (\\_SB.PWRB, 0x80)",
+            "Notify (\\_SB.VGEN, 0x80)",
             // FADT and MADT.
             "Hardware Reduced (V5) : 1",
             "Sleep Control Register : [Generic Address Structure]",

@@ -118,9 +118,73 @@ pub fn find(cpuid: &CpuId, function: u32, index: u32) -> Option<&kvm_cpuid_entry
         .find(|e| e.function == function && e.index == index)
 }
 
+/// The feature leaves a restored guest may have relied on: (leaf, subleaf).
+const FEATURE_LEAVES: [(u32, u32); 4] = [
+    (LEAF_FEATURES, 0),
+    (0x7, 0),
+    (LEAF_AMD_FEATURES, 0),
+    (0xd, 1),
+];
+
+/// A feature a saved vCPU's CPUID has that this host would not give it: `(leaf, subleaf,
+/// register name, missing bits)`. `here` is what flint gives that vCPU on this host.
+pub fn missing_features(
+    saved: &[kvm_cpuid_entry2],
+    here: &CpuId,
+) -> Option<(u32, u32, &'static str, u32)> {
+    for (leaf, sub) in FEATURE_LEAVES {
+        let find = |entries: &[kvm_cpuid_entry2]| {
+            entries
+                .iter()
+                .find(|e| {
+                    // KVM leaves `index` unset where the subleaf does not matter.
+                    let indexed = e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0;
+                    e.function == leaf && (!indexed || e.index == sub)
+                })
+                .copied()
+        };
+        let Some(old) = find(saved) else { continue };
+        let new = find(here.as_slice()).unwrap_or_default();
+        for (name, a, b) in [
+            ("EBX", old.ebx, new.ebx),
+            ("ECX", old.ecx, new.ecx),
+            ("EDX", old.edx, new.edx),
+        ] {
+            // Leaf 1 EBX is the APIC ID and counts, not features.
+            if leaf == LEAF_FEATURES && name == "EBX" {
+                continue;
+            }
+            if a & !b != 0 {
+                return Some((leaf, sub, name, a & !b));
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_feature_this_host_lacks_is_named() {
+        let entry = |function, ecx| kvm_cpuid_entry2 {
+            function,
+            ecx,
+            ..Default::default()
+        };
+        let here = CpuId::from_entries(&[entry(1, 0b0110), entry(7, 0)]).unwrap();
+        assert_eq!(missing_features(&[entry(1, 0b0100)], &here), None);
+        assert_eq!(
+            missing_features(&[entry(1, 0b1100)], &here),
+            Some((1, 0, "ECX", 0b1000))
+        );
+        // A leaf this host lacks entirely.
+        assert_eq!(
+            missing_features(&[entry(0x8000_0001, 1)], &here),
+            Some((0x8000_0001, 0, "ECX", 1))
+        );
+    }
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {

@@ -61,7 +61,9 @@ pub const SERIAL2_PORT: u16 = 0x2f8;
 pub const SERIAL2_IRQ: u32 = 3;
 /// GSIs for virtio-mmio devices: from here to [`IRQ_DEVICES_END`].
 pub const IRQ_DEVICES_START: u32 = 5;
-pub const IRQ_DEVICES_END: u32 = 22;
+pub const IRQ_DEVICES_END: u32 = 21;
+/// The ACPI Generic Event Device's second line: the VM generation ID changed (a restore).
+pub const VMGENID_IRQ: u32 = 22;
 /// The ACPI Generic Event Device's line: the power button (see `arch::x86_64::acpi`).
 pub const GED_IRQ: u32 = 23;
 /// The IOAPIC's last pin (it has 24).

@@ -151,7 +151,29 @@ pub struct Cmos {
     fixed_time: Option<u64>,
 }
 
+/// The CMOS's state in a snapshot: its index register and RAM (the time is the host's, read
+/// when the guest asks).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmosSnapshot {
+    pub index: u8,
+    pub data: Vec<u8>,
+}
+
 impl Cmos {
+    pub fn snapshot(&self) -> CmosSnapshot {
+        CmosSnapshot {
+            index: self.index,
+            data: self.data.to_vec(),
+        }
+    }
+
+    /// Puts the saved registers back (a RAM image of another size is refused: None).
+    pub fn restore(&mut self, s: &CmosSnapshot) -> Option<()> {
+        self.data = s.data.as_slice().try_into().ok()?;
+        self.index = s.index;
+        Some(())
+    }
+
     /// A CMOS/RTC for a guest with `mem_below_4g` bytes of RAM below 4 GiB (counted from 0) and
     /// `mem_above_4g` bytes from 4 GiB up.
     pub fn new(mem_below_4g: u64, mem_above_4g: u64) -> Cmos {

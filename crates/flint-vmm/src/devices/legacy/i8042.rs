@@ -42,7 +42,36 @@ pub struct I8042 {
     last_was_cmd: bool,
 }
 
+/// The controller's state in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    pub ctr: u8,
+    pub out: Vec<u8>,
+    pub awaiting: Option<u8>,
+    pub last_was_cmd: bool,
+}
+
 impl I8042 {
+    pub fn snapshot(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            ctr: self.ctr,
+            out: self.out.iter().copied().collect(),
+            awaiting: self.awaiting,
+            last_was_cmd: self.last_was_cmd,
+        }
+    }
+
+    /// A controller in the saved state `s` (its output queue bounded as ever).
+    pub fn restore(exit: Arc<ExitEvent>, s: &I8042Snapshot) -> Self {
+        I8042 {
+            exit,
+            ctr: s.ctr,
+            out: s.out.iter().copied().take(MAX_OUTPUT).collect(),
+            awaiting: s.awaiting,
+            last_was_cmd: s.last_was_cmd,
+        }
+    }
+
     pub fn new(exit: Arc<ExitEvent>) -> Self {
         I8042 {
             exit,

@@ -35,7 +35,67 @@ pub struct SerialDevice {
 /// Stop reading host input once this much waits for the guest (it resumes as the guest reads).
 pub const MAX_PENDING_INPUT: usize = 1 << 20;
 
+/// A UART's state in a snapshot: its registers and FIFO (vm-superio's `SerialState`), and the
+/// host input still waiting for the FIFO.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub fifo: Vec<u8>,
+    pub pending_input: Vec<u8>,
+    pub input_held: bool,
+}
+
 impl SerialDevice {
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            fifo: s.in_buffer,
+            pending_input: self.pending_input.iter().copied().collect(),
+            input_held: self.input_held,
+        }
+    }
+
+    /// A UART in the saved state `s` (None: the FIFO in it is longer than a UART's).
+    pub fn restore(irq: IrqLine, out: SerialOut, s: &SerialSnapshot) -> Option<Self> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.fifo.clone(),
+        };
+        let uart =
+            Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out).ok()?;
+        let pending = s.pending_input.len().min(MAX_PENDING_INPUT);
+        Some(SerialDevice {
+            uart,
+            pending_input: s.pending_input[..pending].iter().copied().collect(),
+            input_held: s.input_held,
+        })
+    }
+
     pub fn new(irq: IrqLine, out: SerialOut) -> Self {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), out),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -67,12 +67,77 @@ pub struct MmioTransport {
     active: bool,
 }
 
+/// One queue in a snapshot (virtio-queue's `QueueState`, which a restore validates again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedQueue {
+    pub max_size: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for SavedQueue {
+    fn from(q: QueueState) -> Self {
+        SavedQueue {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<SavedQueue> for QueueState {
+    fn from(q: SavedQueue) -> Self {
+        QueueState {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// A virtio-mmio device in a snapshot: the transport's registers and each queue (from the
+/// worker when the device is active).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub acked_features: u64,
+    pub queue_sel: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub active: bool,
+    pub size_refused: Vec<bool>,
+    pub queues: Vec<SavedQueue>,
+    pub interrupt_status: u32,
+    pub needs_reset: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("creating a queue notification eventfd failed")]
     EventFd(#[source] std::io::Error),
     #[error("a device queue size is not a power of two up to 32768")]
     QueueSize,
+    #[error("the snapshot's {0}")]
+    BadState(String),
 }
 
 impl MmioTransport {
@@ -106,6 +171,91 @@ impl MmioTransport {
             status: 0,
             active: false,
         })
+    }
+
+    /// The transport's state for a snapshot; `worker` is the device's worker when active
+    /// (held idle by the caller, see `DeviceQueues::hold`).
+    pub fn snapshot(&self, worker: Option<&dyn super::QueueWorker>) -> TransportState {
+        let queues = match (self.active, worker) {
+            (true, Some(w)) => w.queue_states(),
+            _ => self.queues.iter().map(|q| q.state()).collect(),
+        };
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            active: self.active,
+            size_refused: self.size_refused.clone(),
+            queues: queues.into_iter().map(SavedQueue::from).collect(),
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.device_queues.needs_reset(),
+        }
+    }
+
+    /// Puts a new transport (for the same kind of device) into the saved state; an active
+    /// device gets its worker again, with the saved queues, and is woken to serve them.
+    pub fn restore(&mut self, s: &TransportState) -> Result<(), TransportError> {
+        let bad = |what: &str| TransportError::BadState(what.to_string());
+        if s.device_type != self.device.device_type() {
+            return Err(bad("virtio devices are not the ones this VM has"));
+        }
+        if s.queues.len() != self.queues.len() || s.size_refused.len() != self.queues.len() {
+            return Err(bad("virtio device has another number of queues"));
+        }
+        if s.acked_features & !self.device.features() != 0 {
+            return Err(bad(
+                "virtio driver uses features this device does not offer",
+            ));
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (saved, mine) in s.queues.iter().zip(&self.queues) {
+            if saved.max_size != mine.max_size() {
+                return Err(bad("virtio queue has another maximum size"));
+            }
+            let q = Queue::try_from(QueueState::from(*saved))
+                .map_err(|e| TransportError::BadState(format!("virtio queue is invalid: {e}")))?;
+            queues.push(q);
+        }
+        self.status = s.status;
+        self.acked_features = s.acked_features;
+        self.queue_sel = s.queue_sel;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.size_refused = s.size_refused.clone();
+        self.interrupt.restore_status(s.interrupt_status);
+        self.device_queues.restore_needs_reset(s.needs_reset);
+        if !s.active {
+            self.queues = queues;
+            return Ok(());
+        }
+        if queues.iter().any(|q| q.ready() && !q.is_valid(&self.mem)) {
+            return Err(bad("virtio queue lies outside guest memory"));
+        }
+        // As at DRIVER_OK: the device takes the queues, the transport keeps their shape.
+        for (mine, q) in self.queues.iter_mut().zip(&queues) {
+            let mut fresh = Queue::new(q.max_size()).map_err(|_| TransportError::QueueSize)?;
+            fresh.set_size(q.size());
+            fresh.set_ready(q.ready());
+            *mine = fresh;
+        }
+        let worker = self
+            .device
+            .activate(ActivateContext {
+                mem: self.mem.clone(),
+                queues,
+                acked_features: self.acked_features,
+                interrupt: self.interrupt.clone(),
+            })
+            .ok_or_else(|| bad("virtio device cannot serve its saved queues"))?;
+        self.device_queues.activate(worker);
+        self.active = true;
+        for evt in &self.queue_evts {
+            let _ = evt.write(1);
+        }
+        Ok(())
     }
 
     pub fn queue_evts(&self) -> &[EventFd] {
@@ -368,6 +518,9 @@ mod tests {
     struct ProbeWorker(Option<std::sync::mpsc::Receiver<()>>);
 
     impl QueueWorker for ProbeWorker {
+        fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+            Vec::new()
+        }
         fn process_queue(&mut self, _: usize) -> Served {
             if let Some(gate) = &self.0 {
                 let _ = gate.recv();

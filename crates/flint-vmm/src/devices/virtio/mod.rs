@@ -52,6 +52,12 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
+    /// Puts InterruptStatus back as a snapshot had it (the interrupt controller's own state
+    /// says whether the line is still asserted).
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::Release);
+    }
+
     pub fn new(line: IrqLine) -> Self {
         Interrupt {
             line,
@@ -125,6 +131,10 @@ pub trait QueueWorker: Send {
     fn backend_wanted(&self, _index: usize) -> bool {
         true
     }
+    /// Each queue's state for a snapshot (the worker idle: between batches), in queue order,
+    /// as a restored device must see it: chains taken from a ring and not yet used count as
+    /// not taken (the restored device takes them again).
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState>;
 }
 
 /// What serving a queue (or a backend) came to.

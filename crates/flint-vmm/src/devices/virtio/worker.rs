@@ -58,6 +58,17 @@ impl DeviceQueues {
         drop(old);
     }
 
+    /// Holds the worker slot: no batch runs until the guard drops (a snapshot holds every
+    /// device's while it reads queue state and guest memory). Waits for a batch in flight.
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, Option<Box<dyn QueueWorker>>> {
+        lock(&self.worker)
+    }
+
+    /// A snapshot said the driver's queues were broken.
+    pub fn restore_needs_reset(&self, needs_reset: bool) {
+        self.needs_reset.store(needs_reset, Ordering::Release);
+    }
+
     /// Whether a worker found the driver's queues broken since the last reset.
     pub fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::Acquire)
@@ -316,6 +327,9 @@ mod tests {
     impl QueueWorker for Busy {
         fn process_queue(&mut self, _: usize) -> Served {
             self.call()
+        }
+        fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+            Vec::new()
         }
         fn backend_fds(&self) -> Vec<RawFd> {
             vec![self.backend.as_raw_fd()]

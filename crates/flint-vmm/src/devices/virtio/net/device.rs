@@ -485,6 +485,15 @@ impl VirtioDevice for Net {
 }
 
 impl QueueWorker for NetWorker {
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        // RX chains held for a frame waiting for more buffers go back to the ring (the frame
+        // itself is dropped, as a NIC drops a packet); TX chains finish within their batch.
+        let mut rx = self.active.rx.state();
+        let held = u16::try_from(self.active.rx_held.len()).unwrap_or(u16::MAX);
+        rx.next_avail = rx.next_avail.wrapping_sub(held);
+        vec![rx, self.active.tx.state()]
+    }
+
     fn process_queue(&mut self, index: usize) -> Served {
         match index {
             // New RX buffers: deliver what waits, and what the backend has meanwhile.
