@@ -69,6 +69,15 @@ pub struct VmState {
     pub ioapic: kvm_bindings::kvm_irqchip,
     pub pit: kvm_bindings::kvm_pit_state2,
     pub clock: kvm_bindings::kvm_clock_data,
+    /// The host's wall clock (ns since the epoch) when `clock` was read.
+    pub clock_read_at_ns: u64,
+}
+
+/// The host's wall clock in ns since the epoch (0 if it is before 1970).
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +104,7 @@ pub fn save_state(vm: &VmFd) -> Result<VmState, VmStateError> {
         clock: vm
             .get_clock()
             .map_err(|e| VmStateError("KVM_GET_CLOCK", e))?,
+        clock_read_at_ns: wall_clock_ns(),
     })
 }
 
@@ -102,9 +112,12 @@ pub fn save_state(vm: &VmFd) -> Result<VmState, VmStateError> {
 pub fn restore_state(vm: &VmFd, state: &VmState) -> Result<(), VmStateError> {
     vm.set_pit2(&state.pit)
         .map_err(|e| VmStateError("KVM_SET_PIT2", e))?;
-    // Only the clock's value is settable; the flags KVM reported (stable TSC, ...) are its own.
+    // The guest's clock runs on by the time the snapshot spent on disk, so that its wall
+    // clock reads the host's (its timers see the gap as a long pause). Only the value is
+    // settable; the flags KVM reported (stable TSC, ...) are its own.
+    let slept = wall_clock_ns().saturating_sub(state.clock_read_at_ns);
     let clock = kvm_bindings::kvm_clock_data {
-        clock: state.clock.clock,
+        clock: state.clock.clock.saturating_add(slept),
         ..Default::default()
     };
     vm.set_clock(&clock)
