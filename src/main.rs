@@ -312,10 +312,14 @@ fn boot(what: What, console: vmm::Console, how: &How, start: Instant) -> anyhow:
         }
     };
     if let Some((uid, gid)) = jail {
-        let largest = match &inputs {
-            Opened::Boot(_, i) => i.largest_writable_disk(),
-            Opened::Restore(i) => i.largest_writable_disk(),
+        let (mut largest, memory_mib) = match &inputs {
+            Opened::Boot(c, i) => (i.largest_writable_disk(), c.memory_mib),
+            Opened::Restore(i) => (i.largest_writable_disk(), i.machine().memory_mib),
         };
+        // With the API, a snapshot's memory file is written through flint too.
+        if how.api_sock.is_some() {
+            largest = largest.max(flint_vmm::snapshot::largest_file(memory_mib));
+        }
         let max_file_size = jail::file_size_limit(largest, console.limit);
         let jail = Jail {
             uid,

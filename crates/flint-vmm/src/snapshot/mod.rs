@@ -39,7 +39,13 @@ const MAGIC: &[u8; 8] = b"FLINTSNP";
 /// magic, version (u32 LE), payload length (u64 LE), SHA-256 of the payload.
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// A state file is small (tens of KiB per vCPU); a larger one is not flint's.
-const MAX_STATE: u64 = 64 << 20;
+pub const MAX_STATE: u64 = 64 << 20;
+
+/// The largest file a snapshot of a VM with `memory_mib` of RAM writes (its memory file; the
+/// state file is far smaller): what a jailed flint serving the API must be allowed to write.
+pub fn largest_file(memory_mib: u64) -> u64 {
+    memory_mib.saturating_mul(1 << 20).max(MAX_STATE)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
