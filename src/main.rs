@@ -224,13 +224,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
         return run_bundle(&bundle, args, start);
     }
     if let Some(dir) = &args.restore {
-        let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
-        console.limit = args.console_limit;
-        let how = How {
-            confine: &args.confine,
-            seccomp: args.seccomp,
-            api_sock: args.api_sock.as_deref(),
-        };
+        let (console, how) = (stdio_console(&args)?, How::of(&args));
         return boot(
             What::Restore(dir, &args.disk, &args.net),
             console,
@@ -238,29 +232,32 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
             start,
         );
     }
-    let Some(kernel) = args.kernel else {
+    let Some(kernel) = args.kernel.clone() else {
         anyhow::bail!("--kernel is required (or --oci-bundle)");
     };
     let config = VmConfig {
         kernel,
-        initrd: args.initrd.map(config::Initrd::File),
+        initrd: args.initrd.clone().map(config::Initrd::File),
         cmdline: config::compose_cmdline(args.cmdline.as_deref(), args.append.as_deref()),
         vcpus: args.cpus,
         memory_mib: args.memory,
         boot_timer: args.boot_timer,
         root_on_first_disk: args.rootfs.is_some(),
-        disks: args.rootfs.into_iter().chain(args.disk).collect(),
-        nets: args.net,
+        disks: args
+            .rootfs
+            .clone()
+            .into_iter()
+            .chain(args.disk.clone())
+            .collect(),
+        nets: args.net.clone(),
         acpi: !args.no_acpi,
     };
-    let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
-    console.limit = args.console_limit;
-    let how = How {
-        confine: &args.confine,
-        seccomp: args.seccomp,
-        api_sock: args.api_sock.as_deref(),
-    };
-    boot(What::Boot(&config), console, &how, start)
+    boot(
+        What::Boot(&config),
+        stdio_console(&args)?,
+        &How::of(&args),
+        start,
+    )
 }
 
 /// What `boot` makes a VM from.
@@ -281,6 +278,23 @@ struct How<'a> {
     confine: &'a ConfineArgs,
     seccomp: SeccompLevel,
     api_sock: Option<&'a std::path::Path>,
+}
+
+impl<'a> How<'a> {
+    fn of(args: &'a RunArgs) -> Self {
+        How {
+            confine: &args.confine,
+            seccomp: args.seccomp,
+            api_sock: args.api_sock.as_deref(),
+        }
+    }
+}
+
+/// The console on flint's stdin and stdout, with --console-limit.
+fn stdio_console(args: &RunArgs) -> anyhow::Result<vmm::Console> {
+    let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
+    console.limit = args.console_limit;
+    Ok(console)
 }
 
 /// Opens the inputs, confines flint (the jail if asked, Landlock always), builds the VM and
@@ -368,7 +382,7 @@ fn test_open() {
 /// `run --oci-bundle`: the bundle's rootfs image first (/dev/vda, read-only), then any --disk;
 /// the workload's stdout on COM1 and stderr on COM2; its exit status as flint's.
 fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
-    let kernel = match args.kernel.or_else(flint_oci::default_kernel) {
+    let kernel = match args.kernel.clone().or_else(flint_oci::default_kernel) {
         Some(k) => k,
         None => anyhow::bail!(
             "--oci-bundle needs flint's guest kernel: pass --kernel PATH or set FLINT_KERNEL, or \
@@ -390,22 +404,16 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
         memory_mib: args.memory,
         boot_timer: args.boot_timer,
         root_on_first_disk: false,
-        disks: std::iter::once(root).chain(args.disk).collect(),
-        nets: args.net,
+        disks: std::iter::once(root).chain(args.disk.clone()).collect(),
+        nets: args.net.clone(),
         acpi: !args.no_acpi,
     };
-    let mut console = vmm::stdio_console().context("cannot use stdout as the console")?;
-    console.limit = args.console_limit;
+    let mut console = stdio_console(&args)?;
     let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned();
     console.error_output = Some(stderr.context("cannot use stderr as the workload's stderr")?);
     console.eof_byte = Some(0x04);
     console.hold_input_until_ready = true;
-    let how = How {
-        confine: &args.confine,
-        seccomp: args.seccomp,
-        api_sock: args.api_sock.as_deref(),
-    };
-    match boot(What::Boot(&config), console, &how, start)? {
+    match boot(What::Boot(&config), console, &How::of(&args), start)? {
         Outcome::Vm(ExitReason::Shutdown) => anyhow::bail!(
             "the guest stopped without reporting the process's exit status (did the kernel \
              panic? its messages go to stderr)"

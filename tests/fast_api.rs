@@ -140,13 +140,7 @@ fn the_socket_is_private_taken_once_and_removed_when_flint_exits() {
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 
     // A second flint on the same socket: a one-line error before anything runs.
-    let r = run(&[
-        "run",
-        "--kernel",
-        firmware("counter").to_str().unwrap(),
-        "--api-sock",
-        vm.sock.to_str().unwrap(),
-    ]);
+    let r = second_flint(&vm.sock);
     assert_eq!(r.code, Some(1));
     assert!(
         r.stderr.contains("another process is serving this socket"),
@@ -162,13 +156,7 @@ fn the_socket_is_private_taken_once_and_removed_when_flint_exits() {
 
     // A regular file where the socket would go is left alone.
     std::fs::write(&vm.sock, b"mine").unwrap();
-    let r = run(&[
-        "run",
-        "--kernel",
-        firmware("counter").to_str().unwrap(),
-        "--api-sock",
-        vm.sock.to_str().unwrap(),
-    ]);
+    let r = second_flint(&vm.sock);
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("is not a socket"), "{}", r.stderr);
     assert_eq!(std::fs::read(&vm.sock).unwrap(), b"mine");
@@ -185,6 +173,18 @@ fn a_killed_flint_leaves_no_socket_behind() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!vm.sock.exists(), "SIGKILL left the socket behind");
+}
+
+/// Another flint asked to serve its API on `sock`.
+fn second_flint(sock: &Path) -> Run {
+    let fw = firmware("counter");
+    run(&[
+        "run",
+        "--kernel",
+        fw.to_str().unwrap(),
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ])
 }
 
 /// `flint ctl` on a socket nobody serves: one line that says so, exit 1.

@@ -131,12 +131,7 @@ impl Inputs {
     /// The size of the largest disk the guest may write, in bytes (0 without one): as far as
     /// flint ever needs to write into a file.
     pub fn largest_writable_disk(&self) -> u64 {
-        self.disks
-            .iter()
-            .filter(|d| !d.read_only())
-            .map(DiskImage::size)
-            .max()
-            .unwrap_or(0)
+        largest_writable(&self.disks)
     }
 }
 
@@ -167,17 +162,7 @@ impl Vmm {
         let fast = FastPaths::probe(&kvm);
         let exit = Arc::new(ExitEvent::new().map_err(|e| VmmError::Io("eventfd", e))?);
 
-        let Console {
-            input,
-            output,
-            error_output,
-            escapes,
-            eof_byte,
-            hold_input_until_ready,
-            limit,
-        } = console;
-        let (console_outputs, outputs) =
-            console_outputs(output, error_output, limit, hold_input_until_ready, &exit)?;
+        let (console_outputs, outputs, rest) = split_console(console, &exit)?;
         let machine = Machine {
             vcpus: u8::try_from(config.vcpus).map_err(|_| ConfigError::TooManyVcpus {
                 requested: config.vcpus,
@@ -235,29 +220,19 @@ impl Vmm {
 
         let (vcpus, cpuids) = create_vcpus(&kvm, &vm, &mem, num_cpus, loaded.entry)?;
 
-        Ok(Vmm {
+        Ok(assemble(Parts {
+            kvm: &kvm,
+            vm,
+            mem,
             vcpus,
-            ctx: Arc::new(VcpuContext {
-                pio: devices.pio.clone(),
-                mmio: devices.mmio.clone(),
-                exit,
-                stop: Default::default(),
-                pause: Default::default(),
-            }),
+            cpuids,
             devices,
-            console_input: input,
-            escapes,
-            eof_byte,
+            exit,
             signals,
             console_outputs,
-            console_limit: limit,
-            api: None,
+            console: rest,
             machine,
-            msr_list: Arc::new(msr_list(&kvm)),
-            cpuids,
-            _vm: vm,
-            _mem: mem,
-        })
+        }))
     }
 }
 
@@ -366,12 +341,7 @@ impl RestoreInputs {
 
     /// As [`Inputs::largest_writable_disk`].
     pub fn largest_writable_disk(&self) -> u64 {
-        self.disks
-            .iter()
-            .filter(|d| !d.read_only())
-            .map(DiskImage::size)
-            .max()
-            .unwrap_or(0)
+        largest_writable(&self.disks)
     }
 
     /// The machine the snapshot describes.
@@ -468,23 +438,13 @@ impl Vmm {
             .map_err(|e| SnapshotError::Mismatch(crate::exit::error_chain(&e)))?;
         let fast = FastPaths::probe(&kvm);
         let exit = Arc::new(ExitEvent::new().map_err(|e| VmmError::Io("eventfd", e))?);
-        let Console {
-            input,
-            output,
-            error_output,
-            escapes,
-            eof_byte,
-            hold_input_until_ready,
-            limit,
-        } = console;
-        if error_output.is_some() != machine.serial2 {
+        if console.error_output.is_some() != machine.serial2 {
             return Err(SnapshotError::Mismatch(
                 "the snapshot's VM had a different console (a second serial port or not)".into(),
             )
             .into());
         }
-        let (console_outputs, outputs) =
-            console_outputs(output, error_output, limit, hold_input_until_ready, &exit)?;
+        let (console_outputs, outputs, rest) = split_console(console, &exit)?;
         let mut devices = legacy_devices(
             &vm,
             fast,
@@ -522,29 +482,95 @@ impl Vmm {
             line.trigger()
                 .map_err(|e| VmmError::Io("signalling the new VM generation ID", e))?;
         }
-        Ok(Vmm {
+        Ok(assemble(Parts {
+            kvm: &kvm,
+            vm,
+            mem,
             vcpus,
-            ctx: Arc::new(VcpuContext {
-                pio: devices.pio.clone(),
-                mmio: devices.mmio.clone(),
-                exit,
-                stop: Default::default(),
-                pause: Default::default(),
-            }),
+            cpuids,
             devices,
-            console_input: input,
-            escapes,
-            eof_byte,
+            exit,
             signals,
             console_outputs,
-            console_limit: limit,
-            api: None,
+            console: rest,
             machine,
-            msr_list: Arc::new(msr_list(&kvm)),
-            cpuids,
-            _vm: vm,
-            _mem: mem,
-        })
+        }))
+    }
+}
+
+/// Where console input comes from and how it is handled (what of a [`Console`] the run loop
+/// keeps).
+struct ConsoleRest {
+    input: Option<std::os::fd::RawFd>,
+    escapes: bool,
+    eof_byte: Option<u8>,
+    limit: Option<u64>,
+}
+
+/// The console's outputs (their writer threads, and the sinks the UARTs write into) and the
+/// rest of it.
+fn split_console(
+    console: Console,
+    exit: &Arc<ExitEvent>,
+) -> Result<(Vec<ConsoleOutput>, ConsoleOutputs, ConsoleRest), VmmError> {
+    let Console {
+        input,
+        output,
+        error_output,
+        escapes,
+        eof_byte,
+        hold_input_until_ready,
+        limit,
+    } = console;
+    let (writers, outputs) =
+        console_outputs(output, error_output, limit, hold_input_until_ready, exit)?;
+    let rest = ConsoleRest {
+        input,
+        escapes,
+        eof_byte,
+        limit,
+    };
+    Ok((writers, outputs, rest))
+}
+
+/// What a VM is made of, booted or restored.
+struct Parts<'a> {
+    kvm: &'a Kvm,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<(VcpuFd, u8)>,
+    cpuids: Cpuids,
+    devices: Devices,
+    exit: Arc<ExitEvent>,
+    signals: OwnedFd,
+    console_outputs: Vec<ConsoleOutput>,
+    console: ConsoleRest,
+    machine: Machine,
+}
+
+fn assemble(p: Parts) -> Vmm {
+    Vmm {
+        vcpus: p.vcpus,
+        ctx: Arc::new(VcpuContext {
+            pio: p.devices.pio.clone(),
+            mmio: p.devices.mmio.clone(),
+            exit: p.exit,
+            stop: Default::default(),
+            pause: Default::default(),
+        }),
+        devices: p.devices,
+        console_input: p.console.input,
+        escapes: p.console.escapes,
+        eof_byte: p.console.eof_byte,
+        signals: p.signals,
+        console_outputs: p.console_outputs,
+        console_limit: p.console.limit,
+        api: None,
+        machine: p.machine,
+        msr_list: Arc::new(msr_list(p.kvm)),
+        cpuids: p.cpuids,
+        _vm: p.vm,
+        _mem: p.mem,
     }
 }
 
@@ -552,6 +578,15 @@ fn host_caps(kvm: &Kvm) -> cpuid::HostCaps {
     cpuid::HostCaps {
         tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
     }
+}
+
+fn largest_writable(disks: &[DiskImage]) -> u64 {
+    disks
+        .iter()
+        .filter(|d| !d.read_only())
+        .map(DiskImage::size)
+        .max()
+        .unwrap_or(0)
 }
 
 fn open_file(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
