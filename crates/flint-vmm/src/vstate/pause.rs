@@ -6,6 +6,7 @@
 //! finishes an I/O or MMIO read the vCPU was in only when it is next entered, so before that
 //! its registers are not final (see the KVM API's `KVM_EXIT_IO`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,8 @@ struct State {
 pub struct PauseControl {
     state: Mutex<State>,
     changed: Condvar,
+    /// `requested && !stopping`, read by every vCPU before each `KVM_RUN` without the lock.
+    park_now: AtomicBool,
 }
 
 impl PauseControl {
@@ -82,10 +85,16 @@ impl PauseControl {
         self.changed.notify_all();
     }
 
-    /// Whether a vCPU should park before its next `KVM_RUN`.
+    /// Whether a vCPU should park before its next `KVM_RUN` (a lock-free read: it is asked
+    /// on every exit).
     pub fn requested(&self) -> bool {
-        let s = self.state();
-        s.requested && !s.stopping
+        self.park_now.load(Ordering::Acquire)
+    }
+
+    /// Keeps `park_now` in step with the state (called with the lock held).
+    fn publish(&self, s: &State) {
+        self.park_now
+            .store(s.requested && !s.stopping, Ordering::Release);
     }
 
     pub fn is_paused(&self) -> bool {
@@ -128,6 +137,7 @@ impl PauseControl {
             return Err(PauseError::Stopping);
         }
         s.requested = true;
+        self.publish(&s);
         // A kick can land just before a thread enters KVM_RUN, so it repeats until all park.
         while s.parked < s.running {
             if s.stopping {
@@ -135,6 +145,7 @@ impl PauseControl {
             }
             if Instant::now() >= deadline {
                 s.requested = false;
+                self.publish(&s);
                 self.changed.notify_all();
                 return Err(PauseError::Timeout(timeout));
             }
@@ -151,6 +162,7 @@ impl PauseControl {
         let mut s = self.state();
         s.requested = false;
         s.job = None;
+        self.publish(&s);
         self.changed.notify_all();
     }
 
@@ -178,6 +190,7 @@ impl PauseControl {
     pub fn stop(&self) {
         let mut s = self.state();
         s.stopping = true;
+        self.publish(&s);
         self.changed.notify_all();
     }
 }
