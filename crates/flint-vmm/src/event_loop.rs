@@ -62,17 +62,27 @@ pub struct Control {
     pub power_button: Option<Arc<PowerButton>>,
 }
 
-/// Presses the guest's power button, or says why there is none.
-pub fn press_power_button(button: Option<&PowerButton>, why: &str) {
+/// Presses the guest's power button; the error says why it could not (no ACPI, or the press
+/// failed). The one press for every way a host asks (SIGPWR, Ctrl-A p, the API).
+pub fn power_button_press(button: Option<&PowerButton>) -> Result<(), PressError> {
     match button {
-        Some(b) => {
-            if let Err(e) = b.press() {
-                eprintln!("flint: {why}: pressing the guest's power button failed: {e}");
-            }
-        }
-        None => eprintln!(
-            "flint: {why}: the guest has no power button to press (it has no ACPI: --no-acpi)"
-        ),
+        Some(b) => b.press().map_err(PressError::Failed),
+        None => Err(PressError::NoButton),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PressError {
+    #[error("the guest has no power button to press (it has no ACPI: --no-acpi)")]
+    NoButton,
+    #[error("pressing the guest's power button failed: {0}")]
+    Failed(std::io::Error),
+}
+
+/// Presses the guest's power button, or says on stderr why it could not.
+pub fn press_power_button(button: Option<&PowerButton>, why: &str) {
+    if let Err(e) = power_button_press(button) {
+        eprintln!("flint: {why}: {e}");
     }
 }
 

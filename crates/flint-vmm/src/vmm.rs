@@ -165,7 +165,6 @@ impl Vmm {
         })));
         if let Some(listener) = self.api.take() {
             let controller = VmController {
-                ctx: self.ctx.clone(),
                 power_button: self.devices.power_button.clone(),
                 snapshot: snapshot::create::Source {
                     ctx: self.ctx.clone(),
@@ -307,14 +306,13 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the control API drives.
 struct VmController {
-    ctx: Arc<VcpuContext>,
     power_button: Option<Arc<crate::devices::legacy::acpi_power::PowerButton>>,
     snapshot: snapshot::create::Source,
 }
 
 impl VmController {
     fn state(&self) -> VmState {
-        if self.ctx.pause.is_paused() {
+        if self.snapshot.ctx.pause.is_paused() {
             VmState::Paused
         } else {
             VmState::Running
@@ -345,7 +343,7 @@ impl Controller for VmController {
                 {
                     Ok(summary) => {
                         if stop {
-                            self.ctx.exit.request(ExitReason::Snapshotted);
+                            self.snapshot.ctx.exit.request(ExitReason::Snapshotted);
                         }
                         Response::json(200, &summary)
                     }
@@ -355,26 +353,22 @@ impl Controller for VmController {
                     ),
                 }
             }
-            Command::Pause => match self.ctx.pause.pause(PAUSE_TIMEOUT, vcpu::kick) {
+            Command::Pause => match self.snapshot.ctx.pause.pause(PAUSE_TIMEOUT, vcpu::kick) {
                 Ok(()) => Response::no_content(),
                 Err(e) => Response::error(503, format!("cannot pause: {e}")),
             },
             Command::Resume => {
-                self.ctx.pause.resume();
+                self.snapshot.ctx.pause.resume();
                 Response::no_content()
             }
-            Command::Shutdown => match &self.power_button {
-                Some(b) => match b.press() {
+            Command::Shutdown => {
+                use crate::event_loop::{power_button_press, PressError};
+                match power_button_press(self.power_button.as_deref()) {
                     Ok(()) => Response::no_content(),
-                    Err(e) => {
-                        Response::error(500, format!("pressing the power button failed: {e}"))
-                    }
-                },
-                None => Response::error(
-                    400,
-                    "the guest has no power button to press (it has no ACPI: --no-acpi)",
-                ),
-            },
+                    Err(e @ PressError::NoButton) => Response::error(400, e.to_string()),
+                    Err(e @ PressError::Failed(_)) => Response::error(500, e.to_string()),
+                }
+            }
         }
     }
 }
