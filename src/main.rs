@@ -110,8 +110,22 @@ struct RunArgs {
     /// stderr on flint's, and its exit code as flint's. The rootfs becomes an ext4 image (cached
     /// by content in $FLINT_IMAGE_CACHE, /var/cache/flint/images for root, else
     /// ~/.cache/flint/images) shared read-only; the guest writes to a tmpfs layer over it.
+    ///
+    /// It starts from a snapshot of flint's kernel and init booted to "waiting for a
+    /// workload", made on first use and kept in the image cache's `warm/` directory (one per
+    /// kernel, --cpus, --memory, --no-acpi and --append), restored with the bundle's image and
+    /// run spec, fresh entropy and the host's time. With --disk or --net, or with --cold, the
+    /// kernel boots instead.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["initrd", "cmdline", "rootfs"])]
     oci_bundle: Option<PathBuf>,
+    /// With --oci-bundle: boot the kernel for this run instead of restoring the warm snapshot.
+    #[arg(long, requires = "oci_bundle")]
+    cold: bool,
+    /// Internal (flint runs itself with it to make a warm snapshot): boot the warm OCI guest
+    /// and, when its init waits for a workload, snapshot it into DIR and end.
+    #[arg(long, value_name = "DIR", hide = true, requires = "kernel",
+          conflicts_with_all = ["oci_bundle", "restore", "initrd", "rootfs", "disk", "net"])]
+    make_warm_snapshot: Option<PathBuf>,
     /// Initramfs (or initrd) image to load with the kernel.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -223,12 +237,15 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
     if let Some(bundle) = args.oci_bundle.clone() {
         return run_bundle(&bundle, args, start);
     }
+    if let Some(dir) = args.make_warm_snapshot.clone() {
+        return make_warm_snapshot(&dir, &args, start);
+    }
     if let Some(dir) = &args.restore {
         let (console, how) = (stdio_console(&args)?, How::of(&args));
         return boot(
             What::Restore(dir, &args.disk, &args.net),
             console,
-            &how,
+            how,
             start,
         );
     }
@@ -255,7 +272,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
     boot(
         What::Boot(&config),
         stdio_console(&args)?,
-        &How::of(&args),
+        How::of(&args),
         start,
     )
 }
@@ -265,6 +282,8 @@ enum What<'a> {
     Boot(&'a VmConfig),
     /// A snapshot directory, and the disks and TAPs that replace its own (if given).
     Restore(&'a std::path::Path, &'a [DiskConfig], &'a [NetConfig]),
+    /// A snapshot opened already.
+    Opened(Box<vmm::RestoreInputs>),
 }
 
 /// Its inputs, opened.
@@ -278,6 +297,8 @@ struct How<'a> {
     confine: &'a ConfineArgs,
     seccomp: SeccompLevel,
     api_sock: Option<&'a std::path::Path>,
+    /// Snapshot the VM into these files when its guest says it is warm (and end it).
+    warm_snapshot: Option<vmm::SnapshotFiles>,
 }
 
 impl<'a> How<'a> {
@@ -286,6 +307,7 @@ impl<'a> How<'a> {
             confine: &args.confine,
             seccomp: args.seccomp,
             api_sock: args.api_sock.as_deref(),
+            warm_snapshot: None,
         }
     }
 }
@@ -299,7 +321,7 @@ fn stdio_console(args: &RunArgs) -> anyhow::Result<vmm::Console> {
 
 /// Opens the inputs, confines flint (the jail if asked, Landlock always), builds the VM and
 /// runs it to its end.
-fn boot(what: What, console: vmm::Console, how: &How, start: Instant) -> anyhow::Result<Outcome> {
+fn boot(what: What, console: vmm::Console, how: How, start: Instant) -> anyhow::Result<Outcome> {
     let confine = how.confine;
     // First, while flint has no other thread: binding forks the socket's remover.
     let api = match how.api_sock {
@@ -324,6 +346,7 @@ fn boot(what: What, console: vmm::Console, how: &How, start: Instant) -> anyhow:
         What::Restore(dir, disks, nets) => {
             Opened::Restore(Box::new(vmm::RestoreInputs::open(dir, disks, nets)?))
         }
+        What::Opened(inputs) => Opened::Restore(inputs),
     };
     if let Some((uid, gid)) = jail {
         let (mut largest, memory_mib) = match &inputs {
@@ -331,7 +354,7 @@ fn boot(what: What, console: vmm::Console, how: &How, start: Instant) -> anyhow:
             Opened::Restore(i) => (i.largest_writable_disk(), i.machine().memory_mib),
         };
         // With the API, a snapshot's memory file is written through flint too.
-        if how.api_sock.is_some() {
+        if how.api_sock.is_some() || how.warm_snapshot.is_some() {
             largest = largest.max(flint_vmm::snapshot::largest_file(memory_mib));
         }
         let max_file_size = jail::file_size_limit(largest, console.limit);
@@ -357,6 +380,9 @@ fn boot(what: What, console: vmm::Console, how: &How, start: Instant) -> anyhow:
         let listener = api.listener.try_clone();
         vmm.serve_api(listener.context("cannot use the API socket")?);
     }
+    if let Some(files) = how.warm_snapshot {
+        vmm.snapshot_when_ready(files);
+    }
     // Raw mode only once the VM is built, and restored when `_raw` drops on every return.
     let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
     Ok(Outcome::Vm(vmm.run(how.seccomp)?))
@@ -380,7 +406,8 @@ fn test_open() {
 }
 
 /// `run --oci-bundle`: the bundle's rootfs image first (/dev/vda, read-only), then any --disk;
-/// the workload's stdout on COM1 and stderr on COM2; its exit status as flint's.
+/// the workload's stdout on COM1 and stderr on COM2; its exit status as flint's. Restored
+/// from the warm snapshot unless --cold, --disk or --net.
 fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
     let kernel = match args.kernel.clone().or_else(flint_oci::default_kernel) {
         Some(k) => k,
@@ -390,36 +417,300 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
             flint_oci::DEFAULT_KERNELS[0]
         ),
     };
-    let plan = flint_oci::prepare(bundle, &flint_oci::default_cache_dir()?)?;
+    let cache = flint_oci::default_cache_dir()?;
+    let plan = flint_oci::prepare(bundle, &cache)?;
+    let cmdline = config::compose_cmdline(Some(&plan.kernel_args), args.append.as_deref());
     let root = DiskConfig {
-        path: plan.image,
+        path: plan.image.clone(),
         read_only: true,
-        serial: Some("flint-rootfs".into()),
+        serial: Some(ROOT_SERIAL.into()),
     };
-    let config = VmConfig {
-        kernel,
-        initrd: Some(config::Initrd::Generated(plan.initramfs)),
-        cmdline: config::compose_cmdline(Some(&plan.kernel_args), args.append.as_deref()),
-        vcpus: args.cpus,
-        memory_mib: args.memory,
-        boot_timer: args.boot_timer,
-        root_on_first_disk: false,
-        disks: std::iter::once(root).chain(args.disk.clone()).collect(),
-        nets: args.net.clone(),
-        acpi: !args.no_acpi,
+    let console = bundle_console(&args)?;
+    let outcome = if args.cold || !args.disk.is_empty() || !args.net.is_empty() {
+        let config = VmConfig {
+            kernel,
+            initrd: Some(config::Initrd::Generated(plan.initramfs)),
+            cmdline,
+            vcpus: args.cpus,
+            memory_mib: args.memory,
+            boot_timer: args.boot_timer,
+            root_on_first_disk: false,
+            disks: std::iter::once(root).chain(args.disk.clone()).collect(),
+            nets: args.net.clone(),
+            acpi: !args.no_acpi,
+        };
+        boot(What::Boot(&config), console, How::of(&args), start)?
+    } else {
+        let guest = flint_oci::warm::WarmGuest {
+            kernel: &kernel,
+            vcpus: args.cpus,
+            memory_mib: args.memory,
+            acpi: !args.no_acpi,
+            cmdline: &cmdline,
+        };
+        let dir = flint_oci::warm::dir(&cache, &flint_oci::warm::key(&guest)?);
+        // The host's time as late as possible: the guest sets its clock from it.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let spec = flint_oci::warm::spec_disk(&plan.spec, &flint_oci::warm::seed()?, now)?;
+        let (_spec_file, spec_path) = flint_oci::warm::memory_file(&spec)?;
+        let disks = [
+            root,
+            DiskConfig {
+                path: spec_path,
+                read_only: true,
+                serial: Some(SPEC_SERIAL.into()),
+            },
+        ];
+        let mut inputs = open_warm(&guest, &dir, &disks, args.seccomp)?;
+        inputs.set_boot_timer(args.boot_timer);
+        boot(
+            What::Opened(Box::new(inputs)),
+            console,
+            How::of(&args),
+            start,
+        )?
     };
-    let mut console = stdio_console(&args)?;
-    let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned();
-    console.error_output = Some(stderr.context("cannot use stderr as the workload's stderr")?);
-    console.eof_byte = Some(0x04);
-    console.hold_input_until_ready = true;
-    match boot(What::Boot(&config), console, &How::of(&args), start)? {
+    match outcome {
         Outcome::Vm(ExitReason::Shutdown) => anyhow::bail!(
             "the guest stopped without reporting the process's exit status (did the kernel \
              panic? its messages go to stderr)"
         ),
         reason => Ok(reason),
     }
+}
+
+/// The serial numbers of an OCI guest's root image and (warm) spec disk.
+const ROOT_SERIAL: &str = "flint-rootfs";
+const SPEC_SERIAL: &str = "flint-spec";
+
+/// An OCI run's console: stdout on COM1, stderr on COM2, ^D at the end of input, input held
+/// until the init has set up the console.
+fn bundle_console(args: &RunArgs) -> anyhow::Result<vmm::Console> {
+    let mut console = stdio_console(args)?;
+    let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned();
+    console.error_output = Some(stderr.context("cannot use stderr as the workload's stderr")?);
+    console.eof_byte = Some(0x04);
+    console.hold_input_until_ready = true;
+    Ok(console)
+}
+
+/// Opens the warm snapshot in `dir` with these disks, making it first if there is none, or
+/// anew if the one there cannot be restored here (another host CPU, a damaged file).
+fn open_warm(
+    guest: &flint_oci::warm::WarmGuest,
+    dir: &std::path::Path,
+    disks: &[DiskConfig],
+    seccomp: SeccompLevel,
+) -> anyhow::Result<vmm::RestoreInputs> {
+    let open = || vmm::RestoreInputs::open_with(dir, disks, &[], vmm::DiskSizes::New);
+    if dir.join(flint_vmm::snapshot::STATE_FILE).exists() {
+        match open() {
+            Ok(inputs) => return Ok(inputs),
+            Err(e) => {
+                eprintln!(
+                    "flint: the warm snapshot {} cannot be restored ({}); making it anew",
+                    dir.display(),
+                    flint_vmm::exit::error_chain(&e)
+                );
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("cannot remove {}", dir.display()))?;
+            }
+        }
+    }
+    make_warm(guest, dir, seccomp)?;
+    Ok(open()?)
+}
+
+/// How long making a warm snapshot may take (a boot of flint's small kernel: seconds even
+/// under emulation).
+const WARM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Makes the warm snapshot for `guest` in `dir`: flint runs itself with --make-warm-snapshot
+/// (a VM of its own: this process's Landlock and seccomp must not be spent on it) into a
+/// private directory beside `dir`, renamed into place when complete, so that a concurrent
+/// run never sees half a snapshot.
+fn make_warm(
+    guest: &flint_oci::warm::WarmGuest,
+    dir: &std::path::Path,
+    seccomp: SeccompLevel,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = dir
+        .parent()
+        .context("the warm snapshot's directory has no parent")?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .with_context(|| format!("cannot make {}", parent.display()))?;
+    remove_abandoned(parent);
+    let tmp = parent.join(format!("{MAKING}{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove {}", tmp.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .with_context(|| format!("cannot make {}", tmp.display()))?;
+    let result = run_warm_maker(guest, &tmp, seccomp).and_then(|()| {
+        match std::fs::rename(&tmp, dir) {
+            Ok(()) => Ok(()),
+            // Another flint made it meanwhile: theirs is as good.
+            Err(_) if dir.join(flint_vmm::snapshot::STATE_FILE).exists() => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "cannot move the warm snapshot to {}",
+                dir.display()
+            ))),
+        }
+    });
+    if tmp.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// A warm snapshot being made: this, then the making flint's PID.
+const MAKING: &str = ".making-";
+
+/// Removes what flints that were killed while making a warm snapshot left in `dir`.
+fn remove_abandoned(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(MAKING));
+        if pid.is_some_and(|p| !std::path::Path::new("/proc").join(p).exists()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Runs `flint run --make-warm-snapshot TMP` for `guest` and waits for it (bounded).
+fn run_warm_maker(
+    guest: &flint_oci::warm::WarmGuest,
+    tmp: &std::path::Path,
+    seccomp: SeccompLevel,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::process::{Command, Stdio};
+    let create = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot make {}", path.display()))
+    };
+    create(&tmp.join(flint_oci::warm::PLACEHOLDER))?;
+    let log_path = tmp.join("log");
+    let log = create(&log_path)?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(guest.kernel)
+        .args(["--cpus", &guest.vcpus.to_string()])
+        .args(["--memory", &guest.memory_mib.to_string()])
+        .args(["--cmdline", guest.cmdline])
+        .args(["--seccomp", seccomp.name()])
+        .arg("--make-warm-snapshot")
+        .arg(tmp)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("dup")?)
+        .stderr(log);
+    if !guest.acpi {
+        cmd.arg("--no-acpi");
+    }
+    use std::os::unix::process::CommandExt;
+    // The child dies with this process (killed, it must not leave a guest running).
+    let parent = i32::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: prctl and getppid are async-signal-safe and touch nothing of the parent's.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("flint exited"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .context("cannot start flint to make the warm snapshot")?;
+    let deadline = Instant::now() + WARM_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for the warm snapshot")? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let complete = tmp
+        .join(flint_vmm::snapshot::STATE_FILE)
+        .metadata()
+        .is_ok_and(|m| m.len() > 0);
+    if status.is_some_and(|s| s.success()) && complete {
+        let _ = std::fs::remove_file(&log_path);
+        return Ok(());
+    }
+    let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let said: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+    let last = said[said.len().saturating_sub(3)..].join(" / ");
+    let how = match status {
+        None => format!("the guest was not ready in {} s", WARM_TIMEOUT.as_secs()),
+        Some(s) if s.success() => "the guest ended before its init was ready".into(),
+        Some(s) => format!("its flint ended with {s}"),
+    };
+    anyhow::bail!(
+        "making the warm snapshot failed: {how}{}{last} (--cold boots without it)",
+        if last.is_empty() { "" } else { ": " }
+    )
+}
+
+/// `run --make-warm-snapshot DIR`: boots the warm OCI guest (no workload, two empty disks,
+/// an OCI console without input) and snapshots it into DIR when its init waits.
+fn make_warm_snapshot(
+    dir: &std::path::Path,
+    args: &RunArgs,
+    start: Instant,
+) -> anyhow::Result<Outcome> {
+    let Some(kernel) = args.kernel.clone() else {
+        anyhow::bail!("--make-warm-snapshot needs --kernel");
+    };
+    let placeholder = |serial: &str| DiskConfig {
+        path: dir.join(flint_oci::warm::PLACEHOLDER),
+        read_only: true,
+        serial: Some(serial.into()),
+    };
+    let config = VmConfig {
+        kernel,
+        initrd: Some(config::Initrd::Generated(flint_oci::warm::initramfs()?)),
+        cmdline: config::compose_cmdline(args.cmdline.as_deref(), args.append.as_deref()),
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        boot_timer: false,
+        root_on_first_disk: false,
+        disks: vec![placeholder(ROOT_SERIAL), placeholder(SPEC_SERIAL)],
+        nets: Vec::new(),
+        acpi: !args.no_acpi,
+    };
+    // No input: the end of it would reach the restored guest as its first ^D.
+    let mut console = bundle_console(args)?;
+    console.input = None;
+    let (state, memory) = snapshot_files(dir)?;
+    let mut how = How::of(args);
+    how.warm_snapshot = Some(vmm::SnapshotFiles { state, memory });
+    boot(What::Boot(&config), console, how, start)
 }
 
 /// `flint ctl`: one API request; prints the body of a response that has one.

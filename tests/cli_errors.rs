@@ -519,6 +519,11 @@ fn bundle_option_conflicts_and_kernel() {
     let r = run(&["run", "--memory", "64"]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("--kernel <PATH>"), "{}", r.stderr);
+    // --cold is about bundles only.
+    let r = run(&["run", "--kernel", "/k", "--cold"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("--oci-bundle"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Lab tier: OCI bundles as containers (crun) and as microVMs (`flint run --oci-bundle`) in one
-//! lab run. The same bundle must give the same stdout, stderr and exit code both ways; the
-//! startup benchmark must produce well-formed JSON, Markdown and SVG. One lab boot runs every
-//! scenario (with QEMU in it, for the benchmark).
+//! lab run. The same bundle must give the same stdout, stderr and exit code under crun and
+//! flint, restored from the warm snapshot (the default; the first run makes it) and booted
+//! cold; the startup benchmark must produce well-formed JSON, Markdown and SVG. One lab boot
+//! runs every scenario (with QEMU in it, for the benchmark).
 
 mod common;
 
@@ -67,6 +68,17 @@ fn lab() -> &'static common::LabResults {
         // guest's exec fails.
         let badexec = bundles.dir.join("badexec");
         make_bundle(&badexec, &["--", "/bin/bad"]);
+        // What must differ between two runs restored from one snapshot: entropy and time.
+        let clone = bundles.dir.join("clone");
+        make_bundle(
+            &clone,
+            &[
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo \"random: $(od -An -tx1 -N16 /dev/urandom | tr -d ' ')\"; echo \"time: $(date +%s)\"",
+            ],
+        );
         std::fs::write(badexec.join("rootfs/bin/bad"), "#!/no/such/interpreter\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(
@@ -76,26 +88,52 @@ fn lab() -> &'static common::LabResults {
         .unwrap();
 
         let script = r#"#!/bin/sh
-# Runs bundle $2 with runtime $3 (crun or flint): its stdout, its stderr, their checksums and
-# its exit code, as scenario $1.
+# Runs bundle $2 with runtime $3 (crun or flint) and stdin from $4 (default /dev/null): its
+# stdout, its stderr, their checksums and its exit code, as scenario $1.
 run() {
     echo "=== begin $1"
+    in=${4:-/dev/null}
     case $3 in
-        crun)  crun run --bundle "$2" "t-$1" </dev/null >/tmp/out 2>/tmp/err; code=$?
+        crun)  crun run --bundle "$2" "t-$1" <"$in" >/tmp/out 2>/tmp/err; code=$?
                crun delete --force "t-$1" >/dev/null 2>&1 ;;
-        flint) flint run --oci-bundle "$2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
-        flint-user) su flint -c "flint run --oci-bundle $2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
-        flint-jail) flint run --jail --uid 1000 --gid 1000 --oci-bundle "$2" </dev/null >/tmp/out 2>/tmp/err; code=$? ;;
+        flint) flint run --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-cold) flint run --cold --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-user) su flint -c "flint run --oci-bundle $2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-jail) flint run --jail --uid 1000 --gid 1000 --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
     esac
     echo "--- stdout $(md5sum </tmp/out)"; cat /tmp/out
     echo "--- stderr $(md5sum </tmp/err)"; cat /tmp/err
     echo "=== end $1 $code"
 }
+printf 'a typed line\nand more\n' >/tmp/typed
 run probe-crun /bundles/probe crun
+echo "=== begin warm-before"
+ls -A /var/cache/flint/images/warm 2>&1
+echo "=== end warm-before 0"
 run probe-flint /bundles/probe flint
+echo "=== begin warm-made"
+for d in /var/cache/flint/images/warm /var/cache/flint/images/warm/*; do
+    stat -c '%n %a' "$d"; ls -A1 "$d"
+done
+echo "=== end warm-made 0"
+run probe-flint-restored /bundles/probe flint
+run probe-flint-cold /bundles/probe flint-cold
+run stdin-crun /bundles/probe crun /tmp/typed
+run stdin-flint /bundles/probe flint /tmp/typed
+run stdin-flint-cold /bundles/probe flint-cold /tmp/typed
 run default-crun /guest/bundle crun
 run default-flint /guest/bundle flint
+run default-flint-cold /guest/bundle flint-cold
 run badexec-flint /bundles/badexec flint
+run badexec-flint-cold /bundles/badexec flint-cold
+echo "=== begin clones"
+date +%s
+for i in 1 2; do flint run --oci-bundle /bundles/clone </dev/null; done
+date +%s
+echo "=== end clones $?"
+echo "=== begin warm-after"
+ls -A /var/cache/flint/images/warm
+echo "=== end warm-after 0"
 run probe-flint-rootless /bundles/probe flint-user
 run probe-flint-jailed /bundles/probe flint-jail
 echo "=== begin rootless-cache"
@@ -172,6 +210,87 @@ fn same_bundle_same_output_and_exit_code_as_a_container() {
         assert!(common::has_line(&flint_out, line), "{line}: {flint_out}");
     }
     assert!(common::has_line(&flint_err, "to stderr"), "{flint_err}");
+    // Restored from the warm snapshot the run above made, and booted cold: the same again.
+    probe_ran_as_under_crun("probe-flint-restored");
+    probe_ran_as_under_crun("probe-flint-cold");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn the_warm_snapshot_is_made_on_first_use_privately_and_once() {
+    let (before, _) = scenario("warm-before");
+    assert!(!before.lines().any(|l| l.len() == 32), "{before}");
+    let (made, _) = scenario("warm-made");
+    let lines: Vec<&str> = made.lines().collect();
+    // The directory, 0700, holding one snapshot (named by its key), 0700, complete.
+    assert_eq!(
+        lines.first(),
+        Some(&"/var/cache/flint/images/warm 700"),
+        "{made}"
+    );
+    let key = lines.get(1).copied().unwrap_or_default();
+    assert_eq!(key.len(), 32, "{made}");
+    assert!(
+        common::has_line(made, &format!("/var/cache/flint/images/warm/{key} 700")),
+        "{made}"
+    );
+    let mut files: Vec<&str> = lines[3..].to_vec();
+    files.sort();
+    assert_eq!(files, ["empty", "memory", "state"], "{made}");
+    // Every later run used it: no second snapshot, nothing half-made left.
+    let (after, _) = scenario("warm-after");
+    assert_eq!(after.trim(), key, "{after}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn stdin_reaches_the_workload_restored_or_cold_as_under_crun() {
+    let (crun_out, _) = streams("stdin-crun");
+    assert!(
+        common::has_line(&crun_out, "stdin: a typed line"),
+        "{crun_out}"
+    );
+    for name in ["stdin-flint", "stdin-flint-cold"] {
+        let (out, err) = streams(name);
+        assert_eq!(scenario(name).1, 3, "{}", scenario(name).0);
+        assert_eq!(
+            (&out, &err),
+            (&crun_out, &streams("stdin-crun").1),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn clones_of_the_warm_snapshot_differ_in_entropy_and_have_the_hosts_time() {
+    let (out, code) = scenario("clones");
+    assert_eq!(*code, 0, "{out}");
+    let numbers: Vec<i64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let randoms: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("random: "))
+        .collect();
+    let times: Vec<i64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("time: ")?.trim().parse().ok())
+        .collect();
+    assert_eq!(
+        (numbers.len(), randoms.len(), times.len()),
+        (2, 2, 2),
+        "{out}"
+    );
+    assert_eq!(randoms[0].len(), 32, "{out}");
+    assert_ne!(
+        randoms[0], randoms[1],
+        "two restores read the same random bytes: {out}"
+    );
+    for t in times {
+        assert!(
+            numbers[0] - 2 <= t && t <= numbers[1] + 2,
+            "guest time {t} outside the host's {numbers:?} (2 s slack): {out}"
+        );
+    }
 }
 
 #[test]
@@ -180,6 +299,7 @@ fn default_bundle_both_ways() {
     let (crun, flint) = (scenario("default-crun"), scenario("default-flint"));
     assert_eq!((crun.1, flint.1), (0, 0), "{}\n{}", crun.0, flint.0);
     assert_eq!(flint.0, crun.0);
+    assert_eq!(scenario("default-flint-cold"), crun);
     assert!(
         common::has_line(&flint.0, "hello from the workload"),
         "{}",
@@ -190,12 +310,14 @@ fn default_bundle_both_ways() {
 #[test]
 #[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
 fn exec_failure_in_the_guest_is_127_with_a_message() {
-    let (out, code) = scenario("badexec-flint");
-    assert_eq!(*code, 127, "{out}");
-    assert!(
-        out.contains("flint-init: error: exec /bin/bad: No such file or directory"),
-        "{out}"
-    );
+    for name in ["badexec-flint", "badexec-flint-cold"] {
+        let (out, code) = scenario(name);
+        assert_eq!(*code, 127, "{name}: {out}");
+        assert!(
+            out.contains("flint-init: error: exec /bin/bad: No such file or directory"),
+            "{name}: {out}"
+        );
+    }
 }
 
 /// The files the benchmark wrote, by path.

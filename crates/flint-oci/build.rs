@@ -45,4 +45,12 @@ fn build_oci_init(cc: &str, out: &Path) {
     cmd.args(INIT_FLAGS).arg("-o").arg(&bin).args(&sources);
     run(cmd, "the guest init");
     println!("cargo:rustc-env=FLINT_INIT_BIN={}", bin.display());
+    // Its hash, for the warm snapshot's key: computed here, not on every run.
+    use sha2::Digest;
+    let bytes = std::fs::read(&bin).expect("the init was just built");
+    let hash: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("cargo:rustc-env=FLINT_INIT_SHA256={hash}");
 }

@@ -13,6 +13,7 @@ pub mod image;
 mod init_tests;
 pub mod initramfs;
 pub mod spec;
+pub mod warm;
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,8 @@ pub struct GuestPlan {
     pub image: PathBuf,
     /// An uncompressed cpio archive: flint's init and the run spec.
     pub initramfs: Vec<u8>,
+    /// The run spec alone (what a warm start gives the guest on its spec disk).
+    pub spec: Vec<u8>,
     /// Kernel command line for the guest (console on the second UART, quiet), without the
     /// `virtio_mmio.device=` declarations, which the VMM adds.
     pub kernel_args: String,
@@ -90,6 +93,7 @@ pub fn prepare(dir: &Path, cache: &Path) -> Result<GuestPlan, OciError> {
     Ok(GuestPlan {
         image,
         initramfs,
+        spec,
         kernel_args: KERNEL_ARGS.to_string(),
     })
 }

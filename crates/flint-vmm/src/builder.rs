@@ -244,6 +244,18 @@ pub struct RestoreInputs {
     memory: File,
     disks: Vec<DiskImage>,
     taps: Vec<Tap>,
+    /// Which disks were given with another size than the snapshot's (the guest is told).
+    resized: Vec<bool>,
+}
+
+/// Whether disks given at restore must have the sizes the snapshot's had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskSizes {
+    /// Each disk its saved size: the guest knows it and may have cached what it read.
+    AsSaved,
+    /// Any size: the guest is told of the new ones with a config-change interrupt. Only for
+    /// guests that have not read from those disks (flint's warm OCI guest).
+    New,
 }
 
 impl RestoreInputs {
@@ -256,6 +268,16 @@ impl RestoreInputs {
         disks: &[DiskConfig],
         nets: &[NetConfig],
     ) -> Result<RestoreInputs, VmmError> {
+        Self::open_with(dir, disks, nets, DiskSizes::AsSaved)
+    }
+
+    /// [`RestoreInputs::open`], with disks of other sizes allowed if `sizes` says so.
+    pub fn open_with(
+        dir: &std::path::Path,
+        disks: &[DiskConfig],
+        nets: &[NetConfig],
+        sizes: DiskSizes,
+    ) -> Result<RestoreInputs, VmmError> {
         let mut state = open_file("--restore", &dir.join(snapshot::STATE_FILE))?;
         let memory = open_file("--restore", &dir.join(snapshot::MEMORY_FILE))?;
         let mut snapshot = snapshot::read_state(&mut state)?;
@@ -267,7 +289,8 @@ impl RestoreInputs {
             ))
             .into());
         }
-        let (disks, taps) = open_restored_devices(&mut snapshot.machine, disks, nets)?;
+        let (disks, taps, resized) =
+            open_restored_devices(&mut snapshot.machine, disks, nets, sizes)?;
         let kvm = kvm::open()?;
         let vendor = snapshot::host_cpu_vendor();
         if snapshot.cpu_vendor != vendor {
@@ -336,7 +359,14 @@ impl RestoreInputs {
             memory,
             disks,
             taps,
+            resized,
         })
+    }
+
+    /// Gives the restored VM a boot timer (or none), whatever the snapshot's had: it is the
+    /// guest's next write to it that is timed, from this flint's start.
+    pub fn set_boot_timer(&mut self, on: bool) {
+        self.snapshot.machine.boot_timer = on;
     }
 
     /// As [`Inputs::largest_writable_disk`].
@@ -350,13 +380,18 @@ impl RestoreInputs {
     }
 }
 
+/// A restored VM's disks, TAPs, and which disks changed size.
+type RestoredDevices = (Vec<DiskImage>, Vec<Tap>, Vec<bool>);
+
 /// Opens a restored VM's disks and TAPs: the snapshot's own, or those given instead (same
-/// count, same sizes and modes); `machine` then names what was opened.
+/// count, same sizes unless `sizes` allows others, same modes); `machine` then names what was
+/// opened. Also returns which disks changed size.
 fn open_restored_devices(
     machine: &mut Machine,
     disks: &[DiskConfig],
     nets: &[NetConfig],
-) -> Result<(Vec<DiskImage>, Vec<Tap>), VmmError> {
+    sizes: DiskSizes,
+) -> Result<RestoredDevices, VmmError> {
     let mismatch = |m: String| VmmError::Snapshot(SnapshotError::Mismatch(m));
     if !disks.is_empty() && disks.len() != machine.disks.len() {
         return Err(mismatch(format!(
@@ -374,6 +409,7 @@ fn open_restored_devices(
         )));
     }
     let mut images = Vec::new();
+    let mut resized = Vec::new();
     for (i, saved) in machine.disks.iter_mut().enumerate() {
         if let Some(given) = disks.get(i) {
             if given.read_only != saved.read_only {
@@ -391,13 +427,18 @@ fn open_restored_devices(
         }
         let image = DiskImage::open(&saved.path, saved.read_only)
             .map_err(|e| VmmError::Disk("--disk", e))?;
-        if image.size() != saved.size {
+        if image.size() != saved.size && sizes == DiskSizes::New {
+            saved.size = image.size();
+            resized.push(true);
+        } else if image.size() != saved.size {
             return Err(mismatch(format!(
                 "{}: {} bytes, but the snapshot's disk {i} had {} bytes",
                 saved.path.display(),
                 image.size(),
                 saved.size
             )));
+        } else {
+            resized.push(false);
         }
         images.push(image);
     }
@@ -411,7 +452,7 @@ fn open_restored_devices(
         }
         taps.push(Tap::open(&saved.tap)?);
     }
-    Ok((images, taps))
+    Ok((images, taps, resized))
 }
 
 impl Vmm {
@@ -428,6 +469,7 @@ impl Vmm {
             memory,
             disks,
             taps,
+            resized,
         } = inputs;
         let signals = block_control_signals().map_err(|e| VmmError::Io("signalfd", e))?;
         let mem = snapshot::memory::map(&memory, &snapshot.memory)?;
@@ -481,6 +523,10 @@ impl Vmm {
                 })?;
             line.trigger()
                 .map_err(|e| VmmError::Io("signalling the new VM generation ID", e))?;
+        }
+        // Disks are numbered first among the virtio devices.
+        for (slot, _) in devices.virtio.iter().zip(&resized).filter(|(_, r)| **r) {
+            crate::bus::lock(&slot.transport).config_changed();
         }
         Ok(assemble(Parts {
             kvm: &kvm,
@@ -566,6 +612,7 @@ fn assemble(p: Parts) -> Vmm {
         console_outputs: p.console_outputs,
         console_limit: p.console.limit,
         api: None,
+        warm_snapshot: None,
         machine: p.machine,
         msr_list: Arc::new(msr_list(p.kvm)),
         cpuids: p.cpuids,

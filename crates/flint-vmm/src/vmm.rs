@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::api::http::Response;
@@ -36,7 +37,7 @@ use crate::vstate::memory::MemoryError;
 use crate::vstate::vcpu::{self, VcpuContext, VcpuError};
 use crate::vstate::vm::VmError;
 
-pub use crate::builder::{max_vcpus, Inputs, RestoreInputs};
+pub use crate::builder::{max_vcpus, DiskSizes, Inputs, RestoreInputs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -128,6 +129,9 @@ pub struct Vmm {
     pub(crate) console_limit: Option<u64>,
     /// The control API's listening socket, if any (see [`Vmm::serve_api`]).
     pub(crate) api: Option<std::os::unix::net::UnixListener>,
+    /// Where to write the snapshot the guest asks for on its warm-ready port, if anywhere
+    /// (see [`Vmm::snapshot_when_ready`]).
+    pub(crate) warm_snapshot: Option<SnapshotFiles>,
     /// What a snapshot records of the machine, and the MSRs it saves.
     pub(crate) machine: Machine,
     pub(crate) msr_list: Arc<Vec<u32>>,
@@ -145,6 +149,34 @@ impl Vmm {
     /// Serves the control API on `listener` while the VM runs.
     pub fn serve_api(&mut self, listener: std::os::unix::net::UnixListener) {
         self.api = Some(listener);
+    }
+
+    /// When the guest writes its warm-ready port (flint's OCI init, booted to wait for a
+    /// workload), snapshots the VM into these files and ends it (`ExitReason::Snapshotted`).
+    pub fn snapshot_when_ready(&mut self, files: SnapshotFiles) {
+        self.warm_snapshot = Some(files);
+    }
+
+    /// Shared handles on what a snapshot reads.
+    fn snapshot_source(&self) -> snapshot::create::Source {
+        snapshot::create::Source {
+            ctx: self.ctx.clone(),
+            vm: self._vm.clone(),
+            mem: self._mem.clone(),
+            machine: self.machine.clone(),
+            msr_list: self.msr_list.clone(),
+            cpuids: self.cpuids.clone(),
+            serial: self.devices.serial.clone(),
+            serial2: self.devices.serial2.clone(),
+            i8042: self.devices.i8042.clone(),
+            cmos: self.devices.cmos.clone(),
+            virtio: self
+                .devices
+                .virtio
+                .iter()
+                .map(|v| (v.transport.clone(), v.queues.clone()))
+                .collect(),
+        }
     }
 
     /// Runs the VM to its end and returns why it ended. Every flint thread runs under its
@@ -166,26 +198,20 @@ impl Vmm {
         if let Some(listener) = self.api.take() {
             let controller = VmController {
                 power_button: self.devices.power_button.clone(),
-                snapshot: snapshot::create::Source {
-                    ctx: self.ctx.clone(),
-                    vm: self._vm.clone(),
-                    mem: self._mem.clone(),
-                    machine: self.machine.clone(),
-                    msr_list: self.msr_list.clone(),
-                    cpuids: self.cpuids.clone(),
-                    serial: self.devices.serial.clone(),
-                    serial2: self.devices.serial2.clone(),
-                    i8042: self.devices.i8042.clone(),
-                    cmos: self.devices.cmos.clone(),
-                    virtio: self
-                        .devices
-                        .virtio
-                        .iter()
-                        .map(|v| (v.transport.clone(), v.queues.clone()))
-                        .collect(),
-                },
+                snapshot: self.snapshot_source(),
             };
             em.add_subscriber(Arc::new(Mutex::new(ApiServer::new(listener, controller))));
+        }
+        if let Some(files) = self.warm_snapshot.take() {
+            let ready = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(|e| VmmError::Io("eventfd", e))?;
+            let signal = ready.try_clone().map_err(|e| VmmError::Io("eventfd", e))?;
+            lock(&self.devices.guest_ports).on_warm_ready(signal);
+            em.add_subscriber(Arc::new(Mutex::new(WarmSnapshot {
+                ready,
+                files: Some(files),
+                source: self.snapshot_source(),
+            })));
         }
         let input = self.console_input.map(|fd| {
             let sub = Arc::new(Mutex::new(ConsoleInput {
@@ -298,6 +324,54 @@ impl Vmm {
             threads = running;
         }
         // A thread still running after this is abandoned; process exit ends it.
+    }
+}
+
+/// The two files a snapshot is written into.
+pub struct SnapshotFiles {
+    pub state: std::fs::File,
+    pub memory: std::fs::File,
+}
+
+/// Takes the warm snapshot when the guest says it is ready, and ends the VM.
+struct WarmSnapshot {
+    ready: EventFd,
+    /// Taken by the first signal: one snapshot.
+    files: Option<SnapshotFiles>,
+    source: snapshot::create::Source,
+}
+
+impl MutEventSubscriber for WarmSnapshot {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.ready, EventSet::IN)) {
+            self.source
+                .ctx
+                .exit
+                .request(ExitReason::VcpuFailure(format!(
+                    "cannot watch for the guest's warm-ready signal: {e:?}"
+                )));
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.ready.read();
+        let Some(files) = self.files.take() else {
+            return;
+        };
+        let exit = &self.source.ctx.exit;
+        match snapshot::create::create(
+            &self.source,
+            &files.state,
+            &files.memory,
+            true,
+            PAUSE_TIMEOUT,
+        ) {
+            Ok(_) => exit.request(ExitReason::Snapshotted),
+            Err(e) => exit.request(ExitReason::VcpuFailure(format!(
+                "the warm snapshot failed: {}",
+                crate::exit::error_chain(&e)
+            ))),
+        }
     }
 }
 

@@ -24,10 +24,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/random.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/io.h>
 #include <sys/ioctl.h>
@@ -37,6 +39,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SPEC_PATH "/flint/spec"
@@ -49,12 +52,49 @@
 #define EXIT_STATUS_PORT 0x501
 /* A write here tells the VMM that the console is open and set up: input may come now. */
 #define CONSOLE_READY_PORT 0x502
+/* A write here tells the VMM that a warm guest waits for its workload: snapshot it now. */
+#define WARM_READY_PORT 0x503
+
+/*
+ * The warm start (flint_oci::warm on the host). An initramfs with this file and no spec
+ * boots to a wait: the root disk (/dev/vda) and the spec disk (/dev/vdb) are empty, and the
+ * VMM snapshots the guest there. A restore gives both disks their contents and announces
+ * the new sizes; the spec disk starts with a header (the layout below, little-endian) that
+ * also carries fresh entropy and the host's time, so that clones of one snapshot differ.
+ */
+#define WARM_MARK "/flint/warm"
+#define WARM_MAGIC "FLNTWARM"
+#define WARM_HEADER_SIZE 512
+#define WARM_SEED_BYTES 32
+struct warm_header {
+	char magic[8];
+	uint32_t spec_len;
+	uint32_t seed_len;
+	uint64_t time_sec;
+	uint64_t time_nsec;
+	unsigned char seed[WARM_SEED_BYTES];
+};
+/* Big enough for any spec flint writes (the host caps it at the same size). */
+#define WARM_SPEC_MAX (1u << 20)
 
 /* The consoles, kept open (close-on-exec) to drain them at the end; -1 until opened. */
 static struct {
 	int out; /* ttyS0 */
 	int err; /* ttyS1, or ttyS0 if there is no ttyS1 */
 } consoles = {-1, -1};
+
+/*
+ * Writes `value` to the VMM's I/O port `port` (ioperm for the moment of the outb: the process
+ * must not inherit the access). Returns -1 if the port cannot be reached.
+ */
+static int port_write(unsigned short port, unsigned char value)
+{
+	if (ioperm(port, 1, 1) < 0)
+		return -1;
+	outb(value, port);
+	ioperm(port, 1, 0);
+	return 0;
+}
 
 /* Waits until everything written to the console `fd` (if open) has left the UART. */
 static void drain(int fd)
@@ -83,8 +123,7 @@ __attribute__((noreturn)) static void halt_with_status(int status)
 		drain(consoles.err);
 	sync();
 
-	if (ioperm(EXIT_STATUS_PORT, 1, 1) == 0)
-		outb((unsigned char)status, EXIT_STATUS_PORT);
+	port_write(EXIT_STATUS_PORT, (unsigned char)status);
 	/*
 	 * Only reached if the VMM has no exit-status port: reboot (flint's kernel command line
 	 * has reboot=k, a reset through the i8042, which flint treats as power-off).
@@ -118,6 +157,102 @@ static void mark_boot_time(void)
 		return;
 	*(volatile unsigned char *)page = BOOT_TIMER_MAGIC;
 	munmap(page, page_size);
+}
+
+/* The size of the block device open as `fd`, or 0 if it cannot be read. */
+static uint64_t disk_size(int fd)
+{
+	uint64_t size = 0;
+	if (ioctl(fd, BLKGETSIZE64, &size) < 0)
+		return 0;
+	return size;
+}
+
+static void read_exactly(int fd, void *buf, size_t len, const char *what)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			fatal("read %s", what);
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+/* Mixes the host's seed into the kernel's pool, credited, and makes the RNG use it now. */
+static void add_entropy(const unsigned char *seed, size_t len)
+{
+	struct {
+		int entropy_count;
+		int buf_size;
+		unsigned char buf[WARM_SEED_BYTES];
+	} info = {.entropy_count = (int)len * 8, .buf_size = (int)len};
+	memcpy(info.buf, seed, len);
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		fatal("open /dev/urandom");
+	if (ioctl(fd, RNDADDENTROPY, &info) < 0)
+		fatal("add the host's entropy (RNDADDENTROPY)");
+	if (ioctl(fd, RNDRESEEDCRNG) < 0)
+		fatal("reseed the RNG (RNDRESEEDCRNG)");
+	close(fd);
+}
+
+/*
+ * A warm guest: tells the VMM it may snapshot, waits until it is restored with a workload
+ * (both disks have a size), then writes the spec where a cold boot finds it, takes the
+ * seed and sets the clock. The snapshot is taken in the wait below; nothing before it
+ * may depend on the workload.
+ */
+static void warm_start(void)
+{
+	int root = open("/dev/vda", O_RDONLY | O_CLOEXEC);
+	int spec = open("/dev/vdb", O_RDONLY | O_CLOEXEC);
+	if (root < 0 || spec < 0)
+		fatal("open the warm guest's disks /dev/vda and /dev/vdb");
+	if (port_write(WARM_READY_PORT, 1) < 0)
+		fatal("reach the VMM's warm-start port");
+	/*
+	 * The driver learns the sizes from a config-change interrupt, in a work item: poll for
+	 * them (the interrupt is pending when the restored vCPU starts, so this is short).
+	 */
+	const struct timespec tick = {.tv_sec = 0, .tv_nsec = 50 * 1000};
+	while (disk_size(root) == 0 || disk_size(spec) < WARM_HEADER_SIZE)
+		nanosleep(&tick, NULL);
+	close(root);
+
+	union {
+		struct warm_header h;
+		unsigned char bytes[WARM_HEADER_SIZE];
+	} head;
+	read_exactly(spec, head.bytes, sizeof head.bytes, "the spec disk's header");
+	if (memcmp(head.h.magic, WARM_MAGIC, sizeof head.h.magic) != 0 ||
+	    head.h.spec_len > WARM_SPEC_MAX || head.h.seed_len > WARM_SEED_BYTES ||
+	    disk_size(spec) < WARM_HEADER_SIZE + (uint64_t)head.h.spec_len) {
+		errno = EINVAL;
+		fatal("the spec disk /dev/vdb has no valid header");
+	}
+	char *text = malloc(head.h.spec_len + 1u);
+	if (text == NULL)
+		fatal("allocate the spec");
+	read_exactly(spec, text, head.h.spec_len, "the spec disk");
+	close(spec);
+	int out = open(SPEC_PATH, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (out < 0 || write_all(out, text, head.h.spec_len) < 0 || close(out) < 0)
+		fatal("write %s", SPEC_PATH);
+	free(text);
+
+	add_entropy(head.h.seed, head.h.seed_len);
+	const struct timespec now = {.tv_sec = (time_t)head.h.time_sec,
+				     .tv_nsec = (long)head.h.time_nsec};
+	if (clock_settime(CLOCK_REALTIME, &now) < 0)
+		fatal("set the clock to the host's");
 }
 
 /*
@@ -266,6 +401,11 @@ __attribute__((noreturn)) static void run_init(void)
 	if (mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID | MS_NOEXEC, NULL) < 0)
 		fatal("mount devtmpfs on /dev");
 	mark_boot_time();
+	if (access(WARM_MARK, F_OK) == 0) {
+		warm_start();
+		/* For the restored VM's boot timer: its user space starts now. */
+		mark_boot_time();
+	}
 
 	/* Read first, so that the console modes are set as soon as the consoles are open. */
 	struct run_spec spec = {0};
@@ -274,10 +414,7 @@ __attribute__((noreturn)) static void run_init(void)
 	open_consoles();
 	set_console_modes(have_spec && spec.terminal);
 	/* Without the port (another VMM), input simply was never held. */
-	if (ioperm(CONSOLE_READY_PORT, 1, 1) == 0) {
-		outb(1, CONSOLE_READY_PORT);
-		ioperm(CONSOLE_READY_PORT, 1, 0); /* the process would inherit the access */
-	}
+	port_write(CONSOLE_READY_PORT, 1);
 	if (!have_spec) {
 		print_error(0, "%s", spec_error);
 		halt_with_status(EXIT_SETUP_FAILED);

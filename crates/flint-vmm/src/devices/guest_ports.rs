@@ -7,23 +7,38 @@
 //!   input held until then (see [`SerialDevice::hold_input`]) flows from now on. Linux's 8250
 //!   driver clears the UART's FIFO when the console is opened, and a tty still in its default
 //!   modes echoes what it receives, so input sent earlier would be lost or echoed.
+//! - 0x503, warm ready: a guest booted for a warm start waits for its workload; the VMM making
+//!   the warm snapshot takes it now (see [`GuestPorts::on_warm_ready`]).
 
 use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
 use crate::devices::legacy::serial::SerialDevice;
 use crate::exit::{ExitEvent, ExitReason};
 
-pub use crate::arch::x86_64::layout::{CONSOLE_READY_PORT, EXIT_STATUS_PORT};
+pub use crate::arch::x86_64::layout::{CONSOLE_READY_PORT, EXIT_STATUS_PORT, WARM_READY_PORT};
 
 pub struct GuestPorts {
     exit: Arc<ExitEvent>,
     console: Arc<Mutex<SerialDevice>>,
+    warm_ready: Option<EventFd>,
 }
 
 impl GuestPorts {
     pub fn new(exit: Arc<ExitEvent>, console: Arc<Mutex<SerialDevice>>) -> Self {
-        GuestPorts { exit, console }
+        GuestPorts {
+            exit,
+            console,
+            warm_ready: None,
+        }
+    }
+
+    /// Signals `event` when the guest says it is ready for a warm snapshot; without one, that
+    /// write is ignored (a guest cannot make an ordinary VM snapshot itself).
+    pub fn on_warm_ready(&mut self, event: EventFd) {
+        self.warm_ready = Some(event);
     }
 }
 
@@ -37,6 +52,12 @@ impl BusDevice for GuestPorts {
         match (offset, data.first()) {
             (0, Some(&status)) => self.exit.request(ExitReason::Status(status)),
             (1, Some(_)) => crate::bus::lock(&self.console).release_input(),
+            (2, Some(_)) => {
+                if let Some(event) = &self.warm_ready {
+                    // A full counter (2^64 - 2 writes) only means the event is pending already.
+                    let _ = event.write(1);
+                }
+            }
             _ => {}
         }
     }
@@ -75,5 +96,23 @@ mod tests {
         ports.write(0, &[4]);
         assert_eq!(exit.reason(), Some(ExitReason::Status(3)));
         assert_eq!(ExitReason::Status(3).exit_code(), 3);
+    }
+
+    #[test]
+    fn warm_ready_signals_only_a_vm_that_listens() {
+        let exit = Arc::new(ExitEvent::new().unwrap());
+        let out: crate::devices::legacy::serial::SerialOut = Box::new(std::io::sink());
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            IrqLine::Fd(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            out,
+        )));
+        let mut ports = GuestPorts::new(exit.clone(), serial);
+        ports.write(2, &[1]); // no listener: nothing happens
+        let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        ports.on_warm_ready(event.try_clone().unwrap());
+        assert!(event.read().is_err(), "not signalled yet");
+        ports.write(2, &[1]);
+        assert_eq!(event.read().unwrap(), 1);
+        assert_eq!(exit.reason(), None);
     }
 }

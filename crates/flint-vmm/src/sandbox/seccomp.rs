@@ -34,6 +34,17 @@ pub enum SeccompLevel {
     Kill,
 }
 
+impl SeccompLevel {
+    /// The level as `--seccomp` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SeccompLevel::Off => "off",
+            SeccompLevel::Log => "log",
+            SeccompLevel::Kill => "kill",
+        }
+    }
+}
+
 impl std::str::FromStr for SeccompLevel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -329,6 +329,27 @@ pub fn save_state(
     })
 }
 
+/// Whether this host's KVM runs guests with AMD's SVM (AMD and Hygon CPUs).
+fn svm_host() -> bool {
+    matches!(
+        crate::snapshot::host_cpu_vendor().as_str(),
+        "AuthenticAMD" | "HygonGenuine"
+    )
+}
+
+/// KVM on SVM reports the task register's cached type as a busy TSS (11), as VMX requires,
+/// though the VMCB holds what `ltr` loaded: an available one (9). SVM checks neither, but
+/// QEMU's TCG (the lab's CPU) checks for 9 before it reads the TSS's I/O permission bitmap,
+/// so that a restored guest's `outb` after `ioperm` would fault there. Restored as 9, the
+/// value the guest's own `ltr` gave it.
+fn task_register_as_svm_had_it(sregs: &mut kvm_bindings::kvm_sregs) {
+    const TSS_BUSY: u8 = 11;
+    const TSS_AVAILABLE: u8 = 9;
+    if sregs.tr.type_ == TSS_BUSY {
+        sregs.tr.type_ = TSS_AVAILABLE;
+    }
+}
+
 /// Creates vCPU `index` of a restored VM and gives it `state`, in the order KVM needs: CPUID
 /// first, the local APIC before the MSRs (the TSC deadline MSR depends on its mode), the
 /// pending events last.
@@ -358,7 +379,11 @@ pub fn restore_vcpu(vm: &VmFd, index: u8, state: &VcpuState) -> Result<VcpuFd, V
     fd.set_mp_state(state.mp_state)
         .map_err(err("KVM_SET_MP_STATE"))?;
     fd.set_regs(&state.regs).map_err(err("KVM_SET_REGS"))?;
-    fd.set_sregs(&state.sregs).map_err(err("KVM_SET_SREGS"))?;
+    let mut sregs = state.sregs;
+    if svm_host() {
+        task_register_as_svm_had_it(&mut sregs);
+    }
+    fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
     // SAFETY: the buffer is a whole kvm_xsave as KVM_GET_XSAVE returned it.
     unsafe { fd.set_xsave(&state.xsave) }.map_err(err("KVM_SET_XSAVE"))?;
     fd.set_xcrs(&state.xcrs).map_err(err("KVM_SET_XCRS"))?;

@@ -88,9 +88,11 @@ pub const CMOS_PORT: u16 = 0x70;
 pub const CMOS_PORT_LEN: u64 = 2;
 /// flint's OCI guest init reports its exit status here (QEMU's `isa-debug-exit` port)...
 pub const EXIT_STATUS_PORT: u16 = 0x501;
-/// ...and that its console is ready here.
+/// ...and that its console is ready here...
 pub const CONSOLE_READY_PORT: u16 = 0x502;
-pub const GUEST_PORTS_LEN: u64 = 2;
+/// ...and, booted for a warm start, that it waits for its workload (snapshot it now).
+pub const WARM_READY_PORT: u16 = 0x503;
+pub const GUEST_PORTS_LEN: u64 = 3;
 /// The ACPI hardware-reduced registers (one byte each; see `arch::x86_64::acpi`): sleep
 /// control, sleep status, reset.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;

@@ -302,6 +302,14 @@ impl MmioTransport {
         self.interrupt.ack(u32::MAX);
     }
 
+    /// The device's config space changed (a restored disk's new size): the driver is told
+    /// with a config-change interrupt, if it is driving the device.
+    pub fn config_changed(&self) {
+        if self.status & status::DRIVER_OK != 0 {
+            self.interrupt.trigger(INT_CONFIG_CHANGE);
+        }
+    }
+
     fn needs_reset(&mut self) {
         self.status |= status::DEVICE_NEEDS_RESET;
         if self.status & status::DRIVER_OK != 0 {
