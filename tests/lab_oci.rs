@@ -348,7 +348,7 @@ fn startup_benchmark_writes_json_markdown_and_svg() {
         "{}",
         json["environment"]
     );
-    for system in ["flint", "crun", "qemu"] {
+    for system in ["flint-restored", "flint-cold", "crun", "qemu"] {
         let s = &json["systems"][system];
         assert_eq!(s["runs"].as_array().map(Vec::len), Some(2), "{system}: {s}");
         let median = s["stats"]["first_output_us"]["median"].as_f64();

@@ -1,9 +1,11 @@
 //! `flint bench`: benchmarks run by flint itself, on the host it runs on.
 //!
 //! `flint bench startup` ([`startup()`]) asks how a microVM compares with a container for the
-//! same workload: one OCI bundle runs N times each on flint, crun and QEMU's microvm,
-//! interleaved round-robin, and the report gives per system the time to the workload's first
-//! output and to its exit, host CPU, memory and disk, as JSON, Markdown and SVG.
+//! same workload: one OCI bundle runs N times each on flint (restoring its warm snapshot, as
+//! `flint run --oci-bundle` does by default, and booting cold with `--cold`), crun and QEMU's
+//! microvm, interleaved round-robin, and the report gives per system the time to the
+//! workload's first output and to its exit, host CPU, memory and disk, as JSON, Markdown and
+//! SVG.
 //!
 //! Modules, from the top: [`startup`] orchestrates; [`system`] knows how each system is
 //! launched; [`run`] runs and measures one process; [`measure`] reads `/proc` and the
@@ -52,6 +54,18 @@ pub enum BenchError {
     Run {
         system: &'static str,
         round: u32,
+        what: String,
+        stderr: Vec<u8>,
+    },
+    /// The untimed run that makes flint's warm snapshot before the restored row's timed
+    /// rounds. On one line: the bench stops here, before any timed round.
+    #[error(
+        "the {} row's warm-up run (untimed, before round 1, to make flint's snapshot) failed: \
+         {what}{}",
+        system::display_name(.system), tail_line(.stderr)
+    )]
+    WarmUp {
+        system: &'static str,
         what: String,
         stderr: Vec<u8>,
     },
@@ -127,6 +141,27 @@ fn tail_of(whose: &str, stderr: &[u8]) -> String {
     s
 }
 
+/// The last lines of a process's stderr on one line (` | ` between them), for a one-line error;
+/// empty if it said nothing.
+fn tail_line(stderr: &[u8]) -> String {
+    const LINES: usize = 4;
+    const WIDTH: usize = 200;
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.chars().take(WIDTH).collect())
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; its stderr ends with: {}",
+        lines[lines.len().saturating_sub(LINES)..].join(" | ")
+    )
+}
+
 /// Bytes shown in an error message: quoted and escaped, at most `max` characters.
 pub(crate) fn quoted(bytes: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -181,6 +216,30 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("crun's stderr ends with:\n    warning"), "{s}");
+    }
+
+    #[test]
+    fn a_failed_warm_up_is_one_line_with_the_stderr_tail() {
+        let e = BenchError::WarmUp {
+            system: "flint-restored",
+            what: "flint failed (exit code 1)".into(),
+            stderr: b"a\nb\n\nc\nflint: error: cannot write the snapshot\n  d  \n".to_vec(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the flint (restored) row's warm-up run (untimed, before round 1, to make flint's \
+             snapshot) failed: flint failed (exit code 1); its stderr ends with: b | c | flint: \
+             error: cannot write the snapshot | d"
+        );
+        let quiet = BenchError::WarmUp {
+            system: "flint-restored",
+            what: "no exit within 60 s: killed".into(),
+            stderr: Vec::new(),
+        };
+        assert!(quiet
+            .to_string()
+            .ends_with("failed: no exit within 60 s: killed"));
+        assert!(!quiet.to_string().contains('\n'));
     }
 
     #[test]

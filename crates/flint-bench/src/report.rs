@@ -87,7 +87,8 @@ pub struct RunRecord {
     pub cpu_sys_us: u64,
     /// `ru_maxrss`: the largest of the process and the children it reaped.
     pub peak_rss_kib: u64,
-    /// flint's boot timer (launch → guest init's first action); `None` for the others.
+    /// flint's boot timer (launch → guest init's first action); `None` for the others, and
+    /// for a restored flint that did not print it (its guest does not boot).
     pub boot_us: Option<u64>,
     /// At the first output; `None` if the process had already exited by then.
     pub memory_at_first_output: Option<MemoryRecord>,
@@ -256,7 +257,10 @@ pub fn num(x: f64) -> String {
     }
 }
 
-fn cell(s: &SystemReport, source: &Source) -> String {
+/// A table cell: median (min–p95) over the runs that have the metric, "–" if none has it (not
+/// applicable, e.g. a boot time for crun or for a restore), and how many runs it covers if not
+/// all of the `runs`.
+fn cell(s: &SystemReport, source: &Source, runs: u32) -> String {
     match source {
         Source::DiskShared => num(s.disk_shared_bytes as f64 / (1024.0 * 1024.0)),
         Source::Stat(keys, scale) => match keys.iter().find_map(|k| s.stats.get(*k)) {
@@ -267,36 +271,76 @@ fn cell(s: &SystemReport, source: &Source) -> String {
                     num(st.min * scale),
                     num(st.p95 * scale),
                 );
-                if min == p95 {
+                let mut c = if min == p95 {
                     median
                 } else {
                     format!("{median} ({min}–{p95})")
+                };
+                if u64::try_from(st.n).is_ok_and(|n| n < u64::from(runs)) {
+                    let _ = write!(c, " [{} of {runs} runs]", st.n);
                 }
+                c
             }
         },
     }
 }
 
+/// The median of `metric` for the system with key `key`, if it has one.
+fn median_of(r: &Report, key: &str, metric: &str) -> Option<f64> {
+    r.systems
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, s)| s.stats.get(metric))
+        .map(|st| st.median)
+}
+
 /// Medians of `metric` relative to crun's, for the systems other than crun; `None` without
 /// crun (or with a zero median there).
 fn ratios_vs_crun(r: &Report, metric: &str) -> Option<String> {
-    let median = |s: &SystemReport| s.stats.get(metric).map(|st| st.median);
-    let base = r
-        .systems
-        .iter()
-        .find(|(k, _)| k == "crun")
-        .and_then(|(_, s)| median(s))
-        .filter(|b| *b > 0.0)?;
+    let base = median_of(r, "crun", metric).filter(|b| *b > 0.0)?;
     let parts: Vec<String> = r
         .systems
         .iter()
         .filter(|(k, _)| k != "crun")
-        .filter_map(|(k, s)| Some(format!("{} {}×", display_name(k), num(median(s)? / base))))
+        .filter_map(|(k, s)| {
+            let m = s.stats.get(metric)?.median;
+            Some(format!("{} {}×", display_name(k), num(m / base)))
+        })
         .collect();
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
-/// The Markdown report: where it ran, the table, ratios against crun, and the notes.
+/// The line comparing flint's two ways of starting, medians restored / cold boot; `None`
+/// unless the report has both with values.
+fn restored_vs_cold(r: &Report) -> Option<String> {
+    let (restored, cold) = ("flint-restored", "flint-cold");
+    let parts: Vec<String> = [
+        ("first output", "first_output_us"),
+        ("exit", "exit_us"),
+        ("host CPU", "cpu_us"),
+        ("peak RSS", "peak_rss_kib"),
+    ]
+    .iter()
+    .filter_map(|(what, m)| {
+        let base = median_of(r, cold, m).filter(|b| *b > 0.0)?;
+        Some(format!(
+            "{what} {}×",
+            num(median_of(r, restored, m)? / base)
+        ))
+    })
+    .collect();
+    (!parts.is_empty()).then(|| {
+        format!(
+            "Medians of {} relative to {}: {}.",
+            display_name(restored),
+            display_name(cold),
+            parts.join(", ")
+        )
+    })
+}
+
+/// The Markdown report: where it ran, the table, ratios against crun (and of flint restored
+/// against its cold boot), and the notes.
 pub fn markdown(r: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## flint bench startup: microVM vs container\n");
@@ -330,7 +374,7 @@ pub fn markdown(r: &Report) -> String {
     for (label, source) in ROWS {
         let _ = write!(md, "| {label} |");
         for (_, s) in &r.systems {
-            let _ = write!(md, " {} |", cell(s, source));
+            let _ = write!(md, " {} |", cell(s, source, r.runs));
         }
         md.push('\n');
     }
@@ -340,6 +384,9 @@ pub fn markdown(r: &Report) -> String {
         .collect();
     if !ratios.is_empty() {
         let _ = writeln!(md, "\nMedians relative to crun: {}.", ratios.join("; "));
+    }
+    if let Some(line) = restored_vs_cold(r) {
+        let _ = writeln!(md, "\n{line}");
     }
     if !r.notes.is_empty() {
         md.push_str("\nNotes:\n\n");
@@ -396,7 +443,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// A two-run report for flint, crun and QEMU, with text that needs escaping.
+    /// A two-run report for flint, crun and QEMU (flint with one row, keyed "flint", as before
+    /// the warm start), with text that needs escaping.
     pub(crate) fn synthetic() -> Report {
         Report {
             benchmark: "startup".into(),
@@ -423,6 +471,26 @@ pub(crate) mod tests {
             ],
             notes: vec!["a note".into()],
         }
+    }
+
+    /// The default four rows, restored first: flint restoring its warm snapshot (no boot time
+    /// printed except in round 2), flint booting cold, crun and QEMU.
+    pub(crate) fn synthetic_four() -> Report {
+        let mut r = synthetic();
+        let mut restored = system(2, true, "flint");
+        restored.runs[0].boot_us = None;
+        restored.disk_shared_bytes = 80 << 20;
+        restored.stats = stats_of(&restored.runs);
+        let cold = system(8, true, "flint");
+        let crun = system(1, false, "crun");
+        let qemu = system(10, true, "qemu-system-x86_64");
+        r.systems = vec![
+            ("flint-restored".into(), restored),
+            ("flint-cold".into(), cold),
+            ("crun".into(), crun),
+            ("qemu".into(), qemu),
+        ];
+        r
     }
 
     #[test]
@@ -503,5 +571,77 @@ pub(crate) mod tests {
         let md = markdown(&r);
         assert!(!md.contains("relative to crun"));
         assert!(md.contains("| median (min–p95) | flint | QEMU microvm |"));
+    }
+
+    #[test]
+    fn four_systems_in_order_with_display_names() {
+        let r = synthetic_four();
+        let md = markdown(&r);
+        let table: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(
+            table[0],
+            "| median (min–p95) | flint (restored) | flint (cold boot) | crun | QEMU microvm |"
+        );
+        assert_eq!(table.len(), 2 + TABLE_ROWS);
+        for row in &table {
+            assert_eq!(row.matches('|').count(), 6, "{row}");
+        }
+        assert!(md.contains(
+            "| launch → first output (ms) | 202 (201–202) | 802 (801–802) | 102 (101–102) | \
+             1002 (1001–1002) |"
+        ));
+        assert!(md.contains("| disk shared by all instances (MiB) | 80.0 | 64.0 | 64.0 | 64.0 |"));
+        let text = serde_json::to_string_pretty(&r).unwrap();
+        let at = |k: &str| text.find(&format!("\"{k}\": {{")).unwrap();
+        assert!(at("flint-restored") < at("flint-cold"));
+        assert!(at("flint-cold") < at("crun") && at("crun") < at("qemu"));
+        assert_eq!(serde_json::from_str::<Report>(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn a_boot_time_is_optional_for_the_restored_row() {
+        let mut r = synthetic_four();
+        // Printed in one of the two runs: the cell says over how many.
+        let md = markdown(&r);
+        assert!(
+            md.contains(
+                "| guest boot, flint's boot timer (ms) | 160 [1 of 2 runs] | 640 | – | – |"
+            ),
+            "{md}"
+        );
+        // Printed in none: not applicable, like crun's.
+        r.systems[0].1.runs[1].boot_us = None;
+        r.systems[0].1.stats = stats_of(&r.systems[0].1.runs);
+        assert!(!r.systems[0].1.stats.contains_key("boot_us"));
+        let md = markdown(&r);
+        assert!(md.contains("| guest boot, flint's boot timer (ms) | – | 640 | – | – |"));
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["systems"]["flint-restored"]["runs"][1]["boot_us"].is_null());
+    }
+
+    #[test]
+    fn ratios_include_the_restored_row_and_compare_it_with_the_cold_boot() {
+        let md = markdown(&synthetic_four());
+        // Computed from the medians: first output 201500 / 101500, 801500 / 101500, ...
+        assert!(
+            md.contains(
+                "Medians relative to crun: first output: flint (restored) 1.99×, flint (cold \
+                 boot) 7.90×, QEMU microvm 9.87×; exit: flint (restored) 1.98×"
+            ),
+            "{md}"
+        );
+        // 201500 / 801500, 303000 / 1203000, 60 / 240 ms, 60000 / 240000 KiB.
+        assert!(
+            md.contains(
+                "Medians of flint (restored) relative to flint (cold boot): first output 0.25×, \
+                 exit 0.25×, host CPU 0.25×, peak RSS 0.25×."
+            ),
+            "{md}"
+        );
+        // Without the cold row there is nothing to compare the restored one with.
+        let mut r = synthetic_four();
+        r.systems.retain(|(k, _)| k != "flint-cold");
+        assert!(!markdown(&r).contains("relative to flint (cold boot)"));
+        assert!(!markdown(&synthetic()).contains("relative to flint (cold boot)"));
     }
 }

@@ -10,11 +10,12 @@ use super::environment::{iso8601_utc, Environment};
 use super::measure;
 use super::report::{self, MemoryRecord, Report, RunRecord, SystemReport, Workload};
 use super::run::{self, Measure, MemoryKind, MemorySample, Outcome, RunError, WaitStatus};
-use super::system::{self, CrunContainer, Setup, System, VmFiles};
+use super::system::{self, display_name, CrunContainer, Selection, Setup, System, VmFiles};
 use super::{interrupt, quoted, svg, BenchError, Mismatch};
 
 /// Compare a microVM with a container for the same workload: one OCI bundle runs N times each on
-/// flint, crun and QEMU's microvm, interleaved round-robin.
+/// flint (restoring its warm snapshot, and booting cold), crun and QEMU's microvm, interleaved
+/// round-robin.
 ///
 /// Per system it reports the time from launch to the workload's first byte on stdout and to its
 /// exit (min / median / p95), host CPU time, peak RSS, memory at the first output (the VMM's
@@ -38,19 +39,21 @@ pub struct StartupArgs {
     /// /usr/local/share/flint/vmlinux or /usr/share/flint/vmlinux].
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
-    /// The systems to compare, comma-separated; each round runs them in this order.
+    /// The systems to compare, comma-separated; each round runs them in this order, and the
+    /// report lists them so. `flint` stands for flint-restored,flint-cold. flint-restored's
+    /// snapshot is made by one untimed run before round 1.
     #[arg(
         long,
         value_name = "LIST",
         value_delimiter = ',',
-        default_value = "flint,crun,qemu"
+        default_value = "flint-restored,flint-cold,crun,qemu"
     )]
-    pub systems: Vec<System>,
-    /// Guest memory in MiB, for both VMs.
+    pub systems: Vec<Selection>,
+    /// Guest memory in MiB, for every VM.
     #[arg(long, value_name = "MIB", default_value_t = 128,
           value_parser = value_parser!(u64).range(1..))]
     pub memory: u64,
-    /// vCPUs, for both VMs.
+    /// vCPUs, for every VM.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = value_parser!(u32).range(1..))]
     pub cpus: u32,
@@ -64,7 +67,8 @@ pub struct StartupArgs {
     /// environment record.
     #[arg(long, value_name = "TEXT")]
     pub label: Option<String>,
-    /// Seconds one run may take; a run still going then is killed and the bench fails.
+    /// Seconds one run may take; a run still going then is killed and the bench fails. The
+    /// restored row's warm-up, which also makes flint's snapshot, gets 300 s more.
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = value_parser!(u64).range(1..))]
     pub timeout: u64,
@@ -178,8 +182,9 @@ fn check_same(reference: &Observed, run: &Observed) -> Result<(), BenchError> {
 fn guest_sizes(system: System, mib: u64) -> Vec<u64> {
     let bytes = mib << 20;
     match system {
-        // flint splits RAM around the 32-bit MMIO hole, one mapping per range.
-        System::Flint => flint_vmm::vstate::memory::ram_ranges(bytes)
+        // flint splits RAM around the 32-bit MMIO hole, one mapping per range; a restored flint
+        // maps its snapshot's memory file the same way, range by range.
+        System::FlintRestored | System::FlintCold => flint_vmm::vstate::memory::ram_ranges(bytes)
             .into_iter()
             .map(|(_, len)| len)
             .collect(),
@@ -257,7 +262,7 @@ fn run_once(
     // flint's own failures (the VM could not be built) exit 1 like a workload might: its
     // message tells them apart.
     let stderr_text = String::from_utf8_lossy(&o.stderr);
-    if system == System::Flint && stderr_text.lines().any(|l| l.starts_with("flint: error:")) {
+    if system.is_flint() && stderr_text.lines().any(|l| l.starts_with("flint: error:")) {
         return Err(failed(
             format!("flint failed ({})", o.status),
             o.stderr.clone(),
@@ -290,7 +295,10 @@ fn run_once(
         cpu_user_us: micros(o.cpu_user),
         cpu_sys_us: micros(o.cpu_sys),
         peak_rss_kib: o.peak_rss_kib,
-        boot_us: (system == System::Flint)
+        // A restored guest does not boot, so flint may not print the line: then `None`, which
+        // the report shows as not applicable.
+        boot_us: system
+            .is_flint()
             .then(|| system::parse_boot_us(&o.stderr))
             .flatten(),
         memory_at_first_output,
@@ -310,6 +318,134 @@ fn run_once(
     Ok((record, observed, command))
 }
 
+/// What the restored row's warm-up run left behind.
+struct WarmUp {
+    /// Its launch → exit: what a first use costs (a boot and the capture), for a note.
+    exit_us: u64,
+    /// The files under the cache's warm/ right after it (see [`snapshot_files`]); `None` if
+    /// there was no such directory.
+    files: Option<Vec<SnapshotFile>>,
+    /// Their allocated bytes, shared by every restored run.
+    bytes: u64,
+}
+
+/// One file of flint's warm snapshot: its path under warm/, length and modification time, to
+/// tell whether a timed run replaced the snapshot instead of restoring it.
+type SnapshotFile = (PathBuf, u64, Option<SystemTime>);
+
+/// What the warm-up may take beyond a run's timeout: flint bounds making its snapshot (a boot
+/// and a capture) at five minutes itself.
+const WARM_UP_EXTRA: Duration = Duration::from_secs(300);
+
+/// Runs the restored row once, untimed, so that flint makes its warm snapshot; a failure is
+/// the bench's, on one line.
+fn warm_up(setup: &Setup, timeout: Duration, crun_rundir: &Path) -> Result<WarmUp, BenchError> {
+    let system = System::FlintRestored;
+    let timeout = timeout.saturating_add(WARM_UP_EXTRA);
+    // Round 0: before the first timed round (it names nothing but crun's files).
+    let (record, _, _) = run_once(setup, system, 0, timeout, crun_rundir).map_err(|e| match e {
+        BenchError::Run { what, stderr, .. } => BenchError::WarmUp {
+            system: system.key(),
+            what,
+            stderr,
+        },
+        other => other,
+    })?;
+    let dir = system::warm_dir(&setup.image_cache);
+    let files = snapshot_files(&dir);
+    let bytes = if files.is_some() {
+        measure::tree_allocated_bytes(&dir)
+            .map_err(BenchError::io(format!("cannot measure {}", dir.display())))?
+    } else {
+        0
+    };
+    Ok(WarmUp {
+        exit_us: record.exit_us,
+        files,
+        bytes,
+    })
+}
+
+/// The files under `dir`, sorted, with their lengths and modification times; `None` if `dir`
+/// cannot be read (it does not exist: flint made no snapshot there).
+fn snapshot_files(dir: &Path) -> Option<Vec<SnapshotFile>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).ok()? {
+            let path = entry.ok()?.path();
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap_or(&path).to_path_buf();
+                files.push((rel, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    files.sort();
+    Some(files)
+}
+
+/// What a reader needs to know about the restored row: how its snapshot was made and what is
+/// counted, whether its boot timer line appeared, and anything that casts doubt on its runs
+/// being restores. `after` is the warm/ directory's files after the timed rounds.
+fn restored_notes(
+    warm: &WarmUp,
+    after: Option<&[SnapshotFile]>,
+    columns: &[Column],
+    warm_dir: &Path,
+) -> Vec<String> {
+    let restored = display_name(System::FlintRestored.key());
+    let mut notes = vec![format!(
+        "{restored} is `flint run --oci-bundle` as it runs by default: it restores flint's \
+         snapshot of the guest kernel and init booted to waiting for a workload, kept in the \
+         image cache ({}). One untimed warm-up run before round 1 made that snapshot (it exited \
+         after {:.1} ms) and is not in the results, so every timed run is a restore, with the \
+         snapshot's files likely in the host's page cache. Its guest RAM is mapped from the \
+         snapshot's memory file: guest RAM at the first output is what the restored guest has \
+         touched. {} adds `--cold` and boots the kernel every time.",
+        warm_dir.display(),
+        warm.exit_us as f64 / 1e3,
+        display_name(System::FlintCold.key()),
+    )];
+    match (&warm.files, after) {
+        (None, _) => notes.push(format!(
+            "No snapshot was found under {} after the warm-up: the {restored} runs may have \
+             booted cold (compare them with a cold boot), and its shared disk counts only the \
+             image and kernel.",
+            warm_dir.display()
+        )),
+        (Some(before), after) if after != Some(before.as_slice()) => notes.push(format!(
+            "The files under {} changed during the timed rounds: some {restored} runs may have \
+             made a new snapshot instead of restoring the warm-up's.",
+            warm_dir.display()
+        )),
+        (Some(before), _) => notes.push(format!(
+            "{restored}'s shared disk also counts the snapshot's {} file(s) ({:.1} MiB \
+             allocated).",
+            before.len(),
+            warm.bytes as f64 / (1024.0 * 1024.0)
+        )),
+    }
+    if let Some(col) = columns.iter().find(|c| c.system == System::FlintRestored) {
+        let timed = col.runs.iter().filter(|r| r.boot_us.is_some()).count();
+        notes.push(if timed == 0 {
+            format!(
+                "A restored guest does not boot: flint printed no boot time for {restored} \
+                 (shown as –)."
+            )
+        } else {
+            format!(
+                "flint printed a boot time for {timed} of the {} {restored} runs; its boot \
+                 timer row summarises those (for a restore it is not a kernel boot).",
+                col.runs.len()
+            )
+        });
+    }
+    notes
+}
+
 /// One system's results as they accumulate.
 struct Column {
     system: System,
@@ -323,15 +459,12 @@ struct Column {
 /// startup.json, startup.md and startup.svg to `--out`, prints the Markdown on stdout (and one
 /// progress line per round on stderr), and returns the report.
 pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
-    let mut systems: Vec<System> = Vec::new();
-    for s in &args.systems {
-        if !systems.contains(s) {
-            systems.push(*s);
-        }
-    }
+    let systems = system::selected(&args.systems);
     if systems.is_empty() {
         return Err(BenchError::Usage(
-            "--systems: name at least one of flint, crun, qemu".into(),
+            "--systems: name at least one of flint-restored, flint-cold, crun, qemu (or flint \
+             for both flint rows)"
+                .into(),
         ));
     }
     if args.runs == 0 || args.memory == 0 || args.cpus == 0 || args.timeout == 0 {
@@ -355,7 +488,7 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
     } else {
         None
     };
-    let flint = if has(System::Flint) {
+    let flint = if systems.iter().any(|s| s.is_flint()) {
         std::env::current_exe().map_err(BenchError::io("cannot find flint's own executable"))?
     } else {
         PathBuf::from("flint")
@@ -420,7 +553,10 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
     let mut columns = Vec::new();
     for &system in &systems {
         let (versions, disk_shared_bytes) = match system {
-            System::Flint => (format!("flint {}", env!("CARGO_PKG_VERSION")), vm_disk),
+            // The restored row's snapshot files are added once the warm-up has made them.
+            System::FlintRestored | System::FlintCold => {
+                (format!("flint {}", env!("CARGO_PKG_VERSION")), vm_disk)
+            }
             System::Qemu => (system::version(&qemu, 1), vm_disk),
             System::Crun => (
                 system::version(&crun, 2),
@@ -452,6 +588,29 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
         vm,
     };
     let timeout = Duration::from_secs(args.timeout);
+    // The restored row's first run would make the snapshot it restores (a boot and a capture):
+    // that run is done here, untimed and left out of the results, so every timed run restores.
+    let warm = if has(System::FlintRestored) {
+        let warm = warm_up(&setup, timeout, &crun_rundir)?;
+        eprintln!(
+            "flint bench startup: warm-up: {} exited after {:.1} ms (not counted){}",
+            System::FlintRestored.key(),
+            warm.exit_us as f64 / 1e3,
+            if warm.files.is_some() {
+                ""
+            } else {
+                "; no snapshot found under the cache's warm/"
+            }
+        );
+        for col in &mut columns {
+            if col.system == System::FlintRestored {
+                col.disk_shared_bytes += warm.bytes;
+            }
+        }
+        Some(warm)
+    } else {
+        None
+    };
     // Every run is checked against the first crun run (or the first system's first run):
     // the systems must run the same workload for the comparison to mean anything.
     let reference_system = if has(System::Crun) {
@@ -502,6 +661,15 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
     };
 
     notes.extend(standard_notes(&systems, &columns, &crun_rundir, &setup));
+    if let Some(warm) = &warm {
+        let after = snapshot_files(&system::warm_dir(&setup.image_cache));
+        notes.extend(restored_notes(
+            warm,
+            after.as_deref(),
+            &columns,
+            &system::warm_dir(&setup.image_cache),
+        ));
+    }
     if reference.stdout.is_empty() {
         notes.push(
             "The workload wrote nothing on stdout: there are no first-output times and no \
@@ -573,7 +741,7 @@ fn standard_notes(
     ];
     if systems.iter().any(|s| s.is_vm()) {
         notes.push(
-            "flint and QEMU boot the same kernel, root image and initramfs, prepared once \
+            "flint and QEMU use the same kernel, root image and initramfs, prepared once \
              before the first round (so no run includes building the image). Guest RAM is the \
              VMM's mappings of the guest memory's size; the VMM's own memory is the rest of its \
              process."
@@ -583,6 +751,12 @@ fn standard_notes(
             "Disk: the VMs share the read-only ext4 image and the kernel; the guest's writable \
              layer is a tmpfs in guest memory, so an instance writes nothing to the host's disk.",
         );
+        if systems.contains(&System::FlintRestored) {
+            disk.push_str(&format!(
+                " {} also shares its snapshot's files.",
+                display_name(System::FlintRestored.key())
+            ));
+        }
         if let Some(vm) = &setup.vm {
             if let Ok(b) = measure::allocated_bytes(&vm.initramfs) {
                 disk.push_str(&format!(
@@ -670,12 +844,31 @@ mod tests {
     fn defaults_and_lists() {
         let a = parse(&["--bundle", "b"]).unwrap();
         assert_eq!(a.runs, 10);
-        assert_eq!(a.systems, [System::Flint, System::Crun, System::Qemu]);
+        // Restored first: it is what `flint run --oci-bundle` does by default.
+        assert_eq!(
+            system::selected(&a.systems),
+            [
+                System::FlintRestored,
+                System::FlintCold,
+                System::Crun,
+                System::Qemu
+            ]
+        );
         assert_eq!((a.memory, a.cpus, a.timeout), (128, 1, 60));
         assert_eq!(a.out, PathBuf::from("results"));
         let a = parse(&["--bundle", "b", "-n", "3", "--systems", "qemu,crun"]).unwrap();
         assert_eq!(a.runs, 3);
-        assert_eq!(a.systems, [System::Qemu, System::Crun]);
+        assert_eq!(system::selected(&a.systems), [System::Qemu, System::Crun]);
+        let a = parse(&["--bundle", "b", "--systems", "crun,flint"]).unwrap();
+        assert_eq!(
+            system::selected(&a.systems),
+            [System::Crun, System::FlintRestored, System::FlintCold]
+        );
+        let a = parse(&["--bundle", "b", "--systems", "flint-cold,qemu"]).unwrap();
+        assert_eq!(
+            system::selected(&a.systems),
+            [System::FlintCold, System::Qemu]
+        );
         assert!(parse(&["--bundle", "b", "-n", "0"]).is_err());
         assert!(parse(&["--bundle", "b", "--systems", "docker"]).is_err());
         assert!(parse(&[]).is_err());
@@ -684,8 +877,10 @@ mod tests {
     #[test]
     fn guest_sizes_follow_each_vmm_layout() {
         assert_eq!(guest_sizes(System::Qemu, 128), [128 << 20]);
-        assert_eq!(guest_sizes(System::Flint, 128), [128 << 20]);
-        assert_eq!(guest_sizes(System::Flint, 4096), [3 << 30, 1 << 30]);
+        for flint in [System::FlintRestored, System::FlintCold] {
+            assert_eq!(guest_sizes(flint, 128), [128 << 20]);
+            assert_eq!(guest_sizes(flint, 4096), [3 << 30, 1 << 30]);
+        }
         assert_eq!(guest_sizes(System::Qemu, 4096), [4 << 30]);
     }
 
@@ -761,5 +956,121 @@ mod tests {
         std::fs::write(p.join("x"), b"x").unwrap();
         drop(w);
         assert!(!p.exists());
+    }
+
+    fn record(round: u32, boot_us: Option<u64>) -> RunRecord {
+        RunRecord {
+            round,
+            exit_status: 0,
+            first_output_us: Some(1000),
+            exit_us: 2000,
+            paused_us: 0,
+            cpu_user_us: 0,
+            cpu_sys_us: 0,
+            peak_rss_kib: 0,
+            boot_us,
+            memory_at_first_output: None,
+            disk_per_instance_bytes: Some(0),
+        }
+    }
+
+    fn restored_column(boot_us: &[Option<u64>]) -> Column {
+        Column {
+            system: System::FlintRestored,
+            command: Vec::new(),
+            versions: String::new(),
+            disk_shared_bytes: 0,
+            runs: (1..).zip(boot_us).map(|(i, b)| record(i, *b)).collect(),
+        }
+    }
+
+    fn warm(files: Option<Vec<SnapshotFile>>) -> WarmUp {
+        WarmUp {
+            exit_us: 1_234_500,
+            files,
+            bytes: 3 << 20,
+        }
+    }
+
+    #[test]
+    fn the_restored_row_says_how_its_snapshot_was_made() {
+        let dir = Path::new("/w/images/warm");
+        let files = vec![(PathBuf::from("abc/mem"), 128 << 20, None)];
+        let w = warm(Some(files.clone()));
+        let notes = restored_notes(&w, Some(&files), &[restored_column(&[None, None])], dir);
+        assert!(notes[0].starts_with("flint (restored) is `flint run --oci-bundle`"));
+        assert!(notes[0].contains("(/w/images/warm)"));
+        assert!(notes[0].contains("exited after 1234.5 ms) and is not in the results"));
+        assert!(notes[0].contains("flint (cold boot) adds `--cold`"));
+        assert_eq!(
+            notes[1],
+            "flint (restored)'s shared disk also counts the snapshot's 1 file(s) (3.0 MiB \
+             allocated)."
+        );
+        assert!(notes[2].contains("no boot time for flint (restored) (shown as –)"));
+        // Printed sometimes: said how often.
+        let notes = restored_notes(&w, Some(&files), &[restored_column(&[Some(5), None])], dir);
+        assert!(notes[2].starts_with("flint printed a boot time for 1 of the 2 flint (restored)"));
+    }
+
+    #[test]
+    fn doubts_about_the_restores_are_noted() {
+        let dir = Path::new("/w/images/warm");
+        let cols = [restored_column(&[None])];
+        let notes = restored_notes(&warm(None), None, &cols, dir);
+        assert!(notes[1].starts_with("No snapshot was found under /w/images/warm"));
+        let before = vec![(PathBuf::from("mem"), 1, None)];
+        let after = vec![(PathBuf::from("mem"), 2, None)];
+        let notes = restored_notes(&warm(Some(before.clone())), Some(&after), &cols, dir);
+        assert!(
+            notes[1].contains("changed during the timed rounds"),
+            "{notes:?}"
+        );
+        let notes = restored_notes(&warm(Some(before)), None, &cols, dir);
+        assert!(
+            notes[1].contains("changed during the timed rounds"),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn snapshot_files_are_listed_relative_and_sorted() {
+        let d = scratch("warm");
+        assert_eq!(snapshot_files(&d.join("missing")), None);
+        std::fs::create_dir(d.join("k")).unwrap();
+        std::fs::write(d.join("k").join("state"), b"12345").unwrap();
+        std::fs::write(d.join("a"), b"1").unwrap();
+        let files = snapshot_files(&d).unwrap();
+        let names: Vec<(&Path, u64)> = files.iter().map(|f| (f.0.as_path(), f.1)).collect();
+        assert_eq!(names, [(Path::new("a"), 1), (Path::new("k/state"), 5)]);
+        assert!(files.iter().all(|f| f.2.is_some()));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn run_errors_of_the_warm_up_become_one_line() {
+        // A flint that cannot start: spawning fails, and the warm-up says so on one line.
+        let s = Setup {
+            bundle: "/b".into(),
+            memory_mib: 128,
+            cpus: 1,
+            flint: "/nonexistent/flint".into(),
+            crun: "crun".into(),
+            qemu: "qemu".into(),
+            kernel: Some("/k/vmlinux".into()),
+            image_cache: "/nonexistent/images".into(),
+            crun_logs: "/nonexistent".into(),
+            vm: None,
+        };
+        let e = warm_up(&s, Duration::from_secs(5), Path::new("/run/crun"))
+            .err()
+            .unwrap();
+        assert!(matches!(e, BenchError::WarmUp { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("the flint (restored) row's warm-up run (untimed, before round 1"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
     }
 }

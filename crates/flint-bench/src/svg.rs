@@ -7,8 +7,8 @@ use super::report::{num, Report};
 use super::system::display_name;
 
 const WIDTH: f64 = 880.0;
-/// Room for the system names on the left.
-const LEFT: f64 = 150.0;
+/// Room for the system names on the left ("flint (cold boot)", bold, is the longest).
+const LEFT: f64 = 160.0;
 /// Room for the value labels past the longest whisker.
 const RIGHT: f64 = 90.0;
 /// Where the title, environment lines and legend start.
@@ -307,5 +307,62 @@ mod tests {
         assert!(!doc
             .descendants()
             .any(|n| n.attribute("data-system") == Some("crun")));
+    }
+
+    #[test]
+    fn four_systems_each_have_their_group_in_order() {
+        let r = crate::report::tests::synthetic_four();
+        let text = svg(&r);
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let names: Vec<&str> = doc
+            .descendants()
+            // The group names: bold and right-aligned (the title is bold too, not aligned).
+            .filter(|n| n.attribute("font-weight") == Some("bold"))
+            .filter(|n| n.attribute("text-anchor") == Some("end"))
+            .filter_map(|n| n.text())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "flint (restored)",
+                "flint (cold boot)",
+                "crun",
+                "QEMU microvm"
+            ]
+        );
+        // Right-aligned at LEFT - 10: the longest name, a bold one a tenth wider than the
+        // estimate, still starts inside the picture.
+        for n in &names {
+            assert!(
+                LEFT - 10.0 - n.chars().count() as f64 * CHAR_W * 1.1 > 0.0,
+                "{n}"
+            );
+        }
+        for (key, _) in &r.systems {
+            let bars = doc
+                .descendants()
+                .filter(|n| n.attribute("data-system") == Some(key.as_str()))
+                .count();
+            assert_eq!(bars, 2, "{key}");
+        }
+        assert_eq!(
+            doc.descendants()
+                .filter(|n| n.attribute("class") == Some("whisker"))
+                .count(),
+            8
+        );
+        // The groups fit: the axis is below the last one.
+        let height: f64 = doc
+            .root_element()
+            .attribute("height")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let last_bar_y = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("bar"))
+            .filter_map(|n| n.attribute("y")?.parse::<f64>().ok())
+            .fold(0.0, f64::max);
+        assert!(last_bar_y + BAR_H < height - 52.0);
     }
 }

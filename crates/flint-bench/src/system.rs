@@ -1,5 +1,7 @@
-//! The systems under comparison and how each is launched: flint and QEMU's `microvm` boot the
-//! bundle as a microVM from the same image, kernel and initramfs; crun runs it as a container.
+//! The systems under comparison and how each is launched: flint and QEMU's `microvm` run the
+//! bundle as a microVM from the same image and kernel (flint restoring its warm snapshot of
+//! that kernel by default, or booting it with `--cold`, as QEMU does with the same initramfs);
+//! crun runs it as a container.
 
 use std::ffi::CString;
 use std::io;
@@ -9,10 +11,13 @@ use std::process::{Command, Stdio};
 use super::run::WaitStatus;
 use super::BenchError;
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum System {
-    /// flint itself: `flint run --oci-bundle`.
-    Flint,
+    /// flint's default: `flint run --oci-bundle` restores its cached snapshot of the guest
+    /// kernel and init booted to "waiting for a workload" (made on first use).
+    FlintRestored,
+    /// flint booting the kernel every time: `flint run --oci-bundle --cold`.
+    FlintCold,
     /// The crun OCI runtime: the same bundle as a container.
     Crun,
     /// QEMU's microvm machine with KVM, booting what flint would boot.
@@ -20,10 +25,11 @@ pub enum System {
 }
 
 impl System {
-    /// The key in the JSON report and the name on the command line.
+    /// The key in the JSON report, the progress lines and the errors.
     pub fn key(self) -> &'static str {
         match self {
-            System::Flint => "flint",
+            System::FlintRestored => "flint-restored",
+            System::FlintCold => "flint-cold",
             System::Crun => "crun",
             System::Qemu => "qemu",
         }
@@ -31,16 +37,67 @@ impl System {
 
     /// Whether it boots a VM (and so needs a kernel and the guest image).
     pub fn is_vm(self) -> bool {
-        matches!(self, System::Flint | System::Qemu)
+        !matches!(self, System::Crun)
+    }
+
+    /// Whether it is flint (either way of starting it).
+    pub fn is_flint(self) -> bool {
+        matches!(self, System::FlintRestored | System::FlintCold)
     }
 }
 
-/// How a system's table column is titled.
+/// What `--systems` takes: a system, or `flint` for both of flint's rows.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// Both flint rows: flint-restored, then flint-cold.
+    Flint,
+    /// flint restoring its cached warm snapshot (the default `flint run --oci-bundle`).
+    FlintRestored,
+    /// flint booting the kernel (`flint run --oci-bundle --cold`).
+    FlintCold,
+    /// The crun OCI runtime: the same bundle as a container.
+    Crun,
+    /// QEMU's microvm machine with KVM, booting what flint would boot.
+    Qemu,
+}
+
+impl Selection {
+    pub fn systems(self) -> &'static [System] {
+        match self {
+            Selection::Flint => &[System::FlintRestored, System::FlintCold],
+            Selection::FlintRestored => &[System::FlintRestored],
+            Selection::FlintCold => &[System::FlintCold],
+            Selection::Crun => &[System::Crun],
+            Selection::Qemu => &[System::Qemu],
+        }
+    }
+}
+
+/// The systems `selections` name, in their order, each once.
+pub fn selected(selections: &[Selection]) -> Vec<System> {
+    let mut systems: Vec<System> = Vec::new();
+    for s in selections.iter().flat_map(|s| s.systems()) {
+        if !systems.contains(s) {
+            systems.push(*s);
+        }
+    }
+    systems
+}
+
+/// How a system's table column, chart group and ratio are titled. Keys the bench does not
+/// know (a report from another version) show as they are.
 pub fn display_name(key: &str) -> &str {
     match key {
+        "flint-restored" => "flint (restored)",
+        "flint-cold" => "flint (cold boot)",
         "qemu" => "QEMU microvm",
         other => other,
     }
+}
+
+/// Where flint keeps its warm snapshots inside the image cache `image_cache`.
+pub fn warm_dir(image_cache: &Path) -> PathBuf {
+    image_cache.join("warm")
 }
 
 /// `program` as given if it has a slash, else the first match on `$PATH`; `None` if there is
@@ -114,7 +171,8 @@ pub struct Setup {
     pub crun: PathBuf,
     pub qemu: PathBuf,
     pub kernel: Option<PathBuf>,
-    /// flint's image cache: the bench's own, so that the image lives and dies with the bench.
+    /// flint's image cache: the bench's own, so that the image and the warm snapshot live and
+    /// die with the bench.
     pub image_cache: PathBuf,
     /// Where crun's own log goes, one file per round (see [`Setup::crun_log`]).
     pub crun_logs: PathBuf,
@@ -152,7 +210,7 @@ impl Setup {
         let mib = self.memory_mib.to_string();
         let cpus = self.cpus.to_string();
         let cmd = match system {
-            System::Flint => {
+            System::FlintRestored | System::FlintCold => {
                 let mut c = Command::new(&self.flint);
                 c.arg("run")
                     .arg("--oci-bundle")
@@ -160,7 +218,13 @@ impl Setup {
                     .arg("--kernel")
                     .arg(kernel()?)
                     .args(["--memory", &mib, "--cpus", &cpus, "--boot-timer"])
+                    // The bench's own cache: the image and the warm snapshot (under warm/)
+                    // live and die with the bench.
                     .env("FLINT_IMAGE_CACHE", &self.image_cache);
+                // Without it flint restores the warm snapshot: the same command otherwise.
+                if system == System::FlintCold {
+                    c.arg("--cold");
+                }
                 c
             }
             System::Crun => {
@@ -431,11 +495,17 @@ mod tests {
     #[test]
     fn commands_are_as_documented() {
         let s = setup();
-        let flint = describe(&s.command(System::Flint, 1).unwrap());
+        let restored = describe(&s.command(System::FlintRestored, 1).unwrap());
         assert_eq!(
-            flint.join(" "),
+            restored.join(" "),
             "FLINT_IMAGE_CACHE=/w/images /usr/bin/flint run --oci-bundle /b --kernel /k/vmlinux \
              --memory 256 --cpus 2 --boot-timer"
+        );
+        let cold = describe(&s.command(System::FlintCold, 1).unwrap());
+        assert_eq!(
+            cold.join(" "),
+            "FLINT_IMAGE_CACHE=/w/images /usr/bin/flint run --oci-bundle /b --kernel /k/vmlinux \
+             --memory 256 --cpus 2 --boot-timer --cold"
         );
         let crun = describe(&s.command(System::Crun, 3).unwrap());
         assert_eq!(
@@ -467,5 +537,56 @@ mod tests {
         assert_eq!(at("-serial"), "stdio");
         assert!(qemu.contains(&"isa-serial,chardev=com2,iobase=0x2f8,irq=3".to_string()));
         assert_eq!(at("-initrd"), "/w/initramfs.cpio");
+    }
+
+    #[test]
+    fn the_two_flint_rows_differ_only_in_cold() {
+        let s = setup();
+        let restored = describe(&s.command(System::FlintRestored, 1).unwrap());
+        let mut cold = describe(&s.command(System::FlintCold, 1).unwrap());
+        assert_eq!(cold.pop().as_deref(), Some("--cold"));
+        assert_eq!(cold, restored);
+        assert!(!restored.contains(&"--cold".to_string()));
+        // Both use the bench's cache, where the restored row's snapshot is kept.
+        assert_eq!(warm_dir(&s.image_cache), PathBuf::from("/w/images/warm"));
+    }
+
+    #[test]
+    fn systems_have_keys_and_display_names() {
+        let all = [
+            System::FlintRestored,
+            System::FlintCold,
+            System::Crun,
+            System::Qemu,
+        ];
+        let keys = all.map(System::key);
+        assert_eq!(keys, ["flint-restored", "flint-cold", "crun", "qemu"]);
+        assert_eq!(
+            keys.map(display_name),
+            [
+                "flint (restored)",
+                "flint (cold boot)",
+                "crun",
+                "QEMU microvm"
+            ]
+        );
+        // A key from an older report (flint had one row, a cold boot) shows as it is.
+        assert_eq!(display_name("flint"), "flint");
+        assert_eq!(all.map(System::is_vm), [true, true, false, true]);
+        assert_eq!(all.map(System::is_flint), [true, true, false, false]);
+    }
+
+    #[test]
+    fn flint_selects_both_flint_rows_once() {
+        use Selection as S;
+        assert_eq!(
+            selected(&[S::Flint, S::Crun]),
+            [System::FlintRestored, System::FlintCold, System::Crun]
+        );
+        assert_eq!(
+            selected(&[S::Qemu, S::FlintCold, S::Flint, S::Qemu]),
+            [System::Qemu, System::FlintCold, System::FlintRestored]
+        );
+        assert!(selected(&[]).is_empty());
     }
 }
