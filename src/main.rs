@@ -429,7 +429,7 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
     let outcome = if args.cold || !args.disk.is_empty() || !args.net.is_empty() {
         let config = VmConfig {
             kernel,
-            initrd: Some(config::Initrd::Generated(plan.initramfs)),
+            initrd: Some(config::Initrd::Generated(plan.initramfs()?)),
             cmdline,
             vcpus: args.cpus,
             memory_mib: args.memory,

@@ -519,7 +519,7 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
     let vm = match &plan {
         Some(plan) if has(System::Qemu) => {
             let initramfs = workdir.0.join("initramfs.cpio");
-            std::fs::write(&initramfs, &plan.initramfs).map_err(BenchError::io(format!(
+            std::fs::write(&initramfs, plan.initramfs()?).map_err(BenchError::io(format!(
                 "cannot write {}",
                 initramfs.display()
             )))?;

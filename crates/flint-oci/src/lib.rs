@@ -57,14 +57,15 @@ const INIT: &[u8] = include_bytes!(env!("FLINT_INIT_BIN"));
 pub const KERNEL_ARGS: &str = "console=ttyS1 8250.nr_uarts=2 loglevel=1 reboot=k panic=-1 \
      pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
-/// What a VMM needs to run a bundle: the root image, the initramfs and the kernel arguments.
+/// What a VMM needs to run a bundle: the root image, the run spec (in an initramfs for a
+/// boot, see [`GuestPlan::initramfs`]) and the kernel arguments.
 #[derive(Debug)]
 pub struct GuestPlan {
+    /// The bundle directory, as given (for errors).
+    bundle: String,
     /// The cached ext4 image of the bundle's rootfs: attach it read-only as the first disk.
     pub image: PathBuf,
-    /// An uncompressed cpio archive: flint's init and the run spec.
-    pub initramfs: Vec<u8>,
-    /// The run spec alone (what a warm start gives the guest on its spec disk).
+    /// The run spec (what a warm start gives the guest on its spec disk).
     pub spec: Vec<u8>,
     /// Kernel command line for the guest (console on the second UART, quiet), without the
     /// `virtio_mmio.device=` declarations, which the VMM adds.
@@ -86,16 +87,23 @@ pub fn prepare(dir: &Path, cache: &Path) -> Result<GuestPlan, OciError> {
         bundle: name(),
         source,
     })?;
-    let initramfs = guest_initramfs(&spec).map_err(|source| OciError::Initramfs {
-        bundle: name(),
-        source,
-    })?;
     Ok(GuestPlan {
+        bundle: name(),
         image,
-        initramfs,
         spec,
         kernel_args: KERNEL_ARGS.to_string(),
     })
+}
+
+impl GuestPlan {
+    /// The initramfs a booted guest needs: flint's init and the run spec, an uncompressed
+    /// cpio archive (built on demand: a warm start needs none, and it copies the whole init).
+    pub fn initramfs(&self) -> Result<Vec<u8>, OciError> {
+        guest_initramfs(&self.spec).map_err(|source| OciError::Initramfs {
+            bundle: self.bundle.clone(),
+            source,
+        })
+    }
 }
 
 /// The initramfs: the init, the spec, and a console node for the kernel to open before init.
