@@ -321,7 +321,12 @@ fn stdio_console(args: &RunArgs) -> anyhow::Result<vmm::Console> {
 
 /// Opens the inputs, confines flint (the jail if asked, Landlock always), builds the VM and
 /// runs it to its end.
-fn boot(what: What, console: vmm::Console, how: How, start: Instant) -> anyhow::Result<Outcome> {
+fn boot(
+    what: What,
+    mut console: vmm::Console,
+    how: How,
+    start: Instant,
+) -> anyhow::Result<Outcome> {
     let confine = how.confine;
     // First, while flint has no other thread: binding forks the socket's remover.
     let api = match how.api_sock {
@@ -348,6 +353,13 @@ fn boot(what: What, console: vmm::Console, how: How, start: Instant) -> anyhow::
         }
         What::Opened(inputs) => Opened::Restore(inputs),
     };
+    // A snapshot of an --oci-bundle VM has the workload's stderr on a second UART: restored,
+    // it gets flint's stderr there, and the end of input as the bundle run gives it.
+    if let Opened::Restore(i) = &inputs {
+        if i.machine().serial2 && console.error_output.is_none() {
+            oci_console(&mut console)?;
+        }
+    }
     if let Some((uid, gid)) = jail {
         let (mut largest, memory_mib) = match &inputs {
             Opened::Boot(c, i) => (i.largest_writable_disk(), c.memory_mib),
@@ -489,11 +501,17 @@ const SPEC_SERIAL: &str = "flint-spec";
 /// until the init has set up the console.
 fn bundle_console(args: &RunArgs) -> anyhow::Result<vmm::Console> {
     let mut console = stdio_console(args)?;
+    oci_console(&mut console)?;
+    console.hold_input_until_ready = true;
+    Ok(console)
+}
+
+/// Makes `console` an OCI guest's: stderr on COM2, ^D at the end of input.
+fn oci_console(console: &mut vmm::Console) -> anyhow::Result<()> {
     let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned();
     console.error_output = Some(stderr.context("cannot use stderr as the workload's stderr")?);
     console.eof_byte = Some(0x04);
-    console.hold_input_until_ready = true;
-    Ok(console)
+    Ok(())
 }
 
 /// Opens the warm snapshot in `dir` with these disks, making it first if there is none, or

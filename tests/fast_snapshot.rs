@@ -286,3 +286,29 @@ fn a_jailed_flint_snapshots_and_restores_under_its_file_size_limit() {
     );
     assert_continues(&before, &restored.console());
 }
+
+#[test]
+fn a_snapshot_of_a_bundle_vm_restores_with_its_second_console() {
+    // The counting firmware run as a bundle's guest: COM2 is stderr, as for a workload.
+    let bundle = TestBundle::with_args("snap-oci", r#"["sh", "-c", "true"]"#);
+    let cache = bundle.cache();
+    let counter = firmware("counter");
+    let args = [
+        "--oci-bundle",
+        bundle.path(),
+        "--cold",
+        "--kernel",
+        counter.to_str().unwrap(),
+    ];
+    let mut vm = CounterVm::run_with_env("snap-oci", &args, &[("FLINT_IMAGE_CACHE", &cache)]);
+    let dir = snap_dir(&vm, "snap");
+    snapshot(&vm, &dir, true);
+    wait_stopped(&mut vm);
+    let before = vm.console();
+    let restored = CounterVm::run("snap-oci-restored", &["--restore", dir.to_str().unwrap()]);
+    restored.wait_for(
+        |c| c > counts(&before).last().unwrap() + 3,
+        "the count to go on",
+    );
+    assert!(assert_continues(&before, &restored.console()) >= 3);
+}

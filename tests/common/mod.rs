@@ -989,12 +989,18 @@ impl CounterVm {
     /// `flint run ARGS --api-sock SOCK` (ARGS boot or restore a counting guest), its console
     /// in a file, once the guest has counted twice. A directory of its own per `name`.
     pub fn run(name: &str, args: &[&str]) -> CounterVm {
+        Self::run_with_env(name, args, &[])
+    }
+
+    /// [`CounterVm::run`] with these environment variables.
+    pub fn run_with_env(name: &str, args: &[&str], env: &[(&str, &Path)]) -> CounterVm {
         let dir = std::env::temp_dir().join(format!("flint-counter-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("api.sock");
         let out = dir.join("console");
         let child = flint()
+            .envs(env.iter().copied())
             .arg("run")
             .args(args)
             .arg("--api-sock")
