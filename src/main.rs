@@ -523,6 +523,7 @@ fn open_warm(
     seccomp: SeccompLevel,
 ) -> anyhow::Result<vmm::RestoreInputs> {
     let open = || vmm::RestoreInputs::open_with(dir, disks, &[], vmm::DiskSizes::New);
+    flint_oci::warm::check_private(dir)?;
     if dir.join(flint_vmm::snapshot::STATE_FILE).exists() {
         match open() {
             Ok(inputs) => return Ok(inputs),

@@ -192,6 +192,19 @@ fn a_warm_snapshot_that_no_longer_restores_is_made_anew() {
     assert_eq!(run_bundle(&b, "warm_probe", &[]).code, Some(42));
     let key = warm_entries(&b)[0].0.clone();
     let state = b.cache().join("warm").join(&key).join("state");
+    // A snapshot someone else could have changed is refused, not used.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = run_bundle(&b, "warm_probe", &[]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.lines().count() == 1
+            && r.stderr
+                .contains("state is writable by other users (mode 0666), not one flint"),
+        "{}",
+        r.stderr
+    );
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
     let len = state.metadata().unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)

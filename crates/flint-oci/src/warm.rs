@@ -39,6 +39,11 @@ pub enum WarmError {
     Io(&'static str, #[source] std::io::Error),
     #[error("--kernel {0}: cannot read its metadata")]
     Kernel(String, #[source] std::io::Error),
+    #[error(
+        "the warm snapshot {path} {why}, not one flint made for you: remove it (flint makes it \
+         again)"
+    )]
+    Unsafe { path: String, why: String },
 }
 
 /// The warm guest's initramfs: the init and the marker that makes it wait.
@@ -94,6 +99,46 @@ pub fn key(guest: &WarmGuest) -> Result<String, WarmError> {
     h.update(guest.cmdline.as_bytes());
     let digest = h.finalize();
     Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks that the warm snapshot in `dir` (the directory, its state and memory files) is the
+/// caller's own and that no one else can change it: it becomes a guest's memory. Files that
+/// are missing are not checked (the restore says what is missing).
+pub fn check_private(dir: &Path) -> Result<(), WarmError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no failure mode.
+    let euid = unsafe { libc::geteuid() };
+    let files = [
+        dir.to_path_buf(),
+        dir.join(flint_vmm::snapshot::STATE_FILE),
+        dir.join(flint_vmm::snapshot::MEMORY_FILE),
+    ];
+    for (i, path) in files.iter().enumerate() {
+        let Ok(m) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        let bad = |why: String| WarmError::Unsafe {
+            path: path.display().to_string(),
+            why,
+        };
+        let right_type = if i == 0 { m.is_dir() } else { m.is_file() };
+        if !right_type {
+            return Err(bad("is not a plain directory or file (a symlink?)".into()));
+        }
+        if m.uid() != euid {
+            return Err(bad(format!(
+                "belongs to uid {}, not to you (uid {euid})",
+                m.uid()
+            )));
+        }
+        if m.mode() & 0o022 != 0 {
+            return Err(bad(format!(
+                "is writable by other users (mode {:04o})",
+                m.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where the warm snapshot with this key lives in `cache`.
@@ -251,6 +296,32 @@ mod tests {
             count(&warm, b"flint/spec\0") + 1,
             count(&cold, b"flint/spec\0")
         );
+    }
+
+    #[test]
+    fn only_a_snapshot_of_ones_own_that_no_one_else_can_change_is_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("flint-warm-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(
+            check_private(&dir).is_ok(),
+            "missing files are the restore's to report"
+        );
+        let state = dir.join("state");
+        std::fs::write(&state, b"x").unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_private(&dir).is_ok());
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o662)).unwrap();
+        let e = check_private(&dir).unwrap_err().to_string();
+        assert!(e.contains("is writable by other users (mode 0662)"), "{e}");
+        assert!(e.ends_with("remove it (flint makes it again)"), "{e}");
+        std::fs::remove_file(&state).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &state).unwrap();
+        let e = check_private(&dir).unwrap_err().to_string();
+        assert!(e.contains("a symlink"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
