@@ -9,8 +9,6 @@
 //! the guest by a config-change interrupt; the init reads the spec, the host's entropy and
 //! time from vdb, and goes on exactly as a cold boot does from there.
 
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -183,24 +181,11 @@ pub fn seed() -> Result<[u8; SEED_BYTES], WarmError> {
     Ok(s)
 }
 
-/// An anonymous in-memory file holding `bytes`, and a path that opens it
-/// (`/proc/self/fd/N`, valid while the file is open): the spec disk, which never touches
-/// the host's disks.
+/// The spec disk's file: in memory, never on the host's disks (see
+/// [`flint_vmm::devices::virtio::block::in_memory_file`]).
 pub fn memory_file(bytes: &[u8]) -> Result<(std::fs::File, PathBuf), WarmError> {
-    // SAFETY: the name is a NUL-terminated string; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"flint-spec".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(WarmError::Io(
-            "memfd_create for the spec disk",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    file.write_all(bytes)
-        .map_err(|e| WarmError::Io("writing the spec disk", e))?;
-    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    Ok((file, path))
+    flint_vmm::devices::virtio::block::in_memory_file(c"flint-spec", bytes)
+        .map_err(|e| WarmError::Io("making the spec disk", e))
 }
 
 #[cfg(test)]

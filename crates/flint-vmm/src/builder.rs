@@ -28,7 +28,7 @@ use crate::devices::legacy::console_out::{Budget, ConsoleOutput};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialDevice, SerialOut};
 use crate::devices::manager::{Devices, VirtioSlot};
-use crate::devices::virtio::block::{Block, DiskImage};
+use crate::devices::virtio::block::{in_memory_file, Block, DiskImage};
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Mac, Net, Tap};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -181,6 +181,7 @@ impl Vmm {
                     read_only: d.read_only,
                     serial: d.serial.clone(),
                     size: image.size(),
+                    in_memory: false,
                 })
                 .collect(),
             nets: config
@@ -363,6 +364,14 @@ impl RestoreInputs {
         })
     }
 
+    /// Records that disk `index` was made in memory (see [`SavedDisk::in_memory`]), for the
+    /// snapshots of this VM.
+    pub fn mark_in_memory(&mut self, index: usize) {
+        if let Some(d) = self.snapshot.machine.disks.get_mut(index) {
+            d.in_memory = true;
+        }
+    }
+
     /// Gives the restored VM a boot timer (or none), whatever the snapshot's had: it is the
     /// guest's next write to it that is timed, from this flint's start.
     pub fn set_boot_timer(&mut self, on: bool) {
@@ -379,6 +388,29 @@ impl RestoreInputs {
         &self.snapshot.machine
     }
 }
+
+/// A disk of zeros in memory the size of the in-memory disk `saved` had (its contents, read by
+/// the guest before the snapshot, are gone with the flint that made it).
+fn zeros_disk(saved: &mut SavedDisk) -> Result<DiskImage, VmmError> {
+    let len = usize::try_from(saved.size)
+        .ok()
+        .filter(|&l| l <= MAX_IN_MEMORY_DISK)
+        .ok_or_else(|| {
+            SnapshotError::Mismatch(format!(
+                "the snapshot's in-memory disk has {} bytes (at most {MAX_IN_MEMORY_DISK})",
+                saved.size
+            ))
+        })?;
+    let (file, path) = in_memory_file(c"flint-zeros", &vec![0u8; len])
+        .map_err(|e| VmmError::Io("making an in-memory disk", e))?;
+    let image = DiskImage::open(&path, true).map_err(|e| VmmError::Disk("--disk", e))?;
+    drop(file);
+    saved.path = path;
+    Ok(image)
+}
+
+/// The largest in-memory disk a snapshot may ask for (a spec disk is at most 1 MiB).
+const MAX_IN_MEMORY_DISK: usize = 16 << 20;
 
 /// A restored VM's disks, TAPs, and which disks changed size.
 type RestoredDevices = (Vec<DiskImage>, Vec<Tap>, Vec<bool>);
@@ -424,9 +456,14 @@ fn open_restored_devices(
                 )));
             }
             saved.path = given.path.clone();
+            saved.in_memory = false;
         }
-        let image = DiskImage::open(&saved.path, saved.read_only)
-            .map_err(|e| VmmError::Disk("--disk", e))?;
+        let image = if saved.in_memory && saved.read_only && disks.is_empty() {
+            zeros_disk(saved)?
+        } else {
+            DiskImage::open(&saved.path, saved.read_only)
+                .map_err(|e| VmmError::Disk("--disk", e))?
+        };
         if image.size() != saved.size && sizes == DiskSizes::New {
             saved.size = image.size();
             resized.push(true);
@@ -1007,6 +1044,49 @@ mod tests {
         assert_eq!(with_boot_args("", &extra), "a=1 b");
         assert_eq!(with_boot_args("x -- init", &extra), "x a=1 b -- init");
         assert_eq!(with_boot_args("x", &[]), "x");
+    }
+
+    #[test]
+    fn an_in_memory_disk_is_restored_as_zeros_of_its_size_unless_disks_are_given() {
+        let disk = |path: &str, in_memory| SavedDisk {
+            path: path.into(),
+            read_only: true,
+            serial: None,
+            size: 1024,
+            in_memory,
+        };
+        let mut machine = Machine {
+            vcpus: 1,
+            memory_mib: 128,
+            acpi: true,
+            boot_timer: false,
+            serial2: true,
+            disks: vec![disk("/proc/self/fd/999999", true)],
+            nets: Vec::new(),
+        };
+        let (images, _, resized) =
+            open_restored_devices(&mut machine, &[], &[], DiskSizes::AsSaved).unwrap();
+        assert_eq!((images[0].size(), images[0].read_only()), (1024, true));
+        assert_eq!(resized, [false]);
+        assert!(machine.disks[0].path.starts_with("/proc/self/fd/"));
+        // Not in memory: the path is opened, and here it names nothing.
+        let mut machine2 = Machine {
+            disks: vec![disk("/proc/self/fd/999999", false)],
+            ..machine.clone()
+        };
+        assert!(open_restored_devices(&mut machine2, &[], &[], DiskSizes::AsSaved).is_err());
+        // Given a disk for it, that disk is used and the mark goes.
+        let file = std::env::temp_dir().join(format!("flint-inmem-{}", std::process::id()));
+        std::fs::write(&file, [1u8; 1024]).unwrap();
+        let given = DiskConfig {
+            path: file.clone(),
+            read_only: true,
+            serial: None,
+        };
+        open_restored_devices(&mut machine, &[given], &[], DiskSizes::AsSaved).unwrap();
+        assert_eq!(machine.disks[0].path, file);
+        assert!(!machine.disks[0].in_memory);
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[test]

@@ -74,6 +74,11 @@ pub struct SavedDisk {
     pub read_only: bool,
     pub serial: Option<String>,
     pub size: u64,
+    /// A read-only disk flint made in memory (a warm OCI guest's spec disk, read once by the
+    /// guest): its path means nothing to another process, so a restore that is not given
+    /// another disk for it makes one of zeros of its size.
+    #[serde(default)]
+    pub in_memory: bool,
 }
 
 /// A network interface as the snapshotted VM had it.

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::SECTOR_SIZE;
 use crate::config::{io_reason, open_input, InputKind};
@@ -19,6 +19,23 @@ pub enum DiskError {
     Unaligned { path: String, size: u64 },
     #[error("{path}: the image is in use by another process (it holds a lock on it)")]
     Locked { path: String },
+}
+
+/// An anonymous in-memory file holding `bytes`, and a path that opens it (`/proc/self/fd/N`,
+/// valid while the file is open): a disk that never touches the host's disks.
+pub fn in_memory_file(name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<(File, PathBuf)> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is a NUL-terminated string; the result is checked.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(bytes)?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    Ok((file, path))
 }
 
 pub struct DiskImage {

@@ -9,7 +9,7 @@ pub mod disk;
 pub mod request;
 
 pub use device::{Block, BlockWorker};
-pub use disk::{DiskError, DiskImage};
+pub use disk::{in_memory_file, DiskError, DiskImage};
 
 pub const SECTOR_SHIFT: u64 = 9;
 pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
