@@ -87,6 +87,16 @@ enum BenchCommand {
     ///
     /// Writes startup.json, startup.md and startup.svg to --out and prints the table.
     Startup(flint_bench::StartupArgs),
+    /// Capture a running workload and continue it in a new process: flint's snapshot
+    /// (`PUT /snapshot/create`, `flint run --restore`) vs crun's checkpoint/restore (CRIU).
+    ///
+    /// Writes snapshot.json, snapshot.md and snapshot.svg to --out and prints the table.
+    Snapshot(flint_bench::SnapshotArgs),
+    /// Host memory of N instances of one workload running at once: crun containers,
+    /// cold-booted flint VMs, clones of one snapshot and flint's warm starts (sum of PSS).
+    ///
+    /// Writes density.json, density.md and density.svg to --out and prints the table.
+    Density(flint_bench::DensityArgs),
 }
 
 #[derive(clap::Args)]
@@ -477,6 +487,7 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
         ];
         let mut inputs = open_warm(&guest, &dir, &disks, args.seccomp)?;
         inputs.set_boot_timer(args.boot_timer);
+        inputs.mark_in_memory(1);
         boot(
             What::Opened(Box::new(inputs)),
             console,
@@ -854,9 +865,14 @@ fn real_main(start: Instant) -> ExitCode {
                 }
             };
         }
-        Command::Bench(BenchCommand::Startup(args)) => {
-            return match flint_bench::startup(&args) {
-                Ok(_) => ExitCode::SUCCESS,
+        Command::Bench(bench) => {
+            let done = match bench {
+                BenchCommand::Startup(args) => flint_bench::startup(&args).map(drop),
+                BenchCommand::Snapshot(args) => flint_bench::snapshot(&args).map(drop),
+                BenchCommand::Density(args) => flint_bench::density(&args).map(drop),
+            };
+            return match done {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("flint: error: {}", one_line(&e.into()));
                     ExitCode::FAILURE

@@ -68,6 +68,17 @@ fn lab() -> &'static common::LabResults {
         // guest's exec fails.
         let badexec = bundles.dir.join("badexec");
         make_bundle(&badexec, &["--", "/bin/bad"]);
+        // The snapshot and density benchmarks' workload: a count, a line every 10 ms.
+        let ticker = bundles.dir.join("ticker");
+        make_bundle(
+            &ticker,
+            &[
+                "--",
+                "/bin/sh",
+                "-c",
+                "i=0; while :; do i=$((i+1)); echo \"tick $i\"; usleep 10000; done",
+            ],
+        );
         // What must differ between two runs restored from one snapshot: entropy and time.
         let clone = bundles.dir.join("clone");
         make_bundle(
@@ -147,6 +158,15 @@ for f in /tmp/bench.out /tmp/bench/startup.json /tmp/bench/startup.md /tmp/bench
     echo "--- file $f"; cat "$f"
 done
 echo "=== end bench $code"
+for b in snapshot density; do
+    echo "=== begin bench-$b"
+    flint bench $b --bundle /bundles/ticker -n 2 --out /tmp/bench-$b >/tmp/bench-$b.out 2>&1
+    code=$?
+    for f in /tmp/bench-$b.out /tmp/bench-$b/$b.json /tmp/bench-$b/$b.md /tmp/bench-$b/$b.svg; do
+        echo "--- file $f"; cat "$f"
+    done
+    echo "=== end bench-$b $code"
+done
 echo "=== begin workdirs-left"
 ls -1 /tmp/bench
 ls -d /tmp/flint-bench-* /run/crun/* 2>/dev/null
@@ -322,7 +342,12 @@ fn exec_failure_in_the_guest_is_127_with_a_message() {
 
 /// The files the benchmark wrote, by path.
 fn bench_files() -> HashMap<String, String> {
-    let (out, _) = scenario("bench");
+    files_of("bench")
+}
+
+/// The files a benchmark scenario printed (`--- file PATH` sections), by path.
+fn files_of(name: &str) -> HashMap<String, String> {
+    let (out, _) = scenario(name);
     let mut files = HashMap::new();
     for part in out.split("--- file ").skip(1) {
         let (name, body) = part.split_once('\n').unwrap_or((part, ""));
@@ -398,6 +423,68 @@ fn a_user_in_the_kvm_group_runs_a_bundle_with_a_cache_of_its_own() {
         assert!(
             e == "entry directory 700 flint" || e == "entry regular file 600 flint",
             "{cache}"
+        );
+    }
+}
+
+/// A benchmark's JSON, Markdown and SVG, checked for shape; returns the JSON.
+fn bench_output(name: &str) -> serde_json::Value {
+    let scenario_name = format!("bench-{name}");
+    let (out, code) = scenario(&scenario_name);
+    assert_eq!(*code, 0, "{out}");
+    let files = files_of(&scenario_name);
+    let json: serde_json::Value =
+        serde_json::from_str(&files[&format!("/tmp/bench-{name}/{name}.json")])
+            .expect("valid JSON");
+    assert_eq!(json["benchmark"], name);
+    let md = &files[&format!("/tmp/bench-{name}/{name}.md")];
+    let table_line = md.lines().find(|l| l.starts_with('|')).expect("a table");
+    assert!(files[&format!("/tmp/bench-{name}.out")].contains(table_line));
+    let svg = roxmltree::Document::parse(&files[&format!("/tmp/bench-{name}/{name}.svg")])
+        .expect("valid SVG");
+    assert_eq!(svg.root_element().tag_name().name(), "svg");
+    json
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn snapshot_benchmark_captures_and_restores_a_running_workload() {
+    let json = bench_output("snapshot");
+    let flint = &json["systems"]["flint-snapshot"];
+    let rounds = flint["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{flint}");
+    for r in rounds {
+        // The restore continued the count, and the capture wrote touched pages only.
+        assert!(
+            r["first_tick_after"].as_u64() > r["last_tick_before"].as_u64(),
+            "{r}"
+        );
+        assert!(
+            r["restore_to_next_line_us"].as_u64().is_some_and(|u| u > 0),
+            "{r}"
+        );
+        let written = r["memory_bytes_written"].as_u64().unwrap_or(u64::MAX);
+        let on_disk = r["on_disk_bytes"].as_u64().unwrap_or(u64::MAX);
+        assert!(written < 64 << 20 && on_disk <= written + (1 << 20), "{r}");
+    }
+    // The lab's crun has no CRIU: the column says why rather than staying silent.
+    let crun = &json["systems"]["crun-checkpoint"];
+    let why = crun["unavailable"].as_str().unwrap_or_default();
+    assert!(why.contains("CRIU"), "{crun}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn density_benchmark_measures_every_system_running_at_once() {
+    let json = bench_output("density");
+    assert_eq!(json["instances"], 2);
+    for system in ["crun", "flint-cold", "flint-clones"] {
+        let s = &json["systems"][system];
+        let instances = s["instances"].as_array().map(Vec::len);
+        assert_eq!(instances, Some(2), "{system}: {s}");
+        assert!(
+            s["total_pss_kib"].as_f64().is_some_and(|k| k > 0.0),
+            "{system}: {s}"
         );
     }
 }

@@ -7,24 +7,38 @@
 //! workload's first output and to its exit, host CPU, memory and disk, as JSON, Markdown and
 //! SVG.
 //!
-//! Modules, from the top: [`startup`] orchestrates; [`system`] knows how each system is
-//! launched; [`run`] runs and measures one process; [`measure`] reads `/proc` and the
-//! filesystem; [`stats`] summarises; [`report`] and [`svg`] write the results;
-//! [`environment`] records where it ran; [`interrupt`] turns Ctrl-C into a clean stop.
+//! `flint bench snapshot` ([`snapshot()`]) captures a running workload (a bundle printing
+//! `tick N` lines forever) through flint's API and continues it with `flint run --restore`,
+//! beside crun's checkpoint/restore where crun has CRIU; `flint bench density` ([`density()`])
+//! sums the PSS of N instances running at once as crun containers, cold-booted VMs, clones of
+//! one snapshot and warm starts.
+//!
+//! Modules, from the top: [`mod@startup`], [`mod@snapshot`] and [`mod@density`] orchestrate ([`workload`]
+//! holds what the last two share: arguments, preparation, warm-up, capture); [`system`] knows
+//! how each system is launched; [`run`] runs and measures one process, [`live`] watches a
+//! long-running one line by line; [`measure`] reads `/proc` and the filesystem; [`stats`]
+//! summarises; [`report`] and [`svg`] write the results; [`environment`] records where it
+//! ran; [`interrupt`] turns Ctrl-C into a clean stop.
 
+pub mod density;
 pub mod environment;
 pub mod interrupt;
+pub mod live;
 pub mod measure;
 pub mod report;
 pub mod run;
+pub mod snapshot;
 pub mod startup;
 pub mod stats;
 pub mod svg;
 pub mod system;
+pub mod workload;
 
 use std::path::PathBuf;
 
+pub use density::{density, DensityArgs};
 pub use report::Report;
+pub use snapshot::{snapshot, SnapshotArgs};
 pub use startup::{startup, StartupArgs};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +80,14 @@ pub enum BenchError {
     )]
     WarmUp {
         system: &'static str,
+        what: String,
+        stderr: Vec<u8>,
+    },
+    /// A step of the snapshot or density bench (a process it started, a request it made)
+    /// failed. On one line.
+    #[error("{step}: {what}{}", tail_line(.stderr))]
+    Step {
+        step: String,
         what: String,
         stderr: Vec<u8>,
     },
@@ -172,6 +194,18 @@ pub(crate) fn quoted(bytes: &[u8], max: usize) -> String {
     } else {
         format!("{shown:?}")
     }
+}
+
+/// Parses a bench's arguments as `flint bench NAME` would, for the tests.
+#[cfg(test)]
+pub(crate) fn parse_args<A: clap::Args>(argv: &[&str]) -> Result<A, clap::Error> {
+    #[derive(clap::Parser)]
+    struct Cli<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    <Cli<A> as clap::Parser>::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+        .map(|c| c.args)
 }
 
 #[cfg(test)]

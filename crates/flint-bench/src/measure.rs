@@ -190,6 +190,28 @@ pub fn read_smaps(pid: i32) -> Option<Vec<Mapping>> {
         .map(|t| parse_smaps(&t))
 }
 
+/// Rss and Pss summed over processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    pub rss_kib: u64,
+    pub pss_kib: u64,
+    /// How many of the processes had memory (the others are gone or exiting).
+    pub processes: usize,
+}
+
+/// Sums the smaps of `pids`; processes that are gone or have no memory left are skipped.
+pub fn sum_smaps(pids: &[i32]) -> Totals {
+    let mut t = Totals::default();
+    for &pid in pids {
+        if let Some(maps) = read_smaps(pid).filter(|m| !m.is_empty()) {
+            t.rss_kib += maps.iter().map(|m| m.rss_kib).sum::<u64>();
+            t.pss_kib += maps.iter().map(|m| m.pss_kib).sum::<u64>();
+            t.processes += 1;
+        }
+    }
+    t
+}
+
 /// A VMM's memory split into the guest's RAM and the VMM's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmmSplit {

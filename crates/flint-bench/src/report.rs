@@ -152,9 +152,17 @@ impl RunRecord {
 
 /// Statistics per metric over the runs that have it.
 pub fn stats_of(runs: &[RunRecord]) -> BTreeMap<String, Stats> {
+    stats_by_metric(runs.iter().map(RunRecord::metrics))
+}
+
+/// Statistics per metric name over rows of (metric, value), each row one run or instance;
+/// `None` values are left out.
+pub fn stats_by_metric(
+    rows: impl Iterator<Item = Vec<(&'static str, Option<u64>)>>,
+) -> BTreeMap<String, Stats> {
     let mut values: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for r in runs {
-        for (name, v) in r.metrics() {
+    for row in rows {
+        for (name, v) in row {
             if let Some(v) = v {
                 values.entry(name).or_default().push(v as f64);
             }
@@ -167,7 +175,7 @@ pub fn stats_of(runs: &[RunRecord]) -> BTreeMap<String, Stats> {
 }
 
 /// `Vec<(key, value)>` as a JSON object, keeping the order (serde_json's own map sorts).
-mod ordered_map {
+pub(crate) mod ordered_map {
     use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
     use serde::ser::{Serialize, Serializer};
     use std::marker::PhantomData;
@@ -263,26 +271,55 @@ pub fn num(x: f64) -> String {
 fn cell(s: &SystemReport, source: &Source, runs: u32) -> String {
     match source {
         Source::DiskShared => num(s.disk_shared_bytes as f64 / (1024.0 * 1024.0)),
-        Source::Stat(keys, scale) => match keys.iter().find_map(|k| s.stats.get(*k)) {
-            None => "–".into(),
-            Some(st) => {
-                let (median, min, p95) = (
-                    num(st.median * scale),
-                    num(st.min * scale),
-                    num(st.p95 * scale),
-                );
-                let mut c = if min == p95 {
-                    median
-                } else {
-                    format!("{median} ({min}–{p95})")
-                };
-                if u64::try_from(st.n).is_ok_and(|n| n < u64::from(runs)) {
-                    let _ = write!(c, " [{} of {runs} runs]", st.n);
-                }
-                c
-            }
-        },
+        Source::Stat(keys, scale) => stat_cell(&s.stats, keys, *scale, runs),
     }
+}
+
+/// A table cell from the first of `keys` in `stats`, scaled: median (min–p95), "–" if none
+/// is there (not applicable), and how many runs it covers if not all of the `runs`.
+pub fn stat_cell(stats: &BTreeMap<String, Stats>, keys: &[&str], scale: f64, runs: u32) -> String {
+    let Some(st) = keys.iter().find_map(|k| stats.get(*k)) else {
+        return "–".into();
+    };
+    let (median, min, p95) = (
+        num(st.median * scale),
+        num(st.min * scale),
+        num(st.p95 * scale),
+    );
+    let mut c = if min == p95 {
+        median
+    } else {
+        format!("{median} ({min}–{p95})")
+    };
+    if u64::try_from(st.n).is_ok_and(|n| n < u64::from(runs)) {
+        let _ = write!(c, " [{} of {runs} runs]", st.n);
+    }
+    c
+}
+
+/// The "Ran on:" line every report starts with: the virtualization (software emulation where
+/// detected), the host kernel and the CPU.
+pub fn ran_on(env: &Environment) -> String {
+    format!(
+        "Ran on: {} (Linux {}, {}).",
+        env.summary(),
+        env.kernel_release,
+        env.cpu_model
+    )
+}
+
+/// A Markdown table: `header` (its first cell titles the row labels) and rows of cells, the
+/// value columns right-aligned.
+pub fn md_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut md = format!("| {} |\n|---|", header.join(" | "));
+    for _ in 1..header.len() {
+        md.push_str("---:|");
+    }
+    md.push('\n');
+    for row in rows {
+        let _ = writeln!(md, "| {} |", row.join(" | "));
+    }
+    md
 }
 
 /// The median of `metric` for the system with key `key`, if it has one.
@@ -344,13 +381,7 @@ fn restored_vs_cold(r: &Report) -> Option<String> {
 pub fn markdown(r: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## flint bench startup: microVM vs container\n");
-    let _ = writeln!(
-        md,
-        "Ran on: {} (Linux {}, {}).  ",
-        r.environment.summary(),
-        r.environment.kernel_release,
-        r.environment.cpu_model
-    );
+    let _ = writeln!(md, "{}  ", ran_on(&r.environment));
     let _ = writeln!(
         md,
         "Bundle `{}`, {} run{} per system interleaved round-robin, {}; VMs: {} MiB, {} vCPU{}.\n",
@@ -362,22 +393,18 @@ pub fn markdown(r: &Report) -> String {
         r.cpus,
         if r.cpus == 1 { "" } else { "s" },
     );
-    let _ = write!(md, "| median (min–p95) |");
-    for (k, _) in &r.systems {
-        let _ = write!(md, " {} |", display_name(k));
-    }
-    let _ = write!(md, "\n|---|");
-    for _ in &r.systems {
-        let _ = write!(md, "---:|");
-    }
-    md.push('\n');
-    for (label, source) in ROWS {
-        let _ = write!(md, "| {label} |");
-        for (_, s) in &r.systems {
-            let _ = write!(md, " {} |", cell(s, source, r.runs));
-        }
-        md.push('\n');
-    }
+    let header: Vec<String> = std::iter::once("median (min–p95)".to_string())
+        .chain(r.systems.iter().map(|(k, _)| display_name(k).to_string()))
+        .collect();
+    let rows: Vec<Vec<String>> = ROWS
+        .iter()
+        .map(|(label, source)| {
+            std::iter::once(label.to_string())
+                .chain(r.systems.iter().map(|(_, s)| cell(s, source, r.runs)))
+                .collect()
+        })
+        .collect();
+    md.push_str(&md_table(&header, &rows));
     let ratios: Vec<String> = [("first output", "first_output_us"), ("exit", "exit_us")]
         .iter()
         .filter_map(|(what, m)| Some(format!("{what}: {}", ratios_vs_crun(r, m)?)))

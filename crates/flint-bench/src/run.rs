@@ -45,6 +45,17 @@ pub enum WaitStatus {
     Signaled(i32),
 }
 
+impl WaitStatus {
+    /// From a `wait4` status word.
+    pub(crate) fn from_raw(status: i32) -> WaitStatus {
+        if libc::WIFSIGNALED(status) {
+            WaitStatus::Signaled(libc::WTERMSIG(status))
+        } else {
+            WaitStatus::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
 impl std::fmt::Display for WaitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -109,13 +120,13 @@ enum Event {
 }
 
 /// Kills and reaps the child unless it was reaped normally: no run outlives an error.
-struct Reaper {
-    pid: i32,
-    reaped: bool,
+pub(crate) struct Reaper {
+    pub(crate) pid: i32,
+    pub(crate) reaped: bool,
 }
 
 impl Reaper {
-    fn kill(&self) {
+    pub(crate) fn kill(&self) {
         // The tree first (a container may be in another process group), then the group.
         for pid in measure::process_tree(self.pid) {
             // SAFETY: kill has no memory effects; the child is unreaped, so its pid is ours.
@@ -126,16 +137,32 @@ impl Reaper {
     }
 
     /// Blocks until the child exits and reaps it.
-    fn reap(&mut self) -> io::Result<(i32, libc::rusage)> {
+    pub(crate) fn reap(&mut self) -> io::Result<(i32, libc::rusage)> {
+        loop {
+            if let Some(done) = self.wait4(0)? {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Reaps the child if it has exited; `None` if it is still running.
+    pub(crate) fn try_reap(&mut self) -> io::Result<Option<(i32, libc::rusage)>> {
+        self.wait4(libc::WNOHANG)
+    }
+
+    fn wait4(&mut self, flags: libc::c_int) -> io::Result<Option<(i32, libc::rusage)>> {
         let mut status = 0;
         // SAFETY: rusage is plain data; wait4 fills it.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         loop {
             // SAFETY: valid pointers to locals.
-            let r = unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) };
+            let r = unsafe { libc::wait4(self.pid, &mut status, flags, &mut usage) };
             if r == self.pid {
                 self.reaped = true;
-                return Ok((status, usage));
+                return Ok(Some((status, usage)));
+            }
+            if r == 0 {
+                return Ok(None);
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
@@ -310,13 +337,8 @@ pub fn run(mut cmd: Command, m: &Measure) -> Result<Outcome, RunError> {
         what: "wait4",
         source,
     })?;
-    let status = if libc::WIFSIGNALED(status) {
-        WaitStatus::Signaled(libc::WTERMSIG(status))
-    } else {
-        WaitStatus::Exited(libc::WEXITSTATUS(status))
-    };
     Ok(Outcome {
-        status,
+        status: WaitStatus::from_raw(status),
         stdout,
         stderr,
         first_output,
@@ -324,10 +346,15 @@ pub fn run(mut cmd: Command, m: &Measure) -> Result<Outcome, RunError> {
         paused,
         cpu_user: timeval(usage.ru_utime),
         cpu_sys: timeval(usage.ru_stime),
-        peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        peak_rss_kib: peak_rss_kib(&usage),
         memory,
         state_dir_bytes,
     })
+}
+
+/// `ru_maxrss`: the largest resident set of the process and the children it reaped, in KiB.
+pub(crate) fn peak_rss_kib(usage: &libc::rusage) -> u64 {
+    u64::try_from(usage.ru_maxrss).unwrap_or(0)
 }
 
 fn timeval(t: libc::timeval) -> Duration {
@@ -344,20 +371,11 @@ fn sample_memory(pids: &[i32], kind: &MemoryKind) -> Option<MemorySample> {
             Some(MemorySample::Vmm(measure::split_guest(&root, guest_sizes)))
         }
         MemoryKind::Tree => {
-            let mut rss_kib = root.iter().map(|m| m.rss_kib).sum();
-            let mut pss_kib = root.iter().map(|m| m.pss_kib).sum();
-            let mut processes = 1;
-            for &pid in &pids[1..] {
-                if let Some(maps) = measure::read_smaps(pid).filter(|m| !m.is_empty()) {
-                    rss_kib += maps.iter().map(|m| m.rss_kib).sum::<u64>();
-                    pss_kib += maps.iter().map(|m| m.pss_kib).sum::<u64>();
-                    processes += 1;
-                }
-            }
+            let rest = measure::sum_smaps(&pids[1..]);
             Some(MemorySample::Tree {
-                rss_kib,
-                pss_kib,
-                processes,
+                rss_kib: root.iter().map(|m| m.rss_kib).sum::<u64>() + rest.rss_kib,
+                pss_kib: root.iter().map(|m| m.pss_kib).sum::<u64>() + rest.pss_kib,
+                processes: 1 + rest.processes,
             })
         }
     }

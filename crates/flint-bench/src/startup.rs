@@ -76,10 +76,10 @@ pub struct StartupArgs {
 
 /// The bench's scratch directory (flint's image cache, QEMU's initramfs), removed when dropped:
 /// on success and on every error.
-struct Workdir(PathBuf);
+pub(crate) struct Workdir(pub(crate) PathBuf);
 
 impl Workdir {
-    fn create() -> Result<Workdir, BenchError> {
+    pub(crate) fn create() -> Result<Workdir, BenchError> {
         let path = std::env::temp_dir().join(format!("flint-bench-{}", std::process::id()));
         // A leftover of an earlier bench that had our pid and was killed: ours to reuse.
         let _ = std::fs::remove_dir_all(&path);
@@ -96,12 +96,12 @@ impl Drop for Workdir {
 }
 
 /// The bundle, checked enough to give clear errors before anything runs.
-struct Bundle {
-    dir: PathBuf,
-    rootfs: PathBuf,
+pub(crate) struct Bundle {
+    pub(crate) dir: PathBuf,
+    pub(crate) rootfs: PathBuf,
 }
 
-fn check_bundle(dir: &Path) -> Result<Bundle, BenchError> {
+pub(crate) fn check_bundle(dir: &Path) -> Result<Bundle, BenchError> {
     let err = |what: String| BenchError::Bundle {
         bundle: dir.display().to_string(),
         what,
@@ -131,7 +131,7 @@ fn check_bundle(dir: &Path) -> Result<Bundle, BenchError> {
     Ok(Bundle { dir: abs, rootfs })
 }
 
-fn resolve_kernel(given: Option<&Path>) -> Result<PathBuf, BenchError> {
+pub(crate) fn resolve_kernel(given: Option<&Path>) -> Result<PathBuf, BenchError> {
     let kernel = match given {
         Some(k) => k.to_path_buf(),
         None => flint_oci::default_kernel().ok_or_else(|| BenchError::NoKernel {
@@ -144,7 +144,11 @@ fn resolve_kernel(given: Option<&Path>) -> Result<PathBuf, BenchError> {
     std::fs::canonicalize(&kernel).map_err(BenchError::io(format!("--kernel {}", kernel.display())))
 }
 
-fn tool(given: &Path, option: &'static str, install: &'static str) -> Result<PathBuf, BenchError> {
+pub(crate) fn tool(
+    given: &Path,
+    option: &'static str,
+    install: &'static str,
+) -> Result<PathBuf, BenchError> {
     system::find_program(given).ok_or_else(|| BenchError::ToolMissing {
         tool: given.display().to_string(),
         install,
@@ -179,7 +183,7 @@ fn check_same(reference: &Observed, run: &Observed) -> Result<(), BenchError> {
 }
 
 /// The guest RAM mapping sizes each VMM will have for `mib` MiB.
-fn guest_sizes(system: System, mib: u64) -> Vec<u64> {
+pub(crate) fn guest_sizes(system: System, mib: u64) -> Vec<u64> {
     let bytes = mib << 20;
     match system {
         // flint splits RAM around the 32-bit MMIO hole, one mapping per range; a restored flint
@@ -193,7 +197,7 @@ fn guest_sizes(system: System, mib: u64) -> Vec<u64> {
     }
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -335,7 +339,7 @@ type SnapshotFile = (PathBuf, u64, Option<SystemTime>);
 
 /// What the warm-up may take beyond a run's timeout: flint bounds making its snapshot (a boot
 /// and a capture) at five minutes itself.
-const WARM_UP_EXTRA: Duration = Duration::from_secs(300);
+pub(crate) const WARM_UP_EXTRA: Duration = Duration::from_secs(300);
 
 /// Runs the restored row once, untimed, so that flint makes its warm snapshot; a failure is
 /// the bench's, on one line.
@@ -708,7 +712,7 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
         notes,
     };
     let markdown = report::markdown(&report);
-    write_outputs(&report, &markdown, &args.out)?;
+    write_outputs("startup", &report, &markdown, &svg::svg(&report), &args.out)?;
     print!("{markdown}");
     drop(workdir);
     Ok(report)
@@ -805,22 +809,29 @@ fn standard_notes(
     notes
 }
 
-fn write_outputs(report: &Report, markdown: &str, out: &Path) -> Result<(), BenchError> {
+/// Writes `<bench>.json`, `<bench>.md` and `<bench>.svg` into `out` (made if missing).
+pub(crate) fn write_outputs(
+    bench: &str,
+    report: &impl serde::Serialize,
+    markdown: &str,
+    svg: &str,
+    out: &Path,
+) -> Result<(), BenchError> {
     std::fs::create_dir_all(out)
         .map_err(BenchError::io(format!("cannot create {}", out.display())))?;
     let json = serde_json::to_string_pretty(report).map_err(|e| BenchError::Io {
         what: "cannot serialise the report".into(),
         source: e.into(),
     })?;
-    for (name, text) in [
-        ("startup.json", json + "\n"),
-        ("startup.md", markdown.to_string()),
-        ("startup.svg", svg::svg(report)),
+    for (ext, text) in [
+        ("json", json + "\n"),
+        ("md", markdown.to_string()),
+        ("svg", svg.to_string()),
     ] {
-        let path = out.join(name);
+        let path = out.join(format!("{bench}.{ext}"));
         std::fs::write(&path, text)
             .map_err(BenchError::io(format!("cannot write {}", path.display())))?;
-        eprintln!("flint bench startup: wrote {}", path.display());
+        eprintln!("flint bench {bench}: wrote {}", path.display());
     }
     Ok(())
 }
@@ -828,16 +839,9 @@ fn write_outputs(report: &Report, markdown: &str, out: &Path) -> Result<(), Benc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: StartupArgs,
-    }
 
     fn parse(args: &[&str]) -> Result<StartupArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("startup").chain(args.iter().copied())).map(|c| c.args)
+        crate::parse_args(args)
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! The startup chart as a standalone SVG, written by hand: per system, a bar for the median time
-//! to the first output and one for the exit, each with a min–p95 whisker, on a shared ms axis.
+//! The benches' charts as standalone SVG, written by hand: [`chart`] draws per group (a system)
+//! a bar per series, optionally with a min–p95 whisker, on a shared axis; [`svg`] is the startup
+//! chart (per system, the median time to the first output and to the exit).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::environment::Environment;
 use super::report::{num, Report};
+use super::stats::Stats;
 use super::system::display_name;
 
 const WIDTH: f64 = 880.0;
@@ -22,8 +26,8 @@ const GROUP_GAP: f64 = 22.0;
 
 /// The two series: (stat name, legend, colour).
 const SERIES: [(&str, &str, &str); 2] = [
-    ("first_output_us", "launch → first output", "#4e79a7"),
-    ("exit_us", "launch → exit", "#f28e2b"),
+    ("first_output_us", "launch → first output", COLOURS[0]),
+    ("exit_us", "launch → exit", COLOURS[1]),
 ];
 
 /// Escapes text for XML content and attribute values.
@@ -81,25 +85,128 @@ fn shorten(s: &str, max: usize) -> String {
     }
 }
 
-/// The chart for `r`.
-pub fn svg(r: &Report) -> String {
-    // (system, series index, min, median, p95) in ms.
-    let mut bars = Vec::new();
-    for (key, s) in &r.systems {
-        for (i, (metric, _, _)) in SERIES.iter().enumerate() {
-            if let Some(st) = s.stats.get(*metric) {
-                bars.push((key.as_str(), i, st.min / 1e3, st.median / 1e3, st.p95 / 1e3));
-            }
+/// One bar of a [`Chart`]: a value, with a min–p95 whisker if it summarises several runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bar {
+    /// Index into [`Chart::series`].
+    pub series: usize,
+    /// The metric's key, written as the bar's `data-metric`.
+    pub metric: String,
+    /// The median (or the one value), in the chart's unit.
+    pub value: f64,
+    /// (min, p95), in the chart's unit.
+    pub range: Option<(f64, f64)>,
+}
+
+/// A group of bars: one system.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// Written as each bar's `data-system`.
+    pub key: String,
+    pub name: String,
+    pub bars: Vec<Bar>,
+}
+
+impl Group {
+    /// The group of the system `key`, titled with its display name.
+    pub fn of(key: &str, bars: Vec<Bar>) -> Group {
+        Group {
+            key: key.to_string(),
+            name: display_name(key).to_string(),
+            bars,
         }
     }
-    let max = bars.iter().map(|b| b.4).fold(0.0, f64::max);
+}
+
+/// A bar per metric of `metrics` that `stats` has (series = its index in `metrics`): the
+/// median, with a min–p95 whisker, times `scale`.
+pub fn stat_bars(stats: &BTreeMap<String, Stats>, metrics: &[&str], scale: f64) -> Vec<Bar> {
+    metrics
+        .iter()
+        .enumerate()
+        .filter_map(|(i, metric)| {
+            let st = stats.get(*metric)?;
+            Some(Bar {
+                series: i,
+                metric: metric.to_string(),
+                value: st.median * scale,
+                range: Some((st.min * scale, st.p95 * scale)),
+            })
+        })
+        .collect()
+}
+
+/// A horizontal bar chart: per group, one bar per series that has a value, on a shared axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chart {
+    pub title: String,
+    /// Where it ran, under the title (each cut to the width).
+    pub lines: Vec<String>,
+    /// (legend, colour) per series.
+    pub series: Vec<(String, &'static str)>,
+    /// The unit after each value label ("ms", "MiB").
+    pub unit: &'static str,
+    /// The axis title.
+    pub axis: String,
+    pub groups: Vec<Group>,
+}
+
+/// The colours of the series, in order.
+pub const COLOURS: [&str; 4] = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759"];
+
+/// The chart for `r`.
+pub fn svg(r: &Report) -> String {
+    let metrics = SERIES.map(|(metric, _, _)| metric);
+    let groups = r
+        .systems
+        .iter()
+        .map(|(key, s)| Group::of(key, stat_bars(&s.stats, &metrics, 1e-3)))
+        .collect();
+    chart(&Chart {
+        title: format!(
+            "Startup: microVM vs container, {} run{} each",
+            r.runs,
+            if r.runs == 1 { "" } else { "s" }
+        ),
+        lines: where_lines(&r.environment, r.memory_mib, r.cpus, &r.date),
+        series: SERIES
+            .iter()
+            .map(|(_, label, colour)| (label.to_string(), *colour))
+            .collect(),
+        unit: "ms",
+        axis: "milliseconds from launch".into(),
+        groups,
+    })
+}
+
+/// A chart's two lines under its title: where it ran (the virtualization first), and the
+/// host, the VMs' size and the date.
+pub fn where_lines(env: &Environment, memory_mib: u64, cpus: u32, date: &str) -> Vec<String> {
+    vec![
+        env.summary(),
+        format!(
+            "Linux {} · {} · VMs: {memory_mib} MiB, {cpus} vCPU · {date}",
+            env.kernel_release, env.cpu_model
+        ),
+    ]
+}
+
+/// Draws `c` as a standalone SVG.
+pub fn chart(c: &Chart) -> String {
+    let max = c
+        .groups
+        .iter()
+        .flat_map(|g| &g.bars)
+        .map(|b| b.range.map_or(b.value, |(_, p95)| p95.max(b.value)))
+        .fold(0.0, f64::max);
     let max = if max > 0.0 { max } else { 1.0 };
     let step = tick_step(max, 6.0);
     let top = (max / step).ceil() * step;
     let plot_w = WIDTH - LEFT - RIGHT;
-    let x = |ms: f64| LEFT + ms.max(0.0) / top * plot_w;
-    let group_h = 2.0 * BAR_H + BAR_GAP;
-    let axis_y = BARS_TOP + r.systems.len() as f64 * (group_h + GROUP_GAP) - GROUP_GAP / 2.0;
+    let x = |v: f64| LEFT + v.max(0.0) / top * plot_w;
+    let per_group = c.series.len().max(1) as f64;
+    let group_h = per_group * BAR_H + (per_group - 1.0) * BAR_GAP;
+    let axis_y = BARS_TOP + c.groups.len() as f64 * (group_h + GROUP_GAP) - GROUP_GAP / 2.0;
     let height = axis_y + 52.0;
 
     let mut o = String::new();
@@ -110,22 +217,14 @@ pub fn svg(r: &Report) -> String {
     let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         o,
-        r#"<text x="{MARGIN}" y="28" font-size="17" font-weight="bold">Startup: microVM vs container, {} run{} each</text>"#,
-        r.runs,
-        if r.runs == 1 { "" } else { "s" }
+        r#"<text x="{MARGIN}" y="28" font-size="17" font-weight="bold">{}</text>"#,
+        escape(&c.title)
     );
-    // Where it ran, on two lines cut to the width (the JSON has it all).
+    // Where it ran, cut to the width (the JSON has it all).
     // Constants: a few dozen characters; dropping the fraction is the point.
     #[allow(clippy::cast_possible_truncation)]
     let max_chars = ((WIDTH - 2.0 * MARGIN) / CHAR_W) as usize;
-    let lines = [
-        r.environment.summary(),
-        format!(
-            "Linux {} · {} · VMs: {} MiB, {} vCPU · {}",
-            r.environment.kernel_release, r.environment.cpu_model, r.memory_mib, r.cpus, r.date
-        ),
-    ];
-    for (i, line) in lines.iter().enumerate() {
+    for (i, line) in c.lines.iter().take(2).enumerate() {
         let _ = writeln!(
             o,
             r##"<text x="{MARGIN}" y="{}" fill="#555">{}</text>"##,
@@ -133,10 +232,10 @@ pub fn svg(r: &Report) -> String {
             escape(&shorten(line, max_chars))
         );
     }
-    // Legend: the two series, then how to read a whisker.
+    // Legend: the series, then how to read a whisker if there are any.
     let mut lx = MARGIN;
     let ly = 88.0;
-    for (_, label, colour) in SERIES {
+    for (label, colour) in &c.series {
         let _ = writeln!(
             o,
             r#"<rect x="{lx}" y="{}" width="14" height="14" fill="{colour}"/><text x="{}" y="{ly}">{}</text>"#,
@@ -146,15 +245,21 @@ pub fn svg(r: &Report) -> String {
         );
         lx += 20.0 + label.chars().count() as f64 * CHAR_W + 24.0;
     }
-    let _ = writeln!(
-        o,
-        r##"<path d="M{lx} {a}V{b}M{lx} {c}H{d}M{d} {a}V{b}" stroke="#222" fill="none"/><text x="{}" y="{ly}">bar: median; whisker: min to p95</text>"##,
-        lx + 26.0,
-        a = ly - 9.0,
-        b = ly + 1.0,
-        c = ly - 4.0,
-        d = lx + 18.0,
-    );
+    if c.groups
+        .iter()
+        .flat_map(|g| &g.bars)
+        .any(|b| b.range.is_some())
+    {
+        let _ = writeln!(
+            o,
+            r##"<path d="M{lx} {a}V{b}M{lx} {c}H{d}M{d} {a}V{b}" stroke="#222" fill="none"/><text x="{}" y="{ly}">bar: median; whisker: min to p95</text>"##,
+            lx + 26.0,
+            a = ly - 9.0,
+            b = ly + 1.0,
+            c = ly - 4.0,
+            d = lx + 18.0,
+        );
+    }
     // Grid and axis.
     // `top` is a whole number of steps (about ten), rounded; float-to-int `as` saturates.
     #[allow(clippy::cast_possible_truncation)]
@@ -177,58 +282,79 @@ pub fn svg(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        r#"<text x="{}" y="{}" text-anchor="middle">milliseconds from launch</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
         LEFT + plot_w / 2.0,
-        axis_y + 38.0
+        axis_y + 38.0,
+        escape(&c.axis)
     );
     // Bars.
-    for (g, (key, _)) in r.systems.iter().enumerate() {
+    let unit = c.unit;
+    for (g, group) in c.groups.iter().enumerate() {
         let gy = BARS_TOP + g as f64 * (group_h + GROUP_GAP);
         let _ = writeln!(
             o,
             r#"<text x="{}" y="{:.1}" text-anchor="end" font-weight="bold">{}</text>"#,
             LEFT - 10.0,
             gy + group_h / 2.0 + 4.0,
-            escape(display_name(key))
+            escape(&group.name)
         );
-        for &(_, i, min, median, p95) in bars.iter().filter(|b| b.0 == key) {
-            let (metric, label, colour) = SERIES[i];
-            let y = gy + i as f64 * (BAR_H + BAR_GAP);
+        for bar in &group.bars {
+            let Some((label, colour)) = c.series.get(bar.series) else {
+                continue;
+            };
+            let y = gy + bar.series as f64 * (BAR_H + BAR_GAP);
             let cy = y + BAR_H / 2.0;
-            let tip = format!(
-                "{}: {label}: median {} ms, min {} ms, p95 {} ms",
-                display_name(key),
-                num(median),
-                num(min),
-                num(p95)
-            );
+            let value = num(bar.value);
+            let tip = match bar.range {
+                Some((min, p95)) => format!(
+                    "{}: {label}: median {value} {unit}, min {} {unit}, p95 {} {unit}",
+                    group.name,
+                    num(min),
+                    num(p95)
+                ),
+                None => format!("{}: {label}: {value} {unit}", group.name),
+            };
             let _ = writeln!(
                 o,
-                r#"<rect class="bar" data-system="{}" data-metric="{metric}" x="{LEFT}" y="{y:.1}" width="{:.1}" height="{BAR_H}" fill="{colour}"><title>{}</title></rect>"#,
-                escape(key),
-                x(median) - LEFT,
+                r#"<rect class="bar" data-system="{}" data-metric="{}" x="{LEFT}" y="{y:.1}" width="{:.1}" height="{BAR_H}" fill="{colour}"><title>{}</title></rect>"#,
+                escape(&group.key),
+                escape(&bar.metric),
+                x(bar.value) - LEFT,
                 escape(&tip)
             );
-            let (x0, x1) = (x(min), x(p95));
+            let mut label_x = x(bar.value);
+            if let Some((min, p95)) = bar.range {
+                let (x0, x1) = (x(min), x(p95));
+                let _ = writeln!(
+                    o,
+                    r##"<path class="whisker" d="M{x0:.1} {cy:.1}H{x1:.1}M{x0:.1} {:.1}V{:.1}M{x1:.1} {:.1}V{:.1}" stroke="#222" fill="none"/>"##,
+                    cy - 5.0,
+                    cy + 5.0,
+                    cy - 5.0,
+                    cy + 5.0
+                );
+                label_x = label_x.max(x1);
+            }
             let _ = writeln!(
                 o,
-                r##"<path class="whisker" d="M{x0:.1} {cy:.1}H{x1:.1}M{x0:.1} {:.1}V{:.1}M{x1:.1} {:.1}V{:.1}" stroke="#222" fill="none"/>"##,
-                cy - 5.0,
-                cy + 5.0,
-                cy - 5.0,
-                cy + 5.0
-            );
-            let _ = writeln!(
-                o,
-                r#"<text x="{:.1}" y="{:.1}">{} ms</text>"#,
-                x(median).max(x1) + 6.0,
+                r#"<text x="{:.1}" y="{:.1}">{value} {unit}</text>"#,
+                label_x + 6.0,
                 cy + 4.0,
-                num(median)
             );
         }
     }
     o.push_str("</svg>\n");
     o
+}
+
+/// How many bars of the system `key` the chart `text` has, for the tests.
+#[cfg(test)]
+pub(crate) fn count_bars(text: &str, key: &str) -> usize {
+    let doc = roxmltree::Document::parse(text).expect("the chart is XML");
+    doc.descendants()
+        .filter(|n| n.attribute("class") == Some("bar"))
+        .filter(|n| n.attribute("data-system") == Some(key))
+        .count()
 }
 
 #[cfg(test)]
@@ -339,11 +465,7 @@ mod tests {
             );
         }
         for (key, _) in &r.systems {
-            let bars = doc
-                .descendants()
-                .filter(|n| n.attribute("data-system") == Some(key.as_str()))
-                .count();
-            assert_eq!(bars, 2, "{key}");
+            assert_eq!(count_bars(&text, key), 2, "{key}");
         }
         assert_eq!(
             doc.descendants()

@@ -91,6 +91,9 @@ pub fn display_name(key: &str) -> &str {
         "flint-restored" => "flint (restored)",
         "flint-cold" => "flint (cold boot)",
         "qemu" => "QEMU microvm",
+        "flint-clones" => "flint (clones of one snapshot)",
+        "flint-snapshot" => "flint snapshot",
+        "crun-checkpoint" => "crun checkpoint/restore",
         other => other,
     }
 }
@@ -190,7 +193,26 @@ pub struct VmFiles {
 impl Setup {
     /// The container ID crun uses for `round`: unique per bench process and round.
     pub fn crun_id(round: u32) -> String {
-        format!("flint-bench-{}-{round}", std::process::id())
+        crun_id(round)
+    }
+
+    /// crun with its own log going to `log` (see [`Setup::crun_log`]).
+    pub fn crun_command(&self, log: &Path) -> Command {
+        let mut arg = std::ffi::OsString::from("--log=file:");
+        arg.push(log);
+        let mut c = Command::new(&self.crun);
+        c.arg(arg).arg("--log-format=json");
+        c
+    }
+
+    /// `flint run --restore DIR`, with the bench's image cache.
+    pub fn flint_restore(&self, dir: &Path) -> Command {
+        let mut c = Command::new(&self.flint);
+        c.arg("run")
+            .arg("--restore")
+            .arg(dir)
+            .env("FLINT_IMAGE_CACHE", &self.image_cache);
+        c
     }
 
     /// crun's log for `round`. With `--log`, crun writes its own errors there instead of on
@@ -228,12 +250,8 @@ impl Setup {
                 c
             }
             System::Crun => {
-                let mut log = std::ffi::OsString::from("--log=file:");
-                log.push(self.crun_log(round));
-                let mut c = Command::new(&self.crun);
-                c.arg(log)
-                    .arg("--log-format=json")
-                    .arg("run")
+                let mut c = self.crun_command(&self.crun_log(round));
+                c.arg("run")
                     .arg("--bundle")
                     .arg(&self.bundle)
                     .arg(Self::crun_id(round));
@@ -324,6 +342,11 @@ pub fn crun_errors(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// A crun container ID unique to this bench process: `flint-bench-PID-TAG`.
+pub fn crun_id(tag: impl std::fmt::Display) -> String {
+    format!("flint-bench-{}-{tag}", std::process::id())
+}
+
 /// Deletes a crun container when dropped, whatever happened to the run (errors ignored: a
 /// container that was never created is nothing to delete).
 pub struct CrunContainer<'a> {
@@ -331,14 +354,25 @@ pub struct CrunContainer<'a> {
     pub id: String,
 }
 
-impl Drop for CrunContainer<'_> {
-    fn drop(&mut self) {
+impl CrunContainer<'_> {
+    /// `crun kill ID KILL` (errors ignored: the container may have ended already).
+    pub fn kill(&self) {
+        self.crun_quietly(&["kill", &self.id, "KILL"]);
+    }
+
+    fn crun_quietly(&self, args: &[&str]) {
         let _ = Command::new(self.crun)
-            .args(["delete", "--force", &self.id])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+impl Drop for CrunContainer<'_> {
+    fn drop(&mut self) {
+        self.crun_quietly(&["delete", "--force", &self.id]);
     }
 }
 
