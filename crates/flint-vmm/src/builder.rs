@@ -392,16 +392,16 @@ impl RestoreInputs {
 /// A disk of zeros in memory the size of the in-memory disk `saved` had (its contents, read by
 /// the guest before the snapshot, are gone with the flint that made it).
 fn zeros_disk(saved: &mut SavedDisk) -> Result<DiskImage, VmmError> {
-    let len = usize::try_from(saved.size)
-        .ok()
-        .filter(|&l| l <= MAX_IN_MEMORY_DISK)
-        .ok_or_else(|| {
-            SnapshotError::Mismatch(format!(
-                "the snapshot's in-memory disk has {} bytes (at most {MAX_IN_MEMORY_DISK})",
-                saved.size
-            ))
-        })?;
-    let (file, path) = in_memory_file(c"flint-zeros", &vec![0u8; len])
+    if saved.size > MAX_IN_MEMORY_DISK {
+        return Err(SnapshotError::Mismatch(format!(
+            "the snapshot's in-memory disk has {} bytes (at most {MAX_IN_MEMORY_DISK})",
+            saved.size
+        ))
+        .into());
+    }
+    // An empty in-memory file grown to the size reads as zeros and takes no memory.
+    let (file, path) = in_memory_file(c"flint-zeros", &[])
+        .and_then(|(file, path)| file.set_len(saved.size).map(|()| (file, path)))
         .map_err(|e| VmmError::Io("making an in-memory disk", e))?;
     let image = DiskImage::open(&path, true).map_err(|e| VmmError::Disk("--disk", e))?;
     drop(file);
@@ -410,7 +410,7 @@ fn zeros_disk(saved: &mut SavedDisk) -> Result<DiskImage, VmmError> {
 }
 
 /// The largest in-memory disk a snapshot may ask for (a spec disk is at most 1 MiB).
-const MAX_IN_MEMORY_DISK: usize = 16 << 20;
+const MAX_IN_MEMORY_DISK: u64 = 16 << 20;
 
 /// A restored VM's disks, TAPs, and which disks changed size.
 type RestoredDevices = (Vec<DiskImage>, Vec<Tap>, Vec<bool>);
@@ -464,19 +464,17 @@ fn open_restored_devices(
             DiskImage::open(&saved.path, saved.read_only)
                 .map_err(|e| VmmError::Disk("--disk", e))?
         };
-        if image.size() != saved.size && sizes == DiskSizes::New {
-            saved.size = image.size();
-            resized.push(true);
-        } else if image.size() != saved.size {
+        let resize = image.size() != saved.size;
+        if resize && sizes == DiskSizes::AsSaved {
             return Err(mismatch(format!(
                 "{}: {} bytes, but the snapshot's disk {i} had {} bytes",
                 saved.path.display(),
                 image.size(),
                 saved.size
             )));
-        } else {
-            resized.push(false);
         }
+        saved.size = image.size();
+        resized.push(resize);
         images.push(image);
     }
     let mut taps = Vec::new();
