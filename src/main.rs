@@ -777,30 +777,16 @@ fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes DIR (0700) if missing and opens its two snapshot files for writing (0600).
+/// `flint_vmm::snapshot::create_files` for `flint ctl snapshot --out DIR` and the warm maker.
 fn snapshot_files(dir: &std::path::Path) -> anyhow::Result<(std::fs::File, std::fs::File)> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("--out {}: cannot make the directory", dir.display()))?;
-    let open = |name: &str| {
-        let path = dir.join(name);
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .with_context(|| format!("cannot open {} for writing", path.display()))
-    };
-    Ok((
-        open(flint_vmm::snapshot::STATE_FILE)?,
-        open(flint_vmm::snapshot::MEMORY_FILE)?,
-    ))
+    use flint_vmm::snapshot::FilesError;
+    flint_vmm::snapshot::create_files(dir, false).map_err(|e| match e {
+        FilesError::Dir(dir, e) => anyhow::Error::new(e).context(format!(
+            "--out {}: cannot make the directory",
+            dir.display()
+        )),
+        e @ FilesError::File(..) => e.into(),
+    })
 }
 
 /// Parses the command line; a usage error is one line on stderr and exit code 2 (help and

@@ -316,29 +316,19 @@ pub(crate) fn capture_running(
     })
 }
 
-/// Makes `dir` (0700) and creates its snapshot files, 0600, for flint to write through the
-/// descriptors.
+/// Makes `dir` (0700) and creates its snapshot files, new and 0600, for flint to write
+/// through the descriptors.
 fn open_snapshot_files(dir: &Path) -> Result<[File; 2], BenchError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(BenchError::io(format!("cannot make {}", dir.display())))?;
-    let open = |name: &str| {
-        let path = dir.join(name);
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(BenchError::io(format!("cannot create {}", path.display())))
-    };
-    Ok([
-        open(flint_vmm::snapshot::STATE_FILE)?,
-        open(flint_vmm::snapshot::MEMORY_FILE)?,
-    ])
+    use flint_vmm::snapshot::FilesError;
+    match flint_vmm::snapshot::create_files(dir, true) {
+        Ok((state, memory)) => Ok([state, memory]),
+        Err(FilesError::Dir(d, e)) => {
+            Err(BenchError::io(format!("cannot make {}", d.display()))(e))
+        }
+        Err(FilesError::File(f, e)) => {
+            Err(BenchError::io(format!("cannot create {}", f.display()))(e))
+        }
+    }
 }
 
 /// What the snapshot request answered, and how long it took.

@@ -67,6 +67,42 @@ pub enum SnapshotError {
     Mismatch(String),
 }
 
+/// What [`create_files`] could not make or open.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("{0}: cannot make the directory")]
+    Dir(std::path::PathBuf, #[source] std::io::Error),
+    #[error("cannot open {0} for writing")]
+    File(std::path::PathBuf, #[source] std::io::Error),
+}
+
+/// Makes `dir` (0700) if it is missing and opens its state and memory files for a snapshot to
+/// be written into through their descriptors: 0600, never through a symlink. With `fresh`,
+/// files already there are refused instead of reused.
+pub fn create_files(dir: &std::path::Path, fresh: bool) -> Result<(File, File), FilesError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| FilesError::Dir(dir.to_path_buf(), e))?;
+    let open = |name: &str| {
+        let path = dir.join(name);
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW);
+        if fresh {
+            o.create_new(true);
+        } else {
+            o.create(true).truncate(false);
+        }
+        o.open(&path).map_err(|e| FilesError::File(path, e))
+    };
+    Ok((open(STATE_FILE)?, open(MEMORY_FILE)?))
+}
+
 /// A disk as the snapshotted VM had it; a restore may give another file of the same size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedDisk {
