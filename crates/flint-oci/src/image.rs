@@ -505,6 +505,25 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Why a file in the cache with metadata `m` cannot be trusted, if it cannot: it is another
+/// user's, or others can write to it.
+pub(crate) fn not_private(m: &Metadata) -> Option<String> {
+    if m.uid() != euid() {
+        return Some(format!(
+            "belongs to uid {}, not to you (uid {})",
+            m.uid(),
+            euid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Some(format!(
+            "is writable by other users (mode {:04o})",
+            m.mode() & 0o7777
+        ));
+    }
+    None
+}
+
 /// Makes `dir` (mode 0700) if it is not there, and checks that it is a directory of ours that
 /// no one else can write to; returns its resolved path.
 fn own_dir(dir: &Path) -> Result<PathBuf, ImageError> {
@@ -667,18 +686,8 @@ fn check_image(image: &Path, size: u64) -> Result<bool, ImageError> {
     if !m.is_file() {
         return Err(bad("is not a regular file".into()));
     }
-    if m.uid() != euid() {
-        return Err(bad(format!(
-            "belongs to uid {}, not to you (uid {})",
-            m.uid(),
-            euid()
-        )));
-    }
-    if m.mode() & 0o022 != 0 {
-        return Err(bad(format!(
-            "is writable by other users (mode {:04o})",
-            m.mode() & 0o7777
-        )));
+    if let Some(why) = not_private(&m) {
+        return Err(bad(why));
     }
     if m.mode() & 0o7777 != 0o600 || (m.len() != size && Some(m.len()) != size.checked_mul(2)) {
         return Ok(false);

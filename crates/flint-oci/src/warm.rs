@@ -103,9 +103,6 @@ pub fn key(guest: &WarmGuest) -> Result<String, WarmError> {
 /// caller's own and that no one else can change it: it becomes a guest's memory. Files that
 /// are missing are not checked (the restore says what is missing).
 pub fn check_private(dir: &Path) -> Result<(), WarmError> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no failure mode.
-    let euid = unsafe { libc::geteuid() };
     let files = [
         dir.to_path_buf(),
         dir.join(flint_vmm::snapshot::STATE_FILE),
@@ -123,17 +120,8 @@ pub fn check_private(dir: &Path) -> Result<(), WarmError> {
         if !right_type {
             return Err(bad("is not a plain directory or file (a symlink?)".into()));
         }
-        if m.uid() != euid {
-            return Err(bad(format!(
-                "belongs to uid {}, not to you (uid {euid})",
-                m.uid()
-            )));
-        }
-        if m.mode() & 0o022 != 0 {
-            return Err(bad(format!(
-                "is writable by other users (mode {:04o})",
-                m.mode() & 0o7777
-            )));
+        if let Some(why) = crate::image::not_private(&m) {
+            return Err(bad(why));
         }
     }
     Ok(())
