@@ -1,5 +1,6 @@
 #!/bin/bash
-# Build (or reuse from the cache) every guest artifact and print their paths.
+# Build (or reuse from the cache) every guest artifact and print their paths, one a line.
+# Keep their order (a caller may read them by position): add new ones at the end.
 set -euo pipefail
 here=$(dirname "$0")
 # shellcheck source=../lib.sh
@@ -9,6 +10,7 @@ source "$here/../lib.sh"
 "$here/fetch-debian-kernel.sh"
 "$here/build-initramfs.sh"
 "$here/build-rootfs.sh"
+"$here/build-virtiofsd.sh" >/dev/null  # prints its path: printed below, in its place
 
 # The default OCI bundle (busybox): what `flint bench startup` runs in the lab.
 hash=$(stamp_hash "busybox $(busybox_version)" "file:$here/../oci/make-bundle")
@@ -23,4 +25,5 @@ printf '%s\n' \
     "$FLINT_CACHE/guest/initramfs.cpio.gz" \
     "$FLINT_CACHE/guest/rootfs.ext4" \
     "$FLINT_CACHE/debian/vmlinuz" \
-    "$FLINT_CACHE/guest/bundle"
+    "$FLINT_CACHE/guest/bundle" \
+    "$FLINT_CACHE/virtiofsd/virtiofsd"

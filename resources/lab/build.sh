@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build the lab's cached initramfs pieces (uncompressed cpio, concatenated per run):
 #   $FLINT_CACHE/lab/base.cpio   busybox, Debian's KVM modules, resources/lab/init, and the
-#                                tools OCI runs need: crun, mkfs.ext4 and debugfs with their libraries
+#                                tools OCI runs need: crun, mkfs.ext4 and debugfs with their libraries,
+#                                and virtiofsd (static) for virtio-fs shares
 #   $FLINT_CACHE/lab/guest.cpio  the guest artifacts under /guest/ (the default bundle too)
 #   $FLINT_CACHE/lab/qemu.cpio   (--with-qemu) qemu-system-x86_64, its libraries and firmware
 # Assumes the guest artifacts exist (resources/guest/build.sh). Prints the archive paths.
@@ -37,12 +38,15 @@ statsum() { stat -L -c '%n %s %Y' "$@"; }
 
 # --- base ---
 [ -f "$deb/modules/load-order" ] || die "no Debian modules: run resources/guest/fetch-debian-kernel.sh"
+# virtiofsd (resources/guest/build-virtiofsd.sh) is static: it goes in without libraries.
+virtiofsd=$FLINT_CACHE/virtiofsd/virtiofsd
+[ -f "$virtiofsd" ] || die "missing $virtiofsd: run resources/guest/build.sh"
 need_pkgs crun e2fsprogs
 # debugfs: a user other than root builds an OCI image with it (owners, device nodes).
 tools=(/usr/bin/crun /usr/sbin/mke2fs /usr/sbin/debugfs /etc/mke2fs.conf)
 mapfile -t tool_libs < <(libs_of /usr/bin/crun /usr/sbin/mke2fs /usr/sbin/debugfs)
 hash=$(stamp_hash "busybox $(busybox_version)" "file:$FLINT_RESOURCES/lab/init" \
-    "file:$FLINT_RESOURCES/lib.sh" "$(statsum "$deb/modules"/* "${tools[@]}" "${tool_libs[@]}")")
+    "file:$FLINT_RESOURCES/lib.sh" "$(statsum "$deb/modules"/* "${tools[@]}" "${tool_libs[@]}" "$virtiofsd")")
 if ! stamp_ok "$out/base.stamp" "$hash" "$out/base.cpio"; then
     newwork
     busybox_tree "$out/work"
@@ -53,6 +57,7 @@ if ! stamp_ok "$out/base.stamp" "$hash" "$out/base.cpio"; then
     echo 'root:x:0:' > "$out/work/etc/group"
     copy_into "$out/work" "${tools[@]}" "${tool_libs[@]}"
     ln -sf mke2fs "$out/work/usr/sbin/mkfs.ext4"
+    install -m 755 "$virtiofsd" "$out/work/usr/local/bin/virtiofsd"
     cpio_pack "$out/work" "$out/base.cpio"
     stamp_write "$out/base.stamp" "$hash"
     log "built $out/base.cpio"
