@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use flint_vmm::api::socket::ApiSocket;
-use flint_vmm::config::{self, DiskConfig, NetConfig, VmConfig};
+use flint_vmm::config::{self, DiskConfig, FsConfig, NetConfig, VmConfig};
 use flint_vmm::exit::ExitReason;
 use flint_vmm::sandbox::cgroup::{self, Limit};
 use flint_vmm::sandbox::jail::{self, Jail, Side};
@@ -113,7 +113,7 @@ struct RunArgs {
     /// the snapshot's disk files and TAPs in order (all of them; each disk the same size).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "kernel", "oci_bundle", "initrd", "cmdline", "append", "rootfs", "boot_timer",
-        "no_acpi", "cpus", "memory"])]
+        "no_acpi", "cpus", "memory", "fs"])]
     restore: Option<PathBuf>,
     /// Run an OCI runtime bundle (a directory with config.json and its rootfs, as crun and runc
     /// take) in the VM: its process with its args, env, cwd, user and mounts, its stdout and
@@ -131,10 +131,16 @@ struct RunArgs {
     /// With --oci-bundle: boot the kernel for this run instead of restoring the warm snapshot.
     #[arg(long, requires = "oci_bundle")]
     cold: bool,
+    /// With --oci-bundle: share the bundle's rootfs directory itself with the guest (virtio-fs)
+    /// as the container's root, instead of an ext4 image of it with a tmpfs layer: the
+    /// workload's writes land in rootfs/, as a container's do with crun. Boots the kernel
+    /// (no warm start).
+    #[arg(long, requires = "oci_bundle")]
+    live_root: bool,
     /// Internal (flint runs itself with it to make a warm snapshot): boot the warm OCI guest
     /// and, when its init waits for a workload, snapshot it into DIR and end.
     #[arg(long, value_name = "DIR", hide = true, requires = "kernel",
-          conflicts_with_all = ["oci_bundle", "restore", "initrd", "rootfs", "disk", "net"])]
+          conflicts_with_all = ["oci_bundle", "restore", "initrd", "rootfs", "disk", "net", "fs"])]
     make_warm_snapshot: Option<PathBuf>,
     /// Initramfs (or initrd) image to load with the kernel.
     #[arg(long, value_name = "PATH")]
@@ -166,6 +172,14 @@ struct RunArgs {
     /// stable locally administered MAC from the TAP's name. Repeatable.
     #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
     net: Vec<NetConfig>,
+    /// Share a host directory with the guest, live, over virtio-fs: `tag=TAG,path=DIR[,ro]`
+    /// (flint starts a virtiofsd for it and stops it at exit; `ro` refuses every write), or
+    /// `tag=TAG,socket=PATH` (a virtiofsd you started, listening on PATH). The guest mounts it
+    /// by its tag: `mount -t virtiofs TAG /mnt` (its kernel needs CONFIG_VIRTIO_FS). virtiofsd
+    /// is $FLINT_VIRTIOFSD, or found on $PATH or in /usr/libexec. Repeatable. A VM with
+    /// shares cannot be snapshotted.
+    #[arg(long, value_name = "tag=TAG,path=DIR[,ro]")]
+    fs: Vec<FsConfig>,
     /// Print the time from flint's start to the guest init's boot-timer write (one byte, value
     /// 123, to guest physical address 0xd0000000 — Firecracker's boot timer) on stderr, as
     /// "flint: guest booted in N us".
@@ -278,6 +292,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
             .collect(),
         nets: args.net.clone(),
         acpi: !args.no_acpi,
+        fs: args.fs.clone(),
     };
     boot(
         What::Boot(&config),
@@ -429,7 +444,8 @@ fn test_open() {
 
 /// `run --oci-bundle`: the bundle's rootfs image first (/dev/vda, read-only), then any --disk;
 /// the workload's stdout on COM1 and stderr on COM2; its exit status as flint's. Restored
-/// from the warm snapshot unless --cold, --disk or --net.
+/// from the warm snapshot unless --cold, --disk, --net or a share (a bind mount, --live-root,
+/// --fs).
 fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
     let kernel = match args.kernel.clone().or_else(flint_oci::default_kernel) {
         Some(k) => k,
@@ -440,15 +456,33 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
         ),
     };
     let cache = flint_oci::default_cache_dir()?;
-    let plan = flint_oci::prepare(bundle, &cache)?;
+    let options = flint_oci::PrepareOptions {
+        live_root: args.live_root,
+    };
+    let plan = flint_oci::prepare_with(bundle, &cache, &options)?;
     let cmdline = config::compose_cmdline(Some(&plan.kernel_args), args.append.as_deref());
-    let root = DiskConfig {
-        path: plan.image.clone(),
+    let root = plan.image.as_ref().map(|image| DiskConfig {
+        path: image.clone(),
         read_only: true,
         serial: Some(ROOT_SERIAL.into()),
-    };
+    });
+    // The bundle's bind mounts (and a live root), then any --fs of the user's.
+    let shares: Vec<FsConfig> = plan
+        .shares
+        .iter()
+        .map(|s| FsConfig {
+            tag: s.tag.clone(),
+            source: config::FsSource::Path {
+                path: s.path.clone(),
+                read_only: s.read_only,
+            },
+        })
+        .chain(args.fs.clone())
+        .collect();
     let console = bundle_console(&args)?;
-    let outcome = if args.cold || !args.disk.is_empty() || !args.net.is_empty() {
+    // The warm guest has its two disks and nothing else: other devices need a boot.
+    let cold = args.cold || !args.disk.is_empty() || !args.net.is_empty() || !shares.is_empty();
+    let outcome = if cold {
         let config = VmConfig {
             kernel,
             initrd: Some(config::Initrd::Generated(plan.initramfs()?)),
@@ -457,9 +491,10 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
             memory_mib: args.memory,
             boot_timer: args.boot_timer,
             root_on_first_disk: false,
-            disks: std::iter::once(root).chain(args.disk.clone()).collect(),
+            disks: root.into_iter().chain(args.disk.clone()).collect(),
             nets: args.net.clone(),
             acpi: !args.no_acpi,
+            fs: shares,
         };
         boot(What::Boot(&config), console, How::of(&args), start)?
     } else {
@@ -477,6 +512,8 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
             .unwrap_or_default();
         let spec = flint_oci::warm::spec_disk(&plan.spec, &flint_oci::warm::seed()?, now)?;
         let (_spec_file, spec_path) = flint_oci::warm::memory_file(&spec)?;
+        // A live root (no image) is a share, so it booted above.
+        let root = root.context("a warm start needs the bundle's root image")?;
         let disks = [
             root,
             DiskConfig {
@@ -733,6 +770,7 @@ fn make_warm_snapshot(
         disks: vec![placeholder(ROOT_SERIAL), placeholder(SPEC_SERIAL)],
         nets: Vec::new(),
         acpi: !args.no_acpi,
+        fs: Vec::new(),
     };
     // No input: the end of it would reach the restored guest as its first ^D.
     let mut console = bundle_console(args)?;
@@ -887,6 +925,7 @@ fn real_main(start: Instant) -> ExitCode {
             eprintln!("flint: quit from the console (Ctrl-A x); the VM was shut down");
         }
         ExitReason::VcpuFailure(what) => eprintln!("flint: the VM failed: {what}"),
+        ExitReason::DeviceFailure(what) => eprintln!("flint: {what}"),
         ExitReason::InternalError(what) => {
             eprintln!("flint: error: internal error: {what}; the VM was stopped");
         }

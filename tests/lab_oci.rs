@@ -39,6 +39,35 @@ fn make_bundle(dir: &Path, args: &[&str]) {
     common::resource_stdout("oci/make-bundle", args);
 }
 
+/// The bind-mount workload: reads each bind, writes the read-write one, tries the read-only
+/// one, and shows the mount table's view of them (mount point and ro/rw, which containers and
+/// microVMs share; the source and type differ by design).
+const BINDS: &str = r#"echo "vol: $(cat /vol/in.txt)"
+echo "ro: $(cat /ro/in.txt)"
+echo "file: $(cat /etc/hostfile)"
+echo "written by the workload" > /vol/out.txt && echo "vol write: ok"
+(echo x > /ro/new.txt) 2>/dev/null && echo "ro write: allowed" || echo "ro write: refused"
+(echo x > /etc/hostfile) 2>/dev/null && echo "file write: allowed" || echo "file write: refused"
+ls /vol /ro
+awk '$2 ~ /^\/(vol|ro|etc\/hostfile)$/ { split($4, o, ","); print "mount:", $2, o[1] }' /proc/mounts"#;
+
+/// Adds bind mounts (destination, source, options) to a bundle's config.json.
+fn add_mounts(bundle: &Path, mounts: &[(&str, &str, &[&str])]) {
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let list = config["mounts"].as_array_mut().unwrap();
+    for (destination, source, options) in mounts {
+        list.push(serde_json::json!({
+            "destination": destination,
+            "type": "bind",
+            "source": source,
+            "options": options,
+        }));
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
 fn lab() -> &'static common::LabResults {
     static RESULTS: OnceLock<common::LabResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
@@ -90,6 +119,24 @@ fn lab() -> &'static common::LabResults {
                 "echo \"random: $(od -An -tx1 -N16 /dev/urandom | tr -d ' ')\"; echo \"time: $(date +%s)\"",
             ],
         );
+        // Host directories and a file bind-mounted into the container (virtio-fs shares in
+        // flint), one of each read-only; the lab makes the sources before the runs.
+        let binds = bundles.dir.join("binds");
+        make_bundle(&binds, &["--", "/bin/sh", "-c", BINDS]);
+        add_mounts(
+            &binds,
+            &[
+                ("/vol", "/tmp/vol", &["rbind", "rw"]),
+                ("/ro", "/tmp/vol-ro", &["rbind", "ro"]),
+                ("/etc/hostfile", "/tmp/hostfile", &["bind", "ro"]),
+            ],
+        );
+        // What a workload writes into its root, with --live-root.
+        let live = bundles.dir.join("live");
+        make_bundle(
+            &live,
+            &["--", "/bin/sh", "-c", "echo 'from the workload' > /written-by-workload && echo written"],
+        );
         std::fs::write(badexec.join("rootfs/bin/bad"), "#!/no/such/interpreter\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(
@@ -111,6 +158,7 @@ run() {
         flint-cold) flint run --cold --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
         flint-user) su flint -c "flint run --oci-bundle $2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
         flint-jail) flint run --jail --uid 1000 --gid 1000 --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-live) flint run --live-root --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
     esac
     echo "--- stdout $(md5sum </tmp/out)"; cat /tmp/out
     echo "--- stderr $(md5sum </tmp/err)"; cat /tmp/err
@@ -136,6 +184,27 @@ run default-crun /guest/bundle crun
 run default-flint /guest/bundle flint
 run default-flint-cold /guest/bundle flint-cold
 run badexec-flint /bundles/badexec flint
+mkdir -p /tmp/vol /tmp/vol-ro && echo host-vol > /tmp/vol/in.txt && echo host-ro > /tmp/vol-ro/in.txt
+echo host-file > /tmp/hostfile
+run binds-crun /bundles/binds crun
+echo "=== begin binds-crun-host"
+cat /tmp/vol/out.txt; ls -A /tmp/vol /tmp/vol-ro
+echo "=== end binds-crun-host 0"
+rm -f /tmp/vol/out.txt
+run binds-flint /bundles/binds flint
+echo "=== begin binds-flint-host"
+cat /tmp/vol/out.txt; ls -A /tmp/vol /tmp/vol-ro
+echo "virtiofsd left: $(for c in /proc/[0-9]*/comm; do cat "$c" 2>/dev/null; done | grep -cx virtiofsd)"
+echo "=== end binds-flint-host 0"
+rm -f /bundles/probe/rootfs/tmp/written
+run probe-flint-live /bundles/probe flint-live
+echo "=== begin probe-live-host"
+ls /bundles/probe/rootfs/tmp
+echo "=== end probe-live-host 0"
+run live-flint /bundles/live flint-live
+echo "=== begin live-host"
+cat /bundles/live/rootfs/written-by-workload
+echo "=== end live-host 0"
 run badexec-flint-cold /bundles/badexec flint-cold
 echo "=== begin clones"
 date +%s
@@ -233,6 +302,62 @@ fn same_bundle_same_output_and_exit_code_as_a_container() {
     // Restored from the warm snapshot the run above made, and booted cold: the same again.
     probe_ran_as_under_crun("probe-flint-restored");
     probe_ran_as_under_crun("probe-flint-cold");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn bind_mounts_of_host_paths_work_as_under_crun() {
+    let (crun_out, crun_err) = streams("binds-crun");
+    let (flint_out, flint_err) = streams("binds-flint");
+    assert_eq!(scenario("binds-crun").1, 0, "{}", scenario("binds-crun").0);
+    assert_eq!(
+        scenario("binds-flint").1,
+        0,
+        "{}",
+        scenario("binds-flint").0
+    );
+    assert_eq!(flint_out, crun_out, "stdout differs");
+    assert_eq!(flint_err, crun_err, "stderr differs");
+    for line in [
+        "vol: host-vol",
+        "ro: host-ro",
+        "file: host-file",
+        "vol write: ok",
+        "ro write: refused",
+        "file write: refused",
+        "mount: /vol rw",
+        "mount: /ro ro",
+        "mount: /etc/hostfile ro",
+    ] {
+        assert!(common::has_line(&flint_out, line), "{line}: {flint_out}");
+    }
+    // What the workload wrote is on the host, and nothing more, either way.
+    let (crun_host, _) = scenario("binds-crun-host");
+    let (flint_host, _) = scenario("binds-flint-host");
+    assert!(
+        common::has_line(flint_host, "written by the workload"),
+        "{flint_host}"
+    );
+    assert!(
+        flint_host.starts_with(crun_host.as_str()),
+        "{crun_host}\n{flint_host}"
+    );
+    assert!(
+        common::has_line(flint_host, "virtiofsd left: 0"),
+        "{flint_host}"
+    );
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn a_live_root_keeps_the_workloads_writes_in_the_bundle() {
+    probe_ran_as_under_crun("probe-flint-live");
+    let (host, _) = scenario("probe-live-host");
+    assert!(common::has_line(host, "written"), "{host}");
+    let (live, code) = scenario("live-flint");
+    assert_eq!(*code, 0, "{live}");
+    let (host, _) = scenario("live-host");
+    assert!(common::has_line(host, "from the workload"), "{host}");
 }
 
 #[test]

@@ -165,6 +165,11 @@ struct Observed {
     stderr: Vec<u8>,
 }
 
+/// The bench prepares bundles with their ext4 image (never a live root).
+const NO_IMAGE: BenchError = BenchError::Internal {
+    what: "the bundle was prepared without its root image",
+};
+
 fn check_same(reference: &Observed, run: &Observed) -> Result<(), BenchError> {
     if run.status == reference.status && run.stdout == reference.stdout {
         return Ok(());
@@ -528,7 +533,7 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
                 initramfs.display()
             )))?;
             Some(VmFiles {
-                image: plan.image.clone(),
+                image: plan.image.clone().ok_or(NO_IMAGE)?,
                 initramfs,
                 kernel_args: plan.kernel_args.clone(),
             })
@@ -546,8 +551,9 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
 
     let vm_disk = match (&plan, &kernel) {
         (Some(plan), Some(kernel)) => {
-            let image = measure::allocated_bytes(&plan.image)
-                .map_err(BenchError::io(format!("{}", plan.image.display())))?;
+            let path = plan.image.as_ref().ok_or(NO_IMAGE)?;
+            let image = measure::allocated_bytes(path)
+                .map_err(BenchError::io(format!("{}", path.display())))?;
             let kernel = measure::allocated_bytes(kernel)
                 .map_err(BenchError::io(format!("{}", kernel.display())))?;
             image + kernel

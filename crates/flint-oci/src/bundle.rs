@@ -2,9 +2,11 @@
 //! checked against what a flint guest can honour, and turned into a [`RunSpec`].
 //!
 //! A microVM is a stronger boundary than a container, so the namespaces a bundle asks for are
-//! given by the VM itself. What would need the host (hooks, bind mounts of host paths, joining a
-//! host namespace, host devices) or a policy flint does not enforce yet (seccomp, LSM labels,
-//! cgroup resource limits) is refused with an error naming the field, never silently ignored.
+//! given by the VM itself. Bind mounts of host directories and files become virtio-fs shares
+//! ([`Share`]) that the guest init binds into place. What would need the host otherwise (hooks,
+//! joining a host namespace, host devices) or a policy flint does not enforce yet (seccomp, LSM
+//! labels, cgroup resource limits) is refused with an error naming the field, never silently
+//! ignored.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -12,7 +14,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::spec::{Caps, Mount, Rlimit, RunSpec};
+use super::spec::{Caps, GuestMount, Mount, Rlimit, RunSpec, ShareMount};
+use crate::{Share, ROOT_TAG};
 
 /// PATH for finding `process.args[0]` when the bundle's env has none (what runc and crun use).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -186,12 +189,15 @@ struct Namespace {
     path: Option<String>,
 }
 
-/// A bundle read and checked: where its rootfs is, and what to run.
+/// A bundle read and checked: where its rootfs is, what to run, and the host paths its bind
+/// mounts share with the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
     pub dir: PathBuf,
     pub rootfs: PathBuf,
     pub spec: RunSpec,
+    /// One per distinct (host path, read-only) of the bind mounts, in order of first use.
+    pub shares: Vec<Share>,
 }
 
 impl Bundle {
@@ -210,18 +216,70 @@ impl Bundle {
         })?;
         let config: Config =
             serde_json::from_str(&text).map_err(|e| BundleError::Json(e.to_string()))?;
-        let (rootfs, spec) = to_run_spec(dir, config)?;
-        check_executable(&rootfs, &spec)?;
+        let mut shares = Shares::default();
+        let (rootfs, spec) = to_run_spec(dir, config, &mut shares)?;
+        check_executable(&rootfs, &spec, &shares.0)?;
         Ok(Bundle {
             dir: dir.to_path_buf(),
             rootfs,
             spec,
+            shares: shares.0,
         })
+    }
+
+    /// Makes the rootfs a live root: the first share, tagged [`ROOT_TAG`], read-only if the
+    /// root is, which the guest mounts as its root instead of an image.
+    pub(crate) fn share_root(&mut self) {
+        if self.spec.root_fs.is_some() {
+            return;
+        }
+        self.shares.insert(
+            0,
+            Share {
+                tag: ROOT_TAG.into(),
+                path: self.rootfs.clone(),
+                read_only: self.spec.root_readonly,
+                file: false,
+            },
+        );
+        self.spec.root_fs = Some(ROOT_TAG.into());
+    }
+}
+
+/// The shares the bind mounts need, one per distinct (canonical host path, read-only): two
+/// binds of one directory share a device, but a read-only bind needs a read-only share, since
+/// the guest could remount a read-write one.
+#[derive(Default)]
+struct Shares(Vec<Share>);
+
+impl Shares {
+    /// The tag of the share for `path`, added if it is new. Tags are short (virtio-fs allows
+    /// 36 bytes) and never [`ROOT_TAG`].
+    fn tag_for(&mut self, path: PathBuf, read_only: bool, file: bool) -> String {
+        if let Some(s) = self
+            .0
+            .iter()
+            .find(|s| s.path == path && s.read_only == read_only)
+        {
+            return s.tag.clone();
+        }
+        let tag = format!("flint-fs{}", self.0.len());
+        self.0.push(Share {
+            tag: tag.clone(),
+            path,
+            read_only,
+            file,
+        });
+        tag
     }
 }
 
 /// Checks the parsed config and turns it into the guest's run spec.
-fn to_run_spec(dir: &Path, c: Config) -> Result<(PathBuf, RunSpec), BundleError> {
+fn to_run_spec(
+    dir: &Path,
+    c: Config,
+    shares: &mut Shares,
+) -> Result<(PathBuf, RunSpec), BundleError> {
     if !c.oci_version.starts_with("1.") {
         return Err(invalid(
             "ociVersion",
@@ -267,7 +325,7 @@ fn to_run_spec(dir: &Path, c: Config) -> Result<(PathBuf, RunSpec), BundleError>
         .mounts
         .iter()
         .enumerate()
-        .map(|(i, m)| mount_spec(i, m))
+        .map(|(i, m)| mount_spec(i, m, dir, shares))
         .collect::<Result<_, _>>()?;
     if let Some(l) = c.linux {
         linux_spec(l, &mut spec)?;
@@ -450,7 +508,12 @@ const GUEST_FILESYSTEMS: &[&str] = &[
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "devtmpfs", "ramfs",
 ];
 
-fn mount_spec(i: usize, m: &OciMount) -> Result<Mount, BundleError> {
+fn mount_spec(
+    i: usize,
+    m: &OciMount,
+    dir: &Path,
+    shares: &mut Shares,
+) -> Result<GuestMount, BundleError> {
     let field = format!("mounts[{i}] ({})", m.destination);
     if !m.destination.starts_with('/') {
         return Err(invalid(field, "the destination is not an absolute path"));
@@ -461,10 +524,7 @@ fn mount_spec(i: usize, m: &OciMount) -> Result<Mount, BundleError> {
     let fstype = m.kind.clone().unwrap_or_default();
     let is_bind = fstype == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
     if is_bind {
-        return Err(unsupported(
-            field,
-            "bind mounts of host paths cannot reach into a microVM (put the files in the rootfs, or attach a disk with --disk)",
-        ));
+        return bind_spec(i, &field, m, dir, shares).map(GuestMount::Share);
     }
     if !GUEST_FILESYSTEMS.contains(&fstype.as_str()) {
         return Err(unsupported(
@@ -476,13 +536,135 @@ fn mount_spec(i: usize, m: &OciMount) -> Result<Mount, BundleError> {
         ));
     }
     let (flags, data) = mount_options(&m.options).map_err(|why| invalid(field, why))?;
-    Ok(Mount {
+    Ok(GuestMount::New(Mount {
         destination: m.destination.clone(),
         fstype,
         source: m.source.clone().unwrap_or_else(|| "none".into()),
         flags,
         data,
+    }))
+}
+
+/// A bind mount of a host directory or regular file: its source (absolute, or relative to the
+/// bundle, as the runtime spec allows) becomes a share, which the guest binds onto the
+/// destination. The source is whatever host path the bundle names, as with crun: whoever
+/// runs a bundle trusts its config with their files.
+fn bind_spec(
+    i: usize,
+    field: &str,
+    m: &OciMount,
+    dir: &Path,
+    shares: &mut Shares,
+) -> Result<ShareMount, BundleError> {
+    let source = m
+        .source
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                field,
+                "a bind mount needs a source (the host path to share with the guest)",
+            )
+        })?;
+    let named = dir.join(source); // an absolute source replaces `dir`
+    let reason = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            invalid(
+                field,
+                format!(
+                    "the source {} does not exist (create it on the host, or correct mounts[{i}].source)",
+                    named.display()
+                ),
+            )
+        } else {
+            invalid(
+                field,
+                format!(
+                    "the source {}: {}",
+                    named.display(),
+                    flint_vmm::config::io_reason(&e)
+                ),
+            )
+        }
+    };
+    let meta = std::fs::metadata(&named).map_err(reason)?;
+    let file = if meta.is_dir() {
+        false
+    } else if meta.is_file() {
+        true
+    } else {
+        return Err(unsupported(
+            field,
+            format!(
+                "the source {} is {}: only a directory or a regular file can be shared with the guest",
+                named.display(),
+                file_kind(&meta.file_type())
+            ),
+        ));
+    };
+    let path = std::fs::canonicalize(&named).map_err(reason)?;
+
+    let options: Vec<String> = m
+        .options
+        .iter()
+        .filter(|o| *o != "bind" && *o != "rbind")
+        .cloned()
+        .collect();
+    let (flags, data) = mount_options(&options).map_err(|why| invalid(field, why))?;
+    // A bind has no file system to give options to, and a bind remount takes only the
+    // per-mount flags: anything else would be dropped without a word.
+    if let Some(o) = data.split(',').find(|o| !o.is_empty()) {
+        return Err(unsupported(
+            field,
+            format!("option '{o}' on a bind mount (flint applies ro, nosuid, nodev, noexec and the atime options)"),
+        ));
+    }
+    const NOT_PER_MOUNT: u64 = libc::MS_SYNCHRONOUS | libc::MS_DIRSYNC | libc::MS_MANDLOCK;
+    if flags & NOT_PER_MOUNT != 0 {
+        return Err(unsupported(
+            field,
+            "sync, dirsync and mand on a bind mount (they belong to the host's file system)",
+        ));
+    }
+
+    // A file is shared alone, at the share's root under its own name.
+    let subpath = if file {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                invalid(
+                    field,
+                    format!("the source file {}'s name is not UTF-8", path.display()),
+                )
+            })?
+            .to_string()
+    } else {
+        String::new()
+    };
+    let tag = shares.tag_for(path, flags & libc::MS_RDONLY != 0, file);
+    Ok(ShareMount {
+        tag,
+        subpath,
+        destination: m.destination.clone(),
+        flags,
+        data,
     })
+}
+
+/// What a file type is called in an error message.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_socket() {
+        "a socket"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "neither a directory nor a regular file"
+    }
 }
 
 /// Splits mount options into `MS_*` flags and the filesystem's own data string.
@@ -714,10 +896,10 @@ fn cap_mask(set: &str, names: &[String]) -> Result<u64, BundleError> {
     Ok(mask)
 }
 
-/// Checks that `process.args[0]` names an executable file in the rootfs, found the way the
-/// guest init will find it (the bundle's PATH for a bare name), so a typo fails here and not
-/// after a boot.
-fn check_executable(rootfs: &Path, spec: &RunSpec) -> Result<(), BundleError> {
+/// Checks that `process.args[0]` names an executable file in the rootfs (or a bind mount's
+/// source), found the way the guest init will find it (the bundle's PATH for a bare name), so
+/// a typo fails here and not after a boot.
+fn check_executable(rootfs: &Path, spec: &RunSpec, shares: &[Share]) -> Result<(), BundleError> {
     let prog = &spec.args[0];
     let candidates: Vec<String> = if prog.contains('/') {
         if prog.starts_with('/') {
@@ -739,7 +921,7 @@ fn check_executable(rootfs: &Path, spec: &RunSpec) -> Result<(), BundleError> {
     };
     let mut found_not_executable = None;
     for c in &candidates {
-        if let Some(host) = resolve_in_root(rootfs, c) {
+        if let Some(host) = host_path(rootfs, spec, shares, c) {
             use std::os::unix::fs::PermissionsExt;
             match std::fs::metadata(&host) {
                 Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
@@ -769,6 +951,24 @@ fn check_executable(rootfs: &Path, spec: &RunSpec) -> Result<(), BundleError> {
             ),
         ),
     })
+}
+
+/// The host path of the file `guest_path` names in the guest: in the source of a bind mount if
+/// the last mount over it is one, else in the rootfs. Symlinks are followed inside the share
+/// or the rootfs (one that leads from one to the other is not: this is a check for typos).
+fn host_path(rootfs: &Path, spec: &RunSpec, shares: &[Share], guest_path: &str) -> Option<PathBuf> {
+    let over = spec.mounts.iter().rev().find_map(|m| {
+        let rest = Path::new(guest_path).strip_prefix(m.destination()).ok()?;
+        Some((m, rest))
+    });
+    let Some((GuestMount::Share(m), rest)) = over else {
+        return resolve_in_root(rootfs, guest_path);
+    };
+    let share = shares.iter().find(|s| s.tag == m.tag)?;
+    if share.file {
+        return rest.as_os_str().is_empty().then(|| share.path.clone());
+    }
+    resolve_in_root(&share.path, rest.to_str()?)
 }
 
 /// The host path of `guest_path` inside `root`, following symlinks as the guest would (an
@@ -930,10 +1130,11 @@ mod tests {
         assert!(s.no_new_privileges && s.root_readonly);
         assert_eq!(s.hostname.as_deref(), Some("box"));
         assert_eq!(s.mounts.len(), 3);
-        assert_eq!(s.mounts[1].flags, libc::MS_NOSUID | libc::MS_STRICTATIME);
-        assert_eq!(s.mounts[1].data, "mode=755,size=65536k");
+        let dev = new_mount(&s.mounts[1]);
+        assert_eq!(dev.flags, libc::MS_NOSUID | libc::MS_STRICTATIME);
+        assert_eq!(dev.data, "mode=755,size=65536k");
         assert_eq!(
-            s.mounts[2].flags,
+            new_mount(&s.mounts[2]).flags,
             libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV | libc::MS_RDONLY
         );
         assert_eq!(s.masked_paths, ["/proc/kcore"]);
@@ -977,12 +1178,12 @@ mod tests {
                 "hooks is not supported",
             ),
             (
-                r#", "mounts": [{"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind"]}]"#,
-                "bind mounts of host paths",
+                r#", "mounts": [{"destination": "/data", "type": "bind", "source": "/nonexistent-flint-source", "options": ["rbind"]}]"#,
+                "the source /nonexistent-flint-source does not exist",
             ),
             (
-                r#", "mounts": [{"destination": "/data", "type": "none", "source": "/srv", "options": ["bind"]}]"#,
-                "bind mounts",
+                r#", "mounts": [{"destination": "/null", "type": "none", "source": "/dev/null", "options": ["bind"]}]"#,
+                "the source /dev/null is a character device",
             ),
             (
                 r#", "mounts": [{"destination": "/n", "type": "nfs", "source": "h:/x"}]"#,
@@ -1022,6 +1223,296 @@ mod tests {
             r#", "hooks": {}, "linux": {"seccomp": null, "resources": {"devices": []}}"#,
         );
         TestBundle::new(&ok).load().unwrap();
+    }
+
+    /// The `mount` record `m` is (a test failure if it is a bind).
+    fn new_mount(m: &GuestMount) -> &Mount {
+        match m {
+            GuestMount::New(m) => m,
+            GuestMount::Share(m) => panic!("a bind, not a new file system: {m:?}"),
+        }
+    }
+
+    /// A config whose mounts are `mounts` (JSON objects).
+    fn with_mounts(mounts: &[String]) -> String {
+        config(PROCESS, &format!(r#", "mounts": [{}]"#, mounts.join(", ")))
+    }
+
+    /// A bind mount of `source` on `destination` with `options`, as JSON.
+    fn bind(source: &Path, destination: &str, options: &[&str]) -> String {
+        format!(
+            r#"{{"destination": "{destination}", "type": "bind", "source": "{}", "options": {:?}}}"#,
+            source.display(),
+            options
+        )
+    }
+
+    /// Whether the encoded spec has the record of `items` (keyword and arguments).
+    fn has_record(spec: &RunSpec, items: &[&str]) -> bool {
+        let bytes = spec.encode().unwrap();
+        let record: Vec<u8> = items
+            .iter()
+            .flat_map(|i| [i.as_bytes(), b"\0"])
+            .flatten()
+            .copied()
+            .collect();
+        bytes.windows(record.len()).any(|w| w == record)
+    }
+
+    #[test]
+    fn a_bind_of_a_host_directory_becomes_a_share() {
+        let b = TestBundle::new("{}");
+        let data = b.0.join("host data");
+        std::fs::create_dir(&data).unwrap();
+        let tmpfs = r#"{"destination": "/data", "type": "tmpfs", "source": "tmpfs"}"#.to_string();
+        // After the tmpfs it binds into: one list, in the bundle's order.
+        let json = with_mounts(&[
+            tmpfs,
+            bind(&data, "/data/x", &["rbind", "rprivate", "nosuid", "nodev"]),
+        ]);
+        std::fs::write(b.0.join("config.json"), json).unwrap();
+        let bundle = b.load().unwrap();
+        let path = std::fs::canonicalize(&data).unwrap();
+        assert_eq!(
+            bundle.shares,
+            [Share {
+                tag: "flint-fs0".into(),
+                path,
+                read_only: false,
+                file: false
+            }]
+        );
+        let s = &bundle.spec;
+        assert_eq!(new_mount(&s.mounts[0]).destination, "/data");
+        let flags = libc::MS_NOSUID | libc::MS_NODEV;
+        assert_eq!(
+            s.mounts[1],
+            GuestMount::Share(ShareMount {
+                tag: "flint-fs0".into(),
+                subpath: "".into(),
+                destination: "/data/x".into(),
+                flags,
+                data: "".into(),
+            })
+        );
+        assert!(has_record(
+            s,
+            &[
+                "fs-mount",
+                "flint-fs0",
+                "",
+                "/data/x",
+                &flags.to_string(),
+                ""
+            ]
+        ));
+        assert!(s.root_fs.is_none());
+    }
+
+    #[test]
+    fn one_share_per_directory_and_access_mode() {
+        let b = TestBundle::new("{}");
+        let data = b.0.join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink("data", b.0.join("link")).unwrap();
+        let json = with_mounts(&[
+            bind(&data, "/a", &["bind"]),
+            bind(&b.0.join("link"), "/b", &["rbind"]), // the same directory
+            bind(&data, "/c", &["rbind", "ro"]),
+            bind(&data, "/d", &["ro", "rw"]), // the last wins
+            bind(&data, "/e", &["rw", "ro"]),
+        ]);
+        std::fs::write(b.0.join("config.json"), json).unwrap();
+        let bundle = b.load().unwrap();
+        let path = std::fs::canonicalize(&data).unwrap();
+        let share = |tag: &str, read_only| Share {
+            tag: tag.into(),
+            path: path.clone(),
+            read_only,
+            file: false,
+        };
+        assert_eq!(
+            bundle.shares,
+            [share("flint-fs0", false), share("flint-fs1", true)]
+        );
+        let tags: Vec<(&str, u64)> = bundle
+            .spec
+            .mounts
+            .iter()
+            .map(|m| match m {
+                GuestMount::Share(m) => (m.tag.as_str(), m.flags),
+                GuestMount::New(m) => panic!("{m:?}"),
+            })
+            .collect();
+        let ro = libc::MS_RDONLY;
+        assert_eq!(
+            tags,
+            [
+                ("flint-fs0", 0),
+                ("flint-fs0", 0),
+                ("flint-fs1", ro),
+                ("flint-fs0", 0),
+                ("flint-fs1", ro)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bind_of_a_host_file_shares_the_file_under_its_name() {
+        let b = TestBundle::new("{}");
+        std::fs::create_dir(b.0.join("etc")).unwrap();
+        std::fs::write(b.0.join("etc/my hosts"), b"127.0.0.1 x\n").unwrap();
+        // Relative sources are in the bundle directory.
+        let json = with_mounts(&[
+            bind(Path::new("etc/my hosts"), "/etc/hosts", &["rbind", "ro"]),
+            bind(Path::new("etc"), "/mnt/etc", &["rbind"]),
+        ]);
+        std::fs::write(b.0.join("config.json"), json).unwrap();
+        let bundle = b.load().unwrap();
+        let etc = std::fs::canonicalize(b.0.join("etc")).unwrap();
+        assert_eq!(
+            bundle.shares,
+            [
+                Share {
+                    tag: "flint-fs0".into(),
+                    path: etc.join("my hosts"),
+                    read_only: true,
+                    file: true
+                },
+                Share {
+                    tag: "flint-fs1".into(),
+                    path: etc,
+                    read_only: false,
+                    file: false
+                }
+            ]
+        );
+        assert!(has_record(
+            &bundle.spec,
+            &[
+                "fs-mount",
+                "flint-fs0",
+                "my hosts",
+                "/etc/hosts",
+                &libc::MS_RDONLY.to_string(),
+                ""
+            ]
+        ));
+        assert!(has_record(
+            &bundle.spec,
+            &["fs-mount", "flint-fs1", "", "/mnt/etc", "0", ""]
+        ));
+    }
+
+    #[test]
+    fn a_bind_whose_source_cannot_be_shared_is_refused() {
+        let b = TestBundle::new("{}");
+        let load = |mount: String| {
+            std::fs::write(b.0.join("config.json"), with_mounts(&[mount])).unwrap();
+            b.load().unwrap_err().to_string()
+        };
+        let missing = b.0.join("missing");
+        assert_eq!(
+            load(bind(Path::new("missing"), "/data", &["rbind"])),
+            format!(
+                "mounts[0] (/data): the source {} does not exist (create it on the host, or correct mounts[0].source)",
+                missing.display()
+            )
+        );
+        let sock = b.0.join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(
+            load(bind(&sock, "/s", &["bind"])),
+            format!(
+                "mounts[0] (/s) is not supported by flint: the source {} is a socket: only a directory or a regular file can be shared with the guest",
+                sock.display()
+            )
+        );
+        let no_source = r#"{"destination": "/d", "type": "bind"}"#.to_string();
+        assert!(load(no_source).contains("mounts[0] (/d): a bind mount needs a source"));
+        let dir = b.0.join("rootfs");
+        assert!(load(bind(&dir, "/d", &["bind", "mode=755"]))
+            .contains("option 'mode=755' on a bind mount"));
+        assert!(load(bind(&dir, "/d", &["bind", "sync"])).contains("sync, dirsync and mand"));
+        assert!(
+            load(bind(&dir, "/d", &["bind", "idmap"])).contains("option 'idmap' is not supported")
+        );
+    }
+
+    #[test]
+    fn the_executable_may_come_from_a_bind() {
+        let b = TestBundle::new("{}");
+        let tools = b.0.join("tools");
+        std::fs::create_dir(&tools).unwrap();
+        let exe = |path: &Path| {
+            std::fs::write(path, b"#!x").unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        exe(&tools.join("run"));
+        exe(&b.0.join("tool"));
+        let load = |args: &str| {
+            let process =
+                format!(r#"{{"args": {args}, "env": ["PATH=/opt/bin:/bin"], "cwd": "/"}}"#);
+            let mounts = [
+                bind(&tools, "/opt/tools", &["rbind"]),
+                bind(&b.0.join("tool"), "/opt/bin/tool", &["rbind", "ro"]),
+            ];
+            let json = config(&process, &format!(r#", "mounts": [{}]"#, mounts.join(", ")));
+            std::fs::write(b.0.join("config.json"), json).unwrap();
+            b.load().map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert_eq!(load(r#"["/opt/tools/run"]"#), Ok(()));
+        assert_eq!(load(r#"["tool"]"#), Ok(())); // a file bind, through PATH
+        assert_eq!(load(r#"["sh"]"#), Ok(())); // the rootfs still
+        let e = load(r#"["/opt/tools/nope"]"#).unwrap_err();
+        assert!(e.contains("'/opt/tools/nope' does not exist"), "{e}");
+    }
+
+    #[test]
+    fn a_live_root_is_a_share_and_no_image() {
+        let b = TestBundle::new("{}");
+        let data = b.0.join("data");
+        std::fs::create_dir(&data).unwrap();
+        let json = format!(
+            r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs", "readonly": true}}, "process": {PROCESS}, "mounts": [{}]}}"#,
+            bind(&data, "/data", &["rbind"])
+        );
+        std::fs::write(b.0.join("config.json"), json).unwrap();
+        // No cache is used: a path that cannot be one shows it.
+        let cache = b.0.join("rootfs/bin/sh/no-cache");
+        let live = crate::PrepareOptions { live_root: true };
+        let plan = crate::prepare_with(&b.0, &cache, &live).unwrap();
+        assert_eq!(plan.image, None);
+        let rootfs = std::fs::canonicalize(b.0.join("rootfs")).unwrap();
+        assert_eq!(
+            plan.shares,
+            [
+                Share {
+                    tag: ROOT_TAG.into(),
+                    path: rootfs,
+                    read_only: true,
+                    file: false
+                },
+                Share {
+                    tag: "flint-fs0".into(),
+                    path: std::fs::canonicalize(&data).unwrap(),
+                    read_only: false,
+                    file: false
+                }
+            ]
+        );
+        let tail: Vec<u8> = b"root-readonly\x001\x00root-fs\x00flint-root\x00".to_vec();
+        assert!(plan.spec.windows(tail.len()).any(|w| w == tail));
+        assert!(plan.initramfs().is_ok());
+
+        // Without a live root, the spec has no root-fs record and the rootfs no share.
+        let mut bundle = b.load().unwrap();
+        assert!(!has_record(&bundle.spec, &["root-fs", ROOT_TAG]));
+        assert_eq!(bundle.shares.len(), 1);
+        bundle.share_root();
+        assert!(has_record(&bundle.spec, &["root-fs", ROOT_TAG]));
+        bundle.share_root(); // once
+        assert_eq!(bundle.shares.len(), 2);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use super::spec::{Caps, Mount, Rlimit, RunSpec, MAGIC};
+use super::spec::{Caps, GuestMount, Mount, Rlimit, RunSpec, ShareMount, MAGIC};
 
 const INIT: &str = env!("FLINT_INIT_BIN");
 
@@ -38,6 +38,7 @@ fn expected(s: &RunSpec) -> String {
     lines.extend(s.hostname.iter().map(|h| format!("hostname {}", field(h))));
     lines.push(format!("terminal {}", u8::from(s.terminal)));
     lines.push(format!("root-readonly {}", u8::from(s.root_readonly)));
+    lines.extend(s.root_fs.iter().map(|t| format!("root-fs {}", field(t))));
     lines.push(format!(
         "no-new-privileges {}",
         u8::from(s.no_new_privileges)
@@ -53,15 +54,23 @@ fn expected(s: &RunSpec) -> String {
             c.bounding, c.effective, c.inheritable, c.permitted, c.ambient
         )
     }));
-    lines.extend(s.mounts.iter().map(|m| {
-        format!(
+    lines.extend(s.mounts.iter().map(|m| match m {
+        GuestMount::New(m) => format!(
             "mount {} {} {} {} {}",
             field(&m.destination),
             field(&m.fstype),
             field(&m.source),
             m.flags,
             field(&m.data)
-        )
+        ),
+        GuestMount::Share(m) => format!(
+            "fs-mount {} {} {} {} {}",
+            field(&m.tag),
+            field(&m.subpath),
+            field(&m.destination),
+            m.flags,
+            field(&m.data)
+        ),
     }));
     lines.extend(
         s.masked_paths
@@ -155,14 +164,24 @@ use libc::{
     MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME, MS_STRICTATIME,
 };
 
-fn mount(destination: &str, fstype: &str, source: &str, flags: u64, data: &str) -> Mount {
-    Mount {
+fn mount(destination: &str, fstype: &str, source: &str, flags: u64, data: &str) -> GuestMount {
+    GuestMount::New(Mount {
         destination: destination.into(),
         fstype: fstype.into(),
         source: source.into(),
         flags,
         data: data.into(),
-    }
+    })
+}
+
+fn fs_mount(tag: &str, subpath: &str, destination: &str, flags: u64, data: &str) -> GuestMount {
+    GuestMount::Share(ShareMount {
+        tag: tag.into(),
+        subpath: subpath.into(),
+        destination: destination.into(),
+        flags,
+        data: data.into(),
+    })
 }
 
 /// A spec with every kind of record, and strings that are hard to get through: spaces,
@@ -197,6 +216,7 @@ fn full_spec() -> RunSpec {
         hostname: Some("flint host ✓".into()),
         terminal: true,
         root_readonly: true,
+        root_fs: Some("flint-root".into()),
         no_new_privileges: true,
         rlimits: vec![
             Rlimit {
@@ -248,6 +268,18 @@ fn full_spec() -> RunSpec {
             ),
             mount("/a dir/ü", "tmpfs", "", MS_PRIVATE | MS_REC, "size=1m, x"),
             mount("/max", "tmpfs", "none", u64::MAX, ""),
+            // Binds from shares, among the other mounts.
+            fs_mount("flint-fs0", "", "/data", 0, ""),
+            fs_mount(
+                "flint-fs1",
+                "my hosts ✓",
+                "/etc/hosts",
+                MS_RDONLY | MS_NOSUID,
+                "",
+            ),
+            mount("/data/tmp", "tmpfs", "tmpfs", 0, ""),
+            fs_mount("flint-fs0", "", "/data/tmp/again", MS_NOEXEC, "x y"),
+            fs_mount(&"t".repeat(36), "..a", "/max", u64::MAX, ""),
         ],
         masked_paths: s(&["/proc/kcore", "/proc/a dir", "/proc/ü"]),
         readonly_paths: s(&["/proc/sys", "/proc/bus"]),
@@ -291,13 +323,17 @@ fn long_lists_and_long_strings_read_back() {
         .collect();
     spec.mounts = (0..1000)
         .map(|i| {
-            mount(
-                &format!("/m/{i}"),
-                "tmpfs",
-                "tmpfs",
-                i,
-                &format!("size={i}k"),
-            )
+            if i % 3 == 0 {
+                fs_mount(&format!("flint-fs{i}"), "", &format!("/m/{i}"), i, "")
+            } else {
+                mount(
+                    &format!("/m/{i}"),
+                    "tmpfs",
+                    "tmpfs",
+                    i,
+                    &format!("size={i}k"),
+                )
+            }
         })
         .collect();
     spec.masked_paths = (0..100).map(|i| format!("/masked/{i}")).collect();
@@ -316,7 +352,11 @@ fn every_truncation_of_a_spec_is_refused() {
         cwd: "/".into(),
         umask: Some(18),
         caps: Some(Caps::default()),
-        mounts: vec![mount("/proc", "proc", "proc", 14, "")],
+        root_fs: Some("flint-root".into()),
+        mounts: vec![
+            mount("/proc", "proc", "proc", 14, ""),
+            fs_mount("flint-fs0", "f", "/f", 1, ""),
+        ],
         ..RunSpec::default()
     };
     let bytes = spec.encode().expect("encode");
@@ -421,6 +461,10 @@ fn bad_numbers_and_flags_are_refused() {
             &["mount", "/p", "proc", "proc", "1.5", ""],
             "mount flags: \"1.5\"",
         ),
+        (
+            &["fs-mount", "t", "", "/p", "-1", ""],
+            "fs-mount flags: \"-1\"",
+        ),
     ];
     for (i, (record, why)) in cases.iter().enumerate() {
         let items: Vec<&str> = record.iter().copied().chain(["end"]).collect();
@@ -454,12 +498,59 @@ fn the_largest_numbers_are_accepted() {
 
 #[test]
 fn a_record_that_may_appear_once_is_refused_twice() {
-    for keyword in ["cwd", "uid", "umask", "hostname", "terminal"] {
+    for keyword in ["cwd", "uid", "umask", "hostname", "terminal", "root-fs"] {
         let value = if keyword == "cwd" { "/" } else { "0" };
         let bytes = with_minimal(&[keyword, value, keyword, value, "end"]);
         let why = format!("more than one {keyword} record");
         assert_refused(&format!("twice-{keyword}"), &bytes, &why);
     }
+}
+
+#[test]
+fn share_tags_and_subpaths_are_single_names() {
+    let long = "t".repeat(37);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["fs-mount", "", "", "/d", "0", ""],
+            "fs-mount tag \"\" is not a name",
+        ),
+        (
+            &["fs-mount", "a/b", "", "/d", "0", ""],
+            "fs-mount tag \"a/b\" is not a name",
+        ),
+        (
+            &["fs-mount", "..", "", "/d", "0", ""],
+            "fs-mount tag \"..\" is not a name",
+        ),
+        (
+            &["fs-mount", &long, "", "/d", "0", ""],
+            "is longer than 36 bytes",
+        ),
+        (
+            &["fs-mount", "t", "../x", "/d", "0", ""],
+            "fs-mount subpath \"../x\" is not a name",
+        ),
+        (
+            &["fs-mount", "t", ".", "/d", "0", ""],
+            "fs-mount subpath \".\" is not a name",
+        ),
+        (&["root-fs", "."], "root-fs tag \".\" is not a name"),
+        (&["root-fs", ""], "root-fs tag \"\" is not a name"),
+        (&["root-fs", &long], "is longer than 36 bytes"),
+    ];
+    for (i, (record, why)) in cases.iter().enumerate() {
+        let items: Vec<&str> = record.iter().copied().chain(["end"]).collect();
+        assert_refused(&format!("name-{i}"), &with_minimal(&items), why);
+    }
+}
+
+#[test]
+fn a_cut_fs_mount_record_says_where() {
+    assert_refused(
+        "cut-fs-mount",
+        &with_minimal(&["fs-mount", "t", "", "/d", "0"]),
+        "truncated: the fs-mount record at byte 28 has 4 of its 5 arguments",
+    );
 }
 
 #[test]

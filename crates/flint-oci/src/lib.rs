@@ -2,10 +2,12 @@
 //!
 //! The bundle's `config.json` is parsed and checked ([`bundle`]); what flint cannot honour is
 //! refused. Its `rootfs/` becomes an ext4 image, cached by content and attached read-only
-//! ([`image`]); the guest gets a writable tmpfs layer over it. A generated initramfs
-//! ([`initramfs`]) carries flint's own small init and the run spec ([`spec`]); the init mounts
-//! the root, sets up the process as a container runtime would and reports its exit status on
-//! the exit-status port, which becomes flint's exit code.
+//! ([`image`]); the guest gets a writable tmpfs layer over it. With a live root
+//! ([`PrepareOptions::live_root`]) the rootfs is shared over virtio-fs instead, as are the
+//! host paths of bind mounts ([`Share`]). A generated initramfs ([`initramfs`]) carries
+//! flint's own small init and the run spec ([`spec`]); the init mounts the root, sets up the
+//! process as a container runtime would and reports its exit status on the exit-status port,
+//! which becomes flint's exit code.
 
 pub mod bundle;
 pub mod image;
@@ -57,14 +59,44 @@ const INIT: &[u8] = include_bytes!(env!("FLINT_INIT_BIN"));
 pub const KERNEL_ARGS: &str = "console=ttyS1 8250.nr_uarts=2 loglevel=1 reboot=k panic=-1 \
      pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
-/// What a VMM needs to run a bundle: the root image, the run spec (in an initramfs for a
-/// boot, see [`GuestPlan::initramfs`]) and the kernel arguments.
+/// A host path the VM must share with the guest over virtio-fs, as tag `tag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The virtio-fs tag the guest mounts it by (at most 36 bytes).
+    pub tag: String,
+    /// The host path, canonical (symlinks resolved).
+    pub path: PathBuf,
+    /// Share it read-only: the guest cannot write through it whatever it mounts.
+    pub read_only: bool,
+    /// The path is a regular file: share it alone, in a directory of its own, at the share's
+    /// root under its base name (the guest binds that name).
+    pub file: bool,
+}
+
+/// The tag of a live root's share.
+pub const ROOT_TAG: &str = "flint-root";
+
+/// How to run a bundle, beyond what its config says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrepareOptions {
+    /// Share the bundle's rootfs directory with the guest over virtio-fs (tag [`ROOT_TAG`])
+    /// as its root, instead of an image under a tmpfs overlay: the workload's writes land in
+    /// the rootfs on the host, as with crun, and no image is built.
+    pub live_root: bool,
+}
+
+/// What a VMM needs to run a bundle: the root image or shares, the run spec (in an initramfs
+/// for a boot, see [`GuestPlan::initramfs`]) and the kernel arguments.
 #[derive(Debug)]
 pub struct GuestPlan {
     /// The bundle directory, as given (for errors).
     bundle: String,
     /// The cached ext4 image of the bundle's rootfs: attach it read-only as the first disk.
-    pub image: PathBuf,
+    /// None for a live root, which is the share tagged [`ROOT_TAG`] (no disk then).
+    pub image: Option<PathBuf>,
+    /// The host paths to attach as virtio-fs devices, each with its tag: the live root's and
+    /// the bind mounts' sources.
+    pub shares: Vec<Share>,
     /// The run spec (what a warm start gives the guest on its spec disk).
     pub spec: Vec<u8>,
     /// Kernel command line for the guest (console on the second UART, quiet), without the
@@ -74,22 +106,42 @@ pub struct GuestPlan {
 
 /// Reads and checks the bundle, builds (or finds) its image in `cache`, and returns the plan.
 pub fn prepare(dir: &Path, cache: &Path) -> Result<GuestPlan, OciError> {
+    prepare_with(dir, cache, &PrepareOptions::default())
+}
+
+/// [`prepare`] with `options`: with a live root, no image is built or looked up (`cache` is
+/// not used) and the rootfs becomes the first share.
+pub fn prepare_with(
+    dir: &Path,
+    cache: &Path,
+    options: &PrepareOptions,
+) -> Result<GuestPlan, OciError> {
     let name = || dir.display().to_string();
-    let bundle = Bundle::load(dir).map_err(|source| OciError::Bundle {
+    let mut bundle = Bundle::load(dir).map_err(|source| OciError::Bundle {
         bundle: name(),
         source,
     })?;
+    if options.live_root {
+        bundle.share_root();
+    }
+    // The spec first: a bad one is found before an image is built.
     let spec = bundle.spec.encode().map_err(|source| OciError::Spec {
         bundle: name(),
         source,
     })?;
-    let image = image::image_for(&bundle.rootfs, cache).map_err(|source| OciError::Image {
-        bundle: name(),
-        source,
-    })?;
+    let image = if options.live_root {
+        None
+    } else {
+        let image = image::image_for(&bundle.rootfs, cache).map_err(|source| OciError::Image {
+            bundle: name(),
+            source,
+        })?;
+        Some(image)
+    };
     Ok(GuestPlan {
         bundle: name(),
         image,
+        shares: bundle.shares,
         spec,
         kernel_args: KERNEL_ARGS.to_string(),
     })

@@ -15,16 +15,20 @@
 //! | `umask` | N | the umask (decimal) |
 //! | `hostname` | S | the guest's hostname |
 //! | `terminal` | 0/1 | 1: stdin/stdout/stderr are ttyS0 as a controlling terminal, cooked |
-//! | `root-readonly` | 0/1 | 1: the root is the image itself, read-only; 0: an overlay with a tmpfs upper layer |
+//! | `root-readonly` | 0/1 | 1: the root is the image itself, read-only; 0: an overlay with a tmpfs upper layer (with `root-fs`: the share, read-only or read-write) |
+//! | `root-fs` | TAG | the root is the virtio-fs share TAG, mounted as it is (no image, no overlay) |
 //! | `no-new-privileges` | 0/1 | `PR_SET_NO_NEW_PRIVS` before exec |
 //! | `rlimit` | RES SOFT HARD | `setrlimit(RES, ...)`; RES is the Linux resource number |
 //! | `caps` | BND EFF INH PRM AMB | capability sets as 64-bit masks (bit N = capability N) |
 //! | `mount` | DEST TYPE SOURCE FLAGS DATA | `mount(SOURCE, root+DEST, TYPE, FLAGS, DATA)`; FLAGS are `MS_*` bits |
+//! | `fs-mount` | TAG SUBPATH DEST FLAGS DATA | bind SUBPATH of the virtio-fs share TAG (`""`: all of it) onto root+DEST, then apply FLAGS' per-mount bits (`MS_RDONLY`, `MS_NOSUID`, ...) |
 //! | `masked` | PATH | hide PATH: /dev/null over a file, an empty read-only tmpfs over a directory |
 //! | `readonly-path` | PATH | bind PATH onto itself read-only |
 //! | `sysctl` | KEY VALUE | write VALUE to /proc/sys/KEY (dots as slashes) |
 //!
-//! Arguments are bytes without NUL; nothing else is escaped.
+//! `mount` and `fs-mount` records form one list, performed in order (a bind under `/data/x`
+//! after a tmpfs on `/data` lands in the tmpfs). Arguments are bytes without NUL; nothing else
+//! is escaped.
 
 /// The magic string that opens a spec.
 pub const MAGIC: &str = "flint-spec-1";
@@ -39,6 +43,43 @@ pub struct Mount {
     pub flags: u64,
     /// Filesystem-specific options (`mode=755,size=65536k`, ...).
     pub data: String,
+}
+
+/// A bind mount from a virtio-fs share (a host path, see [`crate::Share`]), in order among
+/// the [`Mount`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareMount {
+    /// The share's virtio-fs tag.
+    pub tag: String,
+    /// What to bind inside the share: `""` for all of it (a directory share), the file's
+    /// base name for a file share.
+    pub subpath: String,
+    pub destination: String,
+    /// `MS_*` flags; the per-mount ones (`MS_RDONLY`, `MS_NOSUID`, `MS_NODEV`, `MS_NOEXEC`,
+    /// the atime bits) are applied to the bind.
+    pub flags: u64,
+    /// Passed with the bind's remount, which ignores it; flint refuses the options a bind
+    /// cannot apply, so it writes `""` (the field keeps the record shaped like `mount`).
+    pub data: String,
+}
+
+/// One of the mounts the init performs inside the new root, in the bundle's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestMount {
+    /// A new file system (`mount` record).
+    New(Mount),
+    /// A bind from a virtio-fs share (`fs-mount` record).
+    Share(ShareMount),
+}
+
+impl GuestMount {
+    /// Where it is mounted, inside the root.
+    pub fn destination(&self) -> &str {
+        match self {
+            GuestMount::New(m) => &m.destination,
+            GuestMount::Share(m) => &m.destination,
+        }
+    }
 }
 
 /// One resource limit.
@@ -73,10 +114,12 @@ pub struct RunSpec {
     pub hostname: Option<String>,
     pub terminal: bool,
     pub root_readonly: bool,
+    /// The root is this virtio-fs share (a live root), not the image on the first disk.
+    pub root_fs: Option<String>,
     pub no_new_privileges: bool,
     pub rlimits: Vec<Rlimit>,
     pub caps: Option<Caps>,
-    pub mounts: Vec<Mount>,
+    pub mounts: Vec<GuestMount>,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
     pub sysctl: Vec<(String, String)>,
@@ -137,6 +180,9 @@ impl RunSpec {
         }
         w.record("", "terminal", &[flag(self.terminal)])?;
         w.record("", "root-readonly", &[flag(self.root_readonly)])?;
+        if let Some(tag) = &self.root_fs {
+            w.record("root.path", "root-fs", &[tag])?;
+        }
         w.record("", "no-new-privileges", &[flag(self.no_new_privileges)])?;
         for r in &self.rlimits {
             w.record(
@@ -163,17 +209,30 @@ impl RunSpec {
             )?;
         }
         for m in &self.mounts {
-            w.record(
-                "mounts",
-                "mount",
-                &[
-                    &m.destination,
-                    &m.fstype,
-                    &m.source,
-                    &m.flags.to_string(),
-                    &m.data,
-                ],
-            )?;
+            match m {
+                GuestMount::New(m) => w.record(
+                    "mounts",
+                    "mount",
+                    &[
+                        &m.destination,
+                        &m.fstype,
+                        &m.source,
+                        &m.flags.to_string(),
+                        &m.data,
+                    ],
+                )?,
+                GuestMount::Share(m) => w.record(
+                    "mounts",
+                    "fs-mount",
+                    &[
+                        &m.tag,
+                        &m.subpath,
+                        &m.destination,
+                        &m.flags.to_string(),
+                        &m.data,
+                    ],
+                )?,
+            }
         }
         for p in &self.masked_paths {
             w.record("linux.maskedPaths", "masked", &[p])?;

@@ -17,7 +17,8 @@ use crate::arch::x86_64::{acpi, cpuid, layout, mptable, regs::EntryMode};
 use crate::boot::{self, InitrdImage, KernelInfo};
 use crate::bus::Bus;
 use crate::config::{
-    io_reason, open_input, ConfigError, DiskConfig, Initrd, InputKind, NetConfig, VmConfig,
+    io_reason, open_input, ConfigError, DiskConfig, FsSource, Initrd, InputKind, NetConfig,
+    VmConfig,
 };
 use crate::devices::guest_ports::GuestPorts;
 use crate::devices::irq::IrqLine;
@@ -29,6 +30,7 @@ use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialDevice, SerialOut};
 use crate::devices::manager::{Devices, VirtioSlot};
 use crate::devices::virtio::block::{in_memory_file, Block, DiskImage};
+use crate::devices::virtio::fs::{Backend, Fs, Virtiofsd};
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Mac, Net, Tap};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -83,6 +85,47 @@ pub struct Inputs {
     initrd: Option<File>,
     disks: Vec<DiskImage>,
     taps: Vec<Tap>,
+    shares: Vec<OpenShare>,
+}
+
+/// A share's backend, connected, and the virtiofsd flint started for it (if it did).
+struct OpenShare {
+    tag: String,
+    backend: Backend,
+    daemon: Option<Virtiofsd>,
+}
+
+/// A share of the running VM: the backend's socket, watched for the backend going away, and
+/// the virtiofsd to stop when the VM ends.
+pub struct ShareWatch {
+    pub tag: String,
+    pub socket: OwnedFd,
+    pub daemon: Option<Virtiofsd>,
+}
+
+/// Starts (or connects to) each share's backend.
+fn open_shares(config: &VmConfig) -> Result<Vec<OpenShare>, VmmError> {
+    let mut binary = None;
+    let mut shares = Vec::with_capacity(config.fs.len());
+    for f in &config.fs {
+        let (backend, daemon) = match &f.source {
+            FsSource::Socket(path) => (Backend::connect(path)?, None),
+            FsSource::Path { path, read_only } => {
+                let bin = match &binary {
+                    Some(b) => b,
+                    None => binary.insert(crate::devices::virtio::fs::virtiofsd::find()?),
+                };
+                let (daemon, backend) = Virtiofsd::start(bin, &f.tag, path, *read_only)?;
+                (backend, Some(daemon))
+            }
+        };
+        shares.push(OpenShare {
+            tag: f.tag.clone(),
+            backend,
+            daemon,
+        });
+    }
+    Ok(shares)
 }
 
 impl Inputs {
@@ -118,6 +161,7 @@ impl Inputs {
             .iter()
             .map(|net| Tap::open(&net.tap))
             .collect::<Result<Vec<_>, _>>()?;
+        let shares = open_shares(config)?;
         Ok(Inputs {
             kvm,
             kernel,
@@ -125,6 +169,7 @@ impl Inputs {
             initrd,
             disks,
             taps,
+            shares,
         })
     }
 
@@ -151,12 +196,13 @@ impl Vmm {
             initrd: mut initrd_file,
             disks,
             taps,
+            shares,
         } = inputs;
 
         // Signals are blocked before any thread starts so that they all inherit the mask.
         let signals = block_control_signals().map_err(|e| VmmError::Io("signalfd", e))?;
 
-        let mem = create_guest_memory(config.memory_mib)?;
+        let mem = create_guest_memory(config.memory_mib, !config.fs.is_empty())?;
         let mem_size = config.memory_mib << 20; // at most the host's memory (validated)
         let vm = Arc::new(create_vm(&kvm, &mem)?);
         let fast = FastPaths::probe(&kvm);
@@ -195,7 +241,17 @@ impl Vmm {
         };
         let mut devices =
             legacy_devices(&vm, fast, &machine, None, mem_size, outputs, &exit, start)?;
-        let mut boot_args = virtio_devices(&mut devices, &vm, fast, &mem, &machine, disks, taps)?;
+        let (fs_devices, watches) = share_devices(shares)?;
+        let mut boot_args = virtio_devices(
+            &mut devices,
+            &vm,
+            fast,
+            &mem,
+            &machine,
+            disks,
+            taps,
+            fs_devices,
+        )?;
         if let (true, Some(root)) = (config.root_on_first_disk, config.disks.first()) {
             let mode = if root.read_only { "ro" } else { "rw" };
             boot_args.push(format!("root=/dev/vda {mode}"));
@@ -233,6 +289,7 @@ impl Vmm {
             console_outputs,
             console: rest,
             machine,
+            shares: watches,
         }))
     }
 }
@@ -532,7 +589,16 @@ impl Vmm {
             &exit,
             start,
         )?;
-        virtio_devices(&mut devices, &vm, fast, &mem, &machine, disks, taps)?;
+        virtio_devices(
+            &mut devices,
+            &vm,
+            fast,
+            &mem,
+            &machine,
+            disks,
+            taps,
+            Vec::new(),
+        )?;
         for (slot, state) in devices.virtio.iter().zip(&snapshot.virtio) {
             crate::bus::lock(&slot.transport).restore(state)?;
         }
@@ -575,6 +641,7 @@ impl Vmm {
             console_outputs,
             console: rest,
             machine,
+            shares: Vec::new(),
         }))
     }
 }
@@ -627,6 +694,7 @@ struct Parts<'a> {
     console_outputs: Vec<ConsoleOutput>,
     console: ConsoleRest,
     machine: Machine,
+    shares: Vec<ShareWatch>,
 }
 
 fn assemble(p: Parts) -> Vmm {
@@ -649,6 +717,7 @@ fn assemble(p: Parts) -> Vmm {
         api: None,
         warm_snapshot: None,
         machine: p.machine,
+        shares: p.shares,
         msr_list: Arc::new(msr_list(p.kvm)),
         cpuids: p.cpuids,
         _vm: p.vm,
@@ -861,9 +930,26 @@ fn bad_state(whose: &str) -> VmmError {
     )))
 }
 
-/// The disk and network devices, disks first (vda, vdb, …) then NICs (eth0, …), each with a
-/// window and an interrupt line from the allocator. Returns the kernel arguments that announce
-/// them (and the root disk, if any).
+/// Each share's device, and what the VM keeps to watch and stop its backend.
+fn share_devices(shares: Vec<OpenShare>) -> Result<(Vec<Fs>, Vec<ShareWatch>), VmmError> {
+    let mut devices = Vec::with_capacity(shares.len());
+    let mut watches = Vec::with_capacity(shares.len());
+    for s in shares {
+        let socket = s.backend.watch_fd().map_err(|e| VmmError::Io("dup", e))?;
+        watches.push(ShareWatch {
+            tag: s.tag.clone(),
+            socket,
+            daemon: s.daemon,
+        });
+        devices.push(Fs::new(&s.tag, s.backend)?);
+    }
+    Ok((devices, watches))
+}
+
+/// The disk, network and file system devices, disks first (vda, vdb, …), then NICs (eth0, …),
+/// then shares, each with a window and an interrupt line from the allocator. Returns the kernel
+/// arguments that announce them (and the root disk, if any).
+#[allow(clippy::too_many_arguments)]
 fn virtio_devices(
     devices: &mut Devices,
     vm: &Arc<VmFd>,
@@ -872,6 +958,7 @@ fn virtio_devices(
     machine: &Machine,
     images: Vec<DiskImage>,
     taps: Vec<Tap>,
+    shares: Vec<Fs>,
 ) -> Result<Vec<String>, VmmError> {
     let mut wanted: Vec<(String, &'static str, Box<dyn VirtioDevice>)> = Vec::new();
     for (i, (disk, image)) in machine.disks.iter().zip(images).enumerate() {
@@ -891,6 +978,9 @@ fn virtio_devices(
             "a network interface",
             Box::new(Net::new(Box::new(tap), Mac(net.mac))),
         ));
+    }
+    for (i, fs) in shares.into_iter().enumerate() {
+        wanted.push((format!("virtio-fs{i}"), "a shared directory", Box::new(fs)));
     }
 
     let mut alloc = ResourceAllocator::new();

@@ -51,6 +51,73 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
+/// A directory (or one file) of the host shared with the guest over virtio-fs, which the
+/// guest mounts by its tag (`mount -t virtiofs TAG /mnt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    pub tag: String,
+    pub source: FsSource,
+}
+
+/// Who serves a share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsSource {
+    /// flint starts a virtiofsd for this host path (a directory, or a file shared alone as the
+    /// share's only entry); read-only shares refuse every write.
+    Path { path: PathBuf, read_only: bool },
+    /// A virtiofsd (or another vhost-user-fs backend) the user started, listening here.
+    Socket(PathBuf),
+}
+
+/// virtio-fs's tag field is 36 bytes, not NUL-terminated when full.
+pub const MAX_FS_TAG_LEN: usize = 36;
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+
+    /// `tag=TAG,path=DIR[,ro]` or `tag=TAG,socket=PATH`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut tag, mut path, mut socket, mut read_only) = (None, None, None, false);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tag", t)) => {
+                    if t.is_empty()
+                        || t.len() > MAX_FS_TAG_LEN
+                        || !t.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(format!(
+                            "tag '{t}' must be 1 to {MAX_FS_TAG_LEN} printable ASCII characters"
+                        ));
+                    }
+                    tag = Some(t.to_string());
+                }
+                Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+                Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+                None if part == "ro" => read_only = true,
+                _ => {
+                    return Err(format!(
+                        "unknown fs option '{part}' (expected tag=TAG, path=DIR, ro, socket=PATH)"
+                    ));
+                }
+            }
+        }
+        let tag = tag.ok_or("missing tag=TAG (the name the guest mounts it by)")?;
+        let source = match (path, socket) {
+            (Some(path), None) => FsSource::Path { path, read_only },
+            (None, Some(_)) if read_only => {
+                return Err(
+                    "ro applies to path= shares (a socket's virtiofsd decides for itself: give it --readonly)"
+                        .into(),
+                )
+            }
+            (None, Some(socket)) => FsSource::Socket(socket),
+            (Some(_), Some(_)) => return Err("give either path= or socket=, not both".into()),
+            (None, None) => return Err("missing path=DIR (or socket=PATH)".into()),
+        };
+        Ok(FsConfig { tag, source })
+    }
+}
+
 /// At most this many virtio devices: as many as the machine has MMIO windows and interrupt
 /// lines for (see `alloc`).
 pub const MAX_VIRTIO_DEVICES: usize = crate::alloc::VIRTIO_DEVICE_CAPACITY;
@@ -127,6 +194,8 @@ pub struct VmConfig {
     /// Describe the machine in ACPI tables too (the MP table and the command line's device
     /// announcements are there either way).
     pub acpi: bool,
+    /// Shared directories (virtio-fs), after the disks and NICs.
+    pub fs: Vec<FsConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -139,10 +208,12 @@ pub enum ConfigError {
     NoMemory,
     #[error("--memory {requested} MiB is more than this host's {host} MiB of RAM")]
     TooMuchMemory { requested: u64, host: u64 },
-    #[error("{count} disks and network interfaces: flint attaches at most {max}")]
+    #[error("{count} disks, network interfaces and shares: flint attaches at most {max}")]
     TooManyDevices { count: usize, max: usize },
     #[error("TAP '{0}' is given to more than one --net")]
     SharedTap(String),
+    #[error("--fs tag '{0}' is given to more than one share")]
+    SharedFsTag(String),
     #[error(
         "{path} is attached more than once and at least once writable: the guest would corrupt it"
     )]
@@ -258,6 +329,31 @@ pub fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// A share's host path must be a directory or a regular file, its socket a socket: anything
+/// else is a typo better caught before a virtiofsd starts.
+fn check_share(f: &FsConfig) -> Result<(), ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
+    let (path, socket) = match &f.source {
+        FsSource::Path { path, .. } => (path, false),
+        FsSource::Socket(path) => (path, true),
+    };
+    let bad = |reason: String| ConfigError::BadFile {
+        what: "--fs",
+        path: path.display().to_string(),
+        reason,
+    };
+    let t = std::fs::metadata(path)
+        .map_err(|e| bad(io_reason(&e)))?
+        .file_type();
+    match (socket, t.is_dir() || t.is_file(), t.is_socket()) {
+        (false, true, _) | (true, _, true) => Ok(()),
+        (false, false, _) => Err(bad("is neither a directory nor a regular file".into())),
+        (true, _, false) => Err(bad(
+            "is not a socket (socket= names the vhost-user socket of a running virtiofsd)".into(),
+        )),
+    }
+}
+
 /// Total RAM of this host in MiB, from /proc/meminfo.
 pub fn host_memory_mib() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -304,7 +400,7 @@ impl VmConfig {
 
     fn validate_devices(&self) -> Result<(), ConfigError> {
         use std::os::unix::fs::MetadataExt;
-        let count = self.disks.len() + self.nets.len();
+        let count = self.disks.len() + self.nets.len() + self.fs.len();
         if count > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices {
                 count,
@@ -315,6 +411,12 @@ impl VmConfig {
             if self.nets[..i].iter().any(|m| m.tap == n.tap) {
                 return Err(ConfigError::SharedTap(n.tap.clone()));
             }
+        }
+        for (i, f) in self.fs.iter().enumerate() {
+            if self.fs[..i].iter().any(|g| g.tag == f.tag) {
+                return Err(ConfigError::SharedFsTag(f.tag.clone()));
+            }
+            check_share(f)?;
         }
         let mut seen: Vec<((u64, u64), bool)> = Vec::new();
         for (i, d) in self.disks.iter().enumerate() {
@@ -354,7 +456,47 @@ mod tests {
             root_on_first_disk: false,
             nets: vec![],
             acpi: true,
+            fs: vec![],
         }
+    }
+
+    #[test]
+    fn fs_option_syntax() {
+        let f: FsConfig = "tag=data,path=/srv/data,ro".parse().unwrap();
+        assert_eq!(f.tag, "data");
+        assert_eq!(
+            f.source,
+            FsSource::Path {
+                path: "/srv/data".into(),
+                read_only: true
+            }
+        );
+        let f: FsConfig = "socket=/run/v.sock,tag=x".parse().unwrap();
+        assert_eq!(f.source, FsSource::Socket("/run/v.sock".into()));
+        for (bad, why) in [
+            ("path=/a", "missing tag"),
+            ("tag=a", "missing path"),
+            ("tag=a,path=/a,socket=/s", "not both"),
+            ("tag=a,socket=/s,ro", "ro applies to path="),
+            ("tag=,path=/a", "printable"),
+            ("tag=a b,path=/a", "printable"),
+            (&format!("tag={},path=/a", "t".repeat(37)), "1 to 36"),
+            ("tag=a,path=/a,cache=always", "unknown fs option"),
+        ] {
+            let e = bad.parse::<FsConfig>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let c = VmConfig {
+            fs: vec![
+                "tag=a,path=/".parse().unwrap(),
+                "tag=a,path=/tmp".parse().unwrap(),
+            ],
+            ..cfg()
+        };
+        assert_eq!(
+            c.validate_inputs(),
+            Err(ConfigError::SharedFsTag("a".into()))
+        );
     }
 
     #[test]

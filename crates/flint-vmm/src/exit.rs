@@ -24,6 +24,8 @@ pub enum ExitReason {
     VcpuFailure(String),
     /// A flint thread panicked (a flint bug): where and why (see [`crate::panic`]).
     InternalError(String),
+    /// A device's backend outside flint failed (a share's virtiofsd ended): what happened.
+    DeviceFailure(String),
 }
 
 impl ExitReason {
@@ -35,7 +37,9 @@ impl ExitReason {
             ExitReason::Signal(sig) => 128 + sig,
             // As a shell reports a job ended with Ctrl-C.
             ExitReason::ConsoleQuit => 128 + libc::SIGINT,
-            ExitReason::VcpuFailure(_) | ExitReason::InternalError(_) => 1,
+            ExitReason::VcpuFailure(_)
+            | ExitReason::InternalError(_)
+            | ExitReason::DeviceFailure(_) => 1,
         }
     }
 }

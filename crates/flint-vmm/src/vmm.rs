@@ -94,6 +94,8 @@ pub enum VmmError {
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("registering a virtio queue notification with KVM (KVM_IOEVENTFD) failed")]
     IoEvent(#[source] kvm_ioctls::Error),
+    #[error(transparent)]
+    Fs(#[from] crate::devices::virtio::fs::FsError),
 }
 
 /// Where the console's bytes come from and go to.
@@ -134,6 +136,9 @@ pub struct Vmm {
     pub(crate) warm_snapshot: Option<SnapshotFiles>,
     /// What a snapshot records of the machine, and the MSRs it saves.
     pub(crate) machine: Machine,
+    /// The shares' backends: watched while the VM runs, stopped after it (see
+    /// [`ShareWatch`](crate::builder::ShareWatch)).
+    pub(crate) shares: Vec<crate::builder::ShareWatch>,
     pub(crate) msr_list: Arc<Vec<u32>>,
     pub(crate) cpuids: crate::builder::Cpuids,
     pub(crate) _vm: Arc<VmFd>,
@@ -211,6 +216,16 @@ impl Vmm {
                 ready,
                 files: Some(files),
                 source: self.snapshot_source(),
+            })));
+        }
+        if !self.shares.is_empty() {
+            em.add_subscriber(Arc::new(Mutex::new(BackendWatch {
+                sockets: self
+                    .shares
+                    .iter()
+                    .map(|s| (s.socket.as_raw_fd(), s.tag.clone()))
+                    .collect(),
+                exit: self.ctx.exit.clone(),
             })));
         }
         let input = self.console_input.map(|fd| {
@@ -372,6 +387,43 @@ impl MutEventSubscriber for WarmSnapshot {
                 crate::exit::error_chain(&e)
             ))),
         }
+    }
+}
+
+/// Ends the VM when a share's backend goes away (virtiofsd exited or was killed): its guest
+/// file system would hang on every request from then on.
+struct BackendWatch {
+    /// Each backend's socket (owned by the Vmm's shares) and the share's tag.
+    sockets: Vec<(std::os::fd::RawFd, String)>,
+    exit: Arc<crate::exit::ExitEvent>,
+}
+
+impl MutEventSubscriber for BackendWatch {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, (fd, tag)) in self.sockets.iter().enumerate() {
+            let data = u32::try_from(i).unwrap_or(u32::MAX);
+            // Hang-ups only: the socket's replies are read by the device, not here.
+            if let Err(e) = ops.add(Events::with_data_raw(*fd, data, EventSet::READ_HANG_UP)) {
+                self.exit.request(ExitReason::DeviceFailure(format!(
+                    "cannot watch the backend of share '{tag}': {e:?}"
+                )));
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let Some((fd, tag)) = self.sockets.get(events.data() as usize) else {
+            return;
+        };
+        let _ = ops.remove(Events::with_data_raw(
+            *fd,
+            events.data(),
+            EventSet::READ_HANG_UP,
+        ));
+        self.exit.request(ExitReason::DeviceFailure(format!(
+            "the virtio-fs backend (virtiofsd) of share '{tag}' went away; the VM is stopped \
+             (its guest file system could not answer again)"
+        )));
     }
 }
 

@@ -62,8 +62,8 @@ static void enter_root(const char *root)
 
 /*
  * One `mount` record: a new file system (proc, tmpfs, ...). Bind mounts and propagation
- * flags are refused: the host does not send them (there is no host path to bind, and no
- * other mount namespace to propagate to), and mount(2) would read them as requests to bind
+ * flags are refused: the host sends binds as `fs-mount` records (mount_share), there is no
+ * other mount namespace to propagate to, and mount(2) would read them as requests to bind
  * or to change an existing mount's propagation, not to mount anything.
  */
 static void mount_one(const struct spec_mount *m)
@@ -83,6 +83,129 @@ static void mount_one(const struct spec_mount *m)
 		die("create the mount point %s", m->destination);
 	if (mount(m->source, m->destination, type, m->flags, m->data[0] ? m->data : NULL) < 0)
 		die("mount %s on %s (type %s)", m->source, m->destination, type);
+}
+
+/*
+ * Where the virtio-fs shares of the `fs-mount` records are mounted, one directory per tag: in
+ * the initramfs, which the new root hides, so the binds reach them through a descriptor.
+ */
+#define SHARES_DIR "/flint/fs"
+
+/* The bits a bind remount applies (a bind takes none of the flags it is made with). */
+#define PER_MOUNT_FLAGS                                                                   \
+	(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME | \
+	 MS_STRICTATIME)
+
+/*
+ * Mounts each share the `fs-mount` records use, once, at SHARES_DIR/TAG, before the root is
+ * entered, and returns an O_PATH descriptor of SHARES_DIR (-1 if there are none). A share is
+ * read-only if its first use is: flint gives a read-only bind a share of its own, read-only
+ * on the host too.
+ */
+static int mount_shares(const struct run_spec *s)
+{
+	bool any = false;
+	for (size_t i = 0; i < s->n_mounts; i++) {
+		const struct spec_mount *m = &s->mounts[i];
+		if (!m->share)
+			continue;
+		any = true;
+		bool mounted = false;
+		for (size_t j = 0; j < i && !mounted; j++)
+			mounted = s->mounts[j].share && strcmp(s->mounts[j].tag, m->tag) == 0;
+		if (mounted)
+			continue;
+		char dir[sizeof SHARES_DIR + 1 + FS_TAG_MAX];
+		snprintf(dir, sizeof dir, "%s/%s", SHARES_DIR, m->tag);
+		if (mkdir_p(dir, 0755) < 0)
+			die("create %s for the virtio-fs share %s", dir, m->tag);
+		if (mount(m->tag, dir, "virtiofs", m->flags & MS_RDONLY, NULL) < 0)
+			die("mount the virtio-fs share %s on %s (for %s)", m->tag, dir,
+			    m->destination);
+	}
+	if (!any)
+		return -1;
+	int fd = open(SHARES_DIR, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		die("open %s", SHARES_DIR);
+	return fd;
+}
+
+/*
+ * Creates the mount point `path` for a bind of a directory (`dir`) or a file, as crun does:
+ * a directory and its parents, or the parents and an empty file. Something already there is
+ * left for the bind to accept or refuse.
+ */
+static int create_mount_point(const char *path, bool dir)
+{
+	if (dir)
+		return mkdir_p(path, 0755);
+	struct stat st;
+	if (stat(path, &st) == 0)
+		return 0;
+	if (errno != ENOENT)
+		return -1;
+	char parent[PATH_MAX];
+	size_t len = strlen(path);
+	if (len >= sizeof parent) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(parent, path, len + 1);
+	char *slash = strrchr(parent, '/');
+	if (slash != NULL && slash != parent) {
+		*slash = '\0';
+		if (mkdir_p(parent, 0755) < 0)
+			return -1;
+	}
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return errno == EEXIST ? 0 : -1;
+	return close(fd);
+}
+
+/*
+ * One `fs-mount` record, inside the new root: a bind of SUBPATH of the share (mounted by
+ * mount_shares and reached through `shares`, a descriptor of SHARES_DIR) onto DEST, then a
+ * remount for its flags. The bind is cloned from the share with open_tree and attached with
+ * move_mount, so that DEST is resolved in the new root as a `mount` record's is, in the
+ * bundle's order among them.
+ */
+static void mount_share(const struct spec_mount *m, int shares)
+{
+	const unsigned long refused = ~(unsigned long)PER_MOUNT_FLAGS;
+	if (m->flags & refused) {
+		errno = 0;
+		die("bind the virtio-fs share %s on %s: flags %#lx are not per-mount flags, which "
+		    "flint-init does not support on a bind",
+		    m->tag, m->destination, m->flags & refused);
+	}
+	char source[2 * PATH_MAX];
+	if (m->subpath[0] != '\0')
+		snprintf(source, sizeof source, "%s/%s", m->tag, m->subpath);
+	else
+		snprintf(source, sizeof source, "%s", m->tag);
+	/* No symlink is followed: one would lead out of the share, into the new root. */
+	int tree =
+		open_tree(shares, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW);
+	if (tree < 0)
+		die("bind %s of the virtio-fs share %s on %s", m->subpath[0] ? m->subpath : "/",
+		    m->tag, m->destination);
+	struct stat st;
+	if (fstat(tree, &st) < 0)
+		die("stat %s of the virtio-fs share %s (for %s)", m->subpath[0] ? m->subpath : "/",
+		    m->tag, m->destination);
+	if (create_mount_point(m->destination, S_ISDIR(st.st_mode)) < 0)
+		die("create the mount point %s (for the virtio-fs share %s)", m->destination,
+		    m->tag);
+	if (move_mount(tree, "", AT_FDCWD, m->destination, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		die("bind the virtio-fs share %s on %s", m->tag, m->destination);
+	close(tree);
+	unsigned long flags = m->flags & PER_MOUNT_FLAGS;
+	if (flags != 0 && mount(NULL, m->destination, NULL, MS_REMOUNT | MS_BIND | flags,
+				m->data[0] ? m->data : NULL) < 0)
+		die("remount %s (the virtio-fs share %s) with flags %#lx", m->destination, m->tag,
+		    flags);
 }
 
 /* Creates a device or link in /dev unless it is there already or /dev is read-only. */
@@ -419,9 +542,16 @@ void run_container(const struct run_spec *s, int console, const char *root)
 	if (s->terminal && (console_path = open("/dev/ttyS0", O_PATH | O_CLOEXEC)) < 0)
 		die("open /dev/ttyS0");
 
+	int shares = mount_shares(s);
 	enter_root(root);
-	for (size_t i = 0; i < s->n_mounts; i++)
-		mount_one(&s->mounts[i]);
+	for (size_t i = 0; i < s->n_mounts; i++) {
+		if (s->mounts[i].share)
+			mount_share(&s->mounts[i], shares);
+		else
+			mount_one(&s->mounts[i]);
+	}
+	if (shares >= 0)
+		close(shares);
 	create_devices(console_path);
 	/*
 	 * Sysctls go before the read-only paths, which usually include /proc/sys; masking comes

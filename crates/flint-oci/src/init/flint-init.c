@@ -8,7 +8,8 @@
  *      with a terminal, ttyS0 is all three);
  *   3. reads the run spec;
  *   4. mounts the root: the bundle's image (/dev/vda, ext4, read-only) under a tmpfs overlay,
- *      or the image alone if the root is read-only;
+ *      or the image alone if the root is read-only; or, for a live root (`root-fs`), the
+ *      virtio-fs share of the bundle's rootfs, as it is;
  *   5. starts the process in new PID and mount namespaces (container.c);
  *   6. waits for it, and reports its exit status on the exit-status port, which ends the VM
  *      with that status (flint exits with it). A setup failure reports 125.
@@ -346,9 +347,20 @@ static void set_console_modes(bool terminal)
  * disk) read-only, and over it, unless the root is read-only, an overlay whose upper layer
  * is a tmpfs, so that the process can write and the image (shared by every run of the
  * bundle) stays as it is.
+ *
+ * A live root (`share`, the root-fs tag) is the bundle's rootfs directory itself, shared by
+ * the host: no overlay, the process's writes land in it as with crun. There is no root disk
+ * then, and /dev/vda is not touched.
  */
-static const char *mount_root(bool readonly)
+static const char *mount_root(bool readonly, const char *share)
 {
+	if (share != NULL) {
+		if (mkdir_p("/mnt/root", 0755) < 0)
+			fatal("create /mnt/root");
+		if (mount(share, "/mnt/root", "virtiofs", readonly ? MS_RDONLY : 0, NULL) < 0)
+			fatal("mount the root, the virtio-fs share %s, on /mnt/root", share);
+		return "/mnt/root";
+	}
 	if (mkdir_p("/mnt/lower", 0755) < 0)
 		fatal("create /mnt/lower");
 	if (mount("/dev/vda", "/mnt/lower", "ext4", MS_RDONLY, NULL) < 0)
@@ -420,7 +432,7 @@ __attribute__((noreturn)) static void run_init(void)
 		halt_with_status(EXIT_SETUP_FAILED);
 	}
 
-	const char *root = mount_root(spec.root_readonly);
+	const char *root = mount_root(spec.root_readonly, spec.root_fs);
 	/*
 	 * The process is PID 1 of its own PID namespace, as in a container: it sees only its own
 	 * processes, and when it ends, the kernel ends the ones it leaves behind.

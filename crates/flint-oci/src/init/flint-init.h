@@ -23,11 +23,20 @@
 #define EXIT_CANNOT_EXEC 126  /* the program exists but cannot be executed */
 #define EXIT_NOT_FOUND 127    /* no such program */
 
-/* A mount performed inside the new root, in order (the `mount` record). */
+/* virtio-fs tags are at most this long (the device's tag field). */
+#define FS_TAG_MAX 36
+
+/*
+ * A mount performed inside the new root, in order: a new file system (the `mount` record) or
+ * a bind from a virtio-fs share (`fs-mount`), one list so that the bundle's order holds.
+ */
 struct spec_mount {
+	bool share;          /* fs-mount: bind `subpath` of the share `tag` */
+	const char *tag;     /* fs-mount: the share's virtio-fs tag */
+	const char *subpath; /* fs-mount: "" (the whole share) or one name in it */
 	const char *destination;
-	const char *fstype;
-	const char *source;
+	const char *fstype;  /* mount only */
+	const char *source;  /* mount only */
 	unsigned long flags; /* MS_* */
 	const char *data;    /* "" for none */
 };
@@ -71,6 +80,7 @@ struct run_spec {
 	const char *hostname; /* NULL: leave it */
 	bool terminal;
 	bool root_readonly;
+	const char *root_fs; /* the virtio-fs share that is the root (a live root); NULL: /dev/vda */
 	bool no_new_privileges;
 	struct spec_rlimit *rlimits;
 	size_t n_rlimits;

@@ -32,10 +32,12 @@ enum keyword {
 	KW_HOSTNAME,
 	KW_TERMINAL,
 	KW_ROOT_READONLY,
+	KW_ROOT_FS,
 	KW_NO_NEW_PRIVILEGES,
 	KW_RLIMIT,
 	KW_CAPS,
 	KW_MOUNT,
+	KW_FS_MOUNT,
 	KW_MASKED,
 	KW_READONLY_PATH,
 	KW_SYSCTL,
@@ -60,10 +62,12 @@ static const struct {
 	[KW_HOSTNAME] = {"hostname", 1, false},
 	[KW_TERMINAL] = {"terminal", 1, false},
 	[KW_ROOT_READONLY] = {"root-readonly", 1, false},
+	[KW_ROOT_FS] = {"root-fs", 1, false},
 	[KW_NO_NEW_PRIVILEGES] = {"no-new-privileges", 1, false},
 	[KW_RLIMIT] = {"rlimit", 3, true},
 	[KW_CAPS] = {"caps", 5, false},
 	[KW_MOUNT] = {"mount", 5, true},
+	[KW_FS_MOUNT] = {"fs-mount", 5, true},
 	[KW_MASKED] = {"masked", 1, true},
 	[KW_READONLY_PATH] = {"readonly-path", 1, true},
 	[KW_SYSCTL] = {"sysctl", 2, true},
@@ -202,6 +206,34 @@ static bool parse_flag(struct parser *p, const char *what, const char *text, boo
 	return true;
 }
 
+/*
+ * A share's tag, or a name inside it: one path component (the init mounts the share at
+ * /flint/fs/TAG and binds TAG/NAME from there), so never "", ".", ".." or with a "/". A tag
+ * is also at most FS_TAG_MAX bytes.
+ */
+static bool check_name(struct parser *p, const char *what, const char *name, size_t max)
+{
+	char shown[64];
+	if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+	    strchr(name, '/') != NULL)
+		return refuse(p, "%s \"%s\" is not a name (one path component)", what,
+			      escaped(name, shown, sizeof shown));
+	if (strlen(name) > max)
+		return refuse(p, "%s \"%s\" is longer than %zu bytes", what,
+			      escaped(name, shown, sizeof shown), max);
+	return true;
+}
+
+static bool append_mount(struct parser *p, struct run_spec *s, struct spec_mount m)
+{
+	struct spec_mount *mounts = grow(s->mounts, s->n_mounts, sizeof *mounts);
+	if (mounts == NULL)
+		return refuse(p, "out of memory");
+	s->mounts = mounts;
+	mounts[s->n_mounts++] = m;
+	return true;
+}
+
 /* Stores one record's arguments `a` into the spec. */
 static bool apply(struct parser *p, struct run_spec *s, enum keyword kw, const char **a)
 {
@@ -249,6 +281,11 @@ static bool apply(struct parser *p, struct run_spec *s, enum keyword kw, const c
 		return parse_flag(p, "terminal", a[0], &s->terminal);
 	case KW_ROOT_READONLY:
 		return parse_flag(p, "root-readonly", a[0], &s->root_readonly);
+	case KW_ROOT_FS:
+		if (!check_name(p, "root-fs tag", a[0], FS_TAG_MAX))
+			return false;
+		s->root_fs = a[0];
+		return true;
 	case KW_NO_NEW_PRIVILEGES:
 		return parse_flag(p, "no-new-privileges", a[0], &s->no_new_privileges);
 	case KW_RLIMIT: {
@@ -276,18 +313,32 @@ static bool apply(struct parser *p, struct run_spec *s, enum keyword kw, const c
 		uint64_t flags;
 		if (!parse_number(p, "mount flags", a[3], ULONG_MAX, &flags))
 			return false;
-		struct spec_mount *mounts = grow(s->mounts, s->n_mounts, sizeof *mounts);
-		if (mounts == NULL)
-			return refuse(p, "out of memory");
-		s->mounts = mounts;
-		mounts[s->n_mounts++] = (struct spec_mount){
-			.destination = a[0],
-			.fstype = a[1],
-			.source = a[2],
-			.flags = (unsigned long)flags,
-			.data = a[4],
-		};
-		return true;
+		return append_mount(p, s,
+				    (struct spec_mount){
+					    .destination = a[0],
+					    .fstype = a[1],
+					    .source = a[2],
+					    .flags = (unsigned long)flags,
+					    .data = a[4],
+				    });
+	}
+	case KW_FS_MOUNT: {
+		uint64_t flags;
+		if (!check_name(p, "fs-mount tag", a[0], FS_TAG_MAX) ||
+		    (a[1][0] != '\0' && !check_name(p, "fs-mount subpath", a[1], SIZE_MAX)) ||
+		    !parse_number(p, "fs-mount flags", a[3], ULONG_MAX, &flags))
+			return false;
+		return append_mount(p, s,
+				    (struct spec_mount){
+					    .share = true,
+					    .tag = a[0],
+					    .subpath = a[1],
+					    .destination = a[2],
+					    .fstype = "",
+					    .source = "",
+					    .flags = (unsigned long)flags,
+					    .data = a[4],
+				    });
 	}
 	case KW_MASKED:
 		return append_string(p, &s->masked, &s->n_masked, a[0]);
@@ -480,8 +531,10 @@ void spec_print(const struct run_spec *s)
 		printf("umask %u\n", (unsigned)s->umask);
 	if (s->hostname != NULL)
 		print_strings("hostname", &s->hostname, 1);
-	printf("terminal %d\nroot-readonly %d\nno-new-privileges %d\n", s->terminal,
-	       s->root_readonly, s->no_new_privileges);
+	printf("terminal %d\nroot-readonly %d\n", s->terminal, s->root_readonly);
+	if (s->root_fs != NULL)
+		print_strings("root-fs", &s->root_fs, 1);
+	printf("no-new-privileges %d\n", s->no_new_privileges);
 	for (size_t i = 0; i < s->n_rlimits; i++)
 		printf("rlimit %u %" PRIu64 " %" PRIu64 "\n", s->rlimits[i].resource,
 		       s->rlimits[i].soft, s->rlimits[i].hard);
@@ -491,10 +544,17 @@ void spec_print(const struct run_spec *s)
 		       s->caps.permitted, s->caps.ambient);
 	for (size_t i = 0; i < s->n_mounts; i++) {
 		const struct spec_mount *m = &s->mounts[i];
-		fputs("mount", stdout);
-		print_field(m->destination);
-		print_field(m->fstype);
-		print_field(m->source);
+		if (m->share) {
+			fputs("fs-mount", stdout);
+			print_field(m->tag);
+			print_field(m->subpath);
+			print_field(m->destination);
+		} else {
+			fputs("mount", stdout);
+			print_field(m->destination);
+			print_field(m->fstype);
+			print_field(m->source);
+		}
 		printf(" %lu", m->flags);
 		print_field(m->data);
 		putchar('\n');

@@ -260,8 +260,11 @@ fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
             // beside it (SCM_RIGHTS; they are only written into, never opened by path).
             any(libc::SYS_accept4),
             any(libc::SYS_recvmsg),
-            // Waiting at exit for the process that removes the API socket's file.
+            // Waiting at exit for the process that removes the API socket's file, and for the
+            // virtiofsd processes of --fs shares, stopped through their pidfds (which signal
+            // only the process flint started, never another).
             any(libc::SYS_wait4),
+            any(libc::SYS_pidfd_send_signal),
             // A snapshot (PUT /snapshot/create): checking that the files a client sent are
             // regular files (fstat, which glibc makes newfstatat on the descriptor itself), and
             // writing them durably.
@@ -315,6 +318,11 @@ fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
                     KVM_GET_XCRS(),
                 ],
             )?,
+            // A virtio-fs driver starting or resetting its device: vhost-user messages to the
+            // share's virtiofsd (the rings, the memory table with the guest RAM's memfd,
+            // eventfds) and its answers, on the socket flint connected before confinement.
+            any(libc::SYS_sendmsg),
+            any(libc::SYS_recvmsg),
         ],
         ThreadKind::DeviceWorker => vec![
             // Its event loop: queue eventfds, the TAP, the stop event.

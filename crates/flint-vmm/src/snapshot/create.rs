@@ -64,6 +64,19 @@ pub fn create(
     pause_timeout: Duration,
 ) -> Result<Summary, SnapshotError> {
     let start = Instant::now();
+    // A share's state lives in its virtiofsd (open files, inode numbers the guest holds):
+    // nothing flint could save or give back.
+    if src
+        .virtio
+        .iter()
+        .any(|(t, _)| crate::bus::lock(t).device_type() == crate::devices::virtio::fs::DEVICE_ID)
+    {
+        return Err(SnapshotError::Mismatch(
+            "a VM with --fs shares cannot be snapshotted (virtiofsd's open files and the \
+             guest's view of them are not flint's to save)"
+                .into(),
+        ));
+    }
     let was_paused = src.ctx.pause.is_paused();
     src.ctx
         .pause

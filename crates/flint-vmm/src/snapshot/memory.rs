@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn only_non_zero_pages_are_written_and_a_mapping_reads_them_back() {
-        let mem = crate::vstate::memory::create_guest_memory(4).unwrap();
+        let mem = crate::vstate::memory::create_guest_memory(4, false).unwrap();
         mem.write_slice(b"hello", GuestAddress(0x1000)).unwrap();
         mem.write_slice(&[7u8; 10], GuestAddress(0x1f_fffa))
             .unwrap();

@@ -42,6 +42,12 @@ pub const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
 pub const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
 pub const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
 pub const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+/// Shared memory regions (virtio 1.2 §4.2.2): flint's devices have none, which reads as
+/// all ones (a length of 0 would be a region, and virtio-fs would try to map it for DAX).
+pub const REG_SHM_LEN_LOW: u64 = 0x0b0;
+pub const REG_SHM_LEN_HIGH: u64 = 0x0b4;
+pub const REG_SHM_BASE_LOW: u64 = 0x0b8;
+pub const REG_SHM_BASE_HIGH: u64 = 0x0bc;
 pub const REG_CONFIG_GENERATION: u64 = 0x0fc;
 pub const CONFIG_SPACE: u64 = 0x100;
 
@@ -258,6 +264,11 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// The virtio device ID of the device behind this transport.
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
     pub fn queue_evts(&self) -> &[EventFd] {
         &self.queue_evts
     }
@@ -423,6 +434,7 @@ impl MmioTransport {
             REG_STATUS => self.status(),
             // The config space never changes under the driver.
             REG_CONFIG_GENERATION => 0,
+            REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH | REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => u32::MAX,
             _ => 0,
         }
     }
@@ -648,6 +660,15 @@ mod tests {
         assert_eq!(b, [0, 0]);
         x.t.write(REG_STATUS, &[1]);
         assert_eq!(rd(&mut x.t, REG_STATUS), 0);
+        // No shared memory region: all ones, not a region of length 0.
+        for reg in [
+            REG_SHM_LEN_LOW,
+            REG_SHM_LEN_HIGH,
+            REG_SHM_BASE_LOW,
+            REG_SHM_BASE_HIGH,
+        ] {
+            assert_eq!(rd(&mut x.t, reg), u32::MAX);
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! one call may take from a queue.
 
 pub mod block;
+pub mod fs;
 pub mod iovec;
 pub mod mmio;
 pub mod worker;
