@@ -48,7 +48,7 @@ echo "file: $(cat /etc/hostfile)"
 echo "written by the workload" > /vol/out.txt && echo "vol write: ok"
 (echo x > /ro/new.txt) 2>/dev/null && echo "ro write: allowed" || echo "ro write: refused"
 (echo x > /etc/hostfile) 2>/dev/null && echo "file write: allowed" || echo "file write: refused"
-ls /vol /ro
+ls -1 /vol /ro
 awk '$2 ~ /^\/(vol|ro|etc\/hostfile)$/ { split($4, o, ","); print "mount:", $2, o[1] }' /proc/mounts"#;
 
 /// Adds bind mounts (destination, source, options) to a bundle's config.json.
@@ -274,17 +274,7 @@ fn streams(name: &str) -> (String, String) {
 #[test]
 #[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
 fn same_bundle_same_output_and_exit_code_as_a_container() {
-    let (crun_out, crun_err) = streams("probe-crun");
-    let (flint_out, flint_err) = streams("probe-flint");
-    assert_eq!(scenario("probe-crun").1, 3, "{}", scenario("probe-crun").0);
-    assert_eq!(
-        scenario("probe-flint").1,
-        3,
-        "{}",
-        scenario("probe-flint").0
-    );
-    assert_eq!(flint_out, crun_out, "stdout differs");
-    assert_eq!(flint_err, crun_err, "stderr differs");
+    let (flint_out, flint_err) = ran_as_under_crun("probe-crun", "probe-flint", 3);
     // And it is the output the probe was meant to give.
     for line in [
         "args: zero one two three",
@@ -307,17 +297,7 @@ fn same_bundle_same_output_and_exit_code_as_a_container() {
 #[test]
 #[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
 fn bind_mounts_of_host_paths_work_as_under_crun() {
-    let (crun_out, crun_err) = streams("binds-crun");
-    let (flint_out, flint_err) = streams("binds-flint");
-    assert_eq!(scenario("binds-crun").1, 0, "{}", scenario("binds-crun").0);
-    assert_eq!(
-        scenario("binds-flint").1,
-        0,
-        "{}",
-        scenario("binds-flint").0
-    );
-    assert_eq!(flint_out, crun_out, "stdout differs");
-    assert_eq!(flint_err, crun_err, "stderr differs");
+    let (flint_out, _) = ran_as_under_crun("binds-crun", "binds-flint", 0);
     for line in [
         "vol: host-vol",
         "ro: host-ro",
@@ -527,12 +507,19 @@ fn a_jailed_flint_runs_a_bundle_as_crun_does() {
 
 /// Scenario `name` ran the probe bundle with crun's stdout, stderr and exit status.
 fn probe_ran_as_under_crun(name: &str) {
-    let (crun_out, crun_err) = streams("probe-crun");
-    let (out, err) = streams(name);
-    let (all, code) = scenario(name);
-    assert_eq!(*code, 3, "{all}");
+    ran_as_under_crun("probe-crun", name, 3);
+}
+
+/// Scenario `flint` ran as scenario `crun` did: both exit with `code`, with byte-identical
+/// stdout and stderr. Returns flint's (stdout, stderr).
+fn ran_as_under_crun(crun: &str, flint: &str, code: i32) -> (String, String) {
+    let (crun_out, crun_err) = streams(crun);
+    let (out, err) = streams(flint);
+    assert_eq!(scenario(crun).1, code, "{}", scenario(crun).0);
+    assert_eq!(scenario(flint).1, code, "{}", scenario(flint).0);
     assert_eq!(out, crun_out, "stdout differs");
     assert_eq!(err, crun_err, "stderr differs");
+    (out, err)
 }
 
 #[test]
