@@ -2,8 +2,8 @@
 //!
 //! `flint bench startup` ([`startup()`]) asks how a microVM compares with a container for the
 //! same workload: one OCI bundle runs N times each on flint (restoring its warm snapshot, as
-//! `flint run --oci-bundle` does by default, and booting cold with `--cold`), crun and QEMU's
-//! microvm, interleaved round-robin, and the report gives per system the time to the
+//! `flint run --oci-bundle` does by default, and booting cold with `--cold`; on request also
+//! with `--live-root`), crun and QEMU's microvm, interleaved round-robin, and the report gives per system the time to the
 //! workload's first output and to its exit, host CPU, memory and disk, as JSON, Markdown and
 //! SVG.
 //!

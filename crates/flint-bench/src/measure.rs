@@ -212,6 +212,32 @@ pub fn sum_smaps(pids: &[i32]) -> Totals {
     t
 }
 
+/// Like [`sum_smaps`], leaving out each process's mappings of the guest RAM (recognised as in
+/// [`split_guest`], per process): for a VMM's helpers, such as the virtiofsd flint starts for a
+/// live root, which maps the guest's memory to serve it. Those pages are the guest's (counted
+/// as guest RAM in the VMM); a process without such mappings counts whole.
+pub fn sum_smaps_outside_guest(pids: &[i32], guest_sizes: &[u64]) -> Totals {
+    let mut t = Totals::default();
+    for &pid in pids {
+        if let Some(maps) = read_smaps(pid).filter(|m| !m.is_empty()) {
+            let (rss, pss) = outside_guest(&maps, guest_sizes);
+            t.rss_kib += rss;
+            t.pss_kib += pss;
+            t.processes += 1;
+        }
+    }
+    t
+}
+
+/// Rss and Pss of `mappings` without the guest RAM's (all of them if it is not found whole).
+fn outside_guest(mappings: &[Mapping], guest_sizes: &[u64]) -> (u64, u64) {
+    let split = split_guest(mappings, guest_sizes);
+    match split.guest {
+        Some(g) => (g.vmm_rss_kib, g.vmm_pss_kib),
+        None => (split.total_rss_kib, split.total_pss_kib),
+    }
+}
+
 /// A VMM's memory split into the guest's RAM and the VMM's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmmSplit {
@@ -355,6 +381,22 @@ Pss:                  12 kB
             split_guest(&parse_smaps(SMAPS), &[128 << 20, 128 << 20]).guest,
             None
         );
+    }
+
+    #[test]
+    fn a_helper_counts_without_its_mapping_of_guest_ram() {
+        let maps = parse_smaps(SMAPS);
+        // It maps the guest's 128 MiB: left out.
+        assert_eq!(
+            outside_guest(&maps, &[128 << 20]),
+            (176 + 64 + 12, 88 + 64 + 12)
+        );
+        // It does not (a helper's parent, say): it counts whole.
+        assert_eq!(
+            outside_guest(&maps, &[256 << 20]),
+            (176 + 20480 + 64 + 12, 88 + 20480 + 64 + 12)
+        );
+        assert_eq!(outside_guest(&[], &[128 << 20]), (0, 0));
     }
 
     #[test]

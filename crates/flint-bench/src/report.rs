@@ -62,7 +62,8 @@ pub struct SystemReport {
     pub command: Vec<String>,
     /// What the tools say about their version.
     pub versions: String,
-    /// Allocated bytes of what all instances share (image and kernel, or the rootfs tree).
+    /// Allocated bytes of what all instances share (image and kernel, the kernel alone for a
+    /// live root, or the rootfs tree for crun).
     pub disk_shared_bytes: u64,
     /// Per metric (the [`RunRecord`] field names, plus `cpu_us` = user + sys).
     pub stats: BTreeMap<String, Stats>,
@@ -107,6 +108,11 @@ pub enum MemoryRecord {
         vmm_rss_kib: Option<u64>,
         vmm_pss_kib: Option<u64>,
         guest_rss_kib: Option<u64>,
+        /// The virtiofsd processes flint started (a live root), without their mappings of the
+        /// guest RAM; not in the totals above. `None` for VMs without one (and if none was
+        /// found).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        virtiofsd_pss_kib: Option<u64>,
     },
     /// The container runtime and the container's processes, summed.
     Container {
@@ -135,11 +141,18 @@ impl RunRecord {
                 vmm_rss_kib,
                 vmm_pss_kib,
                 guest_rss_kib,
+                virtiofsd_pss_kib,
                 ..
             }) => m.extend([
                 ("vmm_rss_kib", *vmm_rss_kib),
                 ("vmm_pss_kib", *vmm_pss_kib),
                 ("guest_rss_kib", *guest_rss_kib),
+                ("virtiofsd_pss_kib", *virtiofsd_pss_kib),
+                // What the table shows for a VM with a virtiofsd: the VMM's and its together.
+                (
+                    "vmm_virtiofsd_pss_kib",
+                    vmm_pss_kib.zip(*virtiofsd_pss_kib).map(|(v, d)| v + d),
+                ),
             ]),
             Some(MemoryRecord::Container {
                 rss_kib, pss_kib, ..
@@ -233,9 +246,14 @@ const ROWS: &[(&str, Source)] = &[
         "peak RSS (MiB)",
         Source::Stat(&["peak_rss_kib"], 1.0 / 1024.0),
     ),
+    // A live root's virtiofsd is counted with its VMM (see the notes), as crun's container is
+    // with crun.
     (
         "PSS at first output: VMM / runtime + container (MiB)",
-        Source::Stat(&["vmm_pss_kib", "pss_kib"], 1.0 / 1024.0),
+        Source::Stat(
+            &["vmm_virtiofsd_pss_kib", "vmm_pss_kib", "pss_kib"],
+            1.0 / 1024.0,
+        ),
     ),
     (
         "guest RAM resident at first output (MiB)",
@@ -347,10 +365,10 @@ fn ratios_vs_crun(r: &Report, metric: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
-/// The line comparing flint's two ways of starting, medians restored / cold boot; `None`
-/// unless the report has both with values.
-fn restored_vs_cold(r: &Report) -> Option<String> {
-    let (restored, cold) = ("flint-restored", "flint-cold");
+/// The line comparing another of flint's rows (`key`: restored, live root) with its cold boot,
+/// medians of `key` / cold boot; `None` unless the report has both with values.
+fn vs_cold(r: &Report, key: &str) -> Option<String> {
+    let cold = "flint-cold";
     let parts: Vec<String> = [
         ("first output", "first_output_us"),
         ("exit", "exit_us"),
@@ -360,16 +378,13 @@ fn restored_vs_cold(r: &Report) -> Option<String> {
     .iter()
     .filter_map(|(what, m)| {
         let base = median_of(r, cold, m).filter(|b| *b > 0.0)?;
-        Some(format!(
-            "{what} {}×",
-            num(median_of(r, restored, m)? / base)
-        ))
+        Some(format!("{what} {}×", num(median_of(r, key, m)? / base)))
     })
     .collect();
     (!parts.is_empty()).then(|| {
         format!(
             "Medians of {} relative to {}: {}.",
-            display_name(restored),
+            display_name(key),
             display_name(cold),
             parts.join(", ")
         )
@@ -377,7 +392,7 @@ fn restored_vs_cold(r: &Report) -> Option<String> {
 }
 
 /// The Markdown report: where it ran, the table, ratios against crun (and of flint restored
-/// against its cold boot), and the notes.
+/// and flint with a live root against its cold boot), and the notes.
 pub fn markdown(r: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## flint bench startup: microVM vs container\n");
@@ -412,8 +427,10 @@ pub fn markdown(r: &Report) -> String {
     if !ratios.is_empty() {
         let _ = writeln!(md, "\nMedians relative to crun: {}.", ratios.join("; "));
     }
-    if let Some(line) = restored_vs_cold(r) {
-        let _ = writeln!(md, "\n{line}");
+    for key in ["flint-restored", "flint-live"] {
+        if let Some(line) = vs_cold(r, key) {
+            let _ = writeln!(md, "\n{line}");
+        }
     }
     if !r.notes.is_empty() {
         md.push_str("\nNotes:\n\n");
@@ -446,6 +463,7 @@ pub(crate) mod tests {
                     vmm_rss_kib: Some(10_000),
                     vmm_pss_kib: Some(8_000),
                     guest_rss_kib: Some(30_000),
+                    virtiofsd_pss_kib: None,
                 }
             } else {
                 MemoryRecord::Container {
@@ -517,6 +535,25 @@ pub(crate) mod tests {
             ("crun".into(), crun),
             ("qemu".into(), qemu),
         ];
+        r
+    }
+
+    /// The default four rows and flint with a live root after flint-cold: slower than the cold
+    /// boot, no image on disk (the kernel alone), and a virtiofsd of 4000 KiB PSS.
+    pub(crate) fn synthetic_five() -> Report {
+        let mut r = synthetic_four();
+        let mut live = system(12, true, "flint");
+        live.disk_shared_bytes = 8 << 20;
+        for run in &mut live.runs {
+            if let Some(MemoryRecord::Vmm {
+                virtiofsd_pss_kib, ..
+            }) = &mut run.memory_at_first_output
+            {
+                *virtiofsd_pss_kib = Some(4_000);
+            }
+        }
+        live.stats = stats_of(&live.runs);
+        r.systems.insert(2, ("flint-live".into(), live));
         r
     }
 
@@ -670,5 +707,65 @@ pub(crate) mod tests {
         r.systems.retain(|(k, _)| k != "flint-cold");
         assert!(!markdown(&r).contains("relative to flint (cold boot)"));
         assert!(!markdown(&synthetic()).contains("relative to flint (cold boot)"));
+        // No live row in the default four.
+        assert!(!markdown(&synthetic_four()).contains("flint (live root)"));
+    }
+
+    #[test]
+    fn the_live_row_is_compared_with_crun_and_the_cold_boot() {
+        let r = synthetic_five();
+        let md = markdown(&r);
+        let table: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(
+            table[0],
+            "| median (min–p95) | flint (restored) | flint (cold boot) | flint (live root) | crun \
+             | QEMU microvm |"
+        );
+        assert_eq!(table.len(), 2 + TABLE_ROWS);
+        // Its shared disk is the kernel alone; its PSS is flint's 8000 KiB and virtiofsd's 4000.
+        assert!(md
+            .contains("| disk shared by all instances (MiB) | 80.0 | 64.0 | 8.00 | 64.0 | 64.0 |"));
+        assert!(
+            md.contains(
+                "| PSS at first output: VMM / runtime + container (MiB) | 7.81 | 7.81 | 11.7 | \
+                 2.44 | 7.81 |"
+            ),
+            "{md}"
+        );
+        // 1201500 / 101500.
+        assert!(
+            md.contains("flint (cold boot) 7.90×, flint (live root) 11.8×, QEMU microvm"),
+            "{md}"
+        );
+        // 1201500 / 801500, 1803000 / 1203000, 360 / 240 ms, 360000 / 240000 KiB.
+        assert!(
+            md.contains(
+                "Medians of flint (live root) relative to flint (cold boot): first output 1.50×, \
+                 exit 1.50×, host CPU 1.50×, peak RSS 1.50×."
+            ),
+            "{md}"
+        );
+        // The restored row's line is still there, first.
+        let restored = md.find("Medians of flint (restored) relative").unwrap();
+        assert!(restored < md.find("Medians of flint (live root) relative").unwrap());
+        // virtiofsd's part is in the JSON apart, and read back.
+        let v = serde_json::to_value(&r).unwrap();
+        let live = &v["systems"]["flint-live"];
+        assert_eq!(
+            live["runs"][0]["memory_at_first_output"]["virtiofsd_pss_kib"],
+            4000
+        );
+        assert_eq!(live["stats"]["vmm_virtiofsd_pss_kib"]["median"], 12000.0);
+        assert!(
+            v["systems"]["flint-cold"]["runs"][0]["memory_at_first_output"]
+                .get("virtiofsd_pss_kib")
+                .is_none()
+        );
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Report>(&text).unwrap(), r);
+        // Without the cold row there is nothing to compare it with.
+        let mut r = r;
+        r.systems.retain(|(k, _)| k != "flint-cold");
+        assert!(!markdown(&r).contains("relative to flint (cold boot)"));
     }
 }

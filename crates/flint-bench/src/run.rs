@@ -16,13 +16,18 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::interrupt;
-use super::measure::{self, StoppedTree, VmmSplit};
+use super::measure::{self, StoppedTree, Totals, VmmSplit};
 
 /// What the memory snapshot looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemoryKind {
-    /// A VMM: its own process only, split into guest RAM (mappings of these sizes) and the rest.
-    Vmm { guest_sizes: Vec<u64> },
+    /// A VMM: its own process, split into guest RAM (mappings of these sizes) and the rest.
+    /// With `helpers`, its descendants too (the virtiofsd flint starts for a live root),
+    /// summed apart and without their own mappings of the guest RAM.
+    Vmm {
+        guest_sizes: Vec<u64>,
+        helpers: bool,
+    },
     /// A container runtime: everything in the tree (the runtime and the container's processes).
     Tree,
 }
@@ -30,7 +35,12 @@ pub enum MemoryKind {
 /// The memory snapshot at the first output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemorySample {
-    Vmm(VmmSplit),
+    Vmm {
+        split: VmmSplit,
+        /// The VMM's descendants, if [`MemoryKind::Vmm`] asked for them (`processes` is 0 if
+        /// none was found).
+        helpers: Option<Totals>,
+    },
     Tree {
         rss_kib: u64,
         pss_kib: u64,
@@ -367,9 +377,13 @@ fn timeval(t: libc::timeval) -> Duration {
 fn sample_memory(pids: &[i32], kind: &MemoryKind) -> Option<MemorySample> {
     let root = measure::read_smaps(*pids.first()?).filter(|m| !m.is_empty())?;
     match kind {
-        MemoryKind::Vmm { guest_sizes } => {
-            Some(MemorySample::Vmm(measure::split_guest(&root, guest_sizes)))
-        }
+        MemoryKind::Vmm {
+            guest_sizes,
+            helpers,
+        } => Some(MemorySample::Vmm {
+            split: measure::split_guest(&root, guest_sizes),
+            helpers: helpers.then(|| measure::sum_smaps_outside_guest(&pids[1..], guest_sizes)),
+        }),
         MemoryKind::Tree => {
             let rest = measure::sum_smaps(&pids[1..]);
             Some(MemorySample::Tree {
@@ -424,6 +438,35 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(o.peak_rss_kib > 0);
+    }
+
+    #[test]
+    fn a_vmm_sample_sums_its_helpers_apart_when_asked() {
+        let vmm = |helpers| Measure {
+            timeout: Duration::from_secs(10),
+            // No mapping of that size: no split, every mapping counts.
+            memory: MemoryKind::Vmm {
+                guest_sizes: vec![1 << 40],
+                helpers,
+            },
+            state_dir: None,
+        };
+        let script = "sleep 1 & echo hi; wait";
+        match run(sh(script), &vmm(true)).unwrap().memory {
+            Some(MemorySample::Vmm {
+                split,
+                helpers: Some(h),
+            }) => {
+                assert!(split.guest.is_none());
+                assert!(split.total_pss_kib > 0);
+                assert!(h.processes >= 1 && h.pss_kib > 0, "{h:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match run(sh(script), &vmm(false)).unwrap().memory {
+            Some(MemorySample::Vmm { helpers: None, .. }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{interrupt, quoted, svg, BenchError, Mismatch};
 
 /// Compare a microVM with a container for the same workload: one OCI bundle runs N times each on
 /// flint (restoring its warm snapshot, and booting cold), crun and QEMU's microvm, interleaved
-/// round-robin.
+/// round-robin (and, when asked for, on flint with its rootfs shared live over virtio-fs).
 ///
 /// Per system it reports the time from launch to the workload's first byte on stdout and to its
 /// exit (min / median / p95), host CPU time, peak RSS, memory at the first output (the VMM's
@@ -41,7 +41,9 @@ pub struct StartupArgs {
     pub kernel: Option<PathBuf>,
     /// The systems to compare, comma-separated; each round runs them in this order, and the
     /// report lists them so. `flint` stands for flint-restored,flint-cold. flint-restored's
-    /// snapshot is made by one untimed run before round 1.
+    /// snapshot is made by one untimed run before round 1. flint-live (flint-cold with
+    /// --live-root: the bundle's rootfs/ itself as the guest's root, shared over virtio-fs by a
+    /// virtiofsd flint starts, no image) runs only when named, and needs virtiofsd.
     #[arg(
         long,
         value_name = "LIST",
@@ -193,10 +195,13 @@ pub(crate) fn guest_sizes(system: System, mib: u64) -> Vec<u64> {
     match system {
         // flint splits RAM around the 32-bit MMIO hole, one mapping per range; a restored flint
         // maps its snapshot's memory file the same way, range by range.
-        System::FlintRestored | System::FlintCold => flint_vmm::vstate::memory::ram_ranges(bytes)
-            .into_iter()
-            .map(|(_, len)| len)
-            .collect(),
+        // A live root's RAM is one memfd (virtiofsd maps it too), mapped by the same ranges.
+        System::FlintRestored | System::FlintCold | System::FlintLive => {
+            flint_vmm::vstate::memory::ram_ranges(bytes)
+                .into_iter()
+                .map(|(_, len)| len)
+                .collect()
+        }
         // QEMU allocates all RAM as one block and maps pieces of it into the guest.
         _ => vec![bytes],
     }
@@ -228,8 +233,11 @@ fn run_once(
         timeout,
         memory: match system {
             System::Crun => MemoryKind::Tree,
+            // A live root's virtiofsd is flint's child: it is stopped with flint and its PSS
+            // is summed apart (for the flint-live row), as crun's container is with crun.
             vm => MemoryKind::Vmm {
                 guest_sizes: guest_sizes(vm, setup.memory_mib),
+                helpers: vm == System::FlintLive,
             },
         },
         state_dir: (system == System::Crun).then_some(state_dir.as_path()),
@@ -278,12 +286,13 @@ fn run_once(
         ));
     }
     let memory_at_first_output = o.memory.as_ref().map(|s| match s {
-        MemorySample::Vmm(v) => MemoryRecord::Vmm {
+        MemorySample::Vmm { split: v, helpers } => MemoryRecord::Vmm {
             total_rss_kib: v.total_rss_kib,
             total_pss_kib: v.total_pss_kib,
             vmm_rss_kib: v.guest.map(|g| g.vmm_rss_kib),
             vmm_pss_kib: v.guest.map(|g| g.vmm_pss_kib),
             guest_rss_kib: v.guest.map(|g| g.guest_rss_kib),
+            virtiofsd_pss_kib: helpers.filter(|h| h.processes > 0).map(|h| h.pss_kib),
         },
         MemorySample::Tree {
             rss_kib,
@@ -311,7 +320,9 @@ fn run_once(
             .then(|| system::parse_boot_us(&o.stderr))
             .flatten(),
         memory_at_first_output,
-        // The VMs' writable layer is a tmpfs in guest memory: nothing on the host's disk.
+        // The VMs' writable layer is a tmpfs in guest memory: nothing on the host's disk. A live
+        // root's writes land in the bundle's rootfs/, as crun's do, and flint keeps no files
+        // of its own for the instance: nothing either.
         disk_per_instance_bytes: match system {
             System::Crun => o.state_dir_bytes,
             _ => Some(0),
@@ -471,8 +482,8 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
     let systems = system::selected(&args.systems);
     if systems.is_empty() {
         return Err(BenchError::Usage(
-            "--systems: name at least one of flint-restored, flint-cold, crun, qemu (or flint \
-             for both flint rows)"
+            "--systems: name at least one of flint-restored, flint-cold, flint-live, crun, qemu \
+             (or flint for flint-restored and flint-cold)"
                 .into(),
         ));
     }
@@ -512,6 +523,22 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
     } else {
         args.qemu.clone()
     };
+    // Found as flint finds it (same function, same environment), for an early error and the
+    // report's versions.
+    let virtiofsd = if has(System::FlintLive) {
+        Some(
+            flint_vmm::devices::virtio::fs::virtiofsd::find().map_err(|_| {
+                BenchError::Usage(format!(
+                    "flint-live needs virtiofsd (flint starts one per run for --live-root): none \
+                     on $PATH or in {}; install it (`cargo install virtiofsd`, or \
+                     resources/guest/build-virtiofsd.sh) or set FLINT_VIRTIOFSD=PATH",
+                    flint_vmm::devices::virtio::fs::virtiofsd::KNOWN_PATHS.join(", ")
+                ))
+            })?,
+        )
+    } else {
+        None
+    };
 
     let environment = Environment::detect(args.label.clone());
     let date = iso8601_utc(SystemTime::now());
@@ -519,8 +546,9 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
     let image_cache = workdir.0.join("images");
     let mut notes = Vec::new();
 
-    // The image is built here, once, into the cache flint will use too: no run pays for it.
-    let plan = if needs_vm {
+    // The image is built here, once, into the cache flint will use too: no run pays for it. A
+    // live root has none.
+    let plan = if systems.iter().any(|s| s.uses_image()) {
         Some(flint_oci::prepare(&bundle.dir, &image_cache)?)
     } else {
         None
@@ -549,24 +577,37 @@ pub fn startup(args: &StartupArgs) -> Result<Report, BenchError> {
         PathBuf::new()
     };
 
-    let vm_disk = match (&plan, &kernel) {
-        (Some(plan), Some(kernel)) => {
-            let path = plan.image.as_ref().ok_or(NO_IMAGE)?;
-            let image = measure::allocated_bytes(path)
-                .map_err(BenchError::io(format!("{}", path.display())))?;
-            let kernel = measure::allocated_bytes(kernel)
-                .map_err(BenchError::io(format!("{}", kernel.display())))?;
-            image + kernel
-        }
-        _ => 0,
+    let kernel_disk = match &kernel {
+        Some(kernel) => measure::allocated_bytes(kernel)
+            .map_err(BenchError::io(format!("{}", kernel.display())))?,
+        None => 0,
     };
+    let image_disk = match &plan {
+        Some(plan) => {
+            let path = plan.image.as_ref().ok_or(NO_IMAGE)?;
+            measure::allocated_bytes(path).map_err(BenchError::io(format!("{}", path.display())))?
+        }
+        None => 0,
+    };
+    let vm_disk = image_disk + kernel_disk;
+    let flint_version = format!("flint {}", env!("CARGO_PKG_VERSION"));
     let mut columns = Vec::new();
     for &system in &systems {
         let (versions, disk_shared_bytes) = match system {
             // The restored row's snapshot files are added once the warm-up has made them.
-            System::FlintRestored | System::FlintCold => {
-                (format!("flint {}", env!("CARGO_PKG_VERSION")), vm_disk)
-            }
+            System::FlintRestored | System::FlintCold => (flint_version.clone(), vm_disk),
+            // No image: the rootfs/ is the bundle itself, shared as it is.
+            System::FlintLive => (
+                match &virtiofsd {
+                    Some(v) => format!(
+                        "{flint_version}; {} ({})",
+                        system::version(v, 1),
+                        v.display()
+                    ),
+                    None => flint_version.clone(),
+                },
+                kernel_disk,
+            ),
             System::Qemu => (system::version(&qemu, 1), vm_disk),
             System::Crun => (
                 system::version(&crun, 2),
@@ -749,18 +790,36 @@ fn standard_notes(
          among them."
             .into(),
     ];
+    let live = display_name(System::FlintLive.key());
+    let images = systems.iter().any(|s| s.uses_image());
     if systems.iter().any(|s| s.is_vm()) {
-        notes.push(
-            "flint and QEMU use the same kernel, root image and initramfs, prepared once \
-             before the first round (so no run includes building the image). Guest RAM is the \
-             VMM's mappings of the guest memory's size; the VMM's own memory is the rest of its \
-             process."
-                .into(),
+        let mut vm = String::new();
+        if images {
+            vm.push_str(
+                "flint and QEMU use the same kernel, root image and initramfs, prepared once \
+                 before the first round (so no run includes building the image). ",
+            );
+        }
+        vm.push_str(
+            "Guest RAM is the VMM's mappings of the guest memory's size; the VMM's own memory is \
+             the rest of its process.",
         );
-        let mut disk = String::from(
-            "Disk: the VMs share the read-only ext4 image and the kernel; the guest's writable \
-             layer is a tmpfs in guest memory, so an instance writes nothing to the host's disk.",
-        );
+        notes.push(vm);
+        let mut disk = String::from("Disk:");
+        if images {
+            disk.push_str(
+                " the VMs share the read-only ext4 image and the kernel; the guest's writable \
+                 layer is a tmpfs in guest memory, so an instance writes nothing to the host's \
+                 disk.",
+            );
+        }
+        if systems.contains(&System::FlintLive) {
+            disk.push_str(&format!(
+                " {live} has no image: it shares the kernel alone. Its guest's root is the \
+                 bundle's rootfs/ itself, where the workload's writes land as they do with crun; \
+                 that tree is the bundle, not a copy, and is not counted in its row."
+            ));
+        }
         if systems.contains(&System::FlintRestored) {
             disk.push_str(&format!(
                 " {} also shares its snapshot's files.",
@@ -776,6 +835,40 @@ fn standard_notes(
             }
         }
         notes.push(disk);
+    }
+    if systems.contains(&System::FlintLive) {
+        notes.push(format!(
+            "{live} is {cold}'s command with `--live-root`: the guest's root is the bundle's \
+             rootfs/ directory shared over virtio-fs by a virtiofsd that flint starts and stops \
+             in every run, and the guest boots cold (a VM with a share has no warm start). \
+             virtiofsd is a separate process, flint's child: stopped and read with flint at the \
+             first output, its PSS (without its mapping of the guest RAM, whose pages are \
+             counted as guest RAM) is added to {live}'s PSS row and is in the JSON apart as \
+             virtiofsd_pss_kib. Host CPU and peak RSS include it too (flint reaps it).",
+            cold = display_name(System::FlintCold.key()),
+        ));
+        let live_runs = columns
+            .iter()
+            .filter(|c| c.system == System::FlintLive)
+            .flat_map(|c| &c.runs);
+        let missing = live_runs
+            .filter(|r| {
+                matches!(
+                    r.memory_at_first_output,
+                    Some(MemoryRecord::Vmm {
+                        virtiofsd_pss_kib: None,
+                        ..
+                    })
+                )
+            })
+            .count();
+        if missing > 0 {
+            notes.push(format!(
+                "In {missing} {live} run(s) no virtiofsd was found among flint's descendants at \
+                 the first output: they have no virtiofsd_pss_kib, and its PSS row leaves them \
+                 out (or shows flint's own PSS if no run has one)."
+            ));
+        }
     }
     if systems.contains(&System::Qemu) {
         notes.push(
@@ -879,6 +972,20 @@ mod tests {
             system::selected(&a.systems),
             [System::FlintCold, System::Qemu]
         );
+        // The live root only when named, in the order given; `flint` does not include it.
+        let a = parse(&["--bundle", "b", "--systems", "flint,flint-live,crun"]).unwrap();
+        assert_eq!(
+            system::selected(&a.systems),
+            [
+                System::FlintRestored,
+                System::FlintCold,
+                System::FlintLive,
+                System::Crun
+            ]
+        );
+        let a = parse(&["--bundle", "b", "--systems", "flint-live"]).unwrap();
+        assert_eq!(system::selected(&a.systems), [System::FlintLive]);
+        assert!(parse(&["--bundle", "b", "--systems", "live"]).is_err());
         assert!(parse(&["--bundle", "b", "-n", "0"]).is_err());
         assert!(parse(&["--bundle", "b", "--systems", "docker"]).is_err());
         assert!(parse(&[]).is_err());
@@ -887,7 +994,7 @@ mod tests {
     #[test]
     fn guest_sizes_follow_each_vmm_layout() {
         assert_eq!(guest_sizes(System::Qemu, 128), [128 << 20]);
-        for flint in [System::FlintRestored, System::FlintCold] {
+        for flint in [System::FlintRestored, System::FlintCold, System::FlintLive] {
             assert_eq!(guest_sizes(flint, 128), [128 << 20]);
             assert_eq!(guest_sizes(flint, 4096), [3 << 30, 1 << 30]);
         }
@@ -1055,6 +1162,67 @@ mod tests {
         assert_eq!(names, [(Path::new("a"), 1), (Path::new("k/state"), 5)]);
         assert!(files.iter().all(|f| f.2.is_some()));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn vmm_memory(virtiofsd_pss_kib: Option<u64>) -> MemoryRecord {
+        MemoryRecord::Vmm {
+            total_rss_kib: 40_000,
+            total_pss_kib: 38_000,
+            vmm_rss_kib: Some(10_000),
+            vmm_pss_kib: Some(8_000),
+            guest_rss_kib: Some(30_000),
+            virtiofsd_pss_kib,
+        }
+    }
+
+    #[test]
+    fn the_notes_say_what_the_live_row_counts() {
+        let setup = Setup {
+            bundle: "/b".into(),
+            memory_mib: 128,
+            cpus: 1,
+            flint: "/usr/bin/flint".into(),
+            crun: "crun".into(),
+            qemu: "qemu".into(),
+            kernel: Some("/k/vmlinux".into()),
+            image_cache: "/w/images".into(),
+            crun_logs: "/w".into(),
+            vm: None,
+        };
+        let mut runs = vec![record(1, Some(5)), record(2, Some(5))];
+        runs[0].memory_at_first_output = Some(vmm_memory(Some(4_000)));
+        runs[1].memory_at_first_output = Some(vmm_memory(None));
+        let live = Column {
+            system: System::FlintLive,
+            command: Vec::new(),
+            versions: String::new(),
+            disk_shared_bytes: 0,
+            runs,
+        };
+        let run_dir = Path::new("/run/crun");
+        let systems = [System::FlintCold, System::FlintLive];
+        let notes = standard_notes(&systems, std::slice::from_ref(&live), run_dir, &setup);
+        let text = notes.join("\n");
+        assert!(
+            text.contains("flint (live root) has no image: it shares the kernel alone."),
+            "{text}"
+        );
+        assert!(
+            text.contains("flint (live root) is flint (cold boot)'s command with `--live-root`")
+        );
+        assert!(text.contains("is added to flint (live root)'s PSS row"));
+        assert!(text.contains("In 1 flint (live root) run(s) no virtiofsd was found"));
+        // With the live root alone, no image is said to be shared.
+        let notes = standard_notes(&[System::FlintLive], &[], run_dir, &setup);
+        let text = notes.join("\n");
+        assert!(!text.contains("ext4 image"), "{text}");
+        assert!(
+            text.contains("Disk: flint (live root) has no image"),
+            "{text}"
+        );
+        // Without it, not a word about it.
+        let notes = standard_notes(&[System::FlintCold], &[], run_dir, &setup);
+        assert!(!notes.join("\n").contains("live root"));
     }
 
     #[test]

@@ -436,6 +436,21 @@ mod tests {
     }
 
     #[test]
+    fn the_live_row_has_its_group_after_the_cold_boot() {
+        let r = crate::report::tests::synthetic_five();
+        let text = svg(&r);
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let names: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.attribute("font-weight") == Some("bold"))
+            .filter(|n| n.attribute("text-anchor") == Some("end"))
+            .filter_map(|n| n.text())
+            .collect();
+        assert_eq!(names[1..3], ["flint (cold boot)", "flint (live root)"]);
+        assert_eq!(count_bars(&text, "flint-live"), 2);
+    }
+
+    #[test]
     fn four_systems_each_have_their_group_in_order() {
         let r = crate::report::tests::synthetic_four();
         let text = svg(&r);

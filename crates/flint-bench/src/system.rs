@@ -1,7 +1,8 @@
 //! The systems under comparison and how each is launched: flint and QEMU's `microvm` run the
 //! bundle as a microVM from the same image and kernel (flint restoring its warm snapshot of
 //! that kernel by default, or booting it with `--cold`, as QEMU does with the same initramfs);
-//! crun runs it as a container.
+//! flint with `--live-root` boots cold with the bundle's rootfs/ itself as the guest's root,
+//! shared over virtio-fs (no image); crun runs it as a container.
 
 use std::ffi::CString;
 use std::io;
@@ -18,6 +19,10 @@ pub enum System {
     FlintRestored,
     /// flint booting the kernel every time: `flint run --oci-bundle --cold`.
     FlintCold,
+    /// flint booting with the bundle's rootfs/ directory as the guest's root, shared over
+    /// virtio-fs by a virtiofsd flint starts (no image): `flint run --oci-bundle --cold
+    /// --live-root`.
+    FlintLive,
     /// The crun OCI runtime: the same bundle as a container.
     Crun,
     /// QEMU's microvm machine with KVM, booting what flint would boot.
@@ -30,6 +35,7 @@ impl System {
         match self {
             System::FlintRestored => "flint-restored",
             System::FlintCold => "flint-cold",
+            System::FlintLive => "flint-live",
             System::Crun => "crun",
             System::Qemu => "qemu",
         }
@@ -40,13 +46,22 @@ impl System {
         !matches!(self, System::Crun)
     }
 
-    /// Whether it is flint (either way of starting it).
+    /// Whether it is flint (any way of starting it).
     pub fn is_flint(self) -> bool {
-        matches!(self, System::FlintRestored | System::FlintCold)
+        matches!(
+            self,
+            System::FlintRestored | System::FlintCold | System::FlintLive
+        )
+    }
+
+    /// Whether it boots from the bundle's ext4 image (prepared once, before the runs): every VM
+    /// but flint with a live root.
+    pub fn uses_image(self) -> bool {
+        self.is_vm() && self != System::FlintLive
     }
 }
 
-/// What `--systems` takes: a system, or `flint` for both of flint's rows.
+/// What `--systems` takes: a system, or `flint` for flint's two default rows.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selection {
     /// Both flint rows: flint-restored, then flint-cold.
@@ -55,6 +70,9 @@ pub enum Selection {
     FlintRestored,
     /// flint booting the kernel (`flint run --oci-bundle --cold`).
     FlintCold,
+    /// flint booting with the bundle's rootfs/ shared live over virtio-fs (`flint run
+    /// --oci-bundle --cold --live-root`; needs virtiofsd). Not in `flint`.
+    FlintLive,
     /// The crun OCI runtime: the same bundle as a container.
     Crun,
     /// QEMU's microvm machine with KVM, booting what flint would boot.
@@ -67,6 +85,7 @@ impl Selection {
             Selection::Flint => &[System::FlintRestored, System::FlintCold],
             Selection::FlintRestored => &[System::FlintRestored],
             Selection::FlintCold => &[System::FlintCold],
+            Selection::FlintLive => &[System::FlintLive],
             Selection::Crun => &[System::Crun],
             Selection::Qemu => &[System::Qemu],
         }
@@ -90,6 +109,7 @@ pub fn display_name(key: &str) -> &str {
     match key {
         "flint-restored" => "flint (restored)",
         "flint-cold" => "flint (cold boot)",
+        "flint-live" => "flint (live root)",
         "qemu" => "QEMU microvm",
         "flint-clones" => "flint (clones of one snapshot)",
         "flint-snapshot" => "flint snapshot",
@@ -232,7 +252,7 @@ impl Setup {
         let mib = self.memory_mib.to_string();
         let cpus = self.cpus.to_string();
         let cmd = match system {
-            System::FlintRestored | System::FlintCold => {
+            System::FlintRestored | System::FlintCold | System::FlintLive => {
                 let mut c = Command::new(&self.flint);
                 c.arg("run")
                     .arg("--oci-bundle")
@@ -244,8 +264,13 @@ impl Setup {
                     // live and die with the bench.
                     .env("FLINT_IMAGE_CACHE", &self.image_cache);
                 // Without it flint restores the warm snapshot: the same command otherwise.
-                if system == System::FlintCold {
+                if system != System::FlintRestored {
                     c.arg("--cold");
+                }
+                // The cold boot's command, with the rootfs/ shared live instead of its image
+                // (flint would boot cold for a share anyway).
+                if system == System::FlintLive {
+                    c.arg("--live-root");
                 }
                 c
             }
@@ -586,28 +611,47 @@ mod tests {
     }
 
     #[test]
+    fn the_live_row_is_the_cold_boot_with_a_live_root() {
+        let s = setup();
+        let cold = describe(&s.command(System::FlintCold, 1).unwrap());
+        let mut live = describe(&s.command(System::FlintLive, 1).unwrap());
+        assert_eq!(live.pop().as_deref(), Some("--live-root"));
+        assert_eq!(live, cold);
+    }
+
+    #[test]
     fn systems_have_keys_and_display_names() {
         let all = [
             System::FlintRestored,
             System::FlintCold,
+            System::FlintLive,
             System::Crun,
             System::Qemu,
         ];
         let keys = all.map(System::key);
-        assert_eq!(keys, ["flint-restored", "flint-cold", "crun", "qemu"]);
+        assert_eq!(
+            keys,
+            ["flint-restored", "flint-cold", "flint-live", "crun", "qemu"]
+        );
         assert_eq!(
             keys.map(display_name),
             [
                 "flint (restored)",
                 "flint (cold boot)",
+                "flint (live root)",
                 "crun",
                 "QEMU microvm"
             ]
         );
         // A key from an older report (flint had one row, a cold boot) shows as it is.
         assert_eq!(display_name("flint"), "flint");
-        assert_eq!(all.map(System::is_vm), [true, true, false, true]);
-        assert_eq!(all.map(System::is_flint), [true, true, false, false]);
+        assert_eq!(all.map(System::is_vm), [true, true, true, false, true]);
+        assert_eq!(all.map(System::is_flint), [true, true, true, false, false]);
+        // The live root has no image.
+        assert_eq!(
+            all.map(System::uses_image),
+            [true, true, false, false, true]
+        );
     }
 
     #[test]
@@ -622,5 +666,11 @@ mod tests {
             [System::Qemu, System::FlintCold, System::FlintRestored]
         );
         assert!(selected(&[]).is_empty());
+        // The live root only when named: `flint` is the two default rows.
+        assert_eq!(
+            selected(&[S::Flint, S::FlintLive, S::FlintCold]),
+            [System::FlintRestored, System::FlintCold, System::FlintLive]
+        );
+        assert_eq!(selected(&[S::FlintLive]), [System::FlintLive]);
     }
 }
