@@ -9,6 +9,7 @@
 use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,8 @@ pub struct Live {
     /// Whether its stdout has ended (every process holding it has exited or closed it).
     eof: bool,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Set when its stderr has closed (everything it wrote there is in `stderr`).
+    stderr_done: Arc<AtomicBool>,
 }
 
 /// Appends `bytes` to `pending` and takes out every complete line; what follows the last
@@ -106,7 +109,12 @@ fn read_lines(mut r: impl Read, tx: mpsc::Sender<Event>) {
     let _ = tx.send(Event::Eof(end));
 }
 
-fn keep_stderr(mut r: impl Read, kept: Arc<Mutex<Vec<u8>>>) {
+fn keep_stderr(r: impl Read, kept: Arc<Mutex<Vec<u8>>>, done: Arc<AtomicBool>) {
+    read_stderr(r, kept);
+    done.store(true, Ordering::Release);
+}
+
+fn read_stderr(mut r: impl Read, kept: Arc<Mutex<Vec<u8>>>) {
     let mut chunk = [0u8; 4096];
     loop {
         match r.read(&mut chunk) {
@@ -156,7 +164,9 @@ impl Live {
         std::thread::spawn(move || read_lines(out, tx));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let kept = Arc::clone(&stderr);
-        std::thread::spawn(move || keep_stderr(err, kept));
+        let stderr_done = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&stderr_done);
+        std::thread::spawn(move || keep_stderr(err, kept, done));
         Ok(Live {
             step,
             reaper,
@@ -165,6 +175,7 @@ impl Live {
             lines: Vec::new(),
             eof: false,
             stderr,
+            stderr_done,
         })
     }
 
@@ -182,8 +193,14 @@ impl Live {
         self.stderr.lock().map(|k| k.clone()).unwrap_or_default()
     }
 
-    /// An error about this process, with its stderr's last lines.
+    /// An error about this process, with its stderr's last lines: what it wrote until its
+    /// stderr closed (its end), or, if that takes longer than a second (a child of its holds
+    /// the pipe), until then.
     pub fn error(&self, what: impl Into<String>) -> BenchError {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.stderr_done.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
         BenchError::Step {
             step: self.step.clone(),
             what: what.into(),
