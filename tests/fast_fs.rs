@@ -412,8 +412,10 @@ fn virtiofsds_for(dir: &Path) -> Vec<u32> {
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "virtiofsd")
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
                 && alive(*pid)
         })
         .collect()
@@ -467,4 +469,66 @@ fn a_vm_with_a_share_refuses_a_snapshot_and_its_virtiofsd_ends_with_it() {
         virtiofsds_for(&share.dir).is_empty(),
         "virtiofsd outlived flint"
     );
+}
+
+/// A virtiofsd the user started (`--fs tag=T,socket=PATH`): flint connects to it, leaves it
+/// running when it ends, and stops the VM with one line when that virtiofsd goes away.
+#[test]
+fn a_user_started_virtiofsd_is_used_and_its_end_stops_the_vm() {
+    let name = "a_user_started_virtiofsd_is_used_and_its_end_stops_the_vm";
+    if !common::have_kvm() {
+        common::skip(name, "no /dev/kvm");
+        return;
+    }
+    let Some(bin) = virtiofsd(name) else { return };
+    let share = Share::new("socket");
+    let sock = share.dir.with_extension("sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut daemon = std::process::Command::new(&bin)
+        .arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&share.dir)
+        .args(["--log-level", "error"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "virtiofsd made no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fs = format!("tag=data,socket={}", sock.display());
+    let mut vm = common::CounterVm::run(
+        "fs-socket",
+        &[
+            "--kernel",
+            common::firmware("counter").to_str().unwrap(),
+            "--fs",
+            &fs,
+        ],
+    );
+    // The guest runs (it counted); flint started no virtiofsd of its own (those get --fd).
+    let running = virtiofsds_for(&share.dir);
+    assert!(!running.is_empty());
+    for pid in &running {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains("--fd="),
+            "flint started one"
+        );
+    }
+    // The user's virtiofsd dies (with the process its sandbox forks, if any): flint ends the
+    // VM, exit 1, one line naming the share.
+    for pid in running {
+        // SAFETY: kill on processes this test started (the virtiofsd and its sandbox child).
+        unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
+    }
+    let _ = daemon.wait();
+    let child = vm.child.take().unwrap();
+    let out = common::wait_or_kill(child, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("share 'data' went away"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let _ = std::fs::remove_file(&sock);
 }
