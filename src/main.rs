@@ -693,19 +693,10 @@ fn run_warm_maker(
     }
     use std::os::unix::process::CommandExt;
     // The child dies with this process (killed, it must not leave a guest running).
-    let parent = i32::try_from(std::process::id()).unwrap_or(0);
-    // SAFETY: prctl and getppid are async-signal-safe and touch nothing of the parent's.
+    let parent = std::process::id();
+    // SAFETY: die_with_parent is async-signal-safe and touches nothing of the parent's.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("flint exited"));
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || flint_vmm::sandbox::die_with_parent(parent, libc::SIGKILL));
     }
     let mut child = cmd
         .spawn()

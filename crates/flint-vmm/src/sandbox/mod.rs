@@ -8,6 +8,24 @@ pub mod jail;
 pub mod landlock;
 pub mod seccomp;
 
+/// For a child flint starts, between fork and exec: the kernel sends it `signal` when its
+/// parent (`parent`, flint) ends, so that a killed flint leaves nothing running; and it fails
+/// if flint ended already (the signal would then never come). Only prctl and getppid:
+/// async-signal-safe, as a `pre_exec` hook must be.
+pub fn die_with_parent(parent: u32, signal: i32) -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    if u32::try_from(unsafe { libc::getppid() }).ok() != Some(parent) {
+        return Err(std::io::Error::other(
+            "flint ended before its child started",
+        ));
+    }
+    Ok(())
+}
+
 /// Closes every file descriptor flint inherited beyond stdin, stdout and stderr, so that
 /// nothing its parent left open (a socket, a host file) is reachable from flint. Called first
 /// thing, before flint opens anything of its own.

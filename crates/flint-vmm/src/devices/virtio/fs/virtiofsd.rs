@@ -120,19 +120,13 @@ impl Virtiofsd {
             cmd.arg("--readonly");
         }
         let parent = std::process::id();
-        // SAFETY: between fork and exec only async-signal-safe calls are made (prctl, getppid,
-        // fcntl, and FileShare::enter's mount calls), on memory prepared before the fork.
+        // SAFETY: between fork and exec only async-signal-safe calls are made (die_with_parent's
+        // prctl and getppid, fcntl, and FileShare::enter's mount calls), on memory prepared
+        // before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 // virtiofsd ends with flint, even if flint is killed.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::other(
-                        "flint ended before virtiofsd started",
-                    ));
-                }
+                crate::sandbox::die_with_parent(parent, libc::SIGTERM)?;
                 // The listener crosses exec.
                 if libc::fcntl(listen_fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
