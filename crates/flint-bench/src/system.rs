@@ -123,21 +123,9 @@ pub fn warm_dir(image_cache: &Path) -> PathBuf {
     image_cache.join("warm")
 }
 
-/// `program` as given if it has a slash, else the first match on `$PATH`; `None` if there is
-/// no such executable file.
-pub fn find_program(program: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.components().count() > 1 || program.is_absolute() {
-        return executable(program).then(|| program.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| executable(p))
-}
+/// `program` as given if it has a slash, else the first match on `$PATH` (flint's own
+/// look-up, which also finds virtiofsd).
+pub use flint_vmm::config::find_program;
 
 /// The first lines of `program --version`, joined (for the report); "unknown" if it will not
 /// say.
@@ -522,14 +510,6 @@ mod tests {
         let text = "crun version 1.8.1\ncommit: f8a0\nrundir: /run/user/0/crun\nspec: 1.0.0\n";
         assert_eq!(parse_rundir(text), Some("/run/user/0/crun".into()));
         assert_eq!(parse_rundir("crun version 1.0\n"), None);
-    }
-
-    #[test]
-    fn programs_are_found_on_path_or_by_path() {
-        assert!(find_program(Path::new("sh")).is_some());
-        assert!(find_program(Path::new("/bin/sh")).is_some());
-        assert_eq!(find_program(Path::new("flint-bench-no-such-tool")), None);
-        assert_eq!(find_program(Path::new("./flint-bench-no-such-tool")), None);
     }
 
     fn setup() -> Setup {

@@ -354,6 +354,22 @@ fn check_share(f: &FsConfig) -> Result<(), ConfigError> {
     }
 }
 
+/// `program` as given if it has a slash, else the first match on `$PATH`; `None` if there is
+/// no such executable file.
+pub fn find_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 || program.is_absolute() {
+        return executable(program).then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
 /// Total RAM of this host in MiB, from /proc/meminfo.
 pub fn host_memory_mib() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -458,6 +474,14 @@ mod tests {
             acpi: true,
             fs: vec![],
         }
+    }
+
+    #[test]
+    fn programs_are_found_on_path_or_by_path() {
+        assert!(find_program(Path::new("sh")).is_some());
+        assert!(find_program(Path::new("/bin/sh")).is_some());
+        assert_eq!(find_program(Path::new("flint-no-such-tool")), None);
+        assert_eq!(find_program(Path::new("./flint-no-such-tool")), None);
     }
 
     #[test]

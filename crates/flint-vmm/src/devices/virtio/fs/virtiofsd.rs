@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::backend::{Backend, FsError};
+use crate::config::find_program;
 
 /// Where virtiofsd is looked for when $FLINT_VIRTIOFSD does not say: $PATH, then where
 /// distributions install it (Debian's and Fedora's QEMU packages, Cloud Hypervisor's docs).
@@ -31,17 +32,8 @@ pub fn find() -> Result<PathBuf, FsError> {
     if let Some(p) = std::env::var_os("FLINT_VIRTIOFSD") {
         return Ok(PathBuf::from(p));
     }
-    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("virtiofsd"))
-                .collect()
-        })
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain(KNOWN_PATHS.iter().map(PathBuf::from))
-        .find(|p| is_executable(p))
+    find_program(Path::new("virtiofsd"))
+        .or_else(|| KNOWN_PATHS.iter().find_map(|p| find_program(Path::new(p))))
         .ok_or_else(|| {
             FsError::Daemon(
                 "--fs path= needs virtiofsd (the Rust one: `cargo install virtiofsd`, or \
@@ -51,11 +43,6 @@ pub fn find() -> Result<PathBuf, FsError> {
                     .into(),
             )
         })
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A virtiofsd flint started. Dropping it stops it (SIGTERM, then SIGKILL after a second)
