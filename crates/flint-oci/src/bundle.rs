@@ -598,7 +598,7 @@ fn bind_spec(
             format!(
                 "the source {} is {}: only a directory or a regular file can be shared with the guest",
                 named.display(),
-                file_kind(&meta.file_type())
+                flint_vmm::config::file_type_name(&meta.file_type())
             ),
         ));
     };
@@ -649,22 +649,6 @@ fn bind_spec(
         flags,
         data,
     })
-}
-
-/// What a file type is called in an error message.
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_socket() {
-        "a socket"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_char_device() {
-        "a character device"
-    } else {
-        "neither a directory nor a regular file"
-    }
 }
 
 /// Splits mount options into `MS_*` flags and the filesystem's own data string.

@@ -286,7 +286,19 @@ fn check_input_type(t: &std::fs::FileType, kind: InputKind) -> Result<(), String
     if t.is_file() || (kind == InputKind::Disk && t.is_block_device()) {
         return Ok(());
     }
-    let what = if t.is_dir() {
+    let wanted = match kind {
+        InputKind::File => "a regular file",
+        InputKind::Disk => "a disk image file or a block device",
+    };
+    Err(format!("is {}, not {wanted}", file_type_name(t)))
+}
+
+/// What a file of this type is called in an error message ("is a FIFO (named pipe), not …").
+pub fn file_type_name(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
         "a directory"
     } else if t.is_fifo() {
         "a FIFO (named pipe)"
@@ -298,12 +310,7 @@ fn check_input_type(t: &std::fs::FileType, kind: InputKind) -> Result<(), String
         "a block device"
     } else {
         "not a regular file"
-    };
-    let wanted = match kind {
-        InputKind::File => "a regular file",
-        InputKind::Disk => "a disk image file or a block device",
-    };
-    Err(format!("is {what}, not {wanted}"))
+    }
 }
 
 /// Checks that `path` names a readable input of its kind, and returns its metadata.
@@ -347,7 +354,10 @@ fn check_share(f: &FsConfig) -> Result<(), ConfigError> {
         .file_type();
     match (socket, t.is_dir() || t.is_file(), t.is_socket()) {
         (false, true, _) | (true, _, true) => Ok(()),
-        (false, false, _) => Err(bad("is neither a directory nor a regular file".into())),
+        (false, false, _) => Err(bad(format!(
+            "is {}, not a directory or a regular file",
+            file_type_name(&t)
+        ))),
         (true, _, false) => Err(bad(
             "is not a socket (socket= names the vhost-user socket of a running virtiofsd)".into(),
         )),
