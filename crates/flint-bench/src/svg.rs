@@ -435,17 +435,23 @@ mod tests {
             .any(|n| n.attribute("data-system") == Some("crun")));
     }
 
+    /// The systems' group names, in order: bold and right-aligned (the title is bold too, not
+    /// aligned).
+    fn group_names(text: &str) -> Vec<String> {
+        let doc = roxmltree::Document::parse(text).unwrap();
+        doc.descendants()
+            .filter(|n| n.attribute("font-weight") == Some("bold"))
+            .filter(|n| n.attribute("text-anchor") == Some("end"))
+            .filter_map(|n| n.text())
+            .map(str::to_string)
+            .collect()
+    }
+
     #[test]
     fn the_live_row_has_its_group_after_the_cold_boot() {
         let r = crate::report::tests::synthetic_five();
         let text = svg(&r);
-        let doc = roxmltree::Document::parse(&text).unwrap();
-        let names: Vec<&str> = doc
-            .descendants()
-            .filter(|n| n.attribute("font-weight") == Some("bold"))
-            .filter(|n| n.attribute("text-anchor") == Some("end"))
-            .filter_map(|n| n.text())
-            .collect();
+        let names = group_names(&text);
         assert_eq!(names[1..3], ["flint (cold boot)", "flint (live root)"]);
         assert_eq!(count_bars(&text, "flint-live"), 2);
     }
@@ -455,13 +461,7 @@ mod tests {
         let r = crate::report::tests::synthetic_four();
         let text = svg(&r);
         let doc = roxmltree::Document::parse(&text).unwrap();
-        let names: Vec<&str> = doc
-            .descendants()
-            // The group names: bold and right-aligned (the title is bold too, not aligned).
-            .filter(|n| n.attribute("font-weight") == Some("bold"))
-            .filter(|n| n.attribute("text-anchor") == Some("end"))
-            .filter_map(|n| n.text())
-            .collect();
+        let names = group_names(&text);
         assert_eq!(
             names,
             [
