@@ -1,7 +1,7 @@
 //! The connection to a vhost-user-fs backend (virtiofsd): opened and checked while flint can
 //! still open things, before it confines itself; used by the device from then on.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -99,11 +99,6 @@ impl Backend {
     /// Whether vhost-user protocol features were agreed (rings then need enabling).
     pub fn protocol_features(&self) -> bool {
         self.protocol_features
-    }
-
-    /// The socket, to watch for the backend going away.
-    pub fn socket(&self) -> BorrowedFd<'_> {
-        self.stream.as_fd()
     }
 
     /// A descriptor of the socket, to watch from another thread for the backend going away.

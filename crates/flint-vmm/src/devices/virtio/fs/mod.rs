@@ -86,10 +86,6 @@ impl Fs {
         })
     }
 
-    pub fn tag(&self) -> &str {
-        &self.tag
-    }
-
     /// Hands the driver's rings and guest memory to the backend and returns the worker that
     /// relays notifications.
     fn start(&mut self, ctx: &ActivateContext) -> Result<FsWorker, FsError> {

@@ -52,7 +52,6 @@ pub struct Virtiofsd {
     child: Child,
     pidfd: OwnedFd,
     owner: u32,
-    tag: String,
 }
 
 /// How long virtiofsd may take to exit after SIGTERM before it is killed.
@@ -129,11 +128,10 @@ impl Virtiofsd {
             .map_err(|e| daemon(format!("cannot start {}: {e}", binary.display())))?;
         drop(listener);
         let pidfd = pidfd_open(child.id()).map_err(|e| daemon(format!("pidfd_open: {e}")))?;
-        let started = Virtiofsd {
+        let mut started = Virtiofsd {
             child,
             pidfd,
             owner: std::process::id(),
-            tag: tag.to_string(),
         };
         let backend = Backend::open(stream).map_err(|e| {
             // An early exit explains itself better than the broken connection it left.
@@ -149,30 +147,17 @@ impl Virtiofsd {
         Ok((started, backend))
     }
 
-    /// The share's tag.
-    pub fn tag(&self) -> &str {
-        &self.tag
-    }
-
-    /// The process's pidfd: readable once it has exited.
-    pub fn pidfd(&self) -> &OwnedFd {
-        &self.pidfd
-    }
-
     /// Waits up to `limit` for the process to exit; its status if it did.
-    fn exited_within(&self, limit: Duration) -> Option<std::process::ExitStatus> {
+    fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
-            let mut status: libc::c_int = 0;
-            // SAFETY: waitpid on our own child, WNOHANG: it never blocks; `status` is ours.
-            let r = unsafe { libc::waitpid(self.child.id() as i32, &mut status, libc::WNOHANG) };
-            if r > 0 {
-                return Some(std::os::unix::process::ExitStatusExt::from_raw(status));
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return None,
             }
-            if r < 0 || Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
