@@ -18,6 +18,8 @@ use flint_vmm::sandbox::seccomp::SeccompLevel;
 use flint_vmm::terminal::RawTerminal;
 use flint_vmm::vmm::{self, Vmm};
 
+mod runtime;
+
 #[derive(Parser)]
 #[command(
     name = "flint",
@@ -28,6 +30,8 @@ use flint_vmm::vmm::{self, Vmm};
                   line, with the guest's serial console on your terminal."
 )]
 struct Cli {
+    #[command(flatten)]
+    runtime: runtime::Globals,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +50,23 @@ enum Command {
     Bench(BenchCommand),
     /// Drive a running flint through its control API (`flint run --api-sock PATH`).
     Ctl(CtlArgs),
+    /// OCI runtime (runc's command line, for podman and containerd): create a container from
+    /// a bundle: its process, the VMM, builds the VM and waits for `start`.
+    Create(runtime::CreateArgs),
+    /// OCI runtime: let a created container's workload run.
+    Start(runtime::IdArgs),
+    /// OCI runtime: print a container's state as JSON.
+    State(runtime::IdArgs),
+    /// OCI runtime: send a signal to a container's process (the VMM).
+    Kill(runtime::KillArgs),
+    /// OCI runtime: remove a container's state (a running one only with --force).
+    Delete(runtime::DeleteArgs),
+    /// OCI runtime: list the containers under --root.
+    List(runtime::ListArgs),
+    /// OCI runtime: print what this runtime supports, as JSON.
+    Features,
+    /// OCI runtime: run another process in a container (not supported yet).
+    Exec(runtime::ExecArgs),
 }
 
 #[derive(clap::Args)]
@@ -259,7 +280,7 @@ fn one_line(err: &anyhow::Error) -> String {
 
 fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
     if let Some(bundle) = args.oci_bundle.clone() {
-        return run_bundle(&bundle, args, start);
+        return run_bundle(&bundle, args, start, None);
     }
     if let Some(dir) = args.make_warm_snapshot.clone() {
         return make_warm_snapshot(&dir, &args, start);
@@ -324,6 +345,8 @@ struct How<'a> {
     api_sock: Option<&'a std::path::Path>,
     /// Snapshot the VM into these files when its guest says it is warm (and end it).
     warm_snapshot: Option<vmm::SnapshotFiles>,
+    /// As an OCI runtime's container: say when the VM is built, then wait for `start`.
+    gate: Option<&'a mut runtime::Gate>,
 }
 
 impl<'a> How<'a> {
@@ -333,6 +356,7 @@ impl<'a> How<'a> {
             seccomp: args.seccomp,
             api_sock: args.api_sock.as_deref(),
             warm_snapshot: None,
+            gate: None,
         }
     }
 }
@@ -353,6 +377,10 @@ fn boot(
     start: Instant,
 ) -> anyhow::Result<Outcome> {
     let confine = how.confine;
+    // A container's terminal belongs to its workload: no Ctrl-A escapes.
+    if how.gate.is_some() {
+        console.escapes = false;
+    }
     // First, while flint has no other thread: binding forks the socket's remover.
     let api = match how.api_sock {
         Some(path) => Some(ApiSocket::bind(path)?),
@@ -420,8 +448,19 @@ fn boot(
     if let Some(files) = how.warm_snapshot {
         vmm.snapshot_when_ready(files);
     }
+    let container = how.gate.is_some();
+    if let Some(gate) = how.gate {
+        gate.ready()
+            .context("cannot tell `create` that the VM is ready")?;
+        gate.wait_for_start()
+            .context("waiting for `start` failed")?;
+    }
     // Raw mode only once the VM is built, and restored when `_raw` drops on every return.
-    let _raw = RawTerminal::enable_if_tty(libc::STDIN_FILENO)?;
+    let _raw = if container {
+        RawTerminal::enable_fully_if_tty(libc::STDIN_FILENO)?
+    } else {
+        RawTerminal::enable_if_tty(libc::STDIN_FILENO)?
+    };
     Ok(Outcome::Vm(vmm.run(how.seccomp)?))
 }
 
@@ -442,11 +481,39 @@ fn test_open() {
     }
 }
 
+/// The container's process (forked by `flint create`): the bundle's VM with its root shared
+/// live (the workload's writes land in the container's root, as with runc), built before
+/// `create` returns and run once `start` says so.
+fn container(gate: &mut runtime::Gate, start: Instant) -> anyhow::Result<Outcome> {
+    let bundle = gate.bundle.clone();
+    let cli = Cli::try_parse_from([
+        std::ffi::OsStr::new("flint"),
+        "run".as_ref(),
+        "--oci-bundle".as_ref(),
+        bundle.as_os_str(),
+        "--live-root".as_ref(),
+    ])
+    .context("internal error: the container's run options")?;
+    let Command::Run(args) = cli.command else {
+        anyhow::bail!("internal error: the container's run options are not a run");
+    };
+    run_bundle(&bundle, *args, start, Some(gate))
+}
+
 /// `run --oci-bundle`: the bundle's rootfs image first (/dev/vda, read-only), then any --disk;
 /// the workload's stdout on COM1 and stderr on COM2; its exit status as flint's. Restored
 /// from the warm snapshot unless --cold, --disk, --net or a share (a bind mount, --live-root,
 /// --fs).
-fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
+fn run_bundle(
+    bundle: &std::path::Path,
+    args: RunArgs,
+    start: Instant,
+    gate: Option<&mut runtime::Gate>,
+) -> anyhow::Result<Outcome> {
+    let how = How {
+        gate,
+        ..How::of(&args)
+    };
     let kernel = match args.kernel.clone().or_else(flint_oci::default_kernel) {
         Some(k) => k,
         None => anyhow::bail!(
@@ -496,7 +563,7 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
             acpi: !args.no_acpi,
             fs: shares,
         };
-        boot(What::Boot(&config), console, How::of(&args), start)?
+        boot(What::Boot(&config), console, how, start)?
     } else {
         let guest = flint_oci::warm::WarmGuest {
             kernel: &kernel,
@@ -525,12 +592,7 @@ fn run_bundle(bundle: &std::path::Path, args: RunArgs, start: Instant) -> anyhow
         let mut inputs = open_warm(&guest, &dir, &disks, args.seccomp)?;
         inputs.set_boot_timer(args.boot_timer);
         inputs.mark_in_memory(1);
-        boot(
-            What::Opened(Box::new(inputs)),
-            console,
-            How::of(&args),
-            start,
-        )?
+        boot(What::Opened(Box::new(inputs)), console, how, start)?
     };
     match outcome {
         Outcome::Vm(ExitReason::Shutdown) => anyhow::bail!(
@@ -869,8 +931,40 @@ fn real_main(start: Instant) -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    let globals = &cli.runtime;
+    let runtime_done = |done: anyhow::Result<()>| match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            globals.report(&one_line(&e));
+            ExitCode::FAILURE
+        }
+    };
+    let mut quiet_signals = false;
     let result = match cli.command {
         Command::Run(args) => run(*args, start),
+        Command::Create(args) => match runtime::create(globals, &args) {
+            Ok(runtime::Created::Done) => return ExitCode::SUCCESS,
+            Ok(runtime::Created::Container(mut gate)) => {
+                // A signal ends a container the way podman and containerd expect: by its
+                // status alone, with no message in the container's output.
+                quiet_signals = true;
+                let result = container(&mut gate, start);
+                if let Err(e) = &result {
+                    if gate.fail(&one_line(e)) {
+                        return ExitCode::FAILURE;
+                    }
+                }
+                result
+            }
+            Err(e) => return runtime_done(Err(e)),
+        },
+        Command::Start(args) => return runtime_done(runtime::start(globals, &args)),
+        Command::State(args) => return runtime_done(runtime::show_state(globals, &args)),
+        Command::Kill(args) => return runtime_done(runtime::kill(globals, &args)),
+        Command::Delete(args) => return runtime_done(runtime::delete(globals, &args)),
+        Command::List(args) => return runtime_done(runtime::list(globals, &args)),
+        Command::Features => return runtime_done(runtime::features()),
+        Command::Exec(args) => return runtime_done(runtime::exec(globals, &args)),
         Command::Ctl(args) => {
             return match ctl(&args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -906,6 +1000,7 @@ fn real_main(start: Instant) -> ExitCode {
     };
     match &reason {
         ExitReason::Shutdown | ExitReason::Status(_) => {}
+        ExitReason::Signal(_) if quiet_signals => {}
         ExitReason::Signal(sig) => {
             eprintln!("flint: stopped by signal {sig}; the VM was shut down");
         }

@@ -18,27 +18,6 @@ use flint_vmm::devices::virtio::{ActivateContext, Interrupt, QueueWorker, Virtio
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-/// The virtiofsd the tests run: built (or found in the cache) by the resources script, as CI
-/// and the lab get it.
-fn virtiofsd(test: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FLINT_VIRTIOFSD") {
-        return Some(PathBuf::from(p));
-    }
-    let out = common::resource_script("guest/build-virtiofsd.sh", common::NO_ARGS);
-    if !out.status.success() {
-        common::skip(
-            test,
-            &format!(
-                "resources/guest/build-virtiofsd.sh failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        );
-        return None;
-    }
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Some(PathBuf::from(path))
-}
-
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_OPEN: u32 = 14;
 const FUSE_READ: u32 = 15;
@@ -231,7 +210,9 @@ fn alive(pid: u32) -> bool {
 #[test]
 fn a_guest_reads_and_writes_a_host_directory_through_virtiofsd() {
     let name = "a_guest_reads_and_writes_a_host_directory_through_virtiofsd";
-    let Some(bin) = virtiofsd(name) else { return };
+    let Some(bin) = common::virtiofsd(name) else {
+        return;
+    };
     let share = Share::new("rw");
     let (daemon, mut fs) = start(&bin, &share, false);
 
@@ -302,7 +283,9 @@ fn a_guest_reads_and_writes_a_host_directory_through_virtiofsd() {
 #[test]
 fn a_read_only_share_refuses_writes() {
     let name = "a_read_only_share_refuses_writes";
-    let Some(bin) = virtiofsd(name) else { return };
+    let Some(bin) = common::virtiofsd(name) else {
+        return;
+    };
     let share = Share::new("ro");
     let (_daemon, mut fs) = start(&bin, &share, true);
     let mut d = Driver::start(&mut fs);
@@ -341,7 +324,9 @@ fn a_single_file_is_shared_alone() {
         );
         return;
     }
-    let Some(bin) = virtiofsd(name) else { return };
+    let Some(bin) = common::virtiofsd(name) else {
+        return;
+    };
     let share = Share::new("file");
     std::fs::write(share.dir.join("secret.txt"), b"not shared").unwrap();
     let (_daemon, backend) =
@@ -360,7 +345,9 @@ fn a_single_file_is_shared_alone() {
 #[test]
 fn virtiofsd_failing_to_start_is_one_clear_error() {
     let name = "virtiofsd_failing_to_start_is_one_clear_error";
-    let Some(_bin) = virtiofsd(name) else { return };
+    let Some(_bin) = common::virtiofsd(name) else {
+        return;
+    };
     let share = Share::new("fail");
     // /bin/false stands for a virtiofsd that exits at once.
     let err = match Virtiofsd::start(Path::new("/bin/false"), "t", &share.dir, false) {
@@ -425,7 +412,9 @@ fn a_vm_with_a_share_refuses_a_snapshot_and_its_virtiofsd_ends_with_it() {
         common::skip(name, "no /dev/kvm");
         return;
     }
-    let Some(bin) = virtiofsd(name) else { return };
+    let Some(bin) = common::virtiofsd(name) else {
+        return;
+    };
     let share = Share::new("vm");
     let fs = format!("tag=data,path={}", share.dir.display());
     let mut vm = common::CounterVm::run_with_env(
@@ -477,7 +466,9 @@ fn a_user_started_virtiofsd_is_used_and_its_end_stops_the_vm() {
         common::skip(name, "no /dev/kvm");
         return;
     }
-    let Some(bin) = virtiofsd(name) else { return };
+    let Some(bin) = common::virtiofsd(name) else {
+        return;
+    };
     let share = Share::new("socket");
     let sock = share.dir.with_extension("sock");
     let _ = std::fs::remove_file(&sock);

@@ -149,6 +149,27 @@ pub fn kvm_is_pvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
 }
 
+/// The virtiofsd the tests run: built (or found in the cache) by the resources script, as CI
+/// and the lab get it.
+pub fn virtiofsd(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FLINT_VIRTIOFSD") {
+        return Some(PathBuf::from(p));
+    }
+    let out = resource_script("guest/build-virtiofsd.sh", NO_ARGS);
+    if !out.status.success() {
+        skip(
+            test,
+            &format!(
+                "resources/guest/build-virtiofsd.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        );
+        return None;
+    }
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Some(PathBuf::from(path))
+}
+
 pub fn have_kvm() -> bool {
     std::fs::OpenOptions::new()
         .read(true)

@@ -10,8 +10,19 @@ pub struct RawTerminal {
 }
 
 impl RawTerminal {
-    /// Switches `fd` to raw mode if it is a terminal; `None` for pipes and files.
+    /// Switches `fd` to raw mode if it is a terminal; `None` for pipes and files. Output
+    /// post-processing stays on, so flint's own stderr lines still start at column 0.
     pub fn enable_if_tty(fd: RawFd) -> io::Result<Option<RawTerminal>> {
+        Self::enable(fd, true)
+    }
+
+    /// Raw mode in both directions: for a container's terminal, where the guest's tty does
+    /// all the processing (a second ONLCR would turn its "\r\n" into "\r\r\n").
+    pub fn enable_fully_if_tty(fd: RawFd) -> io::Result<Option<RawTerminal>> {
+        Self::enable(fd, false)
+    }
+
+    fn enable(fd: RawFd, keep_output_processing: bool) -> io::Result<Option<RawTerminal>> {
         // SAFETY: isatty only inspects the descriptor.
         if unsafe { libc::isatty(fd) } != 1 {
             return Ok(None);
@@ -25,8 +36,9 @@ impl RawTerminal {
         let mut raw = saved;
         // SAFETY: cfmakeraw only modifies the struct it is given.
         unsafe { libc::cfmakeraw(&mut raw) };
-        // Keep output post-processing so our own stderr lines still start at column 0.
-        raw.c_oflag |= libc::OPOST | libc::ONLCR;
+        if keep_output_processing {
+            raw.c_oflag |= libc::OPOST | libc::ONLCR;
+        }
         // SAFETY: `raw` is a valid, fully initialised termios.
         if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
             return Err(io::Error::last_os_error());
