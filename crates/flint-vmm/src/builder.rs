@@ -33,10 +33,12 @@ use crate::devices::virtio::block::{in_memory_file, Block, DiskImage};
 use crate::devices::virtio::fs::{Backend, Fs, Virtiofsd};
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Mac, Net, Tap};
+use crate::devices::virtio::vsock::{Vsock, VsockBackend};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::block_control_signals;
 use crate::exit::ExitEvent;
 use crate::kvm;
+use crate::sandbox::seccomp::ThreadKind;
 use crate::snapshot::{self, LegacyStates, Machine, SavedDisk, SavedNet, Snapshot, SnapshotError};
 use crate::vmm::{Console, Vmm, VmmError};
 use crate::vstate::memory::create_guest_memory;
@@ -86,6 +88,9 @@ pub struct Inputs {
     disks: Vec<DiskImage>,
     taps: Vec<Tap>,
     shares: Vec<OpenShare>,
+    /// The vsock device's listening socket, bound (flint can make no socket file once
+    /// confined).
+    vsock: Option<VsockBackend>,
 }
 
 /// A share's backend, connected, and the virtiofsd flint started for it (if it did).
@@ -130,7 +135,8 @@ fn open_shares(config: &VmConfig) -> Result<Vec<OpenShare>, VmmError> {
 
 impl Inputs {
     /// Checks and opens the config's inputs. Input checks that need no KVM come first, so a
-    /// typo never waits on anything.
+    /// typo never waits on anything. With `config.vsock`, binds the vsock device's socket
+    /// (which forks the process that removes it at exit: call while flint has no other thread).
     pub fn open(config: &VmConfig) -> Result<Inputs, VmmError> {
         config.validate_inputs()?;
         let (kernel, kernel_info) = open_kernel(config)?;
@@ -161,6 +167,12 @@ impl Inputs {
             .iter()
             .map(|net| Tap::open(&net.tap))
             .collect::<Result<Vec<_>, _>>()?;
+        // Before the shares: a path in the way is an error before any virtiofsd starts.
+        let vsock = config
+            .vsock
+            .as_ref()
+            .map(|v| VsockBackend::bind(&v.uds_path))
+            .transpose()?;
         let shares = open_shares(config)?;
         Ok(Inputs {
             kvm,
@@ -170,6 +182,7 @@ impl Inputs {
             disks,
             taps,
             shares,
+            vsock,
         })
     }
 
@@ -197,6 +210,7 @@ impl Vmm {
             disks,
             taps,
             shares,
+            vsock,
         } = inputs;
 
         // Signals are blocked before any thread starts so that they all inherit the mask.
@@ -242,6 +256,11 @@ impl Vmm {
         let mut devices =
             legacy_devices(&vm, fast, &machine, None, mem_size, outputs, &exit, start)?;
         let (fs_devices, watches) = share_devices(shares)?;
+        let vsock = config
+            .vsock
+            .as_ref()
+            .zip(vsock)
+            .map(|(c, backend)| Vsock::new(c.cid, backend));
         let mut boot_args = virtio_devices(
             &mut devices,
             &vm,
@@ -251,6 +270,7 @@ impl Vmm {
             disks,
             taps,
             fs_devices,
+            vsock,
         )?;
         if let (true, Some(root)) = (config.root_on_first_disk, config.disks.first()) {
             let mode = if root.read_only { "ro" } else { "rw" };
@@ -598,6 +618,7 @@ impl Vmm {
             disks,
             taps,
             Vec::new(),
+            None,
         )?;
         for (slot, state) in devices.virtio.iter().zip(&snapshot.virtio) {
             crate::bus::lock(&slot.transport).restore(state)?;
@@ -946,9 +967,9 @@ fn share_devices(shares: Vec<OpenShare>) -> Result<(Vec<Fs>, Vec<ShareWatch>), V
     Ok((devices, watches))
 }
 
-/// The disk, network and file system devices, disks first (vda, vdb, …), then NICs (eth0, …),
-/// then shares, each with a window and an interrupt line from the allocator. Returns the kernel
-/// arguments that announce them (and the root disk, if any).
+/// The disk, network, file system and socket devices, disks first (vda, vdb, …), then NICs
+/// (eth0, …), then shares, then the vsock device, each with a window and an interrupt line from
+/// the allocator. Returns the kernel arguments that announce them (and the root disk, if any).
 #[allow(clippy::too_many_arguments)]
 fn virtio_devices(
     devices: &mut Devices,
@@ -959,6 +980,7 @@ fn virtio_devices(
     images: Vec<DiskImage>,
     taps: Vec<Tap>,
     shares: Vec<Fs>,
+    vsock: Option<Vsock>,
 ) -> Result<Vec<String>, VmmError> {
     let mut wanted: Vec<(String, &'static str, Box<dyn VirtioDevice>)> = Vec::new();
     for (i, (disk, image)) in machine.disks.iter().zip(images).enumerate() {
@@ -982,10 +1004,19 @@ fn virtio_devices(
     for (i, fs) in shares.into_iter().enumerate() {
         wanted.push((format!("virtio-fs{i}"), "a shared directory", Box::new(fs)));
     }
+    if let Some(v) = vsock {
+        wanted.push(("virtio-vsock0".into(), "a vsock device", Box::new(v)));
+    }
 
     let mut alloc = ResourceAllocator::new();
     let mut boot_args = Vec::new();
     for (name, what, device) in wanted {
+        // Only the vsock worker may make and connect sockets (its own seccomp list).
+        let worker = if device.device_type() == crate::devices::virtio::vsock::DEVICE_ID {
+            ThreadKind::VsockWorker
+        } else {
+            ThreadKind::DeviceWorker
+        };
         let res = alloc.virtio_device()?;
         let line = IrqLine::new(vm, res.gsi, fast.irqfd).map_err(|e| VmmError::Irq(what, e))?;
         let mut transport =
@@ -1018,6 +1049,7 @@ fn virtio_devices(
             transport: Arc::new(Mutex::new(transport)),
             queues,
             queue_evts,
+            worker,
         })?;
     }
     Ok(boot_args)

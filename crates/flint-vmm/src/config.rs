@@ -118,6 +118,55 @@ impl std::str::FromStr for FsConfig {
     }
 }
 
+/// A virtio-vsock device (Firecracker's "hybrid vsock"): the guest's CID, and the Unix socket
+/// flint listens on for host clients (`CONNECT <port>\n`); a guest connection to host port P
+/// goes to the socket `<uds_path>_<P>`. See [`crate::devices::virtio::vsock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID: 3 to 4294967294 (0-2 are reserved, -1 means any).
+    pub cid: u32,
+    /// Made by flint (it must not exist) and removed when flint exits.
+    pub uds_path: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    /// `cid=N,socket=PATH`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut cid, mut uds_path) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", n)) => {
+                    let min = crate::devices::virtio::vsock::MIN_GUEST_CID;
+                    cid = Some(
+                        n.parse::<u32>()
+                            .ok()
+                            .filter(|&c| c >= min && c < u32::MAX)
+                            .ok_or_else(|| {
+                                format!(
+                                    "cid '{n}' must be a number from {min} to {} (0-2 are \
+                                     reserved)",
+                                    u32::MAX - 1
+                                )
+                            })?,
+                    );
+                }
+                Some(("socket", p)) if !p.is_empty() => uds_path = Some(PathBuf::from(p)),
+                _ => {
+                    return Err(format!(
+                        "unknown vsock option '{part}' (expected cid=N, socket=PATH)"
+                    ));
+                }
+            }
+        }
+        Ok(VsockConfig {
+            cid: cid.ok_or("missing cid=N (the guest's context ID, 3 or more)")?,
+            uds_path: uds_path.ok_or("missing socket=PATH (the Unix socket flint listens on)")?,
+        })
+    }
+}
+
 /// At most this many virtio devices: as many as the machine has MMIO windows and interrupt
 /// lines for (see `alloc`).
 pub const MAX_VIRTIO_DEVICES: usize = crate::alloc::VIRTIO_DEVICE_CAPACITY;
@@ -196,6 +245,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// Shared directories (virtio-fs), after the disks and NICs.
     pub fs: Vec<FsConfig>,
+    /// A vsock device, after everything else.
+    pub vsock: Option<VsockConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -208,7 +259,9 @@ pub enum ConfigError {
     NoMemory,
     #[error("--memory {requested} MiB is more than this host's {host} MiB of RAM")]
     TooMuchMemory { requested: u64, host: u64 },
-    #[error("{count} disks, network interfaces and shares: flint attaches at most {max}")]
+    #[error(
+        "{count} disks, network interfaces, shares and vsock devices: flint attaches at most {max}"
+    )]
     TooManyDevices { count: usize, max: usize },
     #[error("TAP '{0}' is given to more than one --net")]
     SharedTap(String),
@@ -426,7 +479,8 @@ impl VmConfig {
 
     fn validate_devices(&self) -> Result<(), ConfigError> {
         use std::os::unix::fs::MetadataExt;
-        let count = self.disks.len() + self.nets.len() + self.fs.len();
+        let count =
+            self.disks.len() + self.nets.len() + self.fs.len() + usize::from(self.vsock.is_some());
         if count > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices {
                 count,
@@ -483,6 +537,7 @@ mod tests {
             nets: vec![],
             acpi: true,
             fs: vec![],
+            vsock: None,
         }
     }
 
@@ -531,6 +586,49 @@ mod tests {
             c.validate_inputs(),
             Err(ConfigError::SharedFsTag("a".into()))
         );
+    }
+
+    #[test]
+    fn vsock_option_syntax() {
+        let v: VsockConfig = "cid=3,socket=/run/v.sock".parse().unwrap();
+        assert_eq!(
+            v,
+            VsockConfig {
+                cid: 3,
+                uds_path: "/run/v.sock".into()
+            }
+        );
+        let v: VsockConfig = "socket=v.sock,cid=4294967294".parse().unwrap();
+        assert_eq!(v.cid, u32::MAX - 1);
+        for (bad, why) in [
+            ("cid=3", "missing socket=PATH"),
+            ("socket=/v", "missing cid=N"),
+            ("cid=2,socket=/v", "from 3 to 4294967294"),
+            ("cid=4294967295,socket=/v", "from 3 to 4294967294"),
+            ("cid=x,socket=/v", "cid 'x'"),
+            ("cid=3,socket=", "unknown vsock option 'socket='"),
+            ("cid=3,socket=/v,port=5", "unknown vsock option 'port=5'"),
+            ("", "unknown vsock option ''"),
+        ] {
+            let e = bad.parse::<VsockConfig>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // The vsock device counts against the device limit.
+        let exe = DiskConfig {
+            path: "/proc/self/exe".into(),
+            read_only: true,
+            serial: None,
+        };
+        let c = VmConfig {
+            disks: vec![exe; MAX_VIRTIO_DEVICES],
+            vsock: Some(v),
+            ..cfg()
+        };
+        assert!(matches!(
+            c.validate_inputs(),
+            Err(ConfigError::TooManyDevices { .. })
+        ));
     }
 
     #[test]

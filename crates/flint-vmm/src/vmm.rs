@@ -96,6 +96,8 @@ pub enum VmmError {
     IoEvent(#[source] kvm_ioctls::Error),
     #[error(transparent)]
     Fs(#[from] crate::devices::virtio::fs::FsError),
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::VsockError),
 }
 
 /// Where the console's bytes come from and go to.
@@ -252,6 +254,7 @@ impl Vmm {
                 &slot.queue_evts,
                 self.ctx.exit.clone(),
                 filters.clone(),
+                slot.worker,
             );
             match started {
                 Ok(w) => workers.push(w),

@@ -4,7 +4,8 @@
 //! Once confined, flint cannot remove a file (Landlock allows no path), so a small process
 //! forked at bind time (before any thread or guest exists) does it: it waits for the end of a
 //! pipe whose write end flint holds, and then removes the socket if it is still the one flint
-//! made (same device and inode). That also covers a flint killed with SIGKILL.
+//! made (same device and inode). That also covers a flint killed with SIGKILL. The vsock
+//! device's listening socket is removed the same way ([`Remover`]).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -30,9 +31,43 @@ pub enum SocketError {
 /// The listening socket, and the process that removes its file.
 pub struct ApiSocket {
     pub listener: UnixListener,
+    _remover: Remover,
+}
+
+/// The process that removes a socket's file once flint is gone (see the module's docs).
+pub(crate) struct Remover {
     /// Closing it (with every copy, e.g. a jailed child's) lets the remover do its work.
-    remover_pipe: Option<OwnedFd>,
-    remover: libc::pid_t,
+    pipe: Option<OwnedFd>,
+    pid: libc::pid_t,
+}
+
+impl Remover {
+    /// Forks the remover of the file at `path`, which must still be device `dev`, inode
+    /// `ino` (the socket flint made) when it is removed; `name` is the process's name.
+    pub(crate) fn spawn(
+        path: &Path,
+        dev: u64,
+        ino: u64,
+        name: &'static std::ffi::CStr,
+    ) -> std::io::Result<Remover> {
+        let (pipe, pid) = spawn_remover(path, dev, ino, name)?;
+        Ok(Remover {
+            pipe: Some(pipe),
+            pid,
+        })
+    }
+}
+
+impl Drop for Remover {
+    /// Lets the remover go and waits for it, so the file is gone when flint's exit is seen
+    /// (a jailed flint's copy of the pipe holds it until that flint is gone too).
+    fn drop(&mut self) {
+        drop(self.pipe.take());
+        let mut status = 0;
+        // SAFETY: waits for flint's own child; ECHILD (not ours, e.g. in a jailed child) is
+        // harmless.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
 }
 
 impl ApiSocket {
@@ -70,30 +105,22 @@ impl ApiSocket {
             .set_nonblocking(true)
             .map_err(io("cannot make the socket non-blocking"))?;
         let meta = std::fs::symlink_metadata(path).map_err(io("cannot look at the socket"))?;
-        let (remover_pipe, remover) =
-            spawn_remover(path, meta.dev(), meta.ino()).map_err(io("cannot start its remover"))?;
+        let remover = Remover::spawn(path, meta.dev(), meta.ino(), c"flint-api-rm")
+            .map_err(io("cannot start its remover"))?;
         Ok(ApiSocket {
             listener,
-            remover_pipe: Some(remover_pipe),
-            remover,
+            _remover: remover,
         })
     }
 }
 
-impl Drop for ApiSocket {
-    /// Lets the remover go and waits for it, so the file is gone when flint's exit is seen
-    /// (a jailed flint's copy of the pipe holds it until that flint is gone too).
-    fn drop(&mut self) {
-        drop(self.remover_pipe.take());
-        let mut status = 0;
-        // SAFETY: waits for flint's own child; ECHILD (not ours, e.g. in a jailed child) is
-        // harmless.
-        unsafe { libc::waitpid(self.remover, &mut status, 0) };
-    }
-}
-
 /// Forks the remover; returns the pipe's write end and its pid.
-fn spawn_remover(path: &Path, dev: u64, ino: u64) -> std::io::Result<(OwnedFd, libc::pid_t)> {
+fn spawn_remover(
+    path: &Path,
+    dev: u64,
+    ino: u64,
+    name: &'static std::ffi::CStr,
+) -> std::io::Result<(OwnedFd, libc::pid_t)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -111,7 +138,7 @@ fn spawn_remover(path: &Path, dev: u64, ino: u64) -> std::io::Result<(OwnedFd, l
         -1 => Err(std::io::Error::last_os_error()),
         0 => {
             drop(write_end);
-            remover(read_end, &path, dev, ino)
+            remover(read_end, &path, dev, ino, name)
         }
         pid => Ok((write_end, pid)),
     }
@@ -119,7 +146,13 @@ fn spawn_remover(path: &Path, dev: u64, ino: u64) -> std::io::Result<(OwnedFd, l
 
 /// The remover process: holds nothing of flint's but the pipe, ignores the signals a terminal
 /// or a supervisor sends the whole process group, and waits.
-fn remover(pipe: OwnedFd, path: &std::ffi::CStr, dev: u64, ino: u64) -> ! {
+fn remover(
+    pipe: OwnedFd,
+    path: &std::ffi::CStr,
+    dev: u64,
+    ino: u64,
+    name: &'static std::ffi::CStr,
+) -> ! {
     let keep = pipe.as_raw_fd();
     // SAFETY: closes every other inherited descriptor of this new process; std's stdio is
     // not used after this.
@@ -135,7 +168,7 @@ fn remover(pipe: OwnedFd, path: &std::ffi::CStr, dev: u64, ino: u64) -> ! {
         ] {
             libc::signal(s, libc::SIG_IGN);
         }
-        libc::prctl(libc::PR_SET_NAME, c"flint-api-rm".as_ptr());
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
     }
     let mut byte = 0u8;
     // Returns 0 once every write end is closed: flint (and any jailed child) has exited.

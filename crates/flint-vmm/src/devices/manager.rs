@@ -29,6 +29,8 @@ pub struct VirtioSlot {
     pub queues: Arc<DeviceQueues>,
     /// The queue notification eventfds the worker waits on.
     pub queue_evts: Vec<EventFd>,
+    /// The seccomp list its worker thread runs under.
+    pub worker: crate::sandbox::seccomp::ThreadKind,
 }
 
 /// A VM's devices. The buses hold the same devices again, by address.

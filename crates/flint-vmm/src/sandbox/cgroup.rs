@@ -78,7 +78,8 @@ impl std::str::FromStr for Limit {
     }
 }
 
-fn on_cgroup2(dir: &Path) -> bool {
+/// Whether `dir` is on a cgroup v2 hierarchy.
+pub fn on_cgroup2(dir: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
         return false;
     };

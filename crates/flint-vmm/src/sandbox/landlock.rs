@@ -13,7 +13,10 @@ use landlock::{
     RulesetStatus, Scope, ABI,
 };
 
-/// The newest Landlock ABI flint asks for; older kernels enforce what they know of it.
+/// The newest Landlock ABI flint asks for; older kernels enforce what they know of it. Up to
+/// this one, connecting to a pathname Unix socket is not a file access Landlock restricts,
+/// which the vsock device's guest-initiated connections (`<uds_path>_<port>`) rely on: an ABI
+/// with LANDLOCK_ACCESS_FS_RESOLVE_UNIX would need a rule for that socket's directory.
 const ABI: ABI = ABI::V6;
 
 #[derive(Debug, thiserror::Error)]

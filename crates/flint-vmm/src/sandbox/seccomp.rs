@@ -68,6 +68,9 @@ pub enum ThreadKind {
     Vcpu,
     /// A virtio device's worker: its queues, disk or TAP I/O, interrupts.
     DeviceWorker,
+    /// The vsock device's worker: a device worker's list, and the host's Unix sockets (the
+    /// only thread that may make and connect a socket).
+    VsockWorker,
     /// A console writer: the guest's console output to stdout or stderr.
     ConsoleWriter,
 }
@@ -89,6 +92,7 @@ pub struct Filters {
     main: Arc<BpfProgram>,
     vcpu: Arc<BpfProgram>,
     worker: Arc<BpfProgram>,
+    vsock: Arc<BpfProgram>,
     console: Arc<BpfProgram>,
     /// Installed beside every thread's list: opening a file fails with EACCES (see
     /// [`FILE_OPENS`]).
@@ -106,6 +110,7 @@ impl Filters {
                 main: empty.clone(),
                 vcpu: empty.clone(),
                 worker: empty.clone(),
+                vsock: empty.clone(),
                 console: empty.clone(),
                 no_files: empty,
             });
@@ -116,6 +121,7 @@ impl Filters {
             main: Arc::new(compile(ThreadKind::Main, level)?),
             vcpu: Arc::new(compile(ThreadKind::Vcpu, level)?),
             worker: Arc::new(compile(ThreadKind::DeviceWorker, level)?),
+            vsock: Arc::new(compile(ThreadKind::VsockWorker, level)?),
             console: Arc::new(compile(ThreadKind::ConsoleWriter, level)?),
             no_files: Arc::new(no_files().map_err(|e| SeccompError::Build(ThreadKind::Main, e))?),
         })
@@ -135,6 +141,7 @@ impl Filters {
             ThreadKind::Main => &self.main,
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::DeviceWorker => &self.worker,
+            ThreadKind::VsockWorker => &self.vsock,
             ThreadKind::ConsoleWriter => &self.console,
         };
         let install = |p: &BpfProgram| {
@@ -195,6 +202,17 @@ fn arg_in(nr: i64, arg: u8, values: &[u64]) -> Result<Entry, seccompiler::Backen
         .map(|&v| SeccompRule::new(vec![SeccompCondition::new(arg, Len::Dword, Op::Eq, v)?]))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((nr, rules))
+}
+
+/// `nr` when every `(arg, mask, value)` holds: argument `arg`, masked, is `value`.
+fn args_masked(nr: i64, conds: &[(u8, u64, u64)]) -> Result<Entry, seccompiler::BackendError> {
+    let conds = conds
+        .iter()
+        .map(|&(arg, mask, value)| {
+            SeccompCondition::new(arg, Len::Dword, Op::MaskedEq(mask), value)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((nr, vec![SeccompRule::new(conds)?]))
 }
 
 /// `nr` when argument `arg` has none of the bits in `mask`.
@@ -324,29 +342,61 @@ fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
             any(libc::SYS_sendmsg),
             any(libc::SYS_recvmsg),
         ],
-        ThreadKind::DeviceWorker => vec![
-            // Its event loop: queue eventfds, the TAP, the stop event.
-            any(libc::SYS_epoll_wait),
-            any(libc::SYS_epoll_pwait),
-            any(libc::SYS_epoll_ctl),
-            any(libc::SYS_read),
-            // Disk I/O: requests, flushes, discard and write-zeroes.
-            any(libc::SYS_preadv),
-            any(libc::SYS_pwritev),
-            any(libc::SYS_pread64),
-            any(libc::SYS_pwrite64),
-            any(libc::SYS_fdatasync),
-            any(libc::SYS_fsync),
-            any(libc::SYS_fallocate),
-            // Frames to and from the TAP.
-            any(libc::SYS_readv),
-            any(libc::SYS_writev),
-            // The device's interrupt where KVM has no irqfd.
-            arg_in(libc::SYS_ioctl, 1, &[KVM_IRQ_LINE()])?,
-        ],
+        ThreadKind::DeviceWorker => device_worker()?,
+        ThreadKind::VsockWorker => {
+            let unix = u64::try_from(libc::AF_UNIX).unwrap_or(u64::MAX);
+            let stream = u64::try_from(libc::SOCK_STREAM).unwrap_or(u64::MAX);
+            // SOCK_TYPE_MASK: the type without SOCK_NONBLOCK and SOCK_CLOEXEC.
+            let type_mask = 0xf;
+            let mut list = device_worker()?;
+            list.extend([
+                // Host clients of the vsock listener (bound before flint was confined).
+                any(libc::SYS_accept4),
+                // A guest connection to host port P: a Unix stream socket connected to
+                // `<uds_path>_<P>`; no other family or type.
+                args_masked(
+                    libc::SYS_socket,
+                    &[(0, u64::from(u32::MAX), unix), (1, type_mask, stream)],
+                )?,
+                any(libc::SYS_connect),
+                // Guest data to a host socket (send with MSG_NOSIGNAL), and the guest's end
+                // of stream passed on (shutdown SHUT_WR). Host data is read with read.
+                any(libc::SYS_sendto),
+                any(libc::SYS_shutdown),
+                // Its timer for the connections' deadlines (made before confinement).
+                any(libc::SYS_timerfd_settime),
+            ]);
+            list
+        }
         // Writing (common) and waiting for bytes (futex, common) is all it does.
         ThreadKind::ConsoleWriter => Vec::new(),
     })
+}
+
+/// A device worker's list (and the base of the vsock worker's).
+fn device_worker() -> Result<Vec<Entry>, seccompiler::BackendError> {
+    use ioctls::*;
+    Ok(vec![
+        // Its event loop: queue eventfds, the TAP, the stop event (and the vsock device's
+        // own epoll instance, read without waiting).
+        any(libc::SYS_epoll_wait),
+        any(libc::SYS_epoll_pwait),
+        any(libc::SYS_epoll_ctl),
+        any(libc::SYS_read),
+        // Disk I/O: requests, flushes, discard and write-zeroes.
+        any(libc::SYS_preadv),
+        any(libc::SYS_pwritev),
+        any(libc::SYS_pread64),
+        any(libc::SYS_pwrite64),
+        any(libc::SYS_fdatasync),
+        any(libc::SYS_fsync),
+        any(libc::SYS_fallocate),
+        // Frames to and from the TAP.
+        any(libc::SYS_readv),
+        any(libc::SYS_writev),
+        // The device's interrupt where KVM has no irqfd.
+        arg_in(libc::SYS_ioctl, 1, &[KVM_IRQ_LINE()])?,
+    ])
 }
 
 /// The system calls that open files. Every list lets them through to [`no_files`], which makes
@@ -643,10 +693,11 @@ mod tests {
         (libc::WEXITSTATUS(status), out)
     }
 
-    const ALL_KINDS: [ThreadKind; 4] = [
+    const ALL_KINDS: [ThreadKind; 5] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::DeviceWorker,
+        ThreadKind::VsockWorker,
         ThreadKind::ConsoleWriter,
     ];
 
@@ -670,6 +721,32 @@ mod tests {
                 "{kind:?}: {out}"
             );
         }
+    }
+
+    fn unix_stream_socket() {
+        // SAFETY: asks for a Unix stream socket (closed again), then a datagram one.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            let msg: &[u8] = if fd >= 0 {
+                b"unix stream ok\n"
+            } else {
+                b"unix stream failed\n"
+            };
+            libc::write(libc::STDERR_FILENO, msg.as_ptr().cast(), msg.len());
+            libc::close(fd);
+            libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0);
+        }
+    }
+
+    #[test]
+    fn only_the_vsock_worker_makes_sockets_and_only_unix_streams() {
+        let (code, out) = in_filtered_child(ThreadKind::VsockWorker, unix_stream_socket);
+        assert_eq!(code, BLOCKED_SYSCALL_STATUS, "{out}");
+        assert!(out.starts_with("unix stream ok\n"), "{out}");
+        assert!(out.contains(": socket (41)"), "the datagram socket: {out}");
+        let (code, out) = in_filtered_child(ThreadKind::DeviceWorker, unix_stream_socket);
+        assert_eq!(code, BLOCKED_SYSCALL_STATUS, "{out}");
+        assert!(!out.contains("unix stream ok"), "{out}");
     }
 
     fn exec_mapping() {

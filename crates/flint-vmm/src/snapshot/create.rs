@@ -54,6 +54,33 @@ pub struct Summary {
     pub memory_len: u64,
 }
 
+/// Refuses a VM whose devices hold state outside flint's reach.
+fn refuse_unsaveable(src: &Source) -> Result<(), SnapshotError> {
+    let has = |id: u32| {
+        src.virtio
+            .iter()
+            .any(|(t, _)| crate::bus::lock(t).device_type() == id)
+    };
+    // A share's state lives in its virtiofsd (open files, inode numbers the guest holds):
+    // nothing flint could save or give back.
+    if has(crate::devices::virtio::fs::DEVICE_ID) {
+        return Err(SnapshotError::Mismatch(
+            "a VM with --fs shares cannot be snapshotted (virtiofsd's open files and the \
+             guest's view of them are not flint's to save)"
+                .into(),
+        ));
+    }
+    // Its connections are host sockets, with peers flint cannot take along.
+    if has(crate::devices::virtio::vsock::DEVICE_ID) {
+        return Err(SnapshotError::Mismatch(
+            "a VM with --vsock cannot be snapshotted (its connections are host sockets, \
+             which are not flint's to save)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Takes a snapshot into `state_file` and `memory_file`. The VM stays paused afterwards when
 /// `stay_paused` (the caller stops it) or when it was paused before.
 pub fn create(
@@ -64,19 +91,7 @@ pub fn create(
     pause_timeout: Duration,
 ) -> Result<Summary, SnapshotError> {
     let start = Instant::now();
-    // A share's state lives in its virtiofsd (open files, inode numbers the guest holds):
-    // nothing flint could save or give back.
-    if src
-        .virtio
-        .iter()
-        .any(|(t, _)| crate::bus::lock(t).device_type() == crate::devices::virtio::fs::DEVICE_ID)
-    {
-        return Err(SnapshotError::Mismatch(
-            "a VM with --fs shares cannot be snapshotted (virtiofsd's open files and the \
-             guest's view of them are not flint's to save)"
-                .into(),
-        ));
-    }
+    refuse_unsaveable(src)?;
     let was_paused = src.ctx.pause.is_paused();
     src.ctx
         .pause

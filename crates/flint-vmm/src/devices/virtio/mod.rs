@@ -17,6 +17,7 @@ pub mod block;
 pub mod fs;
 pub mod iovec;
 pub mod mmio;
+pub mod vsock;
 pub mod worker;
 
 use std::os::fd::RawFd;
@@ -95,7 +96,7 @@ pub struct ActivateContext {
 /// [`QueueWorker`] that runs on the device's own thread (see [`worker`]), so a vCPU reading a
 /// register never waits on a disk or a TAP.
 pub trait VirtioDevice: Send {
-    /// virtio device ID (2 = block, 1 = net).
+    /// virtio device ID (2 = block, 1 = net, 26 = fs, 19 = vsock).
     fn device_type(&self) -> u32;
     /// Feature bits offered (VERSION_1 included).
     fn features(&self) -> u64;

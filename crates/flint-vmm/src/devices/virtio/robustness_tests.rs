@@ -1,6 +1,6 @@
 //! A hostile driver: random register writes and random ring contents, thousands of times, against
-//! the real transport with a block and a net device behind it. Nothing may panic, and what the
-//! guest can read back must stay within the spec's bounds.
+//! the real transport with a block, a net and a vsock device behind it. Nothing may panic, and
+//! what the guest can read back must stay within the spec's bounds.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -207,5 +207,48 @@ fn hostile_driver_against_net() {
             3000,
         );
         sender.join().unwrap();
+    }
+}
+
+#[test]
+fn hostile_driver_against_vsock() {
+    use super::vsock::{Vsock, VsockBackend};
+    use std::io::Write;
+    for seed in 1..=4 {
+        let dir =
+            std::env::temp_dir().join(format!("flint-robust-vsock-{}-{seed}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let uds = dir.join("v.sock");
+        let backend = VsockBackend::bind(&uds).unwrap();
+        // Host clients keep connecting, asking for ports and sending bytes, while the driver
+        // misbehaves; a guest port 1-3 socket takes whatever the guest connects.
+        let _guest_side = std::os::unix::net::UnixListener::bind(format!("{}_1", uds.display()));
+        let path = uds.clone();
+        let clients = std::thread::spawn(move || {
+            let mut rng = Rng(seed * 31);
+            let mut open = Vec::new();
+            for _ in 0..200 {
+                if let Ok(mut c) = std::os::unix::net::UnixStream::connect(&path) {
+                    c.set_nonblocking(true).unwrap();
+                    let line = match rng.below(4) {
+                        0 => b"CONNECT 1\n".to_vec(),
+                        1 => format!("CONNECT {}\n", rng.next_u32()).into_bytes(),
+                        2 => vec![b'C'; 40],
+                        _ => Vec::new(),
+                    };
+                    let _ = c.write_all(&line);
+                    let _ = c.write(&vec![0x33; rng.index(5000)]);
+                    open.push(c);
+                    if open.len() > 20 {
+                        open.remove(rng.index(open.len()));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        hammer(Box::new(Vsock::new(3, backend)), seed, 3000);
+        clients.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

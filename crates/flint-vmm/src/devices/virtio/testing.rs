@@ -144,6 +144,11 @@ impl TestQueue {
     pub fn made_available(&self) -> u16 {
         self.next_avail
     }
+
+    /// The index the next chain put in the table starts at.
+    pub fn next_desc(&self) -> u16 {
+        self.next_desc
+    }
 }
 
 /// A connected, non-blocking SOCK_SEQPACKET pair: it keeps frame boundaries like a TAP does.

@@ -245,13 +245,15 @@ impl WorkerThread {
 }
 
 /// Starts device `name`'s worker thread (`flint-NAME`), serving `queues` on notifications from
-/// `queue_evts`. A panic or an event-loop failure in it ends the VM through `exit`.
+/// `queue_evts`, under `kind`'s seccomp filter (a device worker's, or the vsock worker's). A
+/// panic or an event-loop failure in it ends the VM through `exit`.
 pub fn spawn(
     name: &str,
     queues: Arc<DeviceQueues>,
     queue_evts: &[EventFd],
     exit: Arc<ExitEvent>,
     filters: Filters,
+    kind: ThreadKind,
 ) -> std::io::Result<WorkerThread> {
     let evts = queue_evts
         .iter()
@@ -271,7 +273,7 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name(thread_name.clone())
         .spawn(move || {
-            let outcome = crate::panic::guard(|| run(events, &filters, &thread_name))
+            let outcome = crate::panic::guard(|| run(events, &filters, kind, &thread_name))
                 .unwrap_or_else(|what| Err(ExitReason::InternalError(what)));
             if let Err(reason) = outcome {
                 exit.request(reason);
@@ -282,13 +284,18 @@ pub fn spawn(
 
 /// The worker thread's loop: set up its event loop, install its seccomp filter, then serve
 /// events until told to stop.
-fn run(events: QueueEvents, filters: &Filters, name: &str) -> Result<(), ExitReason> {
+fn run(
+    events: QueueEvents,
+    filters: &Filters,
+    kind: ThreadKind,
+    name: &str,
+) -> Result<(), ExitReason> {
     let failed = |e| ExitReason::VcpuFailure(format!("a device worker's event loop failed: {e:?}"));
     let mut em = EventManager::<Arc<Mutex<QueueEvents>>>::new().map_err(failed)?;
     let events = Arc::new(Mutex::new(events));
     em.add_subscriber(events.clone());
     filters
-        .apply(ThreadKind::DeviceWorker, name)
+        .apply(kind, name)
         .map_err(|e| ExitReason::VcpuFailure(error_chain(&e)))?;
     while !lock(&events).stopped {
         em.run().map_err(failed)?;
@@ -371,6 +378,7 @@ mod tests {
             exit.clone(),
             // The filters have their own tests; this one is about the worker's loop.
             Filters::new(crate::sandbox::seccomp::SeccompLevel::Off).unwrap(),
+            ThreadKind::DeviceWorker,
         )
         .unwrap();
         Running {
