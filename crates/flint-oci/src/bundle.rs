@@ -2,11 +2,15 @@
 //! checked against what a flint guest can honour, and turned into a [`RunSpec`].
 //!
 //! A microVM is a stronger boundary than a container, so the namespaces a bundle asks for are
-//! given by the VM itself. Bind mounts of host directories and files become virtio-fs shares
-//! ([`Share`]) that the guest init binds into place. What would need the host otherwise (hooks,
-//! joining a host namespace, host devices) or a policy flint does not enforce yet (seccomp, LSM
-//! labels, cgroup resource limits) is refused with an error naming the field, never silently
-//! ignored.
+//! given by the VM itself; a network namespace given by path is where the runtime runs the VMM
+//! ([`Bundle::netns`]). Bind mounts of host directories and files become virtio-fs shares
+//! ([`Share`]) that the guest init binds into place, except the small files container engines
+//! generate (`/etc/hosts`, ...), which are copied into the run spec, and `/dev/shm`, which
+//! becomes a tmpfs in the guest. The seccomp profile is compiled for the guest init
+//! ([`crate::seccomp`]); `linux.resources` sizes the VM ([`Resources`]). LSM labels are
+//! accepted: the guest kernel has no LSM, and the VM boundary stands in for it. What would
+//! need the host otherwise (hooks, joining another namespace, host devices) is refused with an
+//! error naming the field, never silently ignored.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -14,7 +18,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::spec::{Caps, GuestMount, Mount, Rlimit, RunSpec, ShareMount};
+use super::spec::{Caps, FileMount, GuestMount, Mount, Rlimit, RunSpec, ShareMount};
 use crate::{Share, ROOT_TAG};
 
 /// PATH for finding `process.args[0]` when the bundle's env has none (what runc and crun use).
@@ -32,14 +36,14 @@ pub enum BundleError {
     Unsupported { field: String, why: String },
 }
 
-fn invalid(field: impl Into<String>, why: impl Into<String>) -> BundleError {
+pub(crate) fn invalid(field: impl Into<String>, why: impl Into<String>) -> BundleError {
     BundleError::Invalid {
         field: field.into(),
         why: why.into(),
     }
 }
 
-fn unsupported(field: impl Into<String>, why: impl Into<String>) -> BundleError {
+pub(crate) fn unsupported(field: impl Into<String>, why: impl Into<String>) -> BundleError {
     BundleError::Unsupported {
         field: field.into(),
         why: why.into(),
@@ -167,9 +171,9 @@ struct Linux {
     #[serde(default)]
     devices: Vec<Value>,
     cgroups_path: Option<String>,
-    resources: Option<BTreeMap<String, Value>>,
+    resources: Option<OciResources>,
     rootfs_propagation: Option<String>,
-    seccomp: Option<Value>,
+    seccomp: Option<crate::seccomp::Profile>,
     #[serde(default)]
     sysctl: BTreeMap<String, String>,
     #[serde(default)]
@@ -189,6 +193,106 @@ struct Namespace {
     path: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OciResources {
+    devices: Option<Vec<DeviceRule>>,
+    memory: Option<OciMemory>,
+    cpu: Option<OciCpu>,
+    pids: Option<OciPids>,
+    #[serde(rename = "blockIO")]
+    block_io: Option<Value>,
+    hugepage_limits: Option<Value>,
+    network: Option<Value>,
+    rdma: Option<Value>,
+    unified: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceRule {
+    #[serde(default)]
+    allow: bool,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OciMemory {
+    limit: Option<i64>,
+    reservation: Option<i64>,
+    swap: Option<i64>,
+    kernel: Option<i64>,
+    #[serde(rename = "kernelTCP")]
+    kernel_tcp: Option<i64>,
+    swappiness: Option<u64>,
+    #[serde(rename = "disableOOMKiller")]
+    disable_oom_killer: Option<bool>,
+    use_hierarchy: Option<bool>,
+    check_before_update: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OciCpu {
+    shares: Option<u64>,
+    quota: Option<i64>,
+    burst: Option<u64>,
+    period: Option<u64>,
+    realtime_runtime: Option<i64>,
+    realtime_period: Option<u64>,
+    cpus: Option<String>,
+    mems: Option<String>,
+    idle: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OciPids {
+    limit: i64,
+}
+
+/// The least guest memory a `memory.limit` gives: below it flint's kernel and init do not fit
+/// beside a workload.
+pub const MIN_GUEST_MEMORY: u64 = 64 << 20;
+
+/// The most guest memory a `memory.limit` may ask for: 64 TiB, the guest physical address
+/// space of x86 CPUs with 46-bit addresses (the VMM then checks the host's RAM).
+pub const MAX_GUEST_MEMORY: u64 = 64 << 40;
+
+/// The most vCPUs `linux.resources.cpu` may ask for (flint's MP table and ACPI tables).
+pub const MAX_VCPUS: u32 = 255;
+
+/// The largest `pids.limit` the kernel takes (`PID_MAX_LIMIT`).
+const PID_MAX_LIMIT: i64 = 4 << 20;
+
+/// What `linux.resources` asks of the VM as a whole, for the runtime that starts it (flint
+/// writes no host cgroup itself). Each is None when the bundle does not ask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Guest RAM: `memory.limit`, rounded up to a whole MiB and at least [`MIN_GUEST_MEMORY`]
+    /// (the guest's kernel and init live in it too).
+    pub memory_bytes: Option<u64>,
+    /// vCPUs: ceil(`cpu.quota` / `cpu.period`), else the number of CPUs in `cpu.cpus`.
+    pub cpus: Option<u32>,
+    /// The cgroup v2 `cpu.weight` (1–10000) for the VMM's cgroup on the host, from
+    /// `cpu.shares` converted as runc and crun convert it.
+    pub cpu_weight: Option<u64>,
+    /// `pids.limit`: enforced in the guest (the run spec's `pids-limit`), here for the record.
+    pub pids_limit: Option<u64>,
+}
+
+impl Resources {
+    /// [`Resources::memory_bytes`] in MiB (it is a whole number of them).
+    pub fn memory_mib(&self) -> Option<u64> {
+        self.memory_bytes.map(|b| b >> 20)
+    }
+}
+
 /// A bundle read and checked: where its rootfs is, what to run, and the host paths its bind
 /// mounts share with the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,11 +302,23 @@ pub struct Bundle {
     pub spec: RunSpec,
     /// One per distinct (host path, read-only) of the bind mounts, in order of first use.
     pub shares: Vec<Share>,
+    /// What `linux.resources` asks of the VM.
+    pub resources: Resources,
+    /// The network namespace to run the VMM in (`linux.namespaces`' `network` with a `path`,
+    /// as podman and CNI give it): checked to be a namespace file, not opened.
+    pub netns: Option<PathBuf>,
 }
 
 impl Bundle {
-    /// Reads `DIR/config.json` and checks it and the rootfs it names.
+    /// Reads `DIR/config.json` and checks it and the rootfs it names, which must be inside
+    /// the bundle.
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        Self::load_with(dir, false)
+    }
+
+    /// [`Bundle::load`]; with `root_anywhere`, `root.path` may lead outside the bundle (as
+    /// podman's and containerd's do: an OCI runtime's caller made the bundle and its root).
+    pub fn load_with(dir: &Path, root_anywhere: bool) -> Result<Bundle, BundleError> {
         let meta = std::fs::metadata(dir)
             .map_err(|e| BundleError::Io(flint_vmm::config::io_reason(&e)))?;
         if !meta.is_dir() {
@@ -217,13 +333,15 @@ impl Bundle {
         let config: Config =
             serde_json::from_str(&text).map_err(|e| BundleError::Json(e.to_string()))?;
         let mut shares = Shares::default();
-        let (rootfs, spec) = to_run_spec(dir, config, &mut shares)?;
+        let (rootfs, spec, linux) = to_run_spec(dir, config, &mut shares, root_anywhere)?;
         check_executable(&rootfs, &spec, &shares.0)?;
         Ok(Bundle {
             dir: dir.to_path_buf(),
             rootfs,
             spec,
             shares: shares.0,
+            resources: linux.resources,
+            netns: linux.netns,
         })
     }
 
@@ -248,9 +366,9 @@ impl Bundle {
 
 /// The shares the bind mounts need, one per distinct (canonical host path, read-only): two
 /// binds of one directory share a device, but a read-only bind needs a read-only share, since
-/// the guest could remount a read-write one.
+/// the guest could remount a read-write one. Also the bytes of files copied into the spec.
 #[derive(Default)]
-struct Shares(Vec<Share>);
+struct Shares(Vec<Share>, usize);
 
 impl Shares {
     /// The tag of the share for `path`, added if it is new. Tags are short (virtio-fs allows
@@ -274,12 +392,20 @@ impl Shares {
     }
 }
 
+/// What `linux` gives beyond the run spec.
+#[derive(Default)]
+struct LinuxExtra {
+    resources: Resources,
+    netns: Option<PathBuf>,
+}
+
 /// Checks the parsed config and turns it into the guest's run spec.
 fn to_run_spec(
     dir: &Path,
     c: Config,
     shares: &mut Shares,
-) -> Result<(PathBuf, RunSpec), BundleError> {
+    root_anywhere: bool,
+) -> Result<(PathBuf, RunSpec, LinuxExtra), BundleError> {
     if !c.oci_version.starts_with("1.") {
         return Err(invalid(
             "ociVersion",
@@ -313,7 +439,7 @@ fn to_run_spec(
     let root = c
         .root
         .ok_or_else(|| invalid("root", "missing (root.path names the rootfs)"))?;
-    let rootfs = confined_root(dir, &root.path)?;
+    let rootfs = confined_root(dir, &root.path, root_anywhere)?;
 
     let p = c
         .process
@@ -327,16 +453,18 @@ fn to_run_spec(
         .enumerate()
         .map(|(i, m)| mount_spec(i, m, dir, shares))
         .collect::<Result<_, _>>()?;
-    if let Some(l) = c.linux {
-        linux_spec(l, &mut spec)?;
-    }
-    Ok((rootfs, spec))
+    let extra = match c.linux {
+        Some(l) => linux_spec(l, &mut spec)?,
+        None => LinuxExtra::default(),
+    };
+    Ok((rootfs, spec, extra))
 }
 
 /// The directory `root.path` names, symlinks resolved, which must be inside the bundle: the
 /// rootfs becomes an image the guest can read, so a root that leads elsewhere (an absolute path,
-/// `..`, a symlink) would hand host files to whoever wrote the bundle.
-fn confined_root(dir: &Path, path: &str) -> Result<PathBuf, BundleError> {
+/// `..`, a symlink) would hand host files to whoever wrote the bundle. With `anywhere`, only
+/// that it is a directory.
+fn confined_root(dir: &Path, path: &str, anywhere: bool) -> Result<PathBuf, BundleError> {
     let named = dir.join(path); // an absolute path replaces `dir`
     let rootfs = match std::fs::canonicalize(&named) {
         Ok(p) => p,
@@ -349,7 +477,7 @@ fn confined_root(dir: &Path, path: &str) -> Result<PathBuf, BundleError> {
     };
     let bundle = std::fs::canonicalize(dir)
         .map_err(|e| BundleError::Io(flint_vmm::config::io_reason(&e)))?;
-    if !rootfs.starts_with(&bundle) {
+    if !anywhere && !rootfs.starts_with(&bundle) {
         return Err(invalid(
             "root.path",
             format!(
@@ -407,28 +535,29 @@ fn process_spec(p: Process) -> Result<RunSpec, BundleError> {
             Ok(())
         }
     };
-    let no_lsm = "the guest kernel has no Linux security module";
     refuse_set("commandLine", p.command_line.is_some(), "it is for Windows")?;
     refuse_set(
         "user.username",
         p.user.username.is_some(),
         "it is for Windows",
     )?;
-    refuse_set(
-        "apparmorProfile",
-        p.apparmor_profile.as_deref().is_some_and(|s| !s.is_empty()),
-        no_lsm,
-    )?;
-    refuse_set(
-        "selinuxLabel",
-        p.selinux_label.as_deref().is_some_and(|s| !s.is_empty()),
-        no_lsm,
-    )?;
-    refuse_set(
-        "oomScoreAdj",
-        p.oom_score_adj.is_some(),
-        "not passed to the guest yet",
-    )?;
+    // The guest kernel has no LSM to load a profile or label into: the VM boundary stands in
+    // for it, and the VMM is confined on the host by its own seccomp filters and jail.
+    let _ = (&p.apparmor_profile, &p.selinux_label);
+    let oom_score_adj = match p.oom_score_adj {
+        None => None,
+        Some(n) => Some(
+            i32::try_from(n)
+                .ok()
+                .filter(|n| (-1000..=1000).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "process.oomScoreAdj",
+                        format!("{n} is not from -1000 to 1000"),
+                    )
+                })?,
+        ),
+    };
     refuse_set(
         "scheduler",
         p.scheduler.is_some(),
@@ -499,8 +628,37 @@ fn process_spec(p: Process) -> Result<RunSpec, BundleError> {
         no_new_privileges: p.no_new_privileges,
         rlimits,
         caps,
+        oom_score_adj,
         ..RunSpec::default()
     })
+}
+
+/// A `process` object as `runc exec --process FILE` gets it (what podman writes for `podman
+/// exec`), read and checked as config.json's: the process-level part of a run spec, for
+/// [`crate::agent`].
+pub(crate) fn process_from_json(text: &str) -> Result<RunSpec, BundleError> {
+    let p: Process = serde_json::from_str(text)
+        .map_err(|e| invalid("process", format!("not a valid process object: {e}")))?;
+    process_spec(p)
+}
+
+/// What a process exec'd in the bundle's running container takes from its config.json by
+/// default: the `process` section (a run spec with the process-level records only) and the
+/// compiled `linux.seccomp` profile, which applies to every process of the container.
+pub(crate) fn container_process(dir: &Path) -> Result<RunSpec, BundleError> {
+    let text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| {
+        BundleError::Io(format!("config.json: {}", flint_vmm::config::io_reason(&e)))
+    })?;
+    let config: Config =
+        serde_json::from_str(&text).map_err(|e| BundleError::Json(e.to_string()))?;
+    let p = config
+        .process
+        .ok_or_else(|| invalid("process", "missing (it says what to run)"))?;
+    let mut spec = process_spec(p)?;
+    if let Some(p) = config.linux.as_ref().and_then(|l| l.seccomp.as_ref()) {
+        spec.seccomp = Some(crate::seccomp::compile(p)?);
+    }
+    Ok(spec)
 }
 
 /// Filesystems a guest can mount by itself; everything else would need the host.
@@ -524,7 +682,7 @@ fn mount_spec(
     let fstype = m.kind.clone().unwrap_or_default();
     let is_bind = fstype == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
     if is_bind {
-        return bind_spec(i, &field, m, dir, shares).map(GuestMount::Share);
+        return bind_spec(i, &field, m, dir, shares);
     }
     if !GUEST_FILESYSTEMS.contains(&fstype.as_str()) {
         return Err(unsupported(
@@ -555,7 +713,7 @@ fn bind_spec(
     m: &OciMount,
     dir: &Path,
     shares: &mut Shares,
-) -> Result<ShareMount, BundleError> {
+) -> Result<GuestMount, BundleError> {
     let source = m
         .source
         .as_deref()
@@ -603,6 +761,7 @@ fn bind_spec(
         ));
     };
     let path = std::fs::canonicalize(&named).map_err(reason)?;
+    let destination = Path::new(&m.destination);
 
     let options: Vec<String> = m
         .options
@@ -627,6 +786,27 @@ fn bind_spec(
         ));
     }
 
+    if file && COPIED_FILES.iter().any(|f| destination == Path::new(f)) {
+        let content = copied_file(field, &path, &mut shares.1)?;
+        return Ok(GuestMount::File(FileMount {
+            destination: m.destination.clone(),
+            mode: content.1,
+            flags,
+            content: content.0,
+        }));
+    }
+    if !file && destination == Path::new("/dev/shm") {
+        // podman's /dev/shm is a host tmpfs bound in, for IPC with the host or other
+        // containers, which a VM cannot share: the guest gets a tmpfs of its own.
+        return Ok(GuestMount::New(Mount {
+            destination: m.destination.clone(),
+            fstype: "tmpfs".into(),
+            source: "shm".into(),
+            flags,
+            data: SHM_OPTIONS.into(),
+        }));
+    }
+
     // A file is shared alone, at the share's root under its own name.
     let subpath = if file {
         path.file_name()
@@ -642,13 +822,82 @@ fn bind_spec(
         String::new()
     };
     let tag = shares.tag_for(path, flags & libc::MS_RDONLY != 0, file);
-    Ok(ShareMount {
+    Ok(GuestMount::Share(ShareMount {
         tag,
         subpath,
         destination: m.destination.clone(),
         flags,
         data,
-    })
+    }))
+}
+
+/// The bind-mounted files container engines generate for each container, which the guest
+/// gets as copies made at create time (one virtiofsd per file would cost more than the run).
+const COPIED_FILES: &[&str] = &[
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/run/.containerenv",
+];
+
+/// The guest's /dev/shm instead of a bind of the host's: runc's and containerd's default.
+const SHM_OPTIONS: &str = "mode=1777,size=65536k";
+
+/// The text of the file `path` and its permission bits, within the size limits (`total` is
+/// the bytes copied so far, counted here).
+fn copied_file(field: &str, path: &Path, total: &mut usize) -> Result<(String, u32), BundleError> {
+    use crate::spec::{FILES_TOTAL_MAX, FILE_MAX};
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| {
+        invalid(
+            field,
+            format!("{}: {}", path.display(), flint_vmm::config::io_reason(&e)),
+        )
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // Checked on the open file: the path may have changed since it was looked at.
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(invalid(
+            field,
+            format!("{} is no longer a regular file", path.display()),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(FILE_MAX as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > FILE_MAX {
+        return Err(unsupported(
+            field,
+            format!(
+                "{} is more than {} KiB, the most flint copies into the guest",
+                path.display(),
+                FILE_MAX >> 10
+            ),
+        ));
+    }
+    *total += bytes.len();
+    if *total > FILES_TOTAL_MAX {
+        return Err(unsupported(
+            field,
+            format!(
+                "the copied files (/etc/hosts, ...) come to more than {} KiB",
+                FILES_TOTAL_MAX >> 10
+            ),
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .ok()
+        .filter(|t| !t.contains('\0'))
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("{} is not text (UTF-8 without NUL bytes)", path.display()),
+            )
+        })?;
+    Ok((text, meta.permissions().mode() & 0o777))
 }
 
 /// Splits mount options into `MS_*` flags and the filesystem's own data string.
@@ -709,10 +958,11 @@ fn mount_options(options: &[String]) -> Result<(u64, String), String> {
     Ok((flags, data.join(",")))
 }
 
-fn linux_spec(l: Linux, spec: &mut RunSpec) -> Result<(), BundleError> {
+fn linux_spec(l: Linux, spec: &mut RunSpec) -> Result<LinuxExtra, BundleError> {
     const NAMESPACES: &[&str] = &[
         "pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time",
     ];
+    let mut extra = LinuxExtra::default();
     for ns in &l.namespaces {
         if !NAMESPACES.contains(&ns.kind.as_str()) {
             return Err(invalid(
@@ -720,18 +970,34 @@ fn linux_spec(l: Linux, spec: &mut RunSpec) -> Result<(), BundleError> {
                 format!("unknown type '{}'", ns.kind),
             ));
         }
-        if ns.path.as_deref().is_some_and(|p| !p.is_empty()) {
+        let Some(path) = ns.path.as_deref().filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        if ns.kind != "network" {
             return Err(unsupported(
                 format!("linux.namespaces ({} with a path)", ns.kind),
-                "a guest cannot join a namespace of the host",
+                format!(
+                    "the VM is its own {} namespace; joining another (another container's, as in a pod) is not supported",
+                    ns.kind
+                ),
             ));
         }
+        if extra.netns.is_some() {
+            return Err(invalid(
+                "linux.namespaces",
+                "more than one network namespace",
+            ));
+        }
+        extra.netns = Some(network_namespace(path)?);
     }
     let _ = (
         &l.uid_mappings,
         &l.gid_mappings,
+        // The runtime's to use for the VMM's own cgroup.
         &l.cgroups_path,
         &l.rootfs_propagation,
+        // SELinux's label for the container's mounts: the guest kernel has no LSM.
+        &l.mount_label,
     );
     if !l.devices.is_empty() {
         return Err(unsupported(
@@ -740,22 +1006,13 @@ fn linux_spec(l: Linux, spec: &mut RunSpec) -> Result<(), BundleError> {
         ));
     }
     if let Some(r) = &l.resources {
-        // Device rules are met by construction: the guest has only its virtual devices.
-        if let Some((name, _)) = r
-            .iter()
-            .find(|(k, v)| k.as_str() != "devices" && !is_empty(v))
-        {
-            return Err(unsupported(
-                format!("linux.resources.{name}"),
-                "cgroup limits are not applied in the guest; size the VM with --memory and --cpus",
-            ));
-        }
+        extra.resources = resources(r)?;
+        spec.pids_limit = extra.resources.pids_limit;
+    }
+    if let Some(p) = &l.seccomp {
+        spec.seccomp = Some(crate::seccomp::compile(p)?);
     }
     for (field, set) in [
-        (
-            "linux.seccomp",
-            l.seccomp.as_ref().is_some_and(|v| !is_empty(v)),
-        ),
         (
             "linux.timeOffsets",
             l.time_offsets.as_ref().is_some_and(|v| !is_empty(v)),
@@ -767,10 +1024,6 @@ fn linux_spec(l: Linux, spec: &mut RunSpec) -> Result<(), BundleError> {
         (
             "linux.personality",
             l.personality.as_ref().is_some_and(|v| !is_empty(v)),
-        ),
-        (
-            "linux.mountLabel",
-            l.mount_label.as_deref().is_some_and(|s| !s.is_empty()),
         ),
     ] {
         if set {
@@ -788,7 +1041,298 @@ fn linux_spec(l: Linux, spec: &mut RunSpec) -> Result<(), BundleError> {
     spec.masked_paths = l.masked_paths;
     spec.readonly_paths = l.readonly_paths;
     spec.sysctl = l.sysctl.into_iter().collect();
-    Ok(())
+    Ok(extra)
+}
+
+/// A network namespace's path: absolute, and a namespace file (on nsfs: a bind-mounted
+/// `/run/netns/NAME` or `/proc/PID/ns/net`). The runtime opens it; nothing is opened here.
+fn network_namespace(path: &str) -> Result<PathBuf, BundleError> {
+    const FIELD: &str = "linux.namespaces (network)";
+    const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
+    if !path.starts_with('/') {
+        return Err(invalid(FIELD, format!("'{path}' is not an absolute path")));
+    }
+    let c =
+        std::ffi::CString::new(path).map_err(|_| invalid(FIELD, "the path contains a NUL byte"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: c is a NUL-terminated path and st a statfs buffer for the kernel to fill.
+    if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(invalid(
+            FIELD,
+            format!("{path}: {}", flint_vmm::config::io_reason(&e)),
+        ));
+    }
+    // SAFETY: statfs succeeded, so it filled st.
+    let st = unsafe { st.assume_init() };
+    if st.f_type != NSFS_MAGIC {
+        return Err(invalid(
+            FIELD,
+            format!("{path} is not a namespace (a file on nsfs, such as /run/netns/NAME)"),
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Checks `linux.resources` and maps what it asks onto the VM.
+fn resources(r: &OciResources) -> Result<Resources, BundleError> {
+    let mut out = Resources::default();
+    // The device cgroup is met by construction: the guest has only its virtual devices and
+    // the standard nodes the init creates; the rules are checked for form only.
+    for d in r.devices.iter().flatten() {
+        let _ = (d.allow, d.major, d.minor);
+        if d.kind
+            .as_deref()
+            .is_some_and(|t| !["a", "b", "c", ""].contains(&t))
+            || d.access
+                .as_deref()
+                .is_some_and(|a| !a.chars().all(|c| "rwm".contains(c)))
+        {
+            return Err(invalid(
+                "linux.resources.devices",
+                "a rule's type is not a, b or c, or its access not of r, w and m",
+            ));
+        }
+    }
+    if let Some(m) = &r.memory {
+        out.memory_bytes = memory_limit(m)?;
+    }
+    if let Some(c) = &r.cpu {
+        let (cpus, weight) = cpu(c)?;
+        out.cpus = cpus;
+        out.cpu_weight = weight;
+    }
+    if let Some(p) = &r.pids {
+        out.pids_limit = match p.limit {
+            // runc's reading: 0 and -1 are no limit (podman's --pids-limit=-1 writes 0).
+            -1 | 0 => None,
+            n if n > 0 && n <= PID_MAX_LIMIT => u64::try_from(n).ok(),
+            n => {
+                return Err(invalid(
+                    "linux.resources.pids.limit",
+                    format!("{n} is not from 1 to {PID_MAX_LIMIT} (0 or -1: no limit)"),
+                ))
+            }
+        };
+    }
+    for (name, v, why) in [
+        (
+            "blockIO",
+            &r.block_io,
+            "the guest's disk I/O is the VMM's; weigh or throttle the VMM's cgroup on the host",
+        ),
+        (
+            "hugepageLimits",
+            &r.hugepage_limits,
+            "the guest has no huge pages",
+        ),
+        (
+            "network",
+            &r.network,
+            "net_cls and net_prio do not reach the guest's traffic, which the VMM carries",
+        ),
+        ("rdma", &r.rdma, "the guest has no RDMA devices"),
+        (
+            "unified",
+            &r.unified,
+            "cgroup v2 files are not written in the guest",
+        ),
+    ] {
+        if v.as_ref().is_some_and(|v| !is_empty(v)) {
+            return Err(unsupported(format!("linux.resources.{name}"), why));
+        }
+    }
+    Ok(out)
+}
+
+/// `memory`: the limit sizes the guest; what has no meaning for a VM without swap is
+/// accepted, what would need the guest's kernel memory or OOM killer changed is refused.
+fn memory_limit(m: &OciMemory) -> Result<Option<u64>, BundleError> {
+    let bytes = |name: &str, v: i64| {
+        if v < -1 {
+            Err(invalid(
+                format!("linux.resources.memory.{name}"),
+                format!("{v} is not a size in bytes (-1: no limit)"),
+            ))
+        } else {
+            Ok(v)
+        }
+    };
+    let limit = match m.limit {
+        None | Some(-1) => None,
+        Some(n) if n > 0 => u64::try_from(n).ok(),
+        Some(n) => {
+            return Err(invalid(
+                "linux.resources.memory.limit",
+                format!("{n} is not a size in bytes (-1: no limit)"),
+            ))
+        }
+    };
+    if let Some(swap) = m.swap {
+        // memory+swap: 0 leaves it unset, as in runc.
+        let swap = bytes("swap", swap)?;
+        if let (Some(l), Ok(s)) = (limit, u64::try_from(swap)) {
+            if s != 0 && s < l {
+                return Err(invalid(
+                    "linux.resources.memory.swap",
+                    format!("{s} is below memory.limit {l} (it counts memory and swap together)"),
+                ));
+            }
+        }
+    }
+    if let Some(r) = m.reservation {
+        bytes("reservation", r)?;
+    }
+    if m.swappiness.is_some_and(|s| s > 100) {
+        return Err(invalid(
+            "linux.resources.memory.swappiness",
+            "more than 100",
+        ));
+    }
+    if m.kernel.is_some() || m.kernel_tcp.is_some() {
+        return Err(unsupported(
+            "linux.resources.memory.kernel",
+            "kernel memory limits are gone from cgroup v2 (and from the runtime spec)",
+        ));
+    }
+    if m.disable_oom_killer == Some(true) {
+        return Err(unsupported(
+            "linux.resources.memory.disableOOMKiller",
+            "the guest kernel's OOM killer stays on",
+        ));
+    }
+    let _ = (m.use_hierarchy, m.check_before_update);
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    const MIB: u64 = 1 << 20;
+    let rounded = limit
+        .checked_add(MIB - 1)
+        .map(|b| b / MIB * MIB)
+        .filter(|&b| b <= MAX_GUEST_MEMORY)
+        .ok_or_else(|| {
+            invalid(
+                "linux.resources.memory.limit",
+                format!(
+                    "{limit} bytes is more than any guest can have ({} TiB)",
+                    MAX_GUEST_MEMORY >> 40
+                ),
+            )
+        })?;
+    Ok(Some(rounded.max(MIN_GUEST_MEMORY)))
+}
+
+/// `cpu`: vCPUs from the quota or the CPU set, the host-side weight from the shares.
+fn cpu(c: &OciCpu) -> Result<(Option<u32>, Option<u64>), BundleError> {
+    let field = |name: &str| format!("linux.resources.cpu.{name}");
+    let weight = match c.shares {
+        None => None,
+        // The kernel's range for cgroup v1 shares, and runc's conversion to v2's weight.
+        Some(s @ 2..=262_144) => Some(1 + (s - 2) * 9999 / 262_142),
+        Some(s) => {
+            return Err(invalid(
+                field("shares"),
+                format!("{s} is not from 2 to 262144"),
+            ))
+        }
+    };
+    let period = match c.period {
+        None => 100_000, // the kernel's default, in µs
+        Some(p @ 1000..=1_000_000) => p,
+        Some(p) => {
+            return Err(invalid(
+                field("period"),
+                format!("{p} µs is not from 1000 to 1000000"),
+            ))
+        }
+    };
+    let too_many = |n: u64| {
+        invalid(
+            field("quota"),
+            format!("asks for {n} vCPUs, more than flint's {MAX_VCPUS}"),
+        )
+    };
+    let mut cpus = match c.quota {
+        None | Some(-1) => None,
+        Some(q) if q > 0 => {
+            let q = q.unsigned_abs();
+            // ceil(q / period), without overflow: period ≥ 1000.
+            let n = q / period + u64::from(q % period != 0);
+            Some(
+                u32::try_from(n)
+                    .ok()
+                    .filter(|&n| n <= MAX_VCPUS)
+                    .ok_or_else(|| too_many(n))?,
+            )
+        }
+        Some(q) => {
+            return Err(invalid(
+                field("quota"),
+                format!("{q} µs is not a quota (-1: no limit)"),
+            ))
+        }
+    };
+    if let Some(set) = c.cpus.as_deref().filter(|s| !s.is_empty()) {
+        let n = cpu_list_count(&field("cpus"), set)?;
+        if n > MAX_VCPUS {
+            return Err(invalid(
+                field("cpus"),
+                format!("'{set}' has {n} CPUs, more than flint's {MAX_VCPUS} vCPUs"),
+            ));
+        }
+        cpus = cpus.or(Some(n));
+    }
+    if let Some(set) = c.mems.as_deref().filter(|s| !s.is_empty()) {
+        // The guest is one memory node: nothing to pin, but the list must be one.
+        cpu_list_count(&field("mems"), set)?;
+    }
+    for (name, set) in [
+        (
+            "realtimeRuntime",
+            c.realtime_runtime.is_some_and(|v| v != 0),
+        ),
+        ("realtimePeriod", c.realtime_period.is_some_and(|v| v != 0)),
+        ("idle", c.idle.is_some_and(|v| v != 0)),
+        ("burst", c.burst.is_some_and(|v| v != 0)),
+    ] {
+        if set {
+            return Err(unsupported(
+                field(name),
+                "not applied to the VM (only quota, period, cpus and shares are)",
+            ));
+        }
+    }
+    Ok((cpus, weight))
+}
+
+/// How many distinct numbers a list such as `0-3,8,10-11` names (each below 4096).
+fn cpu_list_count(field: &str, list: &str) -> Result<u32, BundleError> {
+    const LIMIT: usize = 4096;
+    let bad = || {
+        invalid(
+            field,
+            format!("'{list}' is not a list of numbers below {LIMIT} such as 0-3,6"),
+        )
+    };
+    let number = |s: &str| {
+        s.parse::<usize>()
+            .ok()
+            .filter(|&n| n < LIMIT && !s.starts_with('+'))
+            .ok_or_else(bad)
+    };
+    let mut seen = vec![false; LIMIT];
+    for part in list.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(part)?, number(part)?),
+        };
+        if first > last {
+            return Err(bad());
+        }
+        seen[first..=last].iter_mut().for_each(|s| *s = true);
+    }
+    // At most LIMIT: it fits.
+    Ok(u32::try_from(seen.iter().filter(|&&s| s).count()).unwrap_or(u32::MAX))
 }
 
 /// Linux's resource numbers (asm-generic/resource.h).
@@ -1174,16 +1718,16 @@ mod tests {
                 "filesystem type 'nfs'",
             ),
             (
-                r#", "linux": {"namespaces": [{"type": "network", "path": "/proc/1/ns/net"}]}"#,
-                "cannot join a namespace",
+                r#", "linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}"#,
+                "linux.namespaces (ipc with a path) is not supported by flint: the VM is its own ipc namespace; joining another (another container's, as in a pod) is not supported",
             ),
             (
-                r#", "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}}"#,
-                "linux.seccomp is not supported",
+                r#", "linux": {"seccomp": {"defaultAction": "SCMP_ACT_NOTIFY"}}"#,
+                "linux.seccomp.defaultAction is not supported",
             ),
             (
-                r#", "linux": {"resources": {"memory": {"limit": 1000}}}"#,
-                "linux.resources.memory is not supported",
+                r#", "linux": {"resources": {"memory": {"kernel": 1000}}}"#,
+                "linux.resources.memory.kernel is not supported",
             ),
             (
                 r#", "linux": {"devices": [{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]}"#,
@@ -1195,8 +1739,6 @@ mod tests {
             let e = err(&config(PROCESS, extra));
             assert!(e.contains(want), "{extra}: {e}");
         }
-        let lsm = r#"{"args": ["sh"], "cwd": "/", "apparmorProfile": "x"}"#;
-        assert!(err(&config(lsm, "")).contains("process.apparmorProfile is not supported"));
         let cap = r#"{"args": ["sh"], "cwd": "/", "capabilities": {"bounding": ["CAP_FLY"]}}"#;
         assert!(err(&config(cap, "")).contains("unknown capability 'CAP_FLY'"));
         let rl = r#"{"args": ["sh"], "cwd": "/", "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 9, "hard": 1}]}"#;
@@ -1213,7 +1755,7 @@ mod tests {
     fn new_mount(m: &GuestMount) -> &Mount {
         match m {
             GuestMount::New(m) => m,
-            GuestMount::Share(m) => panic!("a bind, not a new file system: {m:?}"),
+            other => panic!("not a new file system: {other:?}"),
         }
     }
 
@@ -1325,7 +1867,7 @@ mod tests {
             .iter()
             .map(|m| match m {
                 GuestMount::Share(m) => (m.tag.as_str(), m.flags),
-                GuestMount::New(m) => panic!("{m:?}"),
+                other => panic!("{other:?}"),
             })
             .collect();
         let ro = libc::MS_RDONLY;
@@ -1348,7 +1890,7 @@ mod tests {
         std::fs::write(b.0.join("etc/my hosts"), b"127.0.0.1 x\n").unwrap();
         // Relative sources are in the bundle directory.
         let json = with_mounts(&[
-            bind(Path::new("etc/my hosts"), "/etc/hosts", &["rbind", "ro"]),
+            bind(Path::new("etc/my hosts"), "/etc/my-hosts", &["rbind", "ro"]),
             bind(Path::new("etc"), "/mnt/etc", &["rbind"]),
         ]);
         std::fs::write(b.0.join("config.json"), json).unwrap();
@@ -1377,7 +1919,7 @@ mod tests {
                 "fs-mount",
                 "flint-fs0",
                 "my hosts",
-                "/etc/hosts",
+                "/etc/my-hosts",
                 &libc::MS_RDONLY.to_string(),
                 ""
             ]
@@ -1464,7 +2006,10 @@ mod tests {
         std::fs::write(b.0.join("config.json"), json).unwrap();
         // No cache is used: a path that cannot be one shows it.
         let cache = b.0.join("rootfs/bin/sh/no-cache");
-        let live = crate::PrepareOptions { live_root: true };
+        let live = crate::PrepareOptions {
+            live_root: true,
+            ..Default::default()
+        };
         let plan = crate::prepare_with(&b.0, &cache, &live).unwrap();
         assert_eq!(plan.image, None);
         let rootfs = std::fs::canonicalize(b.0.join("rootfs")).unwrap();
@@ -1574,6 +2119,16 @@ mod tests {
         let abs = real.to_str().unwrap().to_string();
         assert_eq!(with_root(&b, &abs).unwrap().rootfs, real);
         assert_eq!(with_root(&b, "rootfs/inner/..").unwrap().rootfs, real);
+        // As an OCI runtime (podman's root is its storage's mount, elsewhere): allowed, but
+        // it must still be a directory.
+        let elsewhere = TestBundle::new(&config(PROCESS, ""));
+        let outside = std::fs::canonicalize(elsewhere.0.join("rootfs")).unwrap();
+        with_root(&b, outside.to_str().unwrap()).unwrap_err();
+        let loaded = Bundle::load_with(&b.0, true).unwrap();
+        assert_eq!(loaded.rootfs, outside);
+        with_root(&b, "/etc/hostname").unwrap_err();
+        let e = Bundle::load_with(&b.0, true).unwrap_err().to_string();
+        assert_eq!(e, "root.path: /etc/hostname is not a directory");
     }
 
     #[test]
@@ -1605,5 +2160,472 @@ mod tests {
             .unwrap()
             .spec;
         assert_eq!(s.umask, Some(0o777));
+    }
+
+    /// A bundle from a fixture in testdata/, its host paths (`@BUNDLE@`) in the bundle
+    /// directory and its network namespace (`@NETNS@`) this process's.
+    fn fixture(name: &str, edit: impl FnOnce(&mut Value)) -> TestBundle {
+        let b = TestBundle::new("{}");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata")
+                .join(name),
+        )
+        .unwrap()
+        .replace("@BUNDLE@", b.0.to_str().unwrap())
+        .replace("@NETNS@", "/proc/self/ns/net");
+        let mut json: Value = serde_json::from_str(&text).unwrap();
+        edit(&mut json);
+        std::fs::write(b.0.join("config.json"), json.to_string()).unwrap();
+        b
+    }
+
+    /// podman's generated files, as `podman run` leaves them in the container's userdata.
+    fn podman_userdata(b: &TestBundle) {
+        let ud = b.0.join("userdata");
+        std::fs::create_dir_all(ud.join("shm")).unwrap();
+        std::fs::write(
+            ud.join("hosts"),
+            "127.0.0.1\tlocalhost\n10.88.0.5\t3f1e0c4b9a7d\n",
+        )
+        .unwrap();
+        std::fs::write(ud.join("hostname"), "3f1e0c4b9a7d\n").unwrap();
+        std::fs::write(ud.join("resolv.conf"), "nameserver 10.88.0.1\n").unwrap();
+        std::fs::write(
+            ud.join(".containerenv"),
+            "engine=\"podman-4.3.1\"\nname=\"x\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            ud.join(".containerenv"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+
+    fn file_mount(destination: &str, mode: u32, flags: u64, content: &str) -> GuestMount {
+        GuestMount::File(FileMount {
+            destination: destination.into(),
+            mode,
+            flags,
+            content: content.into(),
+        })
+    }
+
+    #[test]
+    fn podmans_default_config_runs() {
+        let b = fixture("podman-4.3-config.json", |_| {});
+        podman_userdata(&b);
+        let bundle = b.load().unwrap();
+        let s = &bundle.spec;
+        // No share at all: the generated files are copied, /dev/shm is the guest's.
+        assert_eq!(bundle.shares, []);
+        let nosuid_noexec_nodev = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+        assert_eq!(
+            s.mounts[5..10],
+            [
+                file_mount("/etc/resolv.conf", 0o644, 0, "nameserver 10.88.0.1\n"),
+                file_mount(
+                    "/etc/hosts",
+                    0o644,
+                    0,
+                    "127.0.0.1\tlocalhost\n10.88.0.5\t3f1e0c4b9a7d\n"
+                ),
+                GuestMount::New(Mount {
+                    destination: "/dev/shm".into(),
+                    fstype: "tmpfs".into(),
+                    source: "shm".into(),
+                    flags: nosuid_noexec_nodev,
+                    data: "mode=1777,size=65536k".into(),
+                }),
+                file_mount(
+                    "/run/.containerenv",
+                    0o600,
+                    0,
+                    "engine=\"podman-4.3.1\"\nname=\"x\"\n"
+                ),
+                file_mount("/etc/hostname", 0o644, 0, "3f1e0c4b9a7d\n"),
+            ]
+        );
+        assert_eq!(new_mount(&s.mounts[10]).fstype, "cgroup");
+        assert!(has_record(
+            s,
+            &["file", "/etc/hostname", "420", "0", "3f1e0c4b9a7d\n"]
+        ));
+        // The profile is compiled and passed; the resources and namespace are mapped.
+        let profile = crate::seccomp::tests::compile_json(crate::seccomp::tests::PODMAN).unwrap();
+        assert_eq!(s.seccomp.as_ref(), Some(&profile));
+        assert_eq!((s.oom_score_adj, s.pids_limit), (Some(0), Some(2048)));
+        assert_eq!(
+            bundle.resources,
+            Resources {
+                pids_limit: Some(2048),
+                ..Resources::default()
+            }
+        );
+        assert_eq!(
+            bundle.netns.as_deref(),
+            Some(Path::new("/proc/self/ns/net"))
+        );
+        assert_eq!(
+            s.sysctl,
+            [("net.ipv4.ping_group_range".into(), "0 0".into())]
+        );
+        assert_eq!(s.caps.unwrap().bounding.count_ones(), 11);
+
+        // The guest init reads all of it back.
+        let out = crate::init_tests::print_spec("podman", &s.encode().unwrap());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            crate::init_tests::expected(s)
+        );
+
+        // The plan carries what the runtime needs.
+        let live = crate::PrepareOptions {
+            live_root: true,
+            ..Default::default()
+        };
+        let plan = crate::prepare_with(&b.0, &b.0.join("no-cache"), &live).unwrap();
+        assert_eq!(plan.netns, bundle.netns);
+        assert_eq!(plan.resources.pids_limit, Some(2048));
+        assert!(plan.initramfs().is_ok());
+    }
+
+    #[test]
+    fn podman_resource_options_size_the_vm() {
+        let with = |resources: Value| {
+            let b = fixture("podman-4.3-config.json", |j| {
+                j["linux"]["resources"] = resources;
+            });
+            podman_userdata(&b);
+            b.load().map(|b| b.resources).map_err(|e| e.to_string())
+        };
+        // --memory 512m+1 --memory-swap 1g --cpus 1.5 --cpu-shares 512
+        let r = with(serde_json::json!({
+            "memory": {"limit": 536_870_913_i64, "swap": 1_073_741_824_i64},
+            "cpu": {"shares": 512, "quota": 150_000, "period": 100_000},
+            "pids": {"limit": -1}
+        }))
+        .unwrap();
+        assert_eq!(r.memory_bytes, Some(513 << 20));
+        assert_eq!(r.memory_mib(), Some(513));
+        assert_eq!(r.cpus, Some(2));
+        assert_eq!(r.cpu_weight, Some(20)); // runc: 1 + (512 - 2) * 9999 / 262142
+        assert_eq!(r.pids_limit, None);
+        // --cpuset-cpus, a tiny --memory, the extreme shares.
+        let r = with(serde_json::json!({
+            "memory": {"limit": 1000, "reservation": 500, "swappiness": 60},
+            "cpu": {"cpus": "0-2,5,2-3", "mems": "0", "shares": 2}
+        }))
+        .unwrap();
+        assert_eq!(
+            (r.memory_bytes, r.cpus, r.cpu_weight),
+            (Some(64 << 20), Some(5), Some(1))
+        );
+        let r =
+            with(serde_json::json!({"cpu": {"quota": 100_000, "cpus": "0-7", "shares": 262_144}}))
+                .unwrap();
+        assert_eq!((r.cpus, r.cpu_weight), (Some(1), Some(10_000))); // the quota wins
+        let r =
+            with(serde_json::json!({"cpu": {"quota": 1_000_001, "period": 1_000_000}})).unwrap();
+        assert_eq!(r.cpus, Some(2));
+
+        let cases = [
+            (
+                serde_json::json!({"memory": {"limit": 0}}),
+                "linux.resources.memory.limit: 0 is not a size in bytes (-1: no limit)",
+            ),
+            (
+                serde_json::json!({"memory": {"limit": -2}}),
+                "linux.resources.memory.limit: -2 is not a size",
+            ),
+            (
+                serde_json::json!({"memory": {"limit": i64::MAX}}),
+                "bytes is more than any guest can have",
+            ),
+            (
+                serde_json::json!({"memory": {"limit": 1_000_000, "swap": 1000}}),
+                "linux.resources.memory.swap: 1000 is below memory.limit 1000000",
+            ),
+            (
+                serde_json::json!({"memory": {"swappiness": 101}}),
+                "swappiness: more than 100",
+            ),
+            (
+                serde_json::json!({"memory": {"disableOOMKiller": true}}),
+                "disableOOMKiller is not supported",
+            ),
+            (
+                serde_json::json!({"memory": {"kernelTCP": 1}}),
+                "memory.kernel is not supported",
+            ),
+            (
+                serde_json::json!({"cpu": {"shares": 1}}),
+                "linux.resources.cpu.shares: 1 is not from 2 to 262144",
+            ),
+            (
+                serde_json::json!({"cpu": {"shares": 0}}),
+                "cpu.shares: 0 is not",
+            ),
+            (
+                serde_json::json!({"cpu": {"quota": 0}}),
+                "linux.resources.cpu.quota: 0 µs is not a quota",
+            ),
+            (
+                serde_json::json!({"cpu": {"quota": 100_000, "period": 0}}),
+                "linux.resources.cpu.period: 0 µs is not from 1000 to 1000000",
+            ),
+            (
+                serde_json::json!({"cpu": {"quota": i64::MAX, "period": 1000}}),
+                "asks for 9223372036854776 vCPUs, more than flint's 255",
+            ),
+            (
+                serde_json::json!({"cpu": {"cpus": "0-300"}}),
+                "'0-300' has 301 CPUs, more than flint's 255",
+            ),
+            (
+                serde_json::json!({"cpu": {"cpus": "3-1"}}),
+                "linux.resources.cpu.cpus: '3-1' is not a list",
+            ),
+            (
+                serde_json::json!({"cpu": {"cpus": "0,,1"}}),
+                "is not a list",
+            ),
+            (
+                serde_json::json!({"cpu": {"cpus": "99999"}}),
+                "is not a list",
+            ),
+            (
+                serde_json::json!({"cpu": {"mems": "x"}}),
+                "linux.resources.cpu.mems: 'x'",
+            ),
+            (
+                serde_json::json!({"cpu": {"realtimeRuntime": 950_000}}),
+                "cpu.realtimeRuntime is not supported",
+            ),
+            (
+                serde_json::json!({"pids": {"limit": -2}}),
+                "linux.resources.pids.limit: -2 is not from 1 to 4194304",
+            ),
+            (
+                serde_json::json!({"pids": {"limit": 4_194_305}}),
+                "4194305 is not from 1",
+            ),
+            (
+                serde_json::json!({"blockIO": {"weight": 500}}),
+                "linux.resources.blockIO is not supported",
+            ),
+            (
+                serde_json::json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}),
+                "hugepageLimits is not supported",
+            ),
+            (
+                serde_json::json!({"unified": {"memory.high": "1G"}}),
+                "linux.resources.unified is not supported",
+            ),
+            (
+                serde_json::json!({"devices": [{"allow": true, "type": "x"}]}),
+                "linux.resources.devices",
+            ),
+            (serde_json::json!({"frobs": 1}), "unknown field `frobs`"),
+        ];
+        for (resources, want) in cases {
+            let e = with(resources.clone()).unwrap_err();
+            assert!(e.contains(want) && !e.contains('\n'), "{resources}: {e}");
+        }
+        // Empty sections ask nothing.
+        assert_eq!(
+            with(serde_json::json!({"blockIO": {}, "unified": {}, "network": null})).unwrap(),
+            Resources::default()
+        );
+    }
+
+    #[test]
+    fn containerds_default_config_runs() {
+        let b = fixture("containerd-1.6-config.json", |_| {});
+        std::fs::create_dir(b.0.join("host-etc")).unwrap();
+        std::fs::write(b.0.join("host-etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+        std::fs::write(b.0.join("host-etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
+        let bundle = b.load().unwrap();
+        let s = &bundle.spec;
+        assert_eq!(bundle.shares, []);
+        assert_eq!(bundle.netns, None);
+        assert_eq!(bundle.resources, Resources::default());
+        assert_eq!(s.pids_limit, None);
+        assert!(s.no_new_privileges);
+        assert_eq!(new_mount(&s.mounts[3]).data, "mode=1777,size=65536k");
+        assert_eq!(
+            s.mounts[7..],
+            [
+                file_mount(
+                    "/etc/hosts",
+                    0o644,
+                    libc::MS_RDONLY,
+                    "127.0.0.1 localhost\n"
+                ),
+                file_mount(
+                    "/etc/resolv.conf",
+                    0o644,
+                    libc::MS_RDONLY,
+                    "nameserver 192.0.2.1\n"
+                ),
+            ]
+        );
+        let profile =
+            crate::seccomp::tests::compile_json(crate::seccomp::tests::CONTAINERD).unwrap();
+        assert_eq!(s.seccomp.as_ref(), Some(&profile));
+        let out = crate::init_tests::print_spec("containerd", &s.encode().unwrap());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            crate::init_tests::expected(s)
+        );
+    }
+
+    #[test]
+    fn only_the_generated_files_are_copied() {
+        let b = TestBundle::new("{}");
+        std::fs::write(b.0.join("hosts"), "x\n").unwrap();
+        std::fs::create_dir(b.0.join("dir")).unwrap();
+        let load = |mounts: &[String]| {
+            std::fs::write(b.0.join("config.json"), with_mounts(mounts)).unwrap();
+            b.load().map_err(|e| e.to_string())
+        };
+        // Another destination, or a directory onto /etc/hosts: a share, as before.
+        let bundle = load(&[
+            bind(Path::new("hosts"), "/etc/other", &["bind"]),
+            bind(Path::new("dir"), "/etc/hosts", &["bind"]),
+            bind(
+                Path::new("hosts"),
+                "/etc//hosts/",
+                &["bind", "ro", "nosuid"],
+            ),
+        ])
+        .unwrap();
+        assert_eq!(bundle.shares.len(), 2);
+        assert!(matches!(bundle.spec.mounts[0], GuestMount::Share(_)));
+        assert!(matches!(bundle.spec.mounts[1], GuestMount::Share(_)));
+        assert_eq!(
+            bundle.spec.mounts[2],
+            file_mount(
+                "/etc//hosts/",
+                0o644,
+                libc::MS_RDONLY | libc::MS_NOSUID,
+                "x\n"
+            )
+        );
+        // A file onto /dev/shm is no shm; a directory elsewhere is no tmpfs.
+        let bundle = load(&[
+            bind(Path::new("hosts"), "/dev/shm", &["bind"]),
+            bind(Path::new("dir"), "/dev/shm2", &["bind"]),
+        ])
+        .unwrap();
+        assert_eq!(bundle.shares.len(), 2);
+        // Limits, and what is not text.
+        std::fs::write(b.0.join("big"), vec![b'x'; (64 << 10) + 1]).unwrap();
+        let e = load(&[bind(Path::new("big"), "/etc/hosts", &["bind"])]).unwrap_err();
+        assert!(
+            e.ends_with("big is more than 64 KiB, the most flint copies into the guest"),
+            "{e}"
+        );
+        std::fs::write(b.0.join("full"), vec![b'x'; 64 << 10]).unwrap();
+        let full = |dest| bind(Path::new("full"), dest, &["bind"]);
+        load(&[
+            full("/etc/hosts"),
+            full("/etc/hostname"),
+            full("/etc/resolv.conf"),
+            full("/run/.containerenv"),
+        ])
+        .unwrap();
+        let e = load(&[
+            full("/etc/hosts"),
+            full("/etc/hostname"),
+            full("/etc/resolv.conf"),
+            full("/run/.containerenv"),
+            bind(Path::new("hosts"), "/etc/hosts", &["bind"]),
+        ])
+        .unwrap_err();
+        assert!(e.contains("mounts[4] (/etc/hosts) is not supported by flint: the copied files (/etc/hosts, ...) come to more than 256 KiB"), "{e}");
+        std::fs::write(b.0.join("nul"), b"a\0b").unwrap();
+        let e = load(&[bind(Path::new("nul"), "/etc/hosts", &["bind"])]).unwrap_err();
+        assert!(e.contains("is not text (UTF-8 without NUL bytes)"), "{e}");
+        std::fs::write(b.0.join("latin1"), b"caf\xe9").unwrap();
+        let e = load(&[bind(Path::new("latin1"), "/etc/hosts", &["bind"])]).unwrap_err();
+        assert!(e.contains("is not text"), "{e}");
+        // Options a bind cannot apply are refused as for any bind.
+        let e = load(&[bind(
+            Path::new("hosts"),
+            "/etc/hosts",
+            &["bind", "mode=600"],
+        )])
+        .unwrap_err();
+        assert!(e.contains("option 'mode=600' on a bind mount"), "{e}");
+    }
+
+    #[test]
+    fn process_and_namespace_fields_podman_sets() {
+        let run = |process: &str, linux: &str| {
+            let json = config(process, &format!(r#", "linux": {linux}"#));
+            TestBundle::new(&json).load().map_err(|e| e.to_string())
+        };
+        let p = |extra: &str| format!(r#"{{"args": ["sh"], "cwd": "/"{extra}}}"#);
+        let b = run(&p(r#", "apparmorProfile": "containers-default-0.50.0", "selinuxLabel": "system_u:system_r:container_t:s0:c1,c2", "oomScoreAdj": -999"#),
+            r#"{"mountLabel": "system_u:object_r:container_file_t:s0:c1,c2"}"#).unwrap();
+        assert_eq!(b.spec.oom_score_adj, Some(-999));
+        assert!(has_record(&b.spec, &["oom-score-adj", "-999"]));
+        for bad in [1001, -1001, i64::MAX] {
+            let e = run(&p(&format!(r#", "oomScoreAdj": {bad}"#)), "{}").unwrap_err();
+            assert_eq!(
+                e,
+                format!("process.oomScoreAdj: {bad} is not from -1000 to 1000")
+            );
+        }
+        let ns = |path: &str| {
+            run(
+                &p(""),
+                &format!(r#"{{"namespaces": [{{"type": "network", "path": "{path}"}}]}}"#),
+            )
+        };
+        assert_eq!(
+            ns("/proc/self/ns/net").unwrap().netns.as_deref(),
+            Some(Path::new("/proc/self/ns/net"))
+        );
+        assert_eq!(ns("").unwrap().netns, None);
+        assert_eq!(
+            ns("run/netns/x").unwrap_err(),
+            "linux.namespaces (network): 'run/netns/x' is not an absolute path"
+        );
+        assert_eq!(
+            ns("/nonexistent-netns").unwrap_err(),
+            "linux.namespaces (network): /nonexistent-netns: no such file"
+        );
+        assert!(ns("/proc/self/status")
+            .unwrap_err()
+            .ends_with("is not a namespace (a file on nsfs, such as /run/netns/NAME)"));
+        let two = r#"{"namespaces": [{"type": "network", "path": "/proc/self/ns/net"}, {"type": "network", "path": "/proc/self/ns/net"}]}"#;
+        assert!(run(&p(""), two)
+            .unwrap_err()
+            .contains("more than one network namespace"));
+        for kind in ["pid", "mount", "uts", "user", "cgroup"] {
+            let e = run(
+                &p(""),
+                &format!(
+                    r#"{{"namespaces": [{{"type": "{kind}", "path": "/proc/self/ns/{kind}"}}]}}"#
+                ),
+            )
+            .unwrap_err();
+            assert!(e.starts_with(&format!("linux.namespaces ({kind} with a path) is not supported by flint: the VM is its own {kind} namespace")), "{e}");
+        }
     }
 }

@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use super::spec::{Caps, GuestMount, Mount, Rlimit, RunSpec, ShareMount, MAGIC};
+use super::spec::{
+    program_hex, Caps, FileMount, GuestMount, Insn, Mount, Rlimit, RunSpec, SeccompFilter,
+    ShareMount, MAGIC,
+};
 
 const INIT: &str = env!("FLINT_INIT_BIN");
 
@@ -26,7 +29,7 @@ fn field(s: &str) -> String {
 }
 
 /// What `--print-spec` must print for `s`: its items in the format's order.
-fn expected(s: &RunSpec) -> String {
+pub(crate) fn expected(s: &RunSpec) -> String {
     let mut lines = Vec::new();
     lines.extend(s.args.iter().map(|a| format!("arg {}", field(a))));
     lines.extend(s.env.iter().map(|e| format!("env {}", field(e))));
@@ -54,6 +57,13 @@ fn expected(s: &RunSpec) -> String {
             c.bounding, c.effective, c.inheritable, c.permitted, c.ambient
         )
     }));
+    lines.extend(s.oom_score_adj.map(|n| format!("oom-score-adj {n}")));
+    lines.extend(s.pids_limit.map(|n| format!("pids-limit {n}")));
+    lines.extend(
+        s.seccomp
+            .iter()
+            .map(|f| format!("seccomp {} {}", f.flags, program_hex(&f.program))),
+    );
     lines.extend(s.mounts.iter().map(|m| match m {
         GuestMount::New(m) => format!(
             "mount {} {} {} {} {}",
@@ -70,6 +80,13 @@ fn expected(s: &RunSpec) -> String {
             field(&m.destination),
             m.flags,
             field(&m.data)
+        ),
+        GuestMount::File(m) => format!(
+            "file {} {:o} {} {}",
+            field(&m.destination),
+            m.mode,
+            m.flags,
+            field(&m.content)
         ),
     }));
     lines.extend(
@@ -109,7 +126,7 @@ impl Drop for TempFile {
 }
 
 /// Runs `flint-init --print-spec` on `bytes`; `name` makes the file unique among the tests.
-fn print_spec(name: &str, bytes: &[u8]) -> Output {
+pub(crate) fn print_spec(name: &str, bytes: &[u8]) -> Output {
     let file = TempFile::new(name, bytes);
     Command::new(INIT)
         .arg("--print-spec")
@@ -172,6 +189,29 @@ fn mount(destination: &str, fstype: &str, source: &str, flags: u64, data: &str) 
         flags,
         data: data.into(),
     })
+}
+
+fn file(destination: &str, mode: u32, flags: u64, content: &str) -> GuestMount {
+    GuestMount::File(FileMount {
+        destination: destination.into(),
+        mode,
+        flags,
+        content: content.into(),
+    })
+}
+
+/// A program with every field at its widest (the parser does not judge it; the kernel does).
+fn program() -> SeccompFilter {
+    let insn = |code, jt, jf, k| Insn { code, jt, jf, k };
+    SeccompFilter {
+        flags: 7,
+        program: vec![
+            insn(0x20, 0, 0, 4),
+            insn(0x15, 1, 0, 0xc000_003e),
+            insn(0xffff, 0xff, 0xff, u32::MAX),
+            insn(0x06, 0, 0, 0x7fff_0000),
+        ],
+    }
 }
 
 fn fs_mount(tag: &str, subpath: &str, destination: &str, flags: u64, data: &str) -> GuestMount {
@@ -237,6 +277,9 @@ fn full_spec() -> RunSpec {
             permitted: 0xa80425fb,
             ambient: 1 << 10,
         }),
+        oom_score_adj: Some(-999),
+        pids_limit: Some(u64::MAX),
+        seccomp: Some(program()),
         mounts: vec![
             mount(
                 "/proc",
@@ -280,6 +323,14 @@ fn full_spec() -> RunSpec {
             mount("/data/tmp", "tmpfs", "tmpfs", 0, ""),
             fs_mount("flint-fs0", "", "/data/tmp/again", MS_NOEXEC, "x y"),
             fs_mount(&"t".repeat(36), "..a", "/max", u64::MAX, ""),
+            file(
+                "/etc/hosts",
+                0o644,
+                MS_RDONLY,
+                "127.0.0.1\tlocalhost\n::1 localhost ✓\n\\x20\n",
+            ),
+            file("/run/.containerenv", 0o600, 0, ""),
+            file("/etc/resolv.conf", 0o777, u64::MAX, &"x".repeat(64 << 10)),
         ],
         masked_paths: s(&["/proc/kcore", "/proc/a dir", "/proc/ü"]),
         readonly_paths: s(&["/proc/sys", "/proc/bus"]),
@@ -353,9 +404,13 @@ fn every_truncation_of_a_spec_is_refused() {
         umask: Some(18),
         caps: Some(Caps::default()),
         root_fs: Some("flint-root".into()),
+        oom_score_adj: Some(-5),
+        pids_limit: Some(10),
+        seccomp: Some(program()),
         mounts: vec![
             mount("/proc", "proc", "proc", 14, ""),
             fs_mount("flint-fs0", "f", "/f", 1, ""),
+            file("/etc/hostname", 0o644, 0, "box\n"),
         ],
         ..RunSpec::default()
     };
@@ -585,4 +640,127 @@ fn an_unreadable_spec_is_a_setup_failure() {
             path.display()
         )
     );
+}
+
+#[test]
+fn oom_pids_seccomp_and_file_records_are_checked() {
+    let k = "x".repeat(60 << 10);
+    let insn = "0006000000000000";
+    let most = insn.repeat(4096);
+    let too_many = insn.repeat(4097);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["oom-score-adj", "1001"],
+            "oom-score-adj: \"1001\" is not a decimal number from -1000 to 1000",
+        ),
+        (&["oom-score-adj", "-1001"], "oom-score-adj: \"-1001\""),
+        (&["oom-score-adj", "-0"], "oom-score-adj: \"-0\""),
+        (&["oom-score-adj", "--1"], "oom-score-adj: \"--1\""),
+        (&["oom-score-adj", "+1"], "oom-score-adj: \"+1\""),
+        (&["oom-score-adj", "-"], "oom-score-adj: \"-\""),
+        (
+            &["pids-limit", "0"],
+            "pids-limit: 0 would allow no process at all",
+        ),
+        (
+            &["pids-limit", "-1"],
+            "pids-limit: \"-1\" is not a decimal number",
+        ),
+        (&["seccomp", "x", insn], "seccomp flags: \"x\""),
+        (
+            &["seccomp", "0", ""],
+            "seccomp: a program of 0 hex digits is not 1 to 4096 instructions of 16",
+        ),
+        (
+            &["seccomp", "0", "000600000000000"],
+            "a program of 15 hex digits",
+        ),
+        (
+            &["seccomp", "0", &too_many],
+            "a program of 65552 hex digits",
+        ),
+        (
+            &["seccomp", "0", "0006000000000000000600000000000G"],
+            "seccomp: instruction 1 is not 16 lower-case hex digits",
+        ),
+        (
+            &["seccomp", "0", "0006000000000000000600000000000A"],
+            "instruction 1 is not",
+        ),
+        (
+            &["file", "/etc/hosts", "512", "0", "x"],
+            "file mode: \"512\" is not a decimal number up to 511",
+        ),
+        (
+            &["file", "/etc/hosts", "420", "x", "x"],
+            "file flags: \"x\"",
+        ),
+        (
+            &[
+                "file",
+                "/etc/hosts",
+                "420",
+                "0",
+                &"x".repeat((64 << 10) + 1),
+            ],
+            "file /etc/hosts: 65537 bytes, more than 65536",
+        ),
+        (
+            &[
+                "file", "/a", "420", "0", &k, "file", "/b", "420", "0", &k, "file", "/c", "420",
+                "0", &k, "file", "/d", "420", "0", &k, "file", "/e", "420", "0", &k,
+            ],
+            "file records: more than 262144 bytes in all",
+        ),
+        (
+            &["oom-score-adj", "1", "oom-score-adj", "1"],
+            "more than one oom-score-adj record",
+        ),
+        (
+            &["pids-limit", "1", "pids-limit", "1"],
+            "more than one pids-limit record",
+        ),
+        (
+            &["seccomp", "0", insn, "seccomp", "0", insn],
+            "more than one seccomp record",
+        ),
+    ];
+    for (i, (record, why)) in cases.iter().enumerate() {
+        let items: Vec<&str> = record.iter().copied().chain(["end"]).collect();
+        assert_refused(&format!("new-{i}"), &with_minimal(&items), why);
+    }
+    let out = print_spec(
+        "new-ok",
+        &with_minimal(&[
+            "oom-score-adj",
+            "-1000",
+            "pids-limit",
+            "4194304",
+            "seccomp",
+            "5",
+            &most,
+            "file",
+            "/a",
+            "0",
+            "0",
+            &k,
+            "file",
+            "/b",
+            "511",
+            "0",
+            &k,
+            "end",
+        ]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("oom-score-adj -1000\n"));
+    assert!(stdout.contains("pids-limit 4194304\n"));
+    assert!(stdout.contains(&format!("seccomp 5 {most}\n")));
+    assert!(stdout.contains("file /b 777 0 x"));
 }

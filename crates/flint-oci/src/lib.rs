@@ -6,43 +6,51 @@
 //! ([`PrepareOptions::live_root`]) the rootfs is shared over virtio-fs instead, as are the
 //! host paths of bind mounts ([`Share`]). A generated initramfs ([`initramfs`]) carries
 //! flint's own small init and the run spec ([`spec`]); the init mounts the root, sets up the
-//! process as a container runtime would and reports its exit status on the exit-status port,
-//! which becomes flint's exit code.
+//! process as a container runtime would (with the bundle's seccomp profile, compiled by
+//! [`seccomp`]) and reports its exit status on the exit-status port, which becomes flint's
+//! exit code. What the bundle asks of the VM itself ([`Resources`], a network namespace) is
+//! in the [`GuestPlan`] for the runtime that starts it. While the workload runs, the init's
+//! agent takes signals for it and starts other processes in its container over virtio-vsock
+//! ([`agent`]).
 
+pub mod agent;
+#[cfg(test)]
+mod agent_tests;
 pub mod bundle;
 pub mod image;
 #[cfg(test)]
 mod init_tests;
 pub mod initramfs;
+pub mod seccomp;
 pub mod spec;
 pub mod warm;
 
 use std::path::{Path, PathBuf};
 
-pub use bundle::Bundle;
+pub use bundle::{Bundle, Resources};
 use initramfs::{Cpio, Node};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("--oci-bundle {bundle}")]
+    #[error("{bundle}")]
     Bundle {
         bundle: String,
         #[source]
         source: bundle::BundleError,
     },
-    #[error("--oci-bundle {bundle}")]
+    #[error("{bundle}")]
     Image {
         bundle: String,
         #[source]
         source: image::ImageError,
     },
-    #[error("--oci-bundle {bundle}")]
+    #[error("{bundle}")]
     Spec {
         bundle: String,
         #[source]
         source: spec::NulInSpec,
     },
-    #[error("--oci-bundle {bundle}")]
+    #[error("{bundle}")]
     Initramfs {
         bundle: String,
         #[source]
@@ -83,13 +91,17 @@ pub struct PrepareOptions {
     /// as its root, instead of an image under a tmpfs overlay: the workload's writes land in
     /// the rootfs on the host, as with crun, and no image is built.
     pub live_root: bool,
+    /// Prepared for the OCI runtime (`flint create`), whose caller (podman, containerd) made
+    /// the bundle: `root.path` may lead outside the bundle directory (their storage's mount),
+    /// and errors name the bundle as such rather than as `--oci-bundle`.
+    pub runtime: bool,
 }
 
 /// What a VMM needs to run a bundle: the root image or shares, the run spec (in an initramfs
 /// for a boot, see [`GuestPlan::initramfs`]) and the kernel arguments.
 #[derive(Debug)]
 pub struct GuestPlan {
-    /// The bundle directory, as given (for errors).
+    /// How errors name the bundle: `--oci-bundle DIR` or, for the runtime, `bundle DIR`.
     bundle: String,
     /// The cached ext4 image of the bundle's rootfs: attach it read-only as the first disk.
     /// None for a live root, which is the share tagged [`ROOT_TAG`] (no disk then).
@@ -102,6 +114,11 @@ pub struct GuestPlan {
     /// Kernel command line for the guest (console on the second UART, quiet), without the
     /// `virtio_mmio.device=` declarations, which the VMM adds.
     pub kernel_args: String,
+    /// What the bundle's `linux.resources` asks of the VM: its memory and vCPUs, the VMM's
+    /// CPU weight on the host.
+    pub resources: Resources,
+    /// The network namespace to run the VMM in (the bundle's `network` namespace path).
+    pub netns: Option<PathBuf>,
 }
 
 /// Reads and checks the bundle, builds (or finds) its image in `cache`, and returns the plan.
@@ -116,11 +133,19 @@ pub fn prepare_with(
     cache: &Path,
     options: &PrepareOptions,
 ) -> Result<GuestPlan, OciError> {
-    let name = || dir.display().to_string();
-    let mut bundle = Bundle::load(dir).map_err(|source| OciError::Bundle {
-        bundle: name(),
-        source,
-    })?;
+    let name = || {
+        let flag = if options.runtime {
+            "bundle"
+        } else {
+            "--oci-bundle"
+        };
+        format!("{flag} {}", dir.display())
+    };
+    let mut bundle =
+        Bundle::load_with(dir, options.runtime).map_err(|source| OciError::Bundle {
+            bundle: name(),
+            source,
+        })?;
     if options.live_root {
         bundle.share_root();
     }
@@ -144,6 +169,8 @@ pub fn prepare_with(
         shares: bundle.shares,
         spec,
         kernel_args: KERNEL_ARGS.to_string(),
+        resources: bundle.resources,
+        netns: bundle.netns,
     })
 }
 

@@ -1,9 +1,11 @@
 //! The run spec: what flint's guest init (`crates/flint-oci/src/init/flint-init.c`) must set up and run,
-//! written by the host into the generated initramfs as `/flint/spec`.
+//! written by the host into the generated initramfs as `/flint/spec`. The same format, with
+//! the process's records only, is what the init's agent takes to exec another process in the
+//! running container ([`crate::agent`]).
 //!
 //! Format: a sequence of NUL-terminated strings. It starts with the magic `flint-spec-1`;
 //! then records, each a keyword followed by a fixed number of string arguments; it ends with
-//! the keyword `end`. Numbers are unsigned decimal. Records and their arguments:
+//! the keyword `end`. Numbers are unsigned decimal (but `oom-score-adj`'s). Records and their arguments:
 //!
 //! | keyword | arguments | meaning |
 //! |---|---|---|
@@ -20,18 +22,36 @@
 //! | `no-new-privileges` | 0/1 | `PR_SET_NO_NEW_PRIVS` before exec |
 //! | `rlimit` | RES SOFT HARD | `setrlimit(RES, ...)`; RES is the Linux resource number |
 //! | `caps` | BND EFF INH PRM AMB | capability sets as 64-bit masks (bit N = capability N) |
+//! | `oom-score-adj` | N | write N (-1000 to 1000, the one signed number) to /proc/self/oom_score_adj |
+//! | `pids-limit` | N | run the process in a cgroup (v2) whose `pids.max` is N (≥ 1), in a cgroup namespace of its own |
+//! | `seccomp` | FLAGS PROGRAM | install the classic BPF PROGRAM with `seccomp(SECCOMP_SET_MODE_FILTER, FLAGS)` right before exec (see below); PROGRAM is 16 hex digits per instruction (code 4, jt 2, jf 2, k 8), 1 to 4096 instructions |
 //! | `mount` | DEST TYPE SOURCE FLAGS DATA | `mount(SOURCE, root+DEST, TYPE, FLAGS, DATA)`; FLAGS are `MS_*` bits |
 //! | `fs-mount` | TAG SUBPATH DEST FLAGS DATA | bind SUBPATH of the virtio-fs share TAG (`""`: all of it) onto root+DEST, then apply FLAGS' per-mount bits (`MS_RDONLY`, `MS_NOSUID`, ...) |
+//! | `file` | DEST MODE FLAGS CONTENT | create a file of CONTENT (at most 64 KiB; 256 KiB for all) with MODE (≤ 0777) in a tmpfs of the init's, bind it onto root+DEST and apply FLAGS' per-mount bits, as `fs-mount` does |
 //! | `masked` | PATH | hide PATH: /dev/null over a file, an empty read-only tmpfs over a directory |
 //! | `readonly-path` | PATH | bind PATH onto itself read-only |
 //! | `sysctl` | KEY VALUE | write VALUE to /proc/sys/KEY (dots as slashes) |
 //!
-//! `mount` and `fs-mount` records form one list, performed in order (a bind under `/data/x`
-//! after a tmpfs on `/data` lands in the tmpfs). Arguments are bytes without NUL; nothing else
-//! is escaped.
+//! `mount`, `fs-mount` and `file` records form one list, performed in order (a bind under
+//! `/data/x` after a tmpfs on `/data` lands in the tmpfs). Arguments are bytes without NUL;
+//! nothing else is escaped.
+//!
+//! The order of the last steps before exec is runc's: with `no-new-privileges 1`, the seccomp
+//! filter is installed after the user, groups and capabilities are set and the working
+//! directory entered, right before `execve`; without it, while the init still has
+//! `CAP_SYS_ADMIN` (which installing a filter then needs), before it changes user: the
+//! profile must then allow what the init does afterwards (`setgroups`, `prctl`, `setgid`,
+//! `setuid`, `capset`, `chdir`, `execve`, and `write` and `exit_group` to report a failure).
+
+pub use crate::seccomp::{Insn, SeccompFilter};
 
 /// The magic string that opens a spec.
 pub const MAGIC: &str = "flint-spec-1";
+
+/// The most a `file` record may carry, and all of them together (the init checks it too):
+/// they are copied into every guest's memory.
+pub const FILE_MAX: usize = 64 << 10;
+pub const FILES_TOTAL_MAX: usize = 256 << 10;
 
 /// A mount the init performs inside the new root, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +83,18 @@ pub struct ShareMount {
     pub data: String,
 }
 
+/// A small file the host copied into the spec (`/etc/hosts`, ...), which the init creates in a
+/// tmpfs of its own and binds onto `destination`, in order among the [`Mount`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMount {
+    pub destination: String,
+    /// Permission bits (at most 0o777).
+    pub mode: u32,
+    /// `MS_*` per-mount flags applied to the bind, as for a [`ShareMount`].
+    pub flags: u64,
+    pub content: String,
+}
+
 /// One of the mounts the init performs inside the new root, in the bundle's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestMount {
@@ -70,6 +102,8 @@ pub enum GuestMount {
     New(Mount),
     /// A bind from a virtio-fs share (`fs-mount` record).
     Share(ShareMount),
+    /// A file copied into the spec (`file` record).
+    File(FileMount),
 }
 
 impl GuestMount {
@@ -78,6 +112,7 @@ impl GuestMount {
         match self {
             GuestMount::New(m) => &m.destination,
             GuestMount::Share(m) => &m.destination,
+            GuestMount::File(m) => &m.destination,
         }
     }
 }
@@ -119,6 +154,12 @@ pub struct RunSpec {
     pub no_new_privileges: bool,
     pub rlimits: Vec<Rlimit>,
     pub caps: Option<Caps>,
+    /// `process.oomScoreAdj`.
+    pub oom_score_adj: Option<i32>,
+    /// `linux.resources.pids.limit`, enforced in the guest.
+    pub pids_limit: Option<u64>,
+    /// `linux.seccomp`, compiled.
+    pub seccomp: Option<SeccompFilter>,
     pub mounts: Vec<GuestMount>,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
@@ -152,6 +193,14 @@ fn flag(b: bool) -> &'static str {
     } else {
         "0"
     }
+}
+
+/// A BPF program as the `seccomp` record has it: 16 hex digits per instruction.
+pub fn program_hex(program: &[Insn]) -> String {
+    program
+        .iter()
+        .map(|i| format!("{:04x}{:02x}{:02x}{:08x}", i.code, i.jt, i.jf, i.k))
+        .collect()
 }
 
 impl RunSpec {
@@ -208,6 +257,19 @@ impl RunSpec {
                 ],
             )?;
         }
+        if let Some(n) = self.oom_score_adj {
+            w.record("", "oom-score-adj", &[&n.to_string()])?;
+        }
+        if let Some(n) = self.pids_limit {
+            w.record("", "pids-limit", &[&n.to_string()])?;
+        }
+        if let Some(f) = &self.seccomp {
+            w.record(
+                "",
+                "seccomp",
+                &[&f.flags.to_string(), &program_hex(&f.program)],
+            )?;
+        }
         for m in &self.mounts {
             match m {
                 GuestMount::New(m) => w.record(
@@ -230,6 +292,16 @@ impl RunSpec {
                         &m.destination,
                         &m.flags.to_string(),
                         &m.data,
+                    ],
+                )?,
+                GuestMount::File(m) => w.record(
+                    "mounts",
+                    "file",
+                    &[
+                        &m.destination,
+                        &m.mode.to_string(),
+                        &m.flags.to_string(),
+                        &m.content,
                     ],
                 )?,
             }

@@ -1,19 +1,26 @@
 /*
  * flint's guest init: the process's side. Runs as PID 1 of a new PID namespace, in its own
  * mount namespace, and turns the guest into what a container runtime would have given the
- * process: the bundle's root, its mounts and devices, hidden and read-only paths, sysctls,
- * hostname, limits, credentials and capabilities; then executes it.
+ * process: the bundle's root, its mounts (new file systems, binds of virtio-fs shares and of
+ * small files copied into the spec) and devices, hidden and read-only paths, sysctls,
+ * hostname, OOM score, a pids cgroup, limits, credentials, capabilities and seccomp filter;
+ * then executes it.
  *
  * Any failure is fatal: the message names what failed and the exit status is
  * EXIT_SETUP_FAILED (the parent reports it as the VM's status).
+ *
+ * The last steps (start_process: credentials, seccomp, exec) are also those of a process the
+ * agent starts in the running container (agent.c), so that both are set up alike.
  */
 #include "flint-init.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -32,8 +39,7 @@
 /* Where execvp would look when the spec's env has no PATH (runc's and crun's default). */
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-/* Prints "WHAT: strerror(errno)" (just "WHAT" if errno is 0) and exits with EXIT_SETUP_FAILED. */
-__attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...)
+void die(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -60,6 +66,11 @@ static void enter_root(const char *root)
 		die("chdir to /");
 }
 
+/* The bits a bind remount applies (a bind takes none of the flags it is made with). */
+#define PER_MOUNT_FLAGS                                                                   \
+	(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME | \
+	 MS_STRICTATIME)
+
 /*
  * One `mount` record: a new file system (proc, tmpfs, ...). Bind mounts and propagation
  * flags are refused: the host sends binds as `fs-mount` records (mount_share), there is no
@@ -81,8 +92,18 @@ static void mount_one(const struct spec_mount *m)
 	}
 	if (mkdir_p(m->destination, 0755) < 0)
 		die("create the mount point %s", m->destination);
-	if (mount(m->source, m->destination, type, m->flags, m->data[0] ? m->data : NULL) < 0)
+	/*
+	 * Read-only as a property of this mount, not of the file system: a cgroup2 or sysfs
+	 * superblock is the whole guest's, and made read-only it would be so for the init too
+	 * (whose agent joins exec'd processes to the workload's cgroup).
+	 */
+	unsigned long flags = m->flags & ~(unsigned long)MS_RDONLY;
+	if (mount(m->source, m->destination, type, flags, m->data[0] ? m->data : NULL) < 0)
 		die("mount %s on %s (type %s)", m->source, m->destination, type);
+	if ((m->flags & MS_RDONLY) &&
+	    mount(NULL, m->destination, NULL,
+		  MS_REMOUNT | MS_BIND | (m->flags & PER_MOUNT_FLAGS), NULL) < 0)
+		die("make the mount on %s read-only", m->destination);
 }
 
 /*
@@ -91,10 +112,6 @@ static void mount_one(const struct spec_mount *m)
  */
 #define SHARES_DIR "/flint/fs"
 
-/* The bits a bind remount applies (a bind takes none of the flags it is made with). */
-#define PER_MOUNT_FLAGS                                                                   \
-	(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME | \
-	 MS_STRICTATIME)
 
 /*
  * Mounts each share the `fs-mount` records use, once, at SHARES_DIR/TAG, before the root is
@@ -107,12 +124,13 @@ static int mount_shares(const struct run_spec *s)
 	bool any = false;
 	for (size_t i = 0; i < s->n_mounts; i++) {
 		const struct spec_mount *m = &s->mounts[i];
-		if (!m->share)
+		if (m->kind != MOUNT_SHARE)
 			continue;
 		any = true;
 		bool mounted = false;
 		for (size_t j = 0; j < i && !mounted; j++)
-			mounted = s->mounts[j].share && strcmp(s->mounts[j].tag, m->tag) == 0;
+			mounted = s->mounts[j].kind == MOUNT_SHARE &&
+				  strcmp(s->mounts[j].tag, m->tag) == 0;
 		if (mounted)
 			continue;
 		char dir[sizeof SHARES_DIR + 1 + FS_TAG_MAX];
@@ -165,47 +183,100 @@ static int create_mount_point(const char *path, bool dir)
 }
 
 /*
- * One `fs-mount` record, inside the new root: a bind of SUBPATH of the share (mounted by
- * mount_shares and reached through `shares`, a descriptor of SHARES_DIR) onto DEST, then a
- * remount for its flags. The bind is cloned from the share with open_tree and attached with
- * move_mount, so that DEST is resolved in the new root as a `mount` record's is, in the
- * bundle's order among them.
+ * Binds `source` (a path under the directory `dir`, one of the init's own outside the new root)
+ * onto m->destination inside the new root, then remounts it with m's per-mount flags; `what`
+ * names the source in messages. The bind is cloned with open_tree and attached with
+ * move_mount, so that the destination is resolved in the new root as a `mount` record's is,
+ * in the bundle's order among them.
  */
-static void mount_share(const struct spec_mount *m, int shares)
+static void bind_into_root(int dir, const char *source, const char *what,
+			   const struct spec_mount *m)
 {
 	const unsigned long refused = ~(unsigned long)PER_MOUNT_FLAGS;
 	if (m->flags & refused) {
 		errno = 0;
-		die("bind the virtio-fs share %s on %s: flags %#lx are not per-mount flags, which "
-		    "flint-init does not support on a bind",
-		    m->tag, m->destination, m->flags & refused);
+		die("bind %s on %s: flags %#lx are not per-mount flags, which flint-init does not "
+		    "support on a bind",
+		    what, m->destination, m->flags & refused);
 	}
+	/* No symlink is followed: one would lead out of the share, into the new root. */
+	int tree = open_tree(dir, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW);
+	if (tree < 0)
+		die("bind %s on %s", what, m->destination);
+	struct stat st;
+	if (fstat(tree, &st) < 0)
+		die("stat %s (for %s)", what, m->destination);
+	if (create_mount_point(m->destination, S_ISDIR(st.st_mode)) < 0)
+		die("create the mount point %s (for %s)", m->destination, what);
+	if (move_mount(tree, "", AT_FDCWD, m->destination, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		die("bind %s on %s", what, m->destination);
+	close(tree);
+	unsigned long flags = m->flags & PER_MOUNT_FLAGS;
+	if (flags != 0 && mount(NULL, m->destination, NULL, MS_REMOUNT | MS_BIND | flags,
+				m->data[0] ? m->data : NULL) < 0)
+		die("remount %s (%s) with flags %#lx", m->destination, what, flags);
+}
+
+/*
+ * One `fs-mount` record, inside the new root: a bind of SUBPATH of the share (mounted by
+ * mount_shares and reached through `shares`, a descriptor of SHARES_DIR) onto DEST.
+ */
+static void mount_share(const struct spec_mount *m, int shares)
+{
 	char source[2 * PATH_MAX];
 	if (m->subpath[0] != '\0')
 		snprintf(source, sizeof source, "%s/%s", m->tag, m->subpath);
 	else
 		snprintf(source, sizeof source, "%s", m->tag);
-	/* No symlink is followed: one would lead out of the share, into the new root. */
-	int tree =
-		open_tree(shares, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW);
-	if (tree < 0)
-		die("bind %s of the virtio-fs share %s on %s", m->subpath[0] ? m->subpath : "/",
-		    m->tag, m->destination);
-	struct stat st;
-	if (fstat(tree, &st) < 0)
-		die("stat %s of the virtio-fs share %s (for %s)", m->subpath[0] ? m->subpath : "/",
-		    m->tag, m->destination);
-	if (create_mount_point(m->destination, S_ISDIR(st.st_mode)) < 0)
-		die("create the mount point %s (for the virtio-fs share %s)", m->destination,
-		    m->tag);
-	if (move_mount(tree, "", AT_FDCWD, m->destination, MOVE_MOUNT_F_EMPTY_PATH) < 0)
-		die("bind the virtio-fs share %s on %s", m->tag, m->destination);
-	close(tree);
-	unsigned long flags = m->flags & PER_MOUNT_FLAGS;
-	if (flags != 0 && mount(NULL, m->destination, NULL, MS_REMOUNT | MS_BIND | flags,
-				m->data[0] ? m->data : NULL) < 0)
-		die("remount %s (the virtio-fs share %s) with flags %#lx", m->destination, m->tag,
-		    flags);
+	char what[64 + FS_TAG_MAX + PATH_MAX];
+	snprintf(what, sizeof what, "%s of the virtio-fs share %s",
+		 m->subpath[0] ? m->subpath : "/", m->tag);
+	bind_into_root(shares, source, what, m);
+}
+
+/*
+ * Where the `file` records' files are made, one per record (named by its index), in a tmpfs:
+ * in the initramfs, which the new root hides, so the binds reach them through a descriptor.
+ * Neither the image (read-only) nor a live root (the host's directory) is written.
+ */
+#define FILES_DIR "/flint/files"
+
+/* Makes the `file` records' files and returns an O_PATH descriptor of FILES_DIR (-1: none). */
+static int make_files(const struct run_spec *s)
+{
+	bool any = false;
+	for (size_t i = 0; i < s->n_mounts; i++) {
+		const struct spec_mount *m = &s->mounts[i];
+		if (m->kind != MOUNT_FILE)
+			continue;
+		if (!any) {
+			if (mkdir_p(FILES_DIR, 0755) < 0)
+				die("create %s", FILES_DIR);
+			if (mount("tmpfs", FILES_DIR, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
+				die("mount a tmpfs on %s", FILES_DIR);
+			any = true;
+		}
+		char path[sizeof FILES_DIR + 24];
+		snprintf(path, sizeof path, "%s/%zu", FILES_DIR, i);
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, m->mode);
+		if (fd < 0 || write_all(fd, m->content, strlen(m->content)) < 0 ||
+		    fchmod(fd, m->mode) < 0 || close(fd) < 0)
+			die("write %s (for %s)", path, m->destination);
+	}
+	if (!any)
+		return -1;
+	int fd = open(FILES_DIR, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		die("open %s", FILES_DIR);
+	return fd;
+}
+
+/* One `file` record, inside the new root: its file (see make_files) bound onto DEST. */
+static void mount_file(const struct spec_mount *m, size_t index, int files)
+{
+	char source[24];
+	snprintf(source, sizeof source, "%zu", index);
+	bind_into_root(files, source, "the file from the run spec", m);
 }
 
 /* Creates a device or link in /dev unless it is there already or /dev is read-only. */
@@ -359,7 +430,74 @@ static void mask_paths(const struct run_spec *s)
 	}
 }
 
-static void set_rlimits(const struct run_spec *s)
+void write_value(const char *path, const char *value, const char *what)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write_all(fd, value, strlen(value)) < 0 || close(fd) < 0)
+		die("%s (write %s to %s)", what, value, path);
+}
+
+/*
+ * A proc and a cgroup2 (CGROUP_DIR) of the init's own, before the root is entered (it may
+ * have neither).
+ */
+#define PROC_DIR "/flint/proc"
+
+/* process.oomScoreAdj, while the init may still lower it (CAP_SYS_RESOURCE); exec keeps it. */
+static void set_oom_score_adj(const struct run_spec *s)
+{
+	if (!s->has_oom_score_adj)
+		return;
+	if (mkdir_p(PROC_DIR, 0755) < 0)
+		die("create %s", PROC_DIR);
+	if (mount("proc", PROC_DIR, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		die("mount proc on %s", PROC_DIR);
+	char value[16];
+	snprintf(value, sizeof value, "%d", s->oom_score_adj);
+	write_value(PROC_DIR "/self/oom_score_adj", value, "set the OOM score adjustment");
+	if (umount2(PROC_DIR, MNT_DETACH) < 0)
+		die("unmount %s", PROC_DIR);
+}
+
+/*
+ * linux.resources.pids.limit: the process joins a cgroup (v2) of its own whose pids.max is the
+ * limit, then a cgroup namespace rooted there, so that the bundle's cgroup mount shows that
+ * cgroup and its limit, as in a container. A kernel without cgroup namespaces (EINVAL) still
+ * enforces the limit; one without the pids controller cannot, and the run fails.
+ */
+static void join_pids_cgroup(const struct run_spec *s)
+{
+	if (s->pids_limit == 0)
+		return;
+	if (mkdir_p(CGROUP_DIR, 0755) < 0)
+		die("create %s", CGROUP_DIR);
+	if (mount("cgroup2", CGROUP_DIR, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		die("mount cgroup2 on %s", CGROUP_DIR);
+	write_value(CGROUP_DIR "/cgroup.subtree_control", "+pids",
+		    "enable the pids controller (the guest kernel needs CONFIG_CGROUP_PIDS)");
+	if (mkdir(CONTAINER_CGROUP, 0755) < 0 && errno != EEXIST)
+		die("create the cgroup %s", CONTAINER_CGROUP);
+	char value[24];
+	snprintf(value, sizeof value, "%" PRIu64, s->pids_limit);
+	write_value(CONTAINER_CGROUP "/pids.max", value, "set the pids limit");
+	write_value(CONTAINER_CGROUP "/cgroup.procs", "0", "join the pids cgroup");
+	if (umount2(CGROUP_DIR, MNT_DETACH) < 0)
+		die("unmount %s", CGROUP_DIR);
+	if (unshare(CLONE_NEWCGROUP) < 0 && errno != EINVAL)
+		die("unshare the cgroup namespace");
+}
+
+/* linux.seccomp: the filter the host compiled (src/seccomp.rs). */
+static void install_seccomp(const struct run_spec *s)
+{
+	if (s->seccomp == NULL)
+		return;
+	struct sock_fprog prog = {.len = (unsigned short)s->n_seccomp, .filter = s->seccomp};
+	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, s->seccomp_flags, &prog) < 0)
+		die("install the seccomp filter (linux.seccomp)");
+}
+
+void set_rlimits(const struct run_spec *s)
 {
 	for (size_t i = 0; i < s->n_rlimits; i++) {
 		const struct spec_rlimit *r = &s->rlimits[i];
@@ -501,14 +639,63 @@ static int exec_in_path(const char *name, const char *path, char *const argv[],
 }
 
 /*
- * Executes the process with exactly the spec's environment. Like runc and crun, a program
- * name without a slash is looked up in the PATH of that environment, not the init's.
+ * The spec's environment, with HOME added when it has none, as runc and crun do: the home
+ * directory of the process's user in the container's /etc/passwd, else "/". Read while the
+ * init is still root (the user may not read the file).
  */
-__attribute__((noreturn)) static void exec_process(const struct run_spec *s)
+static const char **with_home(const struct run_spec *s)
+{
+	for (size_t i = 0; i < s->n_env; i++) {
+		if (strncmp(s->env[i], "HOME=", 5) == 0)
+			return s->env;
+	}
+	static char home[PATH_MAX + sizeof("HOME=")];
+	snprintf(home, sizeof(home), "HOME=/");
+	FILE *f = fopen("/etc/passwd", "re");
+	if (f != NULL) {
+		char line[4096];
+		while (fgets(line, sizeof(line), f) != NULL) {
+			/* name:password:uid:gid:gecos:home:shell */
+			char *field[7];
+			size_t n = 0;
+			char *p = line;
+			field[n++] = p;
+			while (n < 7 && (p = strchr(p, ':')) != NULL) {
+				*p++ = '\0';
+				field[n++] = p;
+			}
+			if (n < 7)
+				continue;
+			char *end;
+			errno = 0;
+			unsigned long uid = strtoul(field[2], &end, 10);
+			if (end == field[2] || *end != '\0' || errno != 0 || uid != s->uid)
+				continue;
+			if (field[5][0] == '/')
+				snprintf(home, sizeof(home), "HOME=%s", field[5]);
+			break;
+		}
+		fclose(f);
+	}
+	const char **env = calloc(s->n_env + 2, sizeof(*env));
+	if (env == NULL)
+		die("allocate the environment");
+	memcpy(env, s->env, s->n_env * sizeof(*env));
+	env[s->n_env] = home;
+	env[s->n_env + 1] = NULL;
+	return env;
+}
+
+/*
+ * Executes the process with the spec's environment (`envp`: with HOME, see with_home). Like
+ * runc and crun, a program name without a slash is looked up in the PATH of that
+ * environment, not the init's.
+ */
+__attribute__((noreturn)) static void exec_process(const struct run_spec *s, const char **env)
 {
 	const char *program = s->args[0];
 	char *const *argv = (char *const *)s->args;
-	char *const *envp = (char *const *)s->env;
+	char *const *envp = (char *const *)env;
 	int errnum;
 	if (strchr(program, '/') != NULL) {
 		execve(program, argv, envp);
@@ -542,16 +729,28 @@ void run_container(const struct run_spec *s, int console, const char *root)
 	if (s->terminal && (console_path = open("/dev/ttyS0", O_PATH | O_CLOEXEC)) < 0)
 		die("open /dev/ttyS0");
 
+	set_oom_score_adj(s);
+	join_pids_cgroup(s);
 	int shares = mount_shares(s);
+	int files = make_files(s);
 	enter_root(root);
 	for (size_t i = 0; i < s->n_mounts; i++) {
-		if (s->mounts[i].share)
+		switch (s->mounts[i].kind) {
+		case MOUNT_SHARE:
 			mount_share(&s->mounts[i], shares);
-		else
+			break;
+		case MOUNT_FILE:
+			mount_file(&s->mounts[i], i, files);
+			break;
+		case MOUNT_NEW:
 			mount_one(&s->mounts[i]);
+			break;
+		}
 	}
 	if (shares >= 0)
 		close(shares);
+	if (files >= 0)
+		close(files);
 	create_devices(console_path);
 	/*
 	 * Sysctls go before the read-only paths, which usually include /proc/sys; masking comes
@@ -565,12 +764,26 @@ void run_container(const struct run_spec *s, int console, const char *root)
 	set_rlimits(s);
 	if (s->terminal)
 		take_terminal(console);
+	start_process(s);
+}
 
+void start_process(const struct run_spec *s)
+{
 	umask(s->has_umask ? s->umask : 022);
+	const char **env = with_home(s);
+	/*
+	 * runc's order: without no_new_privs, installing a filter needs CAP_SYS_ADMIN, so it goes
+	 * before the user changes and the profile must allow the rest (setgroups, prctl, setgid,
+	 * setuid, capset, chdir, execve); with it, as late as possible, right before execve.
+	 */
+	if (!s->no_new_privileges)
+		install_seccomp(s);
 	switch_user(s);
 	if (s->no_new_privileges && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		die("set no_new_privs");
 	if (chdir(s->cwd) < 0)
 		die("chdir to the working directory %s", s->cwd);
-	exec_process(s);
+	if (s->no_new_privileges)
+		install_seccomp(s);
+	exec_process(s, env);
 }

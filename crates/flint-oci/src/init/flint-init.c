@@ -10,16 +10,20 @@
  *   4. mounts the root: the bundle's image (/dev/vda, ext4, read-only) under a tmpfs overlay,
  *      or the image alone if the root is read-only; or, for a live root (`root-fs`), the
  *      virtio-fs share of the bundle's rootfs, as it is;
- *   5. starts the process in new PID and mount namespaces (container.c);
- *   6. waits for it, and reports its exit status on the exit-status port, which ends the VM
- *      with that status (flint exits with it). A setup failure reports 125.
+ *   5. listens on the vsock port of its agent, if the VM has a vsock device (agent.c), and
+ *      starts the process in new PID and mount namespaces (container.c);
+ *   6. waits for it (serving the agent's connections meanwhile: signals for the process,
+ *      exec of another process in its container), and reports its exit status on the
+ *      exit-status port, which ends the VM with that status (flint exits with it). A setup
+ *      failure reports 125.
  *
  * On success it prints nothing: the process's output must be exactly what it would be in a
  * container. A PID 1 must never exit (the kernel would panic), so every path ends in
  * halt_with_status().
  *
  * With `--print-spec FILE` it is an ordinary program that parses FILE and prints what it
- * read, for the host's unit tests (src/oci/init_tests.rs).
+ * read, for the host's unit tests (src/init_tests.rs); with `--agent-test`, it runs the
+ * agent on a Unix socket for a program of the test's (src/agent_tests.rs).
  */
 #include "flint-init.h"
 
@@ -36,6 +40,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -434,6 +439,11 @@ __attribute__((noreturn)) static void run_init(void)
 
 	const char *root = mount_root(spec.root_readonly, spec.root_fs);
 	/*
+	 * Before the process starts, so that a host client may connect as soon as it runs; after
+	 * the spec is read, so after a warm start's restore: no snapshot holds the socket.
+	 */
+	int listener = agent_listen_vsock();
+	/*
 	 * The process is PID 1 of its own PID namespace, as in a container: it sees only its own
 	 * processes, and when it ends, the kernel ends the ones it leaves behind.
 	 */
@@ -444,7 +454,14 @@ __attribute__((noreturn)) static void run_init(void)
 		fatal("fork");
 	if (child == 0)
 		run_container(&spec, consoles.out, root);
-	halt_with_status(wait_for(child));
+	if (listener < 0)
+		halt_with_status(wait_for(child));
+	const struct agent_options options = {
+		.workload = child,
+		.pids_cgroup = spec.pids_limit != 0,
+		.request_timeout_ms = AGENT_REQUEST_TIMEOUT_MS,
+	};
+	halt_with_status(agent_supervise(listener, &options));
 }
 
 /* --print-spec FILE: the test mode (see spec_print). */
@@ -468,10 +485,55 @@ static int print_spec(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * --agent-test SOCKET TIMEOUT_MS PROGRAM [ARG...]: the init's loop and agent as in a guest,
+ * but listening on the Unix socket SOCKET, with PROGRAM (executed as it is) as the workload
+ * and TIMEOUT_MS as the request timeout; exits with the workload's status. PROGRAM shares
+ * the test's namespaces, so an exec'd process enters none.
+ */
+static int agent_test(int argc, char **argv)
+{
+	if (argc < 5) {
+		print_error(0, "usage: flint-init --agent-test SOCKET TIMEOUT_MS PROGRAM [ARG...]");
+		return 2;
+	}
+	char *end;
+	long timeout = strtol(argv[3], &end, 10);
+	if (*end != '\0' || timeout < 1 || timeout > AGENT_REQUEST_TIMEOUT_MS) {
+		print_error(0, "--agent-test: TIMEOUT_MS %s is not 1 to %d", argv[3],
+			    AGENT_REQUEST_TIMEOUT_MS);
+		return 2;
+	}
+	int listener = agent_listen_unix(argv[2]);
+	if (listener < 0) {
+		print_error(errno, "listen on %s", argv[2]);
+		return EXIT_SETUP_FAILED;
+	}
+	pid_t child = fork();
+	if (child < 0) {
+		print_error(errno, "fork");
+		return EXIT_SETUP_FAILED;
+	}
+	if (child == 0) {
+		/* A test that fails kills the init: the workload must not outlive it. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		execvp(argv[4], argv + 4);
+		print_error(errno, "exec %s", argv[4]);
+		_exit(EXIT_NOT_FOUND);
+	}
+	const struct agent_options options = {
+		.workload = child,
+		.request_timeout_ms = (int)timeout,
+	};
+	return agent_supervise(listener, &options);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "--print-spec") == 0)
 		return print_spec(argc, argv);
+	if (argc >= 2 && strcmp(argv[1], "--agent-test") == 0)
+		return agent_test(argc, argv);
 	if (getpid() != 1) {
 		print_error(0, "flint-init runs as PID 1 in a flint guest (or: --print-spec FILE)");
 		return 2;

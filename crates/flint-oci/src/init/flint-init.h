@@ -2,9 +2,11 @@
  * flint's guest init for OCI bundles: declarations shared by its parts.
  *
  *   flint-init.c  main(): PID 1 (consoles, the root file system, the exit status) and the
- *                 --print-spec test mode
+ *                 --print-spec and --agent-test test modes
  *   spec.c        reading, checking and printing the run spec (/flint/spec)
  *   container.c   the process's side: namespaces, mounts, devices, credentials, exec
+ *   agent.c       the init's loop while the workload runs: reaping, and the host's requests
+ *                 over virtio-vsock (signals, exec)
  *   util.c        error messages and small file helpers
  */
 #ifndef FLINT_INIT_H
@@ -17,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <linux/filter.h>
 
 /* Exit statuses, as container runtimes use them. */
 #define EXIT_SETUP_FAILED 125 /* the init could not set up or start the process */
@@ -26,12 +29,23 @@
 /* virtio-fs tags are at most this long (the device's tag field). */
 #define FS_TAG_MAX 36
 
+/* The most a `file` record carries, and all of them together (src/spec.rs: FILE_MAX). */
+#define FILE_CONTENT_MAX (64u << 10)
+#define FILES_TOTAL_MAX (256u << 10)
+
+enum mount_kind {
+	MOUNT_NEW,   /* `mount`: a new file system */
+	MOUNT_SHARE, /* `fs-mount`: bind `subpath` of the share `tag` */
+	MOUNT_FILE,  /* `file`: bind a file made of `content` */
+};
+
 /*
- * A mount performed inside the new root, in order: a new file system (the `mount` record) or
- * a bind from a virtio-fs share (`fs-mount`), one list so that the bundle's order holds.
+ * A mount performed inside the new root, in order: a new file system (the `mount` record), a
+ * bind from a virtio-fs share (`fs-mount`) or of a file from the spec (`file`), one list so
+ * that the bundle's order holds.
  */
 struct spec_mount {
-	bool share;          /* fs-mount: bind `subpath` of the share `tag` */
+	enum mount_kind kind;
 	const char *tag;     /* fs-mount: the share's virtio-fs tag */
 	const char *subpath; /* fs-mount: "" (the whole share) or one name in it */
 	const char *destination;
@@ -39,6 +53,8 @@ struct spec_mount {
 	const char *source;  /* mount only */
 	unsigned long flags; /* MS_* */
 	const char *data;    /* "" for none */
+	mode_t mode;         /* file only: permission bits */
+	const char *content; /* file only */
 };
 
 struct spec_rlimit {
@@ -86,6 +102,12 @@ struct run_spec {
 	size_t n_rlimits;
 	bool has_caps; /* false: keep root's full capabilities */
 	struct spec_caps caps;
+	bool has_oom_score_adj;
+	int oom_score_adj; /* -1000 to 1000 */
+	uint64_t pids_limit; /* 0: no pids cgroup */
+	unsigned seccomp_flags; /* SECCOMP_FILTER_FLAG_* */
+	struct sock_filter *seccomp; /* NULL: no filter */
+	size_t n_seccomp;
 	struct spec_mount *mounts;
 	size_t n_mounts;
 	const char **masked;
@@ -104,6 +126,15 @@ struct run_spec {
  */
 int spec_load(const char *path, struct run_spec *spec, char *error, size_t error_size);
 
+/*
+ * Parses and checks the `len` bytes at `data` as a spec. Its strings point into `data`, which
+ * must outlive it. On failure returns -1 with the reason in `why`.
+ */
+int spec_parse(const char *data, size_t len, struct run_spec *spec, char *why, size_t why_size);
+
+/* Frees what spec_parse allocated (not the data), even for a spec it refused. */
+void spec_free(struct run_spec *spec);
+
 /* Prints the spec to stdout one item a line (the --print-spec format, see spec.c). */
 void spec_print(const struct run_spec *spec);
 
@@ -117,6 +148,81 @@ void spec_print(const struct run_spec *spec);
  */
 __attribute__((noreturn)) void run_container(const struct run_spec *spec, int console,
 					     const char *root);
+
+/*
+ * The process's last steps, shared by the workload and the agent's exec: the spec's umask,
+ * seccomp filter, user, groups and capabilities, no_new_privs and working directory (runc's
+ * order), then execve. Never returns (as run_container).
+ */
+__attribute__((noreturn)) void start_process(const struct run_spec *spec);
+
+/* The spec's resource limits (setrlimit), for the process about to start. */
+void set_rlimits(const struct run_spec *spec);
+
+/* Writes `value` to the file `path` (in /proc or a cgroup) or dies; `what` is for the message. */
+void write_value(const char *path, const char *value, const char *what);
+
+/*
+ * For a process on its way to exec: prints "WHAT: strerror(errno)" (just "WHAT" if errno is
+ * 0) and exits with EXIT_SETUP_FAILED.
+ */
+__attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt, ...);
+
+/*
+ * The workload's pids cgroup (linux.resources.pids.limit): cgroup2 is mounted at CGROUP_DIR
+ * while a process joins CONTAINER_CGROUP.
+ */
+#define CGROUP_DIR "/flint/cgroup"
+#define CONTAINER_CGROUP CGROUP_DIR "/container"
+
+/* agent.c: the protocol is documented in src/agent.rs, which must stay in step. */
+
+#define AGENT_PORT 1024			  /* the vsock port the agent listens on */
+#define AGENT_HEADER_SIZE 5		  /* type (1 byte), payload length (4, little-endian) */
+#define AGENT_DATA_MAX (64u << 10)	  /* the most a STDIN, STDOUT, STDERR or ERROR frame carries */
+#define AGENT_EXEC_SPEC_MAX (1u << 20) /* the most an EXEC frame carries */
+#define AGENT_MAX_EXECS 16		  /* exec'd processes at once */
+#define AGENT_MAX_PENDING 8		  /* connections reading a request or sending a last reply */
+#define AGENT_REQUEST_TIMEOUT_MS 10000 /* for each of those */
+
+enum agent_frame {
+	/* host to guest: requests, the first frame of a connection */
+	AGENT_EXEC = 0x01,
+	AGENT_SIGNAL = 0x02, /* also host to guest in an exec session: to its process */
+	/* host to guest, in an exec session */
+	AGENT_STDIN = 0x10,
+	AGENT_STDIN_EOF = 0x11,
+	AGENT_RESIZE = 0x12,
+	/* guest to host */
+	AGENT_OK = 0x80,
+	AGENT_ERROR = 0x81,
+	AGENT_STARTED = 0x82,
+	AGENT_STDOUT = 0x83,
+	AGENT_STDERR = 0x84,
+	AGENT_EXIT = 0x85,
+};
+
+struct agent_options {
+	pid_t workload;		/* the container's process (the init's child) */
+	bool pids_cgroup;	/* the workload is in CONTAINER_CGROUP: exec'd processes join it */
+	int request_timeout_ms; /* AGENT_REQUEST_TIMEOUT_MS; shorter in the host's tests */
+};
+
+/*
+ * The agent's listening socket: AF_VSOCK, port AGENT_PORT, any CID; -1 if the VM has no
+ * vsock device (the init then does without the agent).
+ */
+int agent_listen_vsock(void);
+
+/* A listening Unix socket at `path`, for the --agent-test mode; -1 with errno on failure. */
+int agent_listen_unix(const char *path);
+
+/*
+ * The init's loop while the workload runs: reaps children, serves the host's connections on
+ * `listener` (any listening stream socket), and returns the workload's status as a shell
+ * reports it once it has exited. Exec'd processes still running are killed then.
+ */
+int agent_supervise(int listener, const struct agent_options *options);
 
 /* util.c */
 

@@ -36,8 +36,12 @@ enum keyword {
 	KW_NO_NEW_PRIVILEGES,
 	KW_RLIMIT,
 	KW_CAPS,
+	KW_OOM_SCORE_ADJ,
+	KW_PIDS_LIMIT,
+	KW_SECCOMP,
 	KW_MOUNT,
 	KW_FS_MOUNT,
+	KW_FILE,
 	KW_MASKED,
 	KW_READONLY_PATH,
 	KW_SYSCTL,
@@ -66,8 +70,12 @@ static const struct {
 	[KW_NO_NEW_PRIVILEGES] = {"no-new-privileges", 1, false},
 	[KW_RLIMIT] = {"rlimit", 3, true},
 	[KW_CAPS] = {"caps", 5, false},
+	[KW_OOM_SCORE_ADJ] = {"oom-score-adj", 1, false},
+	[KW_PIDS_LIMIT] = {"pids-limit", 1, false},
+	[KW_SECCOMP] = {"seccomp", 2, false},
 	[KW_MOUNT] = {"mount", 5, true},
 	[KW_FS_MOUNT] = {"fs-mount", 5, true},
+	[KW_FILE] = {"file", 4, true},
 	[KW_MASKED] = {"masked", 1, true},
 	[KW_READONLY_PATH] = {"readonly-path", 1, true},
 	[KW_SYSCTL] = {"sysctl", 2, true},
@@ -79,6 +87,7 @@ struct parser {
 	const char *start;
 	const char *pos;
 	const char *end;
+	size_t file_bytes; /* the `file` records' contents so far */
 	char why[512];
 };
 
@@ -206,6 +215,76 @@ static bool parse_flag(struct parser *p, const char *what, const char *text, boo
 	return true;
 }
 
+/* oom-score-adj: a decimal number from -1000 to 1000, "-" allowed (not "-0" or "+"). */
+static bool parse_oom_score_adj(struct parser *p, const char *text, int *out)
+{
+	bool negative = text[0] == '-';
+	uint64_t v;
+	if (negative && strcmp(text, "-0") == 0)
+		goto bad;
+	if (!parse_number(p, "oom-score-adj", text + negative, 1000, &v))
+		goto bad;
+	*out = negative ? -(int)v : (int)v;
+	return true;
+bad:;
+	char shown[64];
+	return refuse(p, "oom-score-adj: \"%s\" is not a decimal number from -1000 to 1000",
+		      escaped(text, shown, sizeof shown));
+}
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* `n` lower-case hex digits at `text` as a number; false if one is not. */
+static bool hex_field(const char *text, unsigned n, uint32_t *out)
+{
+	uint32_t v = 0;
+	for (unsigned i = 0; i < n; i++) {
+		int d = hex_digit(text[i]);
+		if (d < 0)
+			return false;
+		v = v << 4 | (uint32_t)d;
+	}
+	*out = v;
+	return true;
+}
+
+/*
+ * The seccomp record's program: 16 hex digits per instruction (code, jt, jf, k), 1 to
+ * BPF_MAXINSNS instructions. The kernel checks the program itself when it is installed.
+ */
+static bool parse_program(struct parser *p, const char *text, struct run_spec *s)
+{
+	size_t len = strlen(text);
+	if (len == 0 || len % 16 != 0 || len / 16 > BPF_MAXINSNS)
+		return refuse(p, "seccomp: a program of %zu hex digits is not 1 to %d instructions of 16",
+			      len, BPF_MAXINSNS);
+	size_t n = len / 16;
+	struct sock_filter *prog = calloc(n, sizeof *prog);
+	if (prog == NULL)
+		return refuse(p, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		const char *at = text + 16 * i;
+		uint32_t code, jt, jf, k;
+		if (!hex_field(at, 4, &code) || !hex_field(at + 4, 2, &jt) ||
+		    !hex_field(at + 6, 2, &jf) || !hex_field(at + 8, 8, &k)) {
+			free(prog);
+			return refuse(p, "seccomp: instruction %zu is not 16 lower-case hex digits", i);
+		}
+		prog[i] = (struct sock_filter){.code = (uint16_t)code, .jt = (uint8_t)jt,
+					       .jf = (uint8_t)jf, .k = k};
+	}
+	s->seccomp = prog;
+	s->n_seccomp = n;
+	return true;
+}
+
 /*
  * A share's tag, or a name inside it: one path component (the init mounts the share at
  * /flint/fs/TAG and binds TAG/NAME from there), so never "", ".", ".." or with a "/". A tag
@@ -309,6 +388,46 @@ static bool apply(struct parser *p, struct run_spec *s, enum keyword kw, const c
 		       parse_number(p, "caps inheritable", a[2], UINT64_MAX, &s->caps.inheritable) &&
 		       parse_number(p, "caps permitted", a[3], UINT64_MAX, &s->caps.permitted) &&
 		       parse_number(p, "caps ambient", a[4], UINT64_MAX, &s->caps.ambient);
+	case KW_OOM_SCORE_ADJ:
+		s->has_oom_score_adj = true;
+		return parse_oom_score_adj(p, a[0], &s->oom_score_adj);
+	case KW_PIDS_LIMIT:
+		if (!parse_number(p, "pids-limit", a[0], UINT64_MAX, &s->pids_limit))
+			return false;
+		if (s->pids_limit == 0)
+			return refuse(p, "pids-limit: 0 would allow no process at all");
+		return true;
+	case KW_SECCOMP: {
+		uint32_t flags;
+		if (!parse_u32(p, "seccomp flags", a[0], &flags))
+			return false;
+		s->seccomp_flags = flags;
+		return parse_program(p, a[1], s);
+	}
+	case KW_FILE: {
+		uint64_t mode, flags;
+		size_t len = strlen(a[3]);
+		if (!parse_number(p, "file mode", a[1], 0777, &mode) ||
+		    !parse_number(p, "file flags", a[2], ULONG_MAX, &flags))
+			return false;
+		if (len > FILE_CONTENT_MAX)
+			return refuse(p, "file %s: %zu bytes, more than %u", a[0], len,
+				      FILE_CONTENT_MAX);
+		p->file_bytes += len;
+		if (p->file_bytes > FILES_TOTAL_MAX)
+			return refuse(p, "file records: more than %u bytes in all", FILES_TOTAL_MAX);
+		return append_mount(p, s,
+				    (struct spec_mount){
+					    .kind = MOUNT_FILE,
+					    .destination = a[0],
+					    .fstype = "",
+					    .source = "",
+					    .flags = (unsigned long)flags,
+					    .data = "",
+					    .mode = (mode_t)mode,
+					    .content = a[3],
+				    });
+	}
 	case KW_MOUNT: {
 		uint64_t flags;
 		if (!parse_number(p, "mount flags", a[3], ULONG_MAX, &flags))
@@ -330,7 +449,7 @@ static bool apply(struct parser *p, struct run_spec *s, enum keyword kw, const c
 			return false;
 		return append_mount(p, s,
 				    (struct spec_mount){
-					    .share = true,
+					    .kind = MOUNT_SHARE,
 					    .tag = a[0],
 					    .subpath = a[1],
 					    .destination = a[2],
@@ -477,6 +596,31 @@ fail:;
 	return NULL;
 }
 
+int spec_parse(const char *data, size_t len, struct run_spec *spec, char *why, size_t why_size)
+{
+	*spec = (struct run_spec){0};
+	struct parser p = {.start = data, .pos = data, .end = data + len};
+	if (!parse(&p, spec)) {
+		snprintf(why, why_size, "%s", p.why);
+		return -1;
+	}
+	return 0;
+}
+
+void spec_free(struct run_spec *s)
+{
+	free(s->args);
+	free(s->env);
+	free(s->groups);
+	free(s->rlimits);
+	free(s->seccomp);
+	free(s->mounts);
+	free(s->masked);
+	free(s->readonly);
+	free(s->sysctls);
+	*s = (struct run_spec){0};
+}
+
 int spec_load(const char *path, struct run_spec *spec, char *error, size_t error_size)
 {
 	size_t len;
@@ -485,10 +629,9 @@ int spec_load(const char *path, struct run_spec *spec, char *error, size_t error
 		snprintf(error, error_size, "read the run spec %s: %s", path, strerror(errno));
 		return -1;
 	}
-	*spec = (struct run_spec){0};
-	struct parser p = {.start = data, .pos = data, .end = data + len};
-	if (!parse(&p, spec)) {
-		snprintf(error, error_size, "bad run spec %s: %s", path, p.why);
+	char why[512];
+	if (spec_parse(data, len, spec, why, sizeof why) < 0) {
+		snprintf(error, error_size, "bad run spec %s: %s", path, why);
 		return -1;
 	}
 	/* The spec's strings point into data, which therefore stays allocated. */
@@ -542,9 +685,29 @@ void spec_print(const struct run_spec *s)
 		printf("caps %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n",
 		       s->caps.bounding, s->caps.effective, s->caps.inheritable,
 		       s->caps.permitted, s->caps.ambient);
+	if (s->has_oom_score_adj)
+		printf("oom-score-adj %d\n", s->oom_score_adj);
+	if (s->pids_limit != 0)
+		printf("pids-limit %" PRIu64 "\n", s->pids_limit);
+	if (s->seccomp != NULL) {
+		printf("seccomp %u ", s->seccomp_flags);
+		for (size_t i = 0; i < s->n_seccomp; i++) {
+			const struct sock_filter *f = &s->seccomp[i];
+			printf("%04x%02x%02x%08x", f->code, f->jt, f->jf, (unsigned)f->k);
+		}
+		putchar('\n');
+	}
 	for (size_t i = 0; i < s->n_mounts; i++) {
 		const struct spec_mount *m = &s->mounts[i];
-		if (m->share) {
+		if (m->kind == MOUNT_FILE) {
+			fputs("file", stdout);
+			print_field(m->destination);
+			printf(" %o %lu", (unsigned)m->mode, m->flags);
+			print_field(m->content);
+			putchar('\n');
+			continue;
+		}
+		if (m->kind == MOUNT_SHARE) {
 			fputs("fs-mount", stdout);
 			print_field(m->tag);
 			print_field(m->subpath);
