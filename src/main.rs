@@ -65,8 +65,9 @@ enum Command {
     List(runtime::ListArgs),
     /// OCI runtime: print what this runtime supports, as JSON.
     Features,
-    /// OCI runtime: run another process in a container (not supported yet).
-    Exec(runtime::ExecArgs),
+    /// OCI runtime: run another process in a running container (through the guest's agent),
+    /// with its own stdio, terminal and exit status.
+    Exec(runtime::exec::ExecArgs),
 }
 
 #[derive(clap::Args)]
@@ -134,7 +135,7 @@ struct RunArgs {
     /// the snapshot's disk files and TAPs in order (all of them; each disk the same size).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "kernel", "oci_bundle", "initrd", "cmdline", "append", "rootfs", "boot_timer",
-        "no_acpi", "cpus", "memory", "fs"])]
+        "no_acpi", "cpus", "memory", "fs", "vsock"])]
     restore: Option<PathBuf>,
     /// Run an OCI runtime bundle (a directory with config.json and its rootfs, as crun and runc
     /// take) in the VM: its process with its args, env, cwd, user and mounts, its stdout and
@@ -161,7 +162,8 @@ struct RunArgs {
     /// Internal (flint runs itself with it to make a warm snapshot): boot the warm OCI guest
     /// and, when its init waits for a workload, snapshot it into DIR and end.
     #[arg(long, value_name = "DIR", hide = true, requires = "kernel",
-          conflicts_with_all = ["oci_bundle", "restore", "initrd", "rootfs", "disk", "net", "fs"])]
+          conflicts_with_all = ["oci_bundle", "restore", "initrd", "rootfs", "disk", "net", "fs",
+                                "vsock"])]
     make_warm_snapshot: Option<PathBuf>,
     /// Initramfs (or initrd) image to load with the kernel.
     #[arg(long, value_name = "PATH")]
@@ -201,6 +203,12 @@ struct RunArgs {
     /// shares cannot be snapshotted.
     #[arg(long, value_name = "tag=TAG,path=DIR[,ro]")]
     fs: Vec<FsConfig>,
+    /// A virtio-vsock device with guest CID N whose host side is the Unix socket PATH
+    /// (Firecracker's "hybrid vsock"): a host client connects to PATH and writes
+    /// `CONNECT <port>\n` to reach a guest port; a guest connection to CID 2 port P reaches
+    /// the Unix socket PATH_P. A VM with vsock cannot be snapshotted.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    vsock: Option<config::VsockConfig>,
     /// Print the time from flint's start to the guest init's boot-timer write (one byte, value
     /// 123, to guest physical address 0xd0000000 — Firecracker's boot timer) on stderr, as
     /// "flint: guest booted in N us".
@@ -314,6 +322,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
         nets: args.net.clone(),
         acpi: !args.no_acpi,
         fs: args.fs.clone(),
+        vsock: args.vsock.clone(),
     };
     boot(
         What::Boot(&config),
@@ -486,14 +495,20 @@ fn test_open() {
 /// `create` returns and run once `start` says so.
 fn container(gate: &mut runtime::Gate, start: Instant) -> anyhow::Result<Outcome> {
     let bundle = gate.bundle.clone();
-    let cli = Cli::try_parse_from([
-        std::ffi::OsStr::new("flint"),
-        "run".as_ref(),
-        "--oci-bundle".as_ref(),
-        bundle.as_os_str(),
-        "--live-root".as_ref(),
-    ])
-    .context("internal error: the container's run options")?;
+    let mut argv: Vec<std::ffi::OsString> = ["flint", "run", "--live-root", "--oci-bundle"]
+        .map(Into::into)
+        .into();
+    argv.push(bundle.clone().into());
+    if let Some(dir) = &gate.cgroup {
+        argv.push("--cgroup".into());
+        argv.push(dir.clone().into());
+    }
+    // The guest's agent (exec, signals) is reached over vsock; CID 3 in every container's VM.
+    let mut vsock = std::ffi::OsString::from("cid=3,socket=");
+    vsock.push(&gate.vsock);
+    argv.push("--vsock".into());
+    argv.push(vsock);
+    let cli = Cli::try_parse_from(argv).context("internal error: the container's run options")?;
     let Command::Run(args) = cli.command else {
         anyhow::bail!("internal error: the container's run options are not a run");
     };
@@ -506,14 +521,10 @@ fn container(gate: &mut runtime::Gate, start: Instant) -> anyhow::Result<Outcome
 /// --fs).
 fn run_bundle(
     bundle: &std::path::Path,
-    args: RunArgs,
+    mut args: RunArgs,
     start: Instant,
     gate: Option<&mut runtime::Gate>,
 ) -> anyhow::Result<Outcome> {
-    let how = How {
-        gate,
-        ..How::of(&args)
-    };
     let kernel = match args.kernel.clone().or_else(flint_oci::default_kernel) {
         Some(k) => k,
         None => anyhow::bail!(
@@ -525,8 +536,28 @@ fn run_bundle(
     let cache = flint_oci::default_cache_dir()?;
     let options = flint_oci::PrepareOptions {
         live_root: args.live_root,
+        // As an OCI runtime, the caller made the bundle and names its root where it is.
+        runtime: gate.is_some(),
     };
     let plan = flint_oci::prepare_with(bundle, &cache, &options)?;
+    // linux.resources size the VM: memory.limit its RAM, the CPU quota its vCPUs.
+    if let Some(mib) = plan.resources.memory_mib() {
+        args.memory = mib;
+    }
+    if let Some(cpus) = plan.resources.cpus {
+        args.cpus = cpus;
+    }
+    if let Some(netns) = &plan.netns {
+        anyhow::bail!(
+            "the network namespace {} (podman's or CNI's network) is not connected to the VM yet: \
+             run the container with --network none",
+            netns.display()
+        );
+    }
+    let how = How {
+        gate,
+        ..How::of(&args)
+    };
     let cmdline = config::compose_cmdline(Some(&plan.kernel_args), args.append.as_deref());
     let root = plan.image.as_ref().map(|image| DiskConfig {
         path: image.clone(),
@@ -548,7 +579,11 @@ fn run_bundle(
         .collect();
     let console = bundle_console(&args)?;
     // The warm guest has its two disks and nothing else: other devices need a boot.
-    let cold = args.cold || !args.disk.is_empty() || !args.net.is_empty() || !shares.is_empty();
+    let cold = args.cold
+        || !args.disk.is_empty()
+        || !args.net.is_empty()
+        || !shares.is_empty()
+        || args.vsock.is_some();
     let outcome = if cold {
         let config = VmConfig {
             kernel,
@@ -562,6 +597,7 @@ fn run_bundle(
             nets: args.net.clone(),
             acpi: !args.no_acpi,
             fs: shares,
+            vsock: args.vsock.clone(),
         };
         boot(What::Boot(&config), console, how, start)?
     } else {
@@ -824,6 +860,7 @@ fn make_warm_snapshot(
         nets: Vec::new(),
         acpi: !args.no_acpi,
         fs: Vec::new(),
+        vsock: None,
     };
     // No input: the end of it would reach the restored guest as its first ^D.
     let mut console = bundle_console(args)?;
@@ -964,7 +1001,15 @@ fn real_main(start: Instant) -> ExitCode {
         Command::Delete(args) => return runtime_done(runtime::delete(globals, &args)),
         Command::List(args) => return runtime_done(runtime::list(globals, &args)),
         Command::Features => return runtime_done(runtime::features()),
-        Command::Exec(args) => return runtime_done(runtime::exec(globals, &args)),
+        Command::Exec(args) => {
+            return match runtime::exec::exec(globals, &args) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    globals.report(&one_line(&e));
+                    ExitCode::from(runtime::exec::error_status(&e))
+                }
+            }
+        }
         Command::Ctl(args) => {
             return match ctl(&args) {
                 Ok(()) => ExitCode::SUCCESS,

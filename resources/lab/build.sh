@@ -5,13 +5,21 @@
 #                                and virtiofsd (static) for virtio-fs shares
 #   $FLINT_CACHE/lab/guest.cpio  the guest artifacts under /guest/ (the default bundle too)
 #   $FLINT_CACHE/lab/qemu.cpio   (--with-qemu) qemu-system-x86_64, its libraries and firmware
+#   $FLINT_CACHE/lab/containers.cpio  (--with-containers) podman, conmon, containerd, ctr and
+#                                the runc shim, with their libraries and resources/lab/containers/
 # Assumes the guest artifacts exist (resources/guest/build.sh). Prints the archive paths.
 set -euo pipefail
 # shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 
-with_qemu=no
-[ "${1:-}" = --with-qemu ] && with_qemu=yes
+with_qemu=no with_containers=no
+for a in "$@"; do
+    case $a in
+        --with-qemu) with_qemu=yes ;;
+        --with-containers) with_containers=yes ;;
+        *) die "unknown option $a" ;;
+    esac
+done
 
 out=$FLINT_CACHE/lab
 deb=$FLINT_CACHE/debian
@@ -101,6 +109,30 @@ if [ "$with_qemu" = yes ]; then
     fi
 fi
 
+# --- podman and containerd, to run flint as their OCI runtime ---
+if [ "$with_containers" = yes ]; then
+    need_pkgs podman conmon containerd golang-github-containers-common
+    bins=(/usr/bin/podman /usr/bin/conmon /usr/bin/containerd /usr/bin/ctr
+          /usr/bin/containerd-shim-runc-v2)
+    files=(/etc/containers/policy.json /usr/share/containers/seccomp.json
+           /usr/share/containers/containers.conf)
+    mapfile -t libs < <(libs_of "${bins[@]}")
+    conf=$FLINT_RESOURCES/lab/containers
+    hash=$(stamp_hash "$(statsum "${bins[@]}" "${files[@]}" "${libs[@]}")" \
+        "file:$conf/storage.conf" "file:$conf/containers.conf" "file:$conf/containerd.toml")
+    if ! stamp_ok "$out/containers.stamp" "$hash" "$out/containers.cpio"; then
+        newwork
+        copy_into "$out/work" "${bins[@]}" "${files[@]}" "${libs[@]}"
+        install -m 644 "$conf/storage.conf" "$conf/containers.conf" "$out/work/etc/containers/"
+        mkdir -p "$out/work/etc/containerd"
+        install -m 644 "$conf/containerd.toml" "$out/work/etc/containerd/config.toml"
+        cpio_pack "$out/work" "$out/containers.cpio"
+        stamp_write "$out/containers.stamp" "$hash"
+        log "built $out/containers.cpio"
+    fi
+fi
+
 echo "$out/base.cpio"
 echo "$out/guest.cpio"
 [ "$with_qemu" = no ] || echo "$out/qemu.cpio"
+[ "$with_containers" = no ] || echo "$out/containers.cpio"

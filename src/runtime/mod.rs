@@ -3,6 +3,8 @@
 //! workload in a microVM. The container's process is the VMM: `create` forks it, it builds the
 //! VM and waits; `start` releases it; its exit status is the workload's.
 
+pub mod cgroup;
+pub mod exec;
 pub mod log;
 pub mod state;
 pub mod tty;
@@ -102,23 +104,6 @@ pub struct ListArgs {
     pub quiet: bool,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct ExecArgs {
-    #[arg(long, value_name = "FILE")]
-    pub process: Option<PathBuf>,
-    #[arg(long, short = 'd')]
-    pub detach: bool,
-    #[arg(long, value_name = "FILE")]
-    pub pid_file: Option<PathBuf>,
-    #[arg(long, value_name = "PATH")]
-    pub console_socket: Option<PathBuf>,
-    #[arg(long, short = 't')]
-    pub tty: bool,
-    pub id: String,
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
-}
-
 /// What `create` leaves this process as after its fork.
 pub enum Created {
     /// The `create` command: the container exists and waits for `start`.
@@ -131,6 +116,10 @@ pub enum Created {
 /// VM), and the socket `start` connects to.
 pub struct Gate {
     pub bundle: PathBuf,
+    /// The VM's vsock socket, through which the guest's agent takes `exec` and signals.
+    pub vsock: PathBuf,
+    /// The cgroup the VMM is to join (made by `create`'s side, joined by the VMM).
+    pub cgroup: Option<PathBuf>,
     sync: Option<OwnedFd>,
     start: UnixListener,
 }
@@ -175,9 +164,19 @@ pub fn create(g: &Globals, args: &CreateArgs) -> anyhow::Result<Created> {
     }
     let bundle = std::fs::canonicalize(&args.bundle)
         .with_context(|| format!("the bundle {}", args.bundle.display()))?;
-    let annotations = read_annotations(&bundle)?;
+    let (annotations, cgroups_path) = read_config(&bundle)?;
+    let cgroup = match cgroups_path.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => Some(cgroup::dir_for(p, g.systemd_cgroup)?),
+        None => None,
+    };
     c.claim()?;
-    let result = fork_container(&c, &bundle, args).and_then(|forked| match forked {
+    let result = (|| {
+        if let Some(dir) = &cgroup {
+            cgroup::prepare(dir)?;
+        }
+        fork_container(&c, &bundle, cgroup.clone(), args)
+    })()
+    .and_then(|forked| match forked {
         Forked::Child(gate) => Ok(Created::Container(gate)),
         Forked::Parent(pid) => {
             let start_time = state::start_time(pid)
@@ -189,6 +188,7 @@ pub fn create(g: &Globals, args: &CreateArgs) -> anyhow::Result<Created> {
                 bundle: bundle.clone(),
                 created: state::rfc3339_now(),
                 annotations,
+                cgroup: cgroup.clone(),
             })?;
             if let Some(file) = &args.pid_file {
                 state::write_atomically(file, pid.to_string().as_bytes())?;
@@ -207,7 +207,12 @@ enum Forked {
     Parent(i32),
 }
 
-fn fork_container(c: &Container, bundle: &Path, args: &CreateArgs) -> anyhow::Result<Forked> {
+fn fork_container(
+    c: &Container,
+    bundle: &Path,
+    cgroup: Option<PathBuf>,
+    args: &CreateArgs,
+) -> anyhow::Result<Forked> {
     let slave = match &args.console_socket {
         Some(socket) => Some(tty::send_pty(socket)?),
         None => None,
@@ -231,6 +236,8 @@ fn fork_container(c: &Container, bundle: &Path, args: &CreateArgs) -> anyhow::Re
         drop(read);
         let mut gate = Gate {
             bundle: bundle.to_path_buf(),
+            vsock: c.vsock_socket(),
+            cgroup,
             sync: Some(write),
             start,
         };
@@ -275,7 +282,7 @@ fn describe_status(status: i32) -> String {
 }
 
 /// fork() copies only the calling thread: the runtime forks before any thread starts.
-fn check_single_threaded() -> anyhow::Result<()> {
+pub(crate) fn check_single_threaded() -> anyhow::Result<()> {
     let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc")?;
     let threads = status
         .lines()
@@ -287,14 +294,17 @@ fn check_single_threaded() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bundle's annotations, for `state` (the config is read once, here; the VMM reads the
-/// rest of it when it builds the VM, before `create` returns).
-fn read_annotations(bundle: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+/// What `create` itself needs of the bundle's config: its annotations (for `state`) and
+/// linux.cgroupsPath. The config is read once, at create: the VMM reads the rest when it
+/// builds the VM, before `create` returns.
+fn read_config(
+    bundle: &Path,
+) -> anyhow::Result<(std::collections::BTreeMap<String, String>, Option<String>)> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    Ok(value
+    let annotations = value
         .get("annotations")
         .and_then(|a| a.as_object())
         .map(|a| {
@@ -302,7 +312,12 @@ fn read_annotations(bundle: &Path) -> anyhow::Result<std::collections::BTreeMap<
                 .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default();
+    let cgroups_path = value
+        .pointer("/linux/cgroupsPath")
+        .and_then(|p| p.as_str())
+        .map(str::to_string);
+    Ok((annotations, cgroups_path))
 }
 
 /// `flint start`: releases the created container's VMM.
@@ -439,14 +454,33 @@ fn signal_vmm(record: &Record, sig: i32) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// `flint kill`: signals the container's process, the VMM (SIGKILL ends the VM; SIGTERM,
-/// SIGINT and SIGHUP stop it as `flint run` does, with 128+N as the container's status).
+/// `flint kill`: a running container's workload gets the signal from the guest's agent
+/// (SIGTERM reaches its handler, as in a container); SIGKILL, or any signal before `start`
+/// or without an agent, goes to the VMM (SIGKILL ends the VM; SIGTERM, SIGINT and SIGHUP
+/// stop it as `flint run` does, with 128+N as the container's status).
 pub fn kill(g: &Globals, args: &KillArgs) -> anyhow::Result<()> {
     let sig = parse_signal(&args.signal)?;
     let c = Container::new(&g.root, &args.id)?;
     let _lock = c.lock()?;
     let record = c.load()?;
-    if c.status(&record) == Status::Stopped || !signal_vmm(&record, sig)? {
+    let status = c.status(&record);
+    if status == Status::Stopped {
+        anyhow::bail!("container \"{}\" is not running", args.id);
+    }
+    // The workload's own signal, through the guest's agent; SIGKILL, and any signal while
+    // the guest does not run yet, go to the VMM.
+    if status == Status::Running && sig != libc::SIGKILL && exec::signal_workload(&c, sig)? {
+        return Ok(());
+    }
+    // The VMM ends on these (128+N); any other signal would end it without a word.
+    const VMM_ENDS_ON: &[i32] = &[libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    if !VMM_ENDS_ON.contains(&sig) {
+        anyhow::bail!(
+            "signal {sig} cannot reach the workload of container \"{}\": the guest's agent does not answer (not started yet?); only KILL, TERM, INT and HUP end the VM itself",
+            args.id
+        );
+    }
+    if !signal_vmm(&record, sig)? {
         anyhow::bail!("container \"{}\" is not running", args.id);
     }
     Ok(())
@@ -474,6 +508,9 @@ pub fn delete(g: &Globals, args: &DeleteArgs) -> anyhow::Result<()> {
             if status != Status::Stopped {
                 signal_vmm(&record, libc::SIGKILL)?;
                 wait_until_ended(&record)?;
+            }
+            if let Some(dir) = &record.cgroup {
+                cgroup::remove(dir);
             }
         }
         // A directory without a state: a create that failed half way, or damage.
@@ -565,14 +602,6 @@ pub fn features() -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
-}
-
-/// `flint exec`: not yet; it needs the guest agent.
-pub fn exec(_g: &Globals, args: &ExecArgs) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "exec into container \"{}\" is not supported yet: flint has no agent in the guest to start a second process",
-        args.id
-    )
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ pub struct Record {
     pub created: String,
     #[serde(default)]
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// The cgroup the VMM runs in (linux.cgroupsPath), removed by `delete`.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The container's status, as the runtime spec names them.
@@ -117,6 +120,11 @@ impl Container {
             Err(e) => Err(e)
                 .with_context(|| format!("cannot make the state directory {}", self.dir.display())),
         }
+    }
+
+    /// The VM's hybrid-vsock socket: the guest agent's way in.
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
     }
 
     pub fn start_socket(&self) -> PathBuf {
@@ -319,6 +327,7 @@ mod tests {
             bundle: "/b".into(),
             created: rfc3339_now(),
             annotations: Default::default(),
+            cgroup: None,
         };
         c.save(&record).unwrap();
         assert_eq!(c.load().unwrap(), record);
