@@ -4,7 +4,7 @@
 //! for), a forked relay does that and `exec` returns once the process has started, the
 //! relay's PID in `--pid-file` (conmon waits on it as the exec'd process).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ use anyhow::Context;
 use flint_oci::agent::{self, AgentError, ExecIo, ExecOptions};
 
 use super::state::{Container, Status};
-use super::{check_single_threaded, tty, Globals};
+use super::{await_report, fork_reporting, tty, ForkSide, Globals};
 
 #[derive(clap::Args, Debug)]
 pub struct ExecArgs {
@@ -170,66 +170,46 @@ fn detach(
     slave: Option<OwnedFd>,
     pid_file: Option<&PathBuf>,
 ) -> anyhow::Result<u8> {
-    let mut fds = [-1; 2];
-    // SAFETY: pipe2 writes two new descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot make a pipe");
-    }
-    // SAFETY: pipe2 succeeded: both descriptors are new and ours alone.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    check_single_threaded()?;
-    // SAFETY: one thread (checked): the child is a complete copy.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot fork the exec relay");
-    }
-    if pid == 0 {
-        drop(read);
-        let mut sync = std::fs::File::from(write);
-        let session =
-            match agent::connect(uds, agent::DEFAULT_TIMEOUT).and_then(|s| s.start_exec(spec)) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = write!(
-                        sync,
-                        "error: {}",
-                        flint_vmm::exit::error_chain(not_started(e).as_ref())
-                    );
-                    // SAFETY: _exit ends this forked process at once.
-                    unsafe { libc::_exit(1) };
-                }
-            };
-        let terminal = slave.is_some();
-        if let Some(slave) = &slave {
-            if let Err(e) = tty::become_controlling(slave) {
-                let _ = write!(sync, "error: cannot use the pty: {e}");
-                // SAFETY: as above.
-                unsafe { libc::_exit(1) };
+    let write = match fork_reporting("the exec relay")? {
+        ForkSide::Parent(pid, read) => {
+            drop(slave);
+            await_report(pid, read, "the exec relay ended before the process started")?;
+            if let Some(file) = pid_file {
+                super::state::write_atomically(file, pid.to_string().as_bytes())?;
             }
+            return Ok(0);
         }
-        drop(slave);
-        let _ = sync.write_all(b"ok\n");
-        drop(sync);
-        let code = relay(session, terminal);
-        // SAFETY: the relay is done; end with the process's status.
-        unsafe { libc::_exit(i32::from(code)) };
-    }
-    drop((write, slave));
-    let mut text = String::new();
-    let _ = std::fs::File::from(read).read_to_string(&mut text);
-    if text == "ok\n" {
-        if let Some(file) = pid_file {
-            super::state::write_atomically(file, pid.to_string().as_bytes())?;
+        ForkSide::Child(write) => write,
+    };
+    // The relay: start the process, say so, and relay it until it exits.
+    let mut sync = std::fs::File::from(write);
+    let session = match agent::connect(uds, agent::DEFAULT_TIMEOUT).and_then(|s| s.start_exec(spec))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = write!(
+                sync,
+                "error: {}",
+                flint_vmm::exit::error_chain(not_started(e).as_ref())
+            );
+            // SAFETY: _exit ends this forked process at once.
+            unsafe { libc::_exit(1) };
         }
-        return Ok(0);
+    };
+    let terminal = slave.is_some();
+    if let Some(slave) = &slave {
+        if let Err(e) = tty::become_controlling(slave) {
+            let _ = write!(sync, "error: cannot use the pty: {e}");
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) };
+        }
     }
-    let mut status = 0;
-    // SAFETY: waitpid on our own child, to reap it.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    let msg = text
-        .strip_prefix("error: ")
-        .unwrap_or("the exec relay ended before the process started");
-    Err(anyhow::anyhow!("{msg}"))
+    drop(slave);
+    let _ = sync.write_all(b"ok\n");
+    drop(sync);
+    let code = relay(session, terminal);
+    // SAFETY: the relay is done; end with the process's status.
+    unsafe { libc::_exit(i32::from(code)) }
 }
 
 /// A signalfd for the signals a relay forwards to the process (blocked for this process, so

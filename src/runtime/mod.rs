@@ -218,6 +218,48 @@ fn fork_container(
         None => None,
     };
     let start = UnixListener::bind(c.start_socket()).context("cannot make the start socket")?;
+    let (pid, read) = match fork_reporting("the container's process")? {
+        ForkSide::Parent(pid, read) => (pid, read),
+        ForkSide::Child(write) => {
+            let mut gate = Gate {
+                bundle: bundle.to_path_buf(),
+                vsock: c.vsock_socket(),
+                cgroup,
+                sync: Some(write),
+                start,
+            };
+            if let Some(slave) = slave {
+                if let Err(e) = tty::become_controlling(&slave) {
+                    gate.fail(&format!(
+                        "cannot make the pty the container's terminal: {e}"
+                    ));
+                    // SAFETY: _exit ends this forked process at once, as it must on failure.
+                    unsafe { libc::_exit(1) };
+                }
+            }
+            return Ok(Forked::Child(Box::new(gate)));
+        }
+    };
+    drop((start, slave));
+    await_report(
+        pid,
+        read,
+        "the container's process ended before its VM was ready",
+    )?;
+    Ok(Forked::Parent(pid))
+}
+
+/// Either side of [`fork_reporting`].
+pub(crate) enum ForkSide {
+    /// The child, with the pipe's end to write its report to.
+    Child(OwnedFd),
+    /// The parent: the child's PID and the pipe's end its report arrives on.
+    Parent(i32, OwnedFd),
+}
+
+/// Forks a child that carries on alone (the container's VMM, an exec relay) and tells its
+/// parent how its start went on a pipe: `ok\n`, or `error: MESSAGE` (see [`await_report`]).
+pub(crate) fn fork_reporting(what: &str) -> anyhow::Result<ForkSide> {
     let mut fds = [-1; 2];
     // SAFETY: pipe2 writes two new descriptors into `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -230,44 +272,31 @@ fn fork_container(
     // no lock held by a thread that does not exist in it.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot fork the container's process");
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot fork {what}"));
     }
     if pid == 0 {
         drop(read);
-        let mut gate = Gate {
-            bundle: bundle.to_path_buf(),
-            vsock: c.vsock_socket(),
-            cgroup,
-            sync: Some(write),
-            start,
-        };
-        if let Some(slave) = slave {
-            if let Err(e) = tty::become_controlling(&slave) {
-                gate.fail(&format!(
-                    "cannot make the pty the container's terminal: {e}"
-                ));
-                // SAFETY: _exit ends this forked process at once, as it must on failure.
-                unsafe { libc::_exit(1) };
-            }
-        }
-        return Ok(Forked::Child(Box::new(gate)));
+        return Ok(ForkSide::Child(write));
     }
-    drop((write, start, slave));
+    drop(write);
+    Ok(ForkSide::Parent(pid, read))
+}
+
+/// In the parent: waits until the child reports (or ends). Its `ok` is Ok; its error, or
+/// `ended` with its status if it said nothing, is the error (the child is reaped then).
+pub(crate) fn await_report(pid: i32, read: OwnedFd, ended: &str) -> anyhow::Result<()> {
     let mut text = String::new();
     // Until the child says how it went and closes its end (or ends).
     let _ = std::fs::File::from(read).read_to_string(&mut text);
     if text == "ok\n" {
-        return Ok(Forked::Parent(pid));
+        return Ok(());
     }
     let mut status = 0;
     // SAFETY: waitpid on our own child, to reap it.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     match text.strip_prefix("error: ") {
         Some(msg) => Err(anyhow::anyhow!("{msg}")),
-        None => Err(anyhow::anyhow!(
-            "the container's process ended before its VM was ready ({})",
-            describe_status(status)
-        )),
+        None => Err(anyhow::anyhow!("{ended} ({})", describe_status(status))),
     }
 }
 
