@@ -94,24 +94,37 @@ impl ApiSocket {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("cannot look at the path")(e)),
         }
-        // Owner-only from the start: the socket file takes its mode from the umask.
-        // SAFETY: umask only swaps the process's file mode mask.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        let listener = bound.map_err(io("cannot create the socket"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(io("cannot make the socket non-blocking"))?;
-        let meta = std::fs::symlink_metadata(path).map_err(io("cannot look at the socket"))?;
-        let remover = Remover::spawn(path, meta.dev(), meta.ino(), c"flint-api-rm")
-            .map_err(io("cannot start its remover"))?;
+        let (listener, remover) =
+            bind_private(path, c"flint-api-rm").map_err(|(what, e)| io(what)(e))?;
         Ok(ApiSocket {
             listener,
             _remover: remover,
         })
     }
+}
+
+/// Binds a listening Unix socket at `path` that only flint's user can reach (0600 from the
+/// start: the file takes its mode from the umask), non-blocking, with a remover (named
+/// `remover_name`) that takes the file away when flint ends. Call while flint has no other
+/// thread (it forks). An error says which step failed.
+pub(crate) fn bind_private(
+    path: &Path,
+    remover_name: &'static std::ffi::CStr,
+) -> Result<(UnixListener, Remover), (&'static str, std::io::Error)> {
+    // SAFETY: umask only swaps the process's file mode mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| ("cannot create the socket", e))?;
+    // From here on the file is ours: the remover takes it away whatever happens next.
+    let meta = std::fs::symlink_metadata(path).map_err(|e| ("cannot look at the socket", e))?;
+    let remover = Remover::spawn(path, meta.dev(), meta.ino(), remover_name)
+        .map_err(|e| ("cannot start its remover", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ("cannot make the socket non-blocking", e))?;
+    Ok((listener, remover))
 }
 
 /// Forks the remover; returns the pipe's write end and its pid.

@@ -39,7 +39,6 @@ pub mod muxer;
 pub mod packet;
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,7 +51,7 @@ use super::{
     read_config_bytes, ActivateContext, QueueWorker, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::api::socket::Remover;
+use crate::api::socket::{bind_private, Remover};
 pub use muxer::{VsockStats, VsockWorker};
 
 /// virtio device ID of a socket device.
@@ -118,20 +117,8 @@ impl VsockBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("cannot look at the path")(e)),
         }
-        // Owner-only from the start: the socket file takes its mode from the umask.
-        // SAFETY: umask only swaps the process's file mode mask.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        let listener = bound.map_err(io("cannot create the socket"))?;
-        // From here on the file is ours: the remover takes it away whatever happens next.
-        let meta = std::fs::symlink_metadata(path).map_err(io("cannot look at the socket"))?;
-        let remover = Remover::spawn(path, meta.dev(), meta.ino(), c"flint-vsock-rm")
-            .map_err(io("cannot start its remover"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(io("cannot make the socket non-blocking"))?;
+        let (listener, remover) =
+            bind_private(path, c"flint-vsock-rm").map_err(|(what, e)| io(what)(e))?;
         let epoll = Epoll::new().map_err(io("cannot make an epoll instance for it"))?;
         let timer = TimerFd::new()
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
