@@ -375,6 +375,21 @@ fn runtime_errors_are_one_line_on_stderr_and_in_the_log() {
             "process": {"args": ["sh"], "env": ["PATH=/bin"], "cwd": "/"}}"#,
     )
     .unwrap();
+    // A PID file that cannot be written fails create after the VMM was ready: it must not
+    // stay behind, waiting for a start nobody can send.
+    let (code, _, stderr) = rt.create("c1", &["--pid-file", "/nonexistent-dir/c1.pid"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent-dir/c1.tmp"), "{stderr}");
+    assert_eq!(rt.run(&["list", "-q"]).stdout, "");
+    let root = rt.root.to_str().unwrap().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&root) && c.contains(" create "))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
     let (code, _, stderr) = rt.create("c1", &[]);
     assert_eq!(code, 0, "{stderr}");
     let (code, _, stderr) = rt.create("c1", &[]);

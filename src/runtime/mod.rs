@@ -179,21 +179,32 @@ pub fn create(g: &Globals, args: &CreateArgs) -> anyhow::Result<Created> {
     .and_then(|forked| match forked {
         Forked::Child(gate) => Ok(Created::Container(gate)),
         Forked::Parent(pid) => {
-            let start_time = state::start_time(pid)
-                .context("the container's process ended as soon as it was ready")?;
-            c.save(&Record {
-                id: args.id.clone(),
-                pid,
-                start_time,
-                bundle: bundle.clone(),
-                created: state::rfc3339_now(),
-                annotations,
-                cgroup: cgroup.clone(),
-            })?;
-            if let Some(file) = &args.pid_file {
-                state::write_atomically(file, pid.to_string().as_bytes())?;
+            let recorded = (|| {
+                let start_time = state::start_time(pid)
+                    .context("the container's process ended as soon as it was ready")?;
+                c.save(&Record {
+                    id: args.id.clone(),
+                    pid,
+                    start_time,
+                    bundle: bundle.clone(),
+                    created: state::rfc3339_now(),
+                    annotations,
+                    cgroup: cgroup.clone(),
+                })?;
+                if let Some(file) = &args.pid_file {
+                    state::write_atomically(file, pid.to_string().as_bytes())?;
+                }
+                Ok(Created::Done)
+            })();
+            if recorded.is_err() {
+                // A VMM nobody can start or find again would wait forever: end it.
+                // SAFETY: kill and waitpid on our own child, not yet reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
             }
-            Ok(Created::Done)
+            recorded
         }
     });
     if result.is_err() {
