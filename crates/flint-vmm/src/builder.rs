@@ -796,9 +796,15 @@ fn console_outputs(
         ConsoleOutput::start(name, fd, budget.clone(), exit.clone())
             .map_err(|e| VmmError::Io("starting a console output thread", e))
     };
+    let output_fd = output
+        .try_clone()
+        .map_err(|e| VmmError::Io("duplicating the console output", e))?;
     let (out, sink) = start("console", output)?;
     let mut writers = vec![out];
     let error_output = match error_output {
+        // Both UARTs to one file (a container's terminal): one writer, so that what the guest
+        // wrote to COM1 and COM2 reaches it in the order written, as on a real terminal.
+        Some(fd) if same_file(&output_fd, &fd) => Some(Box::new(sink.clone()) as SerialOut),
         Some(fd) => {
             let (out, sink) = start("console2", fd)?;
             writers.push(out);
@@ -812,6 +818,18 @@ fn console_outputs(
         hold_input_until_ready,
     };
     Ok((writers, outputs))
+}
+
+/// Whether `a` and `b` are the same open file (device and inode), e.g. both a pty's slave.
+fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let meta = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map(std::fs::File::from)
+            .and_then(|f| f.metadata())
+            .map(|m| (m.dev(), m.ino()))
+    };
+    matches!((meta(a), meta(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 /// Where the legacy devices' console output goes.

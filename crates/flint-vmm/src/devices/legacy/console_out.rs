@@ -101,7 +101,9 @@ struct Shared {
     name: String,
 }
 
-/// The UART's side: appends to the buffer and never blocks on the host.
+/// The UART's side: appends to the buffer and never blocks on the host. Clones share one
+/// buffer and writer, keeping the order of what their UARTs wrote.
+#[derive(Clone)]
 pub struct ConsoleSink(Arc<Shared>);
 
 impl Write for ConsoleSink {
