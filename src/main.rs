@@ -548,11 +548,22 @@ fn run_bundle(
         args.cpus = cpus;
     }
     if let Some(netns) = &plan.netns {
-        anyhow::bail!(
-            "the network namespace {} (podman's or CNI's network) is not connected to the VM yet: \
-             run the container with --network none",
-            netns.display()
-        );
+        connect_network(netns, &mut args)?;
+    }
+    // cpu.shares as cpu.weight on the VMM's cgroup (a runtime's container), where the host's
+    // cgroup tree lets the cpu controller be enabled; the memory limit is the guest's RAM
+    // instead (a limit sized for the guest would not fit the VMM too).
+    if let (Some(weight), Some(dir), true) = (
+        plan.resources.cpu_weight,
+        args.confine.cgroup.clone(),
+        gate.is_some(),
+    ) {
+        if runtime::cgroup::enable_controller(&dir, "cpu") {
+            args.confine.cgroup_limit.push(Limit {
+                key: "cpu.weight".into(),
+                value: weight.to_string(),
+            });
+        }
     }
     let how = How {
         gate,
@@ -637,6 +648,33 @@ fn run_bundle(
         ),
         reason => Ok(reason),
     }
+}
+
+/// Joins the container's network namespace `netns` (podman's, CNI's), as a runtime's container
+/// process would, and gives the VM its interface: a NIC on a TAP joined to it, with its MAC,
+/// and its address and gateway on the kernel command line.
+fn connect_network(netns: &std::path::Path, args: &mut RunArgs) -> anyhow::Result<()> {
+    jail::enter_netns(netns)?;
+    let Some(link) = flint_oci::network::connect()? else {
+        // Loopback only (--network none): the guest has its own.
+        return Ok(());
+    };
+    if !args.net.is_empty() {
+        anyhow::bail!(
+            "--net cannot be used with a bundle whose network namespace ({}) has an interface: \
+             the VM's NIC is that interface",
+            netns.display()
+        );
+    }
+    args.net.push(config::NetConfig {
+        tap: link.tap,
+        mac: Some(flint_vmm::devices::virtio::net::Mac(link.mac)),
+    });
+    args.append = Some(match args.append.take() {
+        Some(more) => format!("{} {more}", link.kernel_arg),
+        None => link.kernel_arg,
+    });
+    Ok(())
 }
 
 /// The serial numbers of an OCI guest's root image and (warm) spec disk.

@@ -93,7 +93,7 @@ fn tty(runtime: &str) -> String {
 fn detached(runtime: &str) -> String {
     format!(
         r#". /tmp/lib.sh
-id=$(podman --runtime {runtime} run -d --network none localhost/probe sh -c 'trap "echo got TERM; exit 7" TERM; echo data > /written; echo started; while :; do sleep 0.1; done')
+id=$(podman --runtime {runtime} run -d --network none --cpu-shares 512 localhost/probe sh -c 'trap "echo got TERM; exit 7" TERM; echo data > /written; echo started; while :; do sleep 0.1; done')
 [ -n "$id" ] || {{ echo "podman run -d failed"; exit 1; }}
 wait_log $id started
 echo "logs: $(podman logs $id | tr '\n' ' ')"
@@ -101,6 +101,7 @@ echo "status: $(podman inspect -f '{{{{.State.Status}}}}' $id)"
 pid=$(podman inspect -f '{{{{.State.Pid}}}}' $id)
 echo "pid is the runtime's process: $(cat /proc/$pid/comm)"
 echo "in the container's cgroup: $(grep -c "libpod-$id" /proc/$pid/cgroup)"
+echo "cpu.weight: $(cat /sys/fs/cgroup$(awk -F: '$1 == 0 {{ print $3 }}' /proc/$pid/cgroup)/cpu.weight)"
 echo "listed: $(podman ps -q --no-trunc | grep -c $id)"
 podman stop -t 20 $id >/dev/null; echo "stop: $?"
 echo "exit code: $(podman inspect -f '{{{{.State.ExitCode}}}}' $id)"
@@ -155,6 +156,35 @@ left"#
     )
 }
 
+/// podman's networks: a web server published with `-p` (fetched from the lab host through the
+/// port, and directly at the container's address), the container's own address and routes,
+/// and two containers on one user-defined network reaching each other. (httpd as PID 1 has no
+/// TERM handler: `stop -t 2` kills it soon, with crun as with flint.)
+fn network(runtime: &str, port: u16) -> String {
+    format!(
+        r#". /tmp/lib.sh
+web='mkdir -p /www && echo "served by $0" > /www/index.html && echo started && exec httpd -f -p 80 -h /www'
+id=$(podman --runtime {runtime} run -d -p {port}:80 localhost/probe sh -c "$web" {runtime})
+[ -n "$id" ] || {{ echo "podman run -d -p failed"; exit 1; }}
+wait_log $id started
+ip=$(podman inspect -f '{{{{.NetworkSettings.IPAddress}}}}' $id)
+echo "address: $ip"
+echo "through the port: $(timeout 60 wget -q -O - http://127.0.0.1:{port}/)"
+echo "through the bridge: $(timeout 60 wget -q -O - http://$ip:80/)"
+podman exec $id ip -4 addr show eth0 | awk '/inet / {{ print "inside: " $2 }}'
+podman exec $id ip route | awk '/^default/ {{ print "default route: " $1, $2, $3 }}'
+podman stop -t 2 $id >/dev/null; podman rm $id >/dev/null && echo "rm: ok"
+podman network create --disable-dns net-{runtime} >/dev/null && echo "network created"
+a=$(podman --runtime {runtime} run -d --network net-{runtime} localhost/probe sh -c "$web" peer-a)
+wait_log $a started
+aip=$(podman inspect -f '{{{{(index .NetworkSettings.Networks "net-{runtime}").IPAddress}}}}' $a)
+echo "peer answers: $(podman --runtime {runtime} run --rm --network net-{runtime} localhost/probe timeout 60 wget -q -O - http://$aip/)"
+podman stop -t 2 $a >/dev/null; podman rm $a >/dev/null && echo "rm: ok"
+podman network rm net-{runtime} >/dev/null && echo "network removed"
+left"#
+    )
+}
+
 /// A config field flint refuses: podman shows flint's one-line error.
 fn refused() -> String {
     ". /tmp/lib.sh; prun refused flint --rm --network none --device /dev/null:/dev/mynull \
@@ -196,6 +226,8 @@ fn lab() -> &'static LabResults {
             list.push((format!("exec-{rt}"), exec(rt)));
             list.push((format!("volume-{rt}"), volume(rt)));
         }
+        list.push(("network-crun".to_string(), network("crun", 8080)));
+        list.push(("network-flint".to_string(), network("flint", 8081)));
         list.push(("refused".to_string(), refused()));
         list.push(("ctr".to_string(), ctr()));
         common::run_scenarios_in_lab(&setup(), &list, 600, &["--with-containers".to_string()])
@@ -295,6 +327,8 @@ fn a_detached_container_stops_copies_and_is_removed_as_with_crun() {
         has_line(out, "pid is the runtime's process: flint"),
         "{out}"
     );
+    // --cpu-shares 512 as cgroup v2's weight, converted as runc converts it.
+    assert!(has_line(out, "cpu.weight: 20"), "{out}");
 }
 
 #[test]
@@ -329,6 +363,31 @@ fn a_volume_is_shared_both_ways() {
     assert!(has_line(out, "written"), "{out}");
     assert!(has_line(out, "host sees: from-container"), "{out}");
     assert!(has_line(out, "left under the runtime root: 0"), "{out}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn podman_networks_reach_the_vm_as_they_reach_crun() {
+    let crun = scenario("network-crun");
+    let out = scenario("network-flint");
+    for (rt, text) in [("crun", crun), ("flint", out)] {
+        let ip = value(text, "address: ").unwrap_or_else(|| panic!("{rt}: no address\n{text}"));
+        assert!(ip.starts_with("10.88."), "{rt}: {text}");
+        for line in [
+            format!("through the port: served by {rt}"),
+            format!("through the bridge: served by {rt}"),
+            "default route: default via 10.88.0.1".to_string(),
+            "rm: ok".to_string(),
+            "network created".to_string(),
+            "peer answers: served by peer-a".to_string(),
+            "network removed".to_string(),
+            "left under the runtime root: 0".to_string(),
+        ] {
+            assert!(has_line(text, &line), "{rt}: {line}\n{text}");
+        }
+        // The guest has the address podman gave the container's veth.
+        assert!(has_line(text, &format!("inside: {ip}/16")), "{rt}: {text}");
+    }
 }
 
 #[test]

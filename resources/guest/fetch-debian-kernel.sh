@@ -14,8 +14,14 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 
 # What the lab needs: KVM for AMD (kvm-amd pulls kvm, irqbypass, ccp), tun, and virtio-blk on
-# PCI for the disk of `resources/lab/run --with-debian`.
-want_modules=(kvm-amd tun virtio_pci virtio_blk)
+# PCI for the disk of `resources/lab/run --with-debian`. podman's networks (netavark) need veth,
+# the bridge and iptables (legacy: the tables, NAT, conntrack and the matches and targets its
+# rules use; conntrack's libcrc32c asks the crypto API for crc32c, which modules.dep does not
+# list); flint joins a container's veth to its TAP with tc (ingress qdisc, u32, mirred).
+want_modules=(kvm-amd tun virtio_pci virtio_blk
+              veth bridge sch_ingress cls_u32 act_mirred crc32c_generic
+              ip_tables iptable_filter iptable_nat xt_MASQUERADE xt_nat xt_addrtype xt_comment
+              xt_conntrack xt_mark xt_multiport xt_tcpudp)
 
 out=$FLINT_CACHE/debian
 need_pkgs apt dpkg xz-utils kmod binutils

@@ -111,12 +111,13 @@ fi
 
 # --- podman and containerd, to run flint as their OCI runtime ---
 if [ "$with_containers" = yes ]; then
-    need_pkgs podman conmon containerd golang-github-containers-common
+    need_pkgs podman conmon containerd golang-github-containers-common netavark iptables
+    # netavark (podman's networks) runs `iptables`: the legacy one, linked in below.
     bins=(/usr/bin/podman /usr/bin/conmon /usr/bin/containerd /usr/bin/ctr
-          /usr/bin/containerd-shim-runc-v2)
+          /usr/bin/containerd-shim-runc-v2 /usr/lib/podman/netavark /usr/sbin/xtables-legacy-multi)
     files=(/etc/containers/policy.json /usr/share/containers/seccomp.json
-           /usr/share/containers/containers.conf)
-    mapfile -t libs < <(libs_of "${bins[@]}")
+           /usr/share/containers/containers.conf /usr/lib/x86_64-linux-gnu/xtables/*.so)
+    mapfile -t libs < <(libs_of "${bins[@]}" /usr/lib/x86_64-linux-gnu/xtables/*.so)
     conf=$FLINT_RESOURCES/lab/containers
     hash=$(stamp_hash "$(statsum "${bins[@]}" "${files[@]}" "${libs[@]}")" \
         "file:$conf/storage.conf" "file:$conf/containers.conf" "file:$conf/containerd.toml")
@@ -124,6 +125,9 @@ if [ "$with_containers" = yes ]; then
         newwork
         copy_into "$out/work" "${bins[@]}" "${files[@]}" "${libs[@]}"
         install -m 644 "$conf/storage.conf" "$conf/containers.conf" "$out/work/etc/containers/"
+        for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+            ln -s xtables-legacy-multi "$out/work/usr/sbin/$t"
+        done
         mkdir -p "$out/work/etc/containerd"
         install -m 644 "$conf/containerd.toml" "$out/work/etc/containerd/config.toml"
         cpio_pack "$out/work" "$out/containers.cpio"

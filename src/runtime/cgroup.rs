@@ -83,6 +83,30 @@ pub fn prepare(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Enables `controller` for the children of each cgroup from the root down to `dir`'s parent
+/// (as crun does), so that `dir`, once made, has the controller's files. False if a level does
+/// not offer it or refuses (a cgroup with processes of its own, say).
+pub fn enable_controller(dir: &Path, controller: &str) -> bool {
+    let Ok(below) = dir.strip_prefix(ROOT) else {
+        return false;
+    };
+    // The root and each of dir's ancestors below it.
+    let mut levels = vec![PathBuf::from(ROOT)];
+    for part in below.parent().into_iter().flat_map(Path::components) {
+        let next = levels[levels.len() - 1].join(part);
+        levels.push(next);
+    }
+    for level in levels {
+        let control = level.join("cgroup.subtree_control");
+        let enabled = std::fs::read_to_string(&control)
+            .is_ok_and(|s| s.split_whitespace().any(|c| c == controller));
+        if !enabled && std::fs::write(&control, format!("+{controller}")).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Removes the container's cgroup once its process has ended (its parents stay: others may
 /// share them, as with runc).
 pub fn remove(dir: &Path) {

@@ -21,6 +21,7 @@ pub mod image;
 #[cfg(test)]
 mod init_tests;
 pub mod initramfs;
+pub mod network;
 pub mod seccomp;
 pub mod spec;
 pub mod warm;

@@ -10,6 +10,7 @@ use super::VNET_HDR_LEN;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 pub(crate) const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
@@ -71,17 +72,63 @@ fn ioctl_int(fd: RawFd, req: libc::c_ulong, arg: libc::c_ulong) -> std::io::Resu
     }
 }
 
+/// Checks `name` as a network interface name.
+fn check_name(name: &str) -> Result<(), TapError> {
+    if name.is_empty()
+        || name.len() >= IFNAMSIZ
+        || name.contains(['/', ' ', '\0'])
+        || name == "."
+        || name == ".."
+    {
+        return Err(TapError::BadName(name.into()));
+    }
+    Ok(())
+}
+
+/// Opens /dev/net/tun and attaches it to the TAP `name` (TUNSETIFF), creating the TAP if
+/// there is none, with flint's flags (no packet info, a virtio-net header on each frame).
+fn attach(name: &str) -> Result<OwnedFd, TapError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(|e| TapError::OpenTun(e.to_string()))?;
+    let fd: OwnedFd = file.into();
+    let mut req = IfReq {
+        name: [0; IFNAMSIZ],
+        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads (and may update) an ifreq, which `req` is, laid out as C's.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => TapError::Permission(name.into()),
+            Some(libc::EBUSY) => TapError::Busy(name.into()),
+            // An interface by that name that is not a TAP (or is a TUN).
+            Some(libc::EINVAL) => TapError::NotTap(name.into()),
+            _ => TapError::Attach(name.into(), e.to_string()),
+        });
+    }
+    Ok(fd)
+}
+
 impl Tap {
+    /// Makes the TAP `name` with flint's flags, persistent (it stays when no process has it
+    /// open, until deleted or its network namespace goes), unless it exists already (then it
+    /// must be a TAP that fits, as for [`Tap::open`]).
+    pub fn make_persistent(name: &str) -> Result<(), TapError> {
+        check_name(name)?;
+        let fd = attach(name)?;
+        ioctl_int(fd.as_raw_fd(), TUNSETPERSIST, 1)
+            .map_err(|e| TapError::Attach(name.into(), e.to_string()))
+    }
+
     /// Attaches to the existing TAP `name`.
     pub fn open(name: &str) -> Result<Tap, TapError> {
-        if name.is_empty()
-            || name.len() >= IFNAMSIZ
-            || name.contains(['/', ' ', '\0'])
-            || name == "."
-            || name == ".."
-        {
-            return Err(TapError::BadName(name.into()));
-        }
+        check_name(name)?;
         // TUNSETIFF would create a missing TAP; flint only attaches to one the operator made.
         // Looked up in this thread's network namespace (sysfs shows the one it was mounted in,
         // which is not the one a jailed flint joined with --netns).
@@ -90,30 +137,7 @@ impl Tap {
         if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
             return Err(TapError::NoSuchInterface(name.into()));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(|e| TapError::OpenTun(e.to_string()))?;
-        let fd: OwnedFd = file.into();
-        let mut req = IfReq {
-            name: [0; IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-            _pad: [0; 22],
-        };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads (and may update) an ifreq, which `req` is, laid out as C's.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => TapError::Permission(name.into()),
-                Some(libc::EBUSY) => TapError::Busy(name.into()),
-                // An interface by that name that is not a TAP (or is a TUN).
-                Some(libc::EINVAL) => TapError::NotTap(name.into()),
-                _ => TapError::Attach(name.into(), e.to_string()),
-            });
-        }
+        let fd = attach(name)?;
         // The header in front of each frame is virtio 1.x's (with num_buffers): 12 bytes.
         let hdr_len: libc::c_int = HDR_LEN;
         // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
