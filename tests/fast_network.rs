@@ -68,7 +68,8 @@ impl Netns {
     fn container_interface(&self) {
         self.ip_in(&["link", "set", "lo", "up"]);
         self.ip_in(&["tuntap", "add", "dev", "eth0", "mode", "tap"]);
-        self.ip_in(&["link", "set", "eth0", "address", MAC, "up"]);
+        // An overlay network's MTU (flannel's VXLAN, say), below Ethernet's 1500.
+        self.ip_in(&["link", "set", "eth0", "address", MAC, "mtu", "1450", "up"]);
         self.ip_in(&["addr", "add", "10.88.0.5/16", "dev", "eth0"]);
         self.ip_in(&["route", "add", "default", "via", "10.88.0.1", "dev", "eth0"]);
     }
@@ -208,6 +209,17 @@ fn a_containers_interface_is_joined_to_flints_tap_both_ways() {
         assert_eq!(connected.interface, "eth0");
         assert_eq!(connected.tap, TAP_NAME);
         assert_eq!(connected.mac, [0x02, 0x42, 0x0a, 0x58, 0x00, 0x05]);
+        assert_eq!(connected.mtu, Some(1450));
+        let link = Command::new("ip")
+            .args(["-n", &ns.0, "-o", "link", "show", TAP_NAME])
+            .output()
+            .unwrap();
+        let link = String::from_utf8_lossy(&link.stdout);
+        assert!(
+            link.contains(" mtu 1450 "),
+            "the TAP has the MTU too: {link}"
+        );
+        assert!(link.contains(",UP"), "the TAP is up: {link}");
         assert_eq!(
             connected.kernel_arg,
             "ip=10.88.0.5::10.88.0.1:255.255.0.0::eth0:off"
@@ -217,6 +229,14 @@ fn a_containers_interface_is_joined_to_flints_tap_both_ways() {
         let vmm_tap = Tap::open(TAP_NAME).expect("flint attaches to its TAP");
         let mut tap = dup_of(&vmm_tap);
         assert_joined(&mut eth0, &mut tap, 1);
+        // A second VM for the same namespace (another container of a pod) while this one has
+        // the TAP: refused, and this one's frames still cross.
+        let held = connect().expect_err("the TAP is held");
+        assert!(
+            matches!(held, NetworkError::Held(ref i) if i == "eth0"),
+            "{held}"
+        );
+        assert_joined(&mut eth0, &mut tap, 5);
 
         // A restart in the same namespace: the VMM gone, connect again, still once each way.
         drop(tap);

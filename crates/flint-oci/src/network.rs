@@ -57,6 +57,12 @@ pub enum NetworkError {
          guest's from it; IPv6-only networks are not supported yet)"
     )]
     NoAddress(String),
+    #[error(
+        "the container's network ({0}) is already another flint VM's: a pod's network goes to \
+         one of its containers (run the pod's other containers with --network none, or one \
+         container per pod)"
+    )]
+    Held(String),
     #[error("the container's network namespace: {0}")]
     Tap(#[from] flint_vmm::devices::virtio::net::tap::TapError),
 }
@@ -70,6 +76,8 @@ pub struct Connected {
     pub tap: String,
     /// The interface's MAC, which the guest's NIC takes.
     pub mac: [u8; 6],
+    /// Its MTU, which the guest's NIC is told (an overlay network's is below 1500).
+    pub mtu: Option<u16>,
     /// The guest kernel's `ip=` argument: its address, netmask and gateway on `eth0`.
     pub kernel_arg: String,
 }
@@ -105,7 +113,12 @@ pub fn connect() -> Result<Option<Connected>, NetworkError> {
         .ok_or_else(|| NetworkError::NoAddress(veth.name.clone()))?;
     let gateway = nl.ipv4_gateway(veth.index)?;
 
-    flint_vmm::devices::virtio::net::tap::Tap::make_persistent(TAP_NAME)?;
+    use flint_vmm::devices::virtio::net::tap::{Tap, TapError};
+    match Tap::make_persistent(TAP_NAME) {
+        // Another VMM (a container of the same pod) has the TAP open.
+        Err(TapError::Busy(_)) => return Err(NetworkError::Held(veth.name)),
+        other => other?,
+    }
     let tap = nl
         .links()?
         .into_iter()
@@ -127,6 +140,10 @@ pub fn connect() -> Result<Option<Connected>, NetworkError> {
         interface: veth.name.clone(),
         tap: TAP_NAME.into(),
         mac: veth.mac,
+        mtu: veth
+            .mtu
+            .and_then(|m| u16::try_from(m).ok())
+            .filter(|&m| m >= 68),
         kernel_arg: kernel_ip_arg(address, prefix, gateway),
     }))
 }

@@ -250,6 +250,7 @@ impl Vmm {
                 .map(|n| SavedNet {
                     tap: n.tap.clone(),
                     mac: n.mac.unwrap_or_else(|| Mac::for_tap(&n.tap)).0,
+                    mtu: n.mtu,
                 })
                 .collect(),
         };
@@ -1016,7 +1017,7 @@ fn virtio_devices(
         wanted.push((
             format!("virtio-net{i}"),
             "a network interface",
-            Box::new(Net::new(Box::new(tap), Mac(net.mac))),
+            Box::new(Net::new(Box::new(tap), Mac(net.mac), net.mtu)),
         ));
     }
     for (i, fs) in shares.into_iter().enumerate() {

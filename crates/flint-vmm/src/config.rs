@@ -24,22 +24,31 @@ pub struct NetConfig {
     pub tap: String,
     /// None: a stable MAC derived from the TAP's name.
     pub mac: Option<crate::devices::virtio::net::Mac>,
+    /// The link's MTU, told to the guest's driver (None: its default, 1500).
+    pub mtu: Option<u16>,
 }
 
 impl std::str::FromStr for NetConfig {
     type Err = String;
 
-    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (mut tap, mut mac) = (None, None);
+        let (mut tap, mut mac, mut mtu) = (None, None, None);
         for part in s.split(',') {
             match part.split_once('=') {
                 Some(("tap", "")) => return Err("tap= needs a TAP device name".into()),
                 Some(("tap", name)) => tap = Some(name.to_string()),
                 Some(("mac", m)) => mac = Some(m.parse()?),
+                Some(("mtu", m)) => {
+                    // 68: the least IPv4 allows (and Linux's virtio-net driver takes).
+                    match m.parse::<u16>() {
+                        Ok(n) if n >= 68 => mtu = Some(n),
+                        _ => return Err(format!("mtu={m}: expected a number from 68 to 65535")),
+                    }
+                }
                 _ => {
                     return Err(format!(
-                        "unknown net option '{part}' (expected tap=NAME, mac=XX:XX:XX:XX:XX:XX)"
+                        "unknown net option '{part}' (expected tap=NAME, mac=XX:XX:XX:XX:XX:XX, mtu=N)"
                     ));
                 }
             }
@@ -47,6 +56,7 @@ impl std::str::FromStr for NetConfig {
         Ok(NetConfig {
             tap: tap.ok_or("missing tap=NAME")?,
             mac,
+            mtu,
         })
     }
 }
@@ -637,6 +647,24 @@ mod tests {
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac.unwrap().to_string(), "52:54:00:12:34:56");
         assert!("tap=tap0".parse::<NetConfig>().unwrap().mac.is_none());
+        assert_eq!(
+            "tap=t,mtu=1450".parse::<NetConfig>().unwrap().mtu,
+            Some(1450)
+        );
+        assert_eq!("tap=t".parse::<NetConfig>().unwrap().mtu, None);
+        for bad in [
+            "tap=t,mtu=67",
+            "tap=t,mtu=65536",
+            "tap=t,mtu=x",
+            "tap=t,mtu=",
+        ] {
+            assert!(
+                bad.parse::<NetConfig>()
+                    .unwrap_err()
+                    .contains("from 68 to 65535"),
+                "{bad}"
+            );
+        }
         assert!("mac=52:54:00:12:34:56"
             .parse::<NetConfig>()
             .unwrap_err()

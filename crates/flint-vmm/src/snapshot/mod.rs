@@ -122,6 +122,9 @@ pub struct SavedDisk {
 pub struct SavedNet {
     pub tap: String,
     pub mac: [u8; 6],
+    /// The MTU the guest's driver was told (kept on restore: the driver read it at probe).
+    #[serde(default)]
+    pub mtu: Option<u16>,
 }
 
 /// The machine a snapshot was taken of: what a restore must build again.

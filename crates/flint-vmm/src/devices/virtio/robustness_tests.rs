@@ -202,6 +202,7 @@ fn hostile_driver_against_net() {
             Box::new(Net::new(
                 Box::new(SocketBackend(dev)),
                 Mac([6, 0, 0, 0, 0, 1]),
+                None,
             )),
             seed,
             3000,

@@ -88,7 +88,8 @@ enum Delivery {
 }
 
 impl Net {
-    pub fn new(backend: Box<dyn Backend>, mac: Mac) -> Net {
+    /// A NIC with `mac`, and `mtu` if given (else the driver's default, 1500).
+    pub fn new(backend: Box<dyn Backend>, mac: Mac, mtu: Option<u16>) -> Net {
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_NET_F_MAC
@@ -106,6 +107,10 @@ impl Net {
         config[..6].copy_from_slice(&mac.0);
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
+        if let Some(mtu) = mtu {
+            features |= VIRTIO_NET_F_MTU;
+            config.extend_from_slice(&mtu.to_le_bytes());
+        }
         Net {
             backend: Arc::from(backend),
             features,

@@ -59,7 +59,7 @@ impl Harness {
 
     fn on(backend: Box<dyn Backend>, peer: OwnedFd, features: u64) -> Harness {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let device = Net::new(backend, Mac([6, 1, 2, 3, 4, 5]));
+        let device = Net::new(backend, Mac([6, 1, 2, 3, 4, 5]), None);
         let (rx, mut rxq) = TestQueue::new(&mem, GuestAddress(0), QSIZE);
         let (tx, mut txq) = TestQueue::new(&mem, GuestAddress(0x8000), QSIZE);
         // As the transport does for a driver that negotiated EVENT_IDX.
@@ -288,6 +288,25 @@ fn config_space_has_mac_and_link_up() {
         0,
         "no offloads on this backend"
     );
+    // No MTU given: none offered (the driver's default), nothing past max_virtqueue_pairs.
+    assert_eq!(h.device.features() & VIRTIO_NET_F_MTU, 0);
+    let mut past = [0xffu8; 2];
+    h.device.read_config(10, &mut past);
+    assert_eq!(past, [0, 0]);
+}
+
+#[test]
+fn a_given_mtu_is_offered_in_config_space() {
+    let (dev_end, _peer) = seqpacket_pair();
+    let device = Net::new(
+        Box::new(SocketBackend(dev_end)),
+        Mac([6, 1, 2, 3, 4, 5]),
+        Some(1450),
+    );
+    assert_ne!(device.features() & VIRTIO_NET_F_MTU, 0);
+    let mut mtu = [0u8; 2];
+    device.read_config(10, &mut mtu);
+    assert_eq!(u16::from_le_bytes(mtu), 1450);
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65550;
 /// Feature bits (§5.1.3).
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
 pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// The device says the link's MTU (config space `mtu`), which the driver takes.
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
 pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
