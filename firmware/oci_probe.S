@@ -35,6 +35,7 @@ _start:
     mov al, 1
     mov dx, 0x502
     out dx, al
+    call print_size
     call getc
     movzx eax, al
     mov r14, rax
@@ -43,12 +44,22 @@ _start:
     mov rax, r14
     call puthex
     call newline
+    call print_size
 
     mov al, 42
     mov dx, 0x501
     out dx, al
     /* Not reached when the port works; power-off (exit 0) would fail the test. */
     jmp shutdown
+
+/* The host terminal's size from the console size port (rows << 16 | columns). */
+print_size:
+    lea rdi, [rip + m_size]
+    call puts
+    mov dx, 0x504
+    in eax, dx
+    call puthex
+    jmp newline
 
 #include "lib64.inc"
 
@@ -57,3 +68,4 @@ m_cmdline: .asciz "flint-fw: cmdline="
 m_initrd:  .asciz "flint-fw: initrd size="
 m_com2:    .asciz "flint-fw: on COM2\n"
 m_input:   .asciz "flint-fw: input="
+m_size:    .asciz "flint-fw: size="

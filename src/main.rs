@@ -669,6 +669,7 @@ fn connect_network(netns: &std::path::Path, args: &mut RunArgs) -> anyhow::Resul
     args.net.push(config::NetConfig {
         tap: link.tap,
         mac: Some(flint_vmm::devices::virtio::net::Mac(link.mac)),
+        mtu: link.mtu,
     });
     args.append = Some(match args.append.take() {
         Some(more) => format!("{} {more}", link.kernel_arg),
@@ -1023,7 +1024,11 @@ fn real_main(start: Instant) -> ExitCode {
                 // A signal ends a container the way podman and containerd expect: by its
                 // status alone, with no message in the container's output.
                 quiet_signals = true;
-                let result = container(&mut gate, start);
+                let result = if gate.sandbox {
+                    runtime::sandbox::hold(&mut gate).map(|never| match never {})
+                } else {
+                    container(&mut gate, start)
+                };
                 if let Err(e) = &result {
                     if gate.fail(&one_line(e)) {
                         return ExitCode::FAILURE;

@@ -246,6 +246,19 @@ fn kill_stops_a_running_container_and_delete_refuses_it_without_force() {
     assert_eq!(rt.run(&["delete", "c2"]).code, Some(1));
 }
 
+/// Sets the terminal's size through its master, as conmon does.
+fn set_size(master: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads the winsize it is given.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn the_console_socket_gets_a_pty_that_is_the_guest_console() {
     let name = "the_console_socket_gets_a_pty_that_is_the_guest_console";
@@ -266,6 +279,8 @@ fn the_console_socket_gets_a_pty_that_is_the_guest_console() {
     );
     let master = master.expect("the pty's master came with the message");
     let pid = pid_of(&rt.state("c1"));
+    // The engine sizes the terminal (conmon does, on the master): the guest reads it.
+    set_size(&master, 33, 101);
     assert_eq!(rt.run(&["start", "c1"]).code, Some(0));
     // Read the guest's console from the master in a thread; answer the probe's one byte.
     let mut reader = master.try_clone().unwrap();
@@ -284,16 +299,19 @@ fn the_console_socket_gets_a_pty_that_is_the_guest_console() {
     });
     let mut text = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !text.contains("on COM2") {
+    while !text.contains("flint-fw: size=") || !text.ends_with('\n') {
         text = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no COM2 line on the pty: {text:?}"));
+            .unwrap_or_else(|_| panic!("no size line on the pty: {text:?}"));
     }
+    // A resize while it runs (SIGWINCH to the VMM) reaches the guest's size port too.
+    set_size(&master, 44, 120);
+    std::thread::sleep(Duration::from_millis(300));
     {
         use std::io::Write;
         (&master).write_all(b"x").unwrap();
     }
-    while !text.contains("input=") || !text.ends_with('\n') {
+    while text.matches("flint-fw: size=").count() < 2 || !text.ends_with('\n') {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(t) => text = t,
             Err(_) => break,
@@ -301,8 +319,12 @@ fn the_console_socket_gets_a_pty_that_is_the_guest_console() {
     }
     // Raw mode on the slave: the byte reached the guest as typed (0x78), not waiting for a line.
     // COM1 and COM2 share the terminal, so their lines arrive whole and in the guest's order.
+    // (rows << 16 | columns: 33 x 101, then 44 x 120.)
     assert!(
-        text.contains("\nflint-fw: on COM2\nflint-fw: input=0000000000000078\n"),
+        text.contains(
+            "\nflint-fw: on COM2\nflint-fw: size=0000000000210065\n\
+             flint-fw: input=0000000000000078\nflint-fw: size=00000000002c0078\n"
+        ),
         "{text}"
     );
     assert_eq!(wait_exit(pid), 42);

@@ -88,6 +88,27 @@ fn tty(runtime: &str) -> String {
     )
 }
 
+/// A user's terminal (the lab's `ptyrun`, 40 x 100) around `podman run -t`: the workload's
+/// terminal has its size, and Ctrl-C typed on it reaches the workload as SIGINT.
+fn terminal(runtime: &str) -> String {
+    format!(
+        r#". /tmp/lib.sh
+wait_size='i=0; while [ "$(stty size)" = "0 0" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size'
+echo "size: $(ptyrun 40 100 podman --runtime {runtime} run --rm -t --network none localhost/probe sh -c "$wait_size" </dev/null | tr -d '\r')"
+rm -f /tmp/cc-{runtime}.in && mkfifo /tmp/cc-{runtime}.in
+ptyrun 40 100 podman --runtime {runtime} run --rm -it --network none localhost/probe \
+    sh -c 'trap "echo got INT; exit 9" INT; echo ready; while :; do sleep 0.1; done' \
+    </tmp/cc-{runtime}.in >/tmp/cc-{runtime}.out 2>&1 & p=$!
+exec 3>/tmp/cc-{runtime}.in
+i=0; until grep -q ready /tmp/cc-{runtime}.out || [ $i -ge 900 ]; do sleep 0.1; i=$((i+1)); done
+printf '\003' >&3
+wait $p; echo "ctrl-c exit: $?"
+exec 3>&-
+echo "ctrl-c: $(tr -d '\r' < /tmp/cc-{runtime}.out | grep -c 'got INT')"
+left"#
+    )
+}
+
 /// -d, then ps/inspect while it runs, stop (SIGTERM reaches the workload), cp and diff of
 /// what it wrote, rm; and a second one ended by `podman kill`.
 fn detached(runtime: &str) -> String {
@@ -222,6 +243,7 @@ fn lab() -> &'static LabResults {
             list.push((format!("probe-{rt}"), probe(rt)));
             list.push((format!("user-{rt}"), user(rt)));
             list.push((format!("tty-{rt}"), tty(rt)));
+            list.push((format!("terminal-{rt}"), terminal(rt)));
             list.push((format!("detached-{rt}"), detached(rt)));
             list.push((format!("exec-{rt}"), exec(rt)));
             list.push((format!("volume-{rt}"), volume(rt)));
@@ -296,6 +318,22 @@ fn podman_run_with_a_terminal_gives_what_crun_gives() {
     assert!(out.contains("stdin is a tty"), "{out}");
     assert!(out.contains("stdout is a tty"), "{out}");
     assert_eq!(part(out, "code"), "5", "{out}");
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn a_terminal_has_the_users_size_and_ctrl_c_reaches_the_workload() {
+    for rt in ["crun", "flint"] {
+        let out = scenario(&format!("terminal-{rt}"));
+        for line in [
+            "size: 40 100",
+            "ctrl-c exit: 9",
+            "ctrl-c: 1",
+            "left under the runtime root: 0",
+        ] {
+            assert!(has_line(out, line), "{rt}: {line}\n{out}");
+        }
+    }
 }
 
 #[test]

@@ -120,11 +120,16 @@ if [ "$with_containers" = yes ]; then
     mapfile -t libs < <(libs_of "${bins[@]}" /usr/lib/x86_64-linux-gnu/xtables/*.so)
     conf=$FLINT_RESOURCES/lab/containers
     hash=$(stamp_hash "$(statsum "${bins[@]}" "${files[@]}" "${libs[@]}")" \
-        "file:$conf/storage.conf" "file:$conf/containers.conf" "file:$conf/containerd.toml")
+        "file:$conf/storage.conf" "file:$conf/containers.conf" "file:$conf/containerd.toml" \
+        "file:$conf/ptyrun.c")
     if ! stamp_ok "$out/containers.stamp" "$hash" "$out/containers.cpio"; then
         newwork
         copy_into "$out/work" "${bins[@]}" "${files[@]}" "${libs[@]}"
         install -m 644 "$conf/storage.conf" "$conf/containers.conf" "$out/work/etc/containers/"
+        # A terminal for `podman run -t` (the lab has none): resources/lab/containers/ptyrun.c.
+        mkdir -p "$out/work/usr/local/bin"
+        gcc -static -O2 -Wall -o "$out/work/usr/local/bin/ptyrun" "$conf/ptyrun.c" \
+            || die "cannot build ptyrun"
         for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
             ln -s xtables-legacy-multi "$out/work/usr/sbin/$t"
         done

@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod exec;
 pub mod log;
+pub mod sandbox;
 pub mod state;
 pub mod tty;
 
@@ -120,6 +121,8 @@ pub struct Gate {
     pub vsock: PathBuf,
     /// The cgroup the VMM is to join (made by `create`'s side, joined by the VMM).
     pub cgroup: Option<PathBuf>,
+    /// A pod's sandbox: no VM, only its namespaces held (see [`sandbox`]).
+    pub sandbox: bool,
     sync: Option<OwnedFd>,
     start: UnixListener,
 }
@@ -174,7 +177,8 @@ pub fn create(g: &Globals, args: &CreateArgs) -> anyhow::Result<Created> {
         if let Some(dir) = &cgroup {
             cgroup::prepare(dir)?;
         }
-        fork_container(&c, &bundle, cgroup.clone(), args)
+        let sandbox = sandbox::is_sandbox(&annotations);
+        fork_container(&c, &bundle, cgroup.clone(), sandbox, args)
     })()
     .and_then(|forked| match forked {
         Forked::Child(gate) => Ok(Created::Container(gate)),
@@ -222,6 +226,7 @@ fn fork_container(
     c: &Container,
     bundle: &Path,
     cgroup: Option<PathBuf>,
+    sandbox: bool,
     args: &CreateArgs,
 ) -> anyhow::Result<Forked> {
     let slave = match &args.console_socket {
@@ -236,6 +241,7 @@ fn fork_container(
                 bundle: bundle.to_path_buf(),
                 vsock: c.vsock_socket(),
                 cgroup,
+                sandbox,
                 sync: Some(write),
                 start,
             };

@@ -973,11 +973,25 @@ fn linux_spec(l: Linux, spec: &mut RunSpec) -> Result<LinuxExtra, BundleError> {
         let Some(path) = ns.path.as_deref().filter(|p| !p.is_empty()) else {
             continue;
         };
+        // A pod's containers join its sandbox's IPC and UTS namespaces by path. The VM is its
+        // own IPC namespace (System V IPC and message queues are not shared with the pod's
+        // other containers); the UTS one names the guest when the config gives no hostname.
+        if ns.kind == "ipc" {
+            namespace_file(path, "linux.namespaces (ipc)")?;
+            continue;
+        }
+        if ns.kind == "uts" {
+            namespace_file(path, "linux.namespaces (uts)")?;
+            if spec.hostname.is_none() {
+                spec.hostname = Some(hostname_in(path)?);
+            }
+            continue;
+        }
         if ns.kind != "network" {
             return Err(unsupported(
                 format!("linux.namespaces ({} with a path)", ns.kind),
                 format!(
-                    "the VM is its own {} namespace; joining another (another container's, as in a pod) is not supported",
+                    "the VM is its own {} namespace; joining another (another container's, as in a pod sharing its processes) is not supported",
                     ns.kind
                 ),
             ));
@@ -1047,19 +1061,52 @@ fn linux_spec(l: Linux, spec: &mut RunSpec) -> Result<LinuxExtra, BundleError> {
 /// A network namespace's path: absolute, and a namespace file (on nsfs: a bind-mounted
 /// `/run/netns/NAME` or `/proc/PID/ns/net`). The runtime opens it; nothing is opened here.
 fn network_namespace(path: &str) -> Result<PathBuf, BundleError> {
-    const FIELD: &str = "linux.namespaces (network)";
+    namespace_file(path, "linux.namespaces (network)")
+}
+
+/// The hostname in the UTS namespace at `path` (a pod sandbox's), read by a thread that joins
+/// it (setns affects only the calling thread).
+fn hostname_in(path: &str) -> Result<String, BundleError> {
+    const FIELD: &str = "linux.namespaces (uts)";
+    let file = std::fs::File::open(path).map_err(|e| {
+        invalid(
+            FIELD,
+            format!("{path}: {}", flint_vmm::config::io_reason(&e)),
+        )
+    })?;
+    let read = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns with an open namespace fd, for this (short-lived) thread only.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWUTS) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut name = [0u8; 65];
+        // SAFETY: gethostname writes at most len bytes into the buffer.
+        if unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len() - 1) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let len = name.iter().position(|&b| b == 0).unwrap_or(name.len() - 1);
+        Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+    })
+    .join()
+    .map_err(|_| invalid(FIELD, format!("{path}: reading its hostname failed")))?;
+    read.map_err(|e| invalid(FIELD, format!("{path}: cannot read its hostname: {e}")))
+}
+
+/// A namespace's path: absolute, and a namespace file (on nsfs).
+fn namespace_file(path: &str, field: &'static str) -> Result<PathBuf, BundleError> {
     const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
     if !path.starts_with('/') {
-        return Err(invalid(FIELD, format!("'{path}' is not an absolute path")));
+        return Err(invalid(field, format!("'{path}' is not an absolute path")));
     }
     let c =
-        std::ffi::CString::new(path).map_err(|_| invalid(FIELD, "the path contains a NUL byte"))?;
+        std::ffi::CString::new(path).map_err(|_| invalid(field, "the path contains a NUL byte"))?;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: c is a NUL-terminated path and st a statfs buffer for the kernel to fill.
     if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } < 0 {
         let e = std::io::Error::last_os_error();
         return Err(invalid(
-            FIELD,
+            field,
             format!("{path}: {}", flint_vmm::config::io_reason(&e)),
         ));
     }
@@ -1067,7 +1114,7 @@ fn network_namespace(path: &str) -> Result<PathBuf, BundleError> {
     let st = unsafe { st.assume_init() };
     if st.f_type != NSFS_MAGIC {
         return Err(invalid(
-            FIELD,
+            field,
             format!("{path} is not a namespace (a file on nsfs, such as /run/netns/NAME)"),
         ));
     }
@@ -1718,8 +1765,8 @@ mod tests {
                 "filesystem type 'nfs'",
             ),
             (
-                r#", "linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}"#,
-                "linux.namespaces (ipc with a path) is not supported by flint: the VM is its own ipc namespace; joining another (another container's, as in a pod) is not supported",
+                r#", "linux": {"namespaces": [{"type": "pid", "path": "/proc/1/ns/pid"}]}"#,
+                "linux.namespaces (pid with a path) is not supported by flint: the VM is its own pid namespace; joining another (another container's, as in a pod sharing its processes) is not supported",
             ),
             (
                 r#", "linux": {"seccomp": {"defaultAction": "SCMP_ACT_NOTIFY"}}"#,
@@ -2617,7 +2664,42 @@ mod tests {
         assert!(run(&p(""), two)
             .unwrap_err()
             .contains("more than one network namespace"));
-        for kind in ["pid", "mount", "uts", "user", "cgroup"] {
+        // A pod's IPC and UTS namespaces: joined in name only; the UTS one's hostname is the
+        // guest's unless the config gives one.
+        let shared = |hostname: &str| {
+            let json = config(
+                &p(""),
+                &format!(
+                    r#"{hostname}, "linux": {{"namespaces": [{{"type": "ipc", "path": "/proc/self/ns/ipc"}}, {{"type": "uts", "path": "/proc/self/ns/uts"}}]}}"#
+                ),
+            );
+            TestBundle::new(&json).load().map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            shared(r#", "hostname": "given""#)
+                .unwrap()
+                .spec
+                .hostname
+                .as_deref(),
+            Some("given")
+        );
+        let mut host = [0u8; 65];
+        // SAFETY: gethostname writes at most len bytes into the buffer.
+        let r = unsafe { libc::gethostname(host.as_mut_ptr().cast(), 64) };
+        assert_eq!(r, 0);
+        let host = std::ffi::CStr::from_bytes_until_nul(&host)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        // SAFETY: geteuid has no failure mode.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(shared("").unwrap().spec.hostname.as_deref(), Some(host));
+        } else {
+            // Joining a UTS namespace takes CAP_SYS_ADMIN.
+            let e = shared("").unwrap_err();
+            assert!(e.contains("cannot read its hostname"), "{e}");
+        }
+        for kind in ["pid", "mount", "user", "cgroup"] {
             let e = run(
                 &p(""),
                 &format!(

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use crate::bus::lock;
+use crate::devices::guest_ports::ConsoleSize;
 use crate::devices::legacy::acpi_power::PowerButton;
 use crate::devices::legacy::serial::{SerialDevice, MAX_PENDING_INPUT};
 use crate::exit::{ExitEvent, ExitReason};
@@ -16,13 +17,15 @@ use crate::exit::{ExitEvent, ExitReason};
 /// The signal that asks the guest to shut itself down (its ACPI power button), as init systems
 /// take SIGPWR for "the power is going".
 pub const POWER_BUTTON_SIGNAL: i32 = libc::SIGPWR;
-/// Every signal the event loop handles: SIGINT, SIGTERM and SIGHUP stop the VM, and
-/// [`POWER_BUTTON_SIGNAL`]. Blocked in every thread and read from a signalfd.
-pub const CONTROL_SIGNALS: [i32; 4] = [
+/// Every signal the event loop handles: SIGINT, SIGTERM and SIGHUP stop the VM,
+/// [`POWER_BUTTON_SIGNAL`], and SIGWINCH (the console terminal's new size, for the guest).
+/// Blocked in every thread and read from a signalfd.
+pub const CONTROL_SIGNALS: [i32; 5] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
     POWER_BUTTON_SIGNAL,
+    libc::SIGWINCH,
 ];
 
 fn sigset(signals: &[i32]) -> libc::sigset_t {
@@ -55,11 +58,40 @@ pub fn block_control_signals() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Ends the loop on the exit eventfd or a stop signal; presses the power button on SIGPWR.
+/// Ends the loop on the exit eventfd or a stop signal; presses the power button on SIGPWR;
+/// on SIGWINCH, reads the console terminal's size for the guest.
 pub struct Control {
     pub exit: Arc<ExitEvent>,
     pub signals: OwnedFd,
     pub power_button: Option<Arc<PowerButton>>,
+    /// The console's terminal (flint's stdin, when a tty) and where its size goes.
+    pub console_size: Option<(RawFd, ConsoleSize)>,
+}
+
+impl Control {
+    /// Reads the console terminal's size into what the guest's size port gives.
+    pub fn update_console_size(&self) {
+        if let Some((tty, size)) = &self.console_size {
+            if let Some(value) = terminal_size(*tty) {
+                size.store(value, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// `tty`'s size as rows << 16 | columns (None if it is no terminal).
+pub fn terminal_size(tty: RawFd) -> Option<u32> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills the winsize it is given, or fails.
+    if unsafe { libc::ioctl(tty, libc::TIOCGWINSZ, &mut ws) } < 0 {
+        return None;
+    }
+    Some(u32::from(ws.ws_row) << 16 | u32::from(ws.ws_col))
 }
 
 /// Presses the guest's power button; the error says why it could not (no ACPI, or the press
@@ -118,6 +150,7 @@ impl MutEventSubscriber for Control {
                     Ok(POWER_BUTTON_SIGNAL) => {
                         press_power_button(self.power_button.as_deref(), "SIGPWR")
                     }
+                    Ok(libc::SIGWINCH) => self.update_console_size(),
                     Ok(s) => self.exit.request(ExitReason::Signal(s)),
                     Err(_) => {}
                 }

@@ -197,11 +197,24 @@ impl Vmm {
             .signals
             .try_clone()
             .map_err(|e| VmmError::Io("dup", e))?;
-        em.add_subscriber(Arc::new(Mutex::new(Control {
+        // The console's terminal size, for the guest's size port: read now and on SIGWINCH.
+        let console_size = self
+            .console_input
+            .filter(|fd| crate::event_loop::terminal_size(*fd).is_some())
+            .map(|fd| {
+                (
+                    fd,
+                    crate::bus::lock(&self.devices.guest_ports).console_size(),
+                )
+            });
+        let control = Control {
             exit: self.ctx.exit.clone(),
             signals,
             power_button: self.devices.power_button.clone(),
-        })));
+            console_size,
+        };
+        control.update_console_size();
+        em.add_subscriber(Arc::new(Mutex::new(control)));
         if let Some(listener) = self.api.take() {
             let controller = VmController {
                 power_button: self.devices.power_button.clone(),

@@ -893,6 +893,7 @@ int agent_supervise(int listener, const struct agent_options *options)
 	signal(SIGPIPE, SIG_IGN);
 
 	int status;
+	long long next_size = now_ms() + CONSOLE_SIZE_POLL_MS;
 	for (;;) {
 		if (reap(&status))
 			break;
@@ -933,11 +934,17 @@ int agent_supervise(int listener, const struct agent_options *options)
 			if (is_pending(c) && (next < 0 || c->deadline < next))
 				next = c->deadline;
 		}
+		if (opts->console_tty >= 0 && (next < 0 || next_size < next))
+			next = next_size;
 		int timeout = -1;
 		if (next >= 0)
 			timeout = next <= now ? 0 : (int)(next - now);
 		if (poll(fds, n, timeout) < 0)
 			continue; /* EINTR, or ENOMEM for a moment */
+		if (opts->console_tty >= 0 && now_ms() >= next_size) {
+			console_size_sync(opts->console_tty);
+			next_size = now_ms() + CONSOLE_SIZE_POLL_MS;
+		}
 
 		if (fds[0].revents) {
 			struct signalfd_siginfo info;

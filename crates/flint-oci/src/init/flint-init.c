@@ -60,6 +60,8 @@
 #define CONSOLE_READY_PORT 0x502
 /* A write here tells the VMM that a warm guest waits for its workload: snapshot it now. */
 #define WARM_READY_PORT 0x503
+/* The host terminal's size, read as 32 bits: rows << 16 | columns (0: no terminal). */
+#define CONSOLE_SIZE_PORT 0x504
 
 /*
  * The warm start (flint_oci::warm on the host). An initramfs with this file and no spec
@@ -100,6 +102,23 @@ static int port_write(unsigned short port, unsigned char value)
 	outb(value, port);
 	ioperm(port, 1, 0);
 	return 0;
+}
+
+void console_size_sync(int tty)
+{
+	static uint32_t last;
+	if (tty < 0 || ioperm(CONSOLE_SIZE_PORT, 4, 1) < 0)
+		return;
+	uint32_t size = inl(CONSOLE_SIZE_PORT);
+	ioperm(CONSOLE_SIZE_PORT, 4, 0);
+	/* 0: the host has no terminal; all ones: no such port (another VMM). */
+	if (size == 0 || size == UINT32_MAX || size == last)
+		return;
+	last = size;
+	struct winsize ws = {.ws_row = (unsigned short)(size >> 16),
+			     .ws_col = (unsigned short)(size & 0xffff)};
+	/* The kernel sends the terminal's foreground process group SIGWINCH. */
+	ioctl(tty, TIOCSWINSZ, &ws);
 }
 
 /* Waits until everything written to the console `fd` (if open) has left the UART. */
@@ -449,17 +468,21 @@ __attribute__((noreturn)) static void run_init(void)
 	 */
 	if (unshare(CLONE_NEWPID) < 0)
 		fatal("unshare the PID namespace");
+	/* A terminal starts with the host's size, and follows it (agent_supervise). */
+	int tty = spec.terminal ? consoles.out : -1;
+	console_size_sync(tty);
 	pid_t child = fork();
 	if (child < 0)
 		fatal("fork");
 	if (child == 0)
 		run_container(&spec, consoles.out, root);
-	if (listener < 0)
+	if (listener < 0 && tty < 0)
 		halt_with_status(wait_for(child));
 	const struct agent_options options = {
 		.workload = child,
 		.pids_cgroup = spec.pids_limit != 0,
 		.request_timeout_ms = AGENT_REQUEST_TIMEOUT_MS,
+		.console_tty = tty,
 	};
 	halt_with_status(agent_supervise(listener, &options));
 }
@@ -524,6 +547,8 @@ static int agent_test(int argc, char **argv)
 	const struct agent_options options = {
 		.workload = child,
 		.request_timeout_ms = (int)timeout,
+		/* Never the size port on a host. */
+		.console_tty = -1,
 	};
 	return agent_supervise(listener, &options);
 }

@@ -206,7 +206,17 @@ struct agent_options {
 	pid_t workload;		/* the container's process (the init's child) */
 	bool pids_cgroup;	/* the workload is in CONTAINER_CGROUP: exec'd processes join it */
 	int request_timeout_ms; /* AGENT_REQUEST_TIMEOUT_MS; shorter in the host's tests */
+	int console_tty;	/* the workload's terminal, kept at the host's size; -1: none */
 };
+
+/* How often the init reads the host terminal's size while the workload has a terminal. */
+#define CONSOLE_SIZE_POLL_MS 250
+
+/*
+ * Gives the terminal `tty` the host terminal's size (the VMM's console size port) if it
+ * changed since the last call; nothing without a terminal on either side.
+ */
+void console_size_sync(int tty);
 
 /*
  * The agent's listening socket: AF_VSOCK, port AGENT_PORT, any CID; -1 if the VM has no

@@ -9,7 +9,12 @@
 //!   modes echoes what it receives, so input sent earlier would be lost or echoed.
 //! - 0x503, warm ready: a guest booted for a warm start waits for its workload; the VMM making
 //!   the warm snapshot takes it now (see [`GuestPorts::on_warm_ready`]).
+//! - 0x504, console size (read, 32 bits): the host terminal's rows << 16 | columns, 0 when the
+//!   console is not a terminal. The init polls it while its workload has a terminal and sets
+//!   the guest console's size from it (the workload then gets SIGWINCH), as a container's
+//!   terminal follows the one `podman run -t` or `flint run` was given.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -18,12 +23,19 @@ use crate::bus::BusDevice;
 use crate::devices::legacy::serial::SerialDevice;
 use crate::exit::{ExitEvent, ExitReason};
 
-pub use crate::arch::x86_64::layout::{CONSOLE_READY_PORT, EXIT_STATUS_PORT, WARM_READY_PORT};
+pub use crate::arch::x86_64::layout::{
+    CONSOLE_READY_PORT, CONSOLE_SIZE_PORT, EXIT_STATUS_PORT, WARM_READY_PORT,
+};
+
+/// The host terminal's size as the console size port gives it (rows << 16 | columns), kept
+/// up to date by the control loop (on SIGWINCH).
+pub type ConsoleSize = Arc<AtomicU32>;
 
 pub struct GuestPorts {
     exit: Arc<ExitEvent>,
     console: Arc<Mutex<SerialDevice>>,
     warm_ready: Option<EventFd>,
+    size: ConsoleSize,
 }
 
 impl GuestPorts {
@@ -32,7 +44,13 @@ impl GuestPorts {
             exit,
             console,
             warm_ready: None,
+            size: ConsoleSize::default(),
         }
+    }
+
+    /// The size the console size port reads, for the control loop to keep current.
+    pub fn console_size(&self) -> ConsoleSize {
+        self.size.clone()
     }
 
     /// Signals `event` when the guest says it is ready for a warm snapshot; without one, that
@@ -43,8 +61,12 @@ impl GuestPorts {
 }
 
 impl BusDevice for GuestPorts {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        // The size port, read whole (inl); narrower or misaligned reads see zeros.
+        if offset == 3 && data.len() == 4 {
+            data.copy_from_slice(&self.size.load(Ordering::Relaxed).to_le_bytes());
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -71,11 +93,7 @@ mod tests {
     #[test]
     fn the_first_status_written_ends_the_vm_and_ready_releases_input() {
         let exit = Arc::new(ExitEvent::new().unwrap());
-        let out: crate::devices::legacy::serial::SerialOut = Box::new(std::io::sink());
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            IrqLine::Fd(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-            out,
-        )));
+        let serial = serial();
         serial.lock().unwrap().hold_input();
         serial.lock().unwrap().queue_input(b"x");
         let mut ports = GuestPorts::new(exit.clone(), serial.clone());
@@ -98,15 +116,19 @@ mod tests {
         assert_eq!(ExitReason::Status(3).exit_code(), 3);
     }
 
+    /// A console whose output goes nowhere.
+    fn serial() -> Arc<Mutex<SerialDevice>> {
+        let out: crate::devices::legacy::serial::SerialOut = Box::new(std::io::sink());
+        Arc::new(Mutex::new(SerialDevice::new(
+            IrqLine::Fd(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            out,
+        )))
+    }
+
     #[test]
     fn warm_ready_signals_only_a_vm_that_listens() {
         let exit = Arc::new(ExitEvent::new().unwrap());
-        let out: crate::devices::legacy::serial::SerialOut = Box::new(std::io::sink());
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            IrqLine::Fd(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-            out,
-        )));
-        let mut ports = GuestPorts::new(exit.clone(), serial);
+        let mut ports = GuestPorts::new(exit.clone(), serial());
         ports.write(2, &[1]); // no listener: nothing happens
         let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         ports.on_warm_ready(event.try_clone().unwrap());
@@ -114,5 +136,22 @@ mod tests {
         ports.write(2, &[1]);
         assert_eq!(event.read().unwrap(), 1);
         assert_eq!(exit.reason(), None);
+    }
+
+    #[test]
+    fn the_console_size_port_reads_what_the_control_loop_set() {
+        let mut ports = GuestPorts::new(Arc::new(ExitEvent::new().unwrap()), serial());
+        let mut word = [9u8; 4];
+        ports.read(3, &mut word);
+        assert_eq!(word, [0; 4], "no terminal: 0");
+        ports
+            .console_size()
+            .store(40 << 16 | 120, Ordering::Relaxed);
+        ports.read(3, &mut word);
+        assert_eq!(u32::from_le_bytes(word), 40 << 16 | 120);
+        // Only a whole 32-bit read at the port sees it.
+        let mut byte = [9u8];
+        ports.read(3, &mut byte);
+        assert_eq!(byte, [0]);
     }
 }

@@ -186,6 +186,8 @@ mod ioctls {
     pub const TCSETS: u64 = 0x5402;
     pub const TCSETSW: u64 = 0x5403;
     pub const TCSETSF: u64 = 0x5404;
+    /// The console terminal's size (SIGWINCH), for the guest.
+    pub const TIOCGWINSZ: u64 = 0x5413;
 }
 
 /// A syscall allowed whatever its arguments, or only when one of `rules` matches.
@@ -296,12 +298,14 @@ fn own(kind: ThreadKind) -> Result<Vec<Entry>, seccompiler::BackendError> {
             // Which guest pages were ever touched (only those are written).
             any(libc::SYS_mincore),
             any(libc::SYS_fsync),
-            // Restoring the user's terminal; pressing the ACPI power button (SIGPWR, Ctrl-A p)
-            // where KVM has no irqfd; a snapshot's VM state (interrupt controllers, PIT, clock).
+            // Restoring the user's terminal, and reading its size on SIGWINCH; pressing the
+            // ACPI power button (SIGPWR, Ctrl-A p) where KVM has no irqfd; a snapshot's VM
+            // state (interrupt controllers, PIT, clock).
             arg_in(
                 libc::SYS_ioctl,
                 1,
                 &[
+                    TIOCGWINSZ,
                     TCGETS,
                     TCSETS,
                     TCSETSW,

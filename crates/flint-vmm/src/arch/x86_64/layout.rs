@@ -90,9 +90,12 @@ pub const CMOS_PORT_LEN: u64 = 2;
 pub const EXIT_STATUS_PORT: u16 = 0x501;
 /// ...and that its console is ready here...
 pub const CONSOLE_READY_PORT: u16 = 0x502;
-/// ...and, booted for a warm start, that it waits for its workload (snapshot it now).
+/// ...and, booted for a warm start, that it waits for its workload (snapshot it now);
 pub const WARM_READY_PORT: u16 = 0x503;
-pub const GUEST_PORTS_LEN: u64 = 3;
+/// it reads the host terminal's size here (32 bits: rows << 16 | columns; 0 if none).
+pub const CONSOLE_SIZE_PORT: u16 = 0x504;
+/// (The size port is 4 bytes wide: 0x504 to 0x507.)
+pub const GUEST_PORTS_LEN: u64 = 7;
 /// The ACPI hardware-reduced registers (one byte each; see `arch::x86_64::acpi`): sleep
 /// control, sleep status, reset.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;

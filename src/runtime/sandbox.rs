@@ -1,0 +1,183 @@
+//! A pod's sandbox container (Kubernetes' "pause", podman's pod infra container): it runs
+//! nothing of the user's and only holds the pod's namespaces, which the pod's containers join
+//! by path (`/proc/PID/ns/...` of its process, or the engine's `/run/netns/...`). flint boots
+//! no VM for it: its container process (`create`'s fork) joins the pod's network namespace,
+//! makes the pod's UTS namespace (with the sandbox's hostname, which the pod's VMs take) and
+//! IPC namespace, and waits for a signal, as pause does. The pod's containers are microVMs;
+//! the pod's network goes to the one that connects it (see `flint_oci::network`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The annotations by which engines mark a pod's sandbox, with the value that does.
+const SANDBOX_ANNOTATIONS: &[(&str, &str)] = &[
+    // containerd's CRI plugin.
+    ("io.kubernetes.cri.container-type", "sandbox"),
+    // CRI-O, and podman's pods.
+    ("io.kubernetes.cri-o.ContainerType", "sandbox"),
+    // dockershim and cri-dockerd.
+    ("io.kubernetes.docker.type", "podsandbox"),
+];
+
+/// Whether a container with these annotations is a pod's sandbox.
+pub fn is_sandbox(annotations: &BTreeMap<String, String>) -> bool {
+    SANDBOX_ANNOTATIONS
+        .iter()
+        .any(|(key, value)| annotations.get(*key).map(String::as_str) == Some(*value))
+}
+
+/// What the sandbox's config asks it to hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Holds {
+    /// The pod's network namespace (a path), if the engine made one.
+    netns: Option<PathBuf>,
+    /// A UTS namespace of its own (named `hostname`), and an IPC one.
+    new_uts: bool,
+    new_ipc: bool,
+    hostname: Option<String>,
+}
+
+fn read_holds(bundle: &Path) -> anyhow::Result<Holds> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let mut holds = Holds {
+        hostname: value
+            .get("hostname")
+            .and_then(|h| h.as_str())
+            .filter(|h| !h.is_empty())
+            .map(str::to_string),
+        ..Holds::default()
+    };
+    let namespaces = value
+        .pointer("/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for ns in namespaces {
+        let kind = ns.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+        let path = ns
+            .get("path")
+            .and_then(|p| p.as_str())
+            .filter(|p| !p.is_empty());
+        match (kind, path) {
+            ("network", Some(p)) => holds.netns = Some(PathBuf::from(p)),
+            ("uts", None) => holds.new_uts = true,
+            ("ipc", None) => holds.new_ipc = true,
+            _ => {}
+        }
+    }
+    if let Some(h) = &holds.hostname {
+        if h.len() > 64 || h.contains('\0') {
+            anyhow::bail!("hostname: '{h}' is not a hostname (at most 64 bytes)");
+        }
+    }
+    Ok(holds)
+}
+
+/// The sandbox's container process: takes up the pod's namespaces, reports ready, and once
+/// started waits until a signal ends it (TERM, INT, HUP or KILL, by their default action).
+/// Returns only if it could not get ready.
+pub fn hold(gate: &mut super::Gate) -> anyhow::Result<Infallible> {
+    let holds = read_holds(&gate.bundle)?;
+    if let Some(dir) = &gate.cgroup {
+        flint_vmm::sandbox::cgroup::join(dir, &[])?;
+    }
+    if let Some(netns) = &holds.netns {
+        flint_vmm::sandbox::jail::enter_netns(netns)?;
+    }
+    let mut flags = 0;
+    if holds.new_uts {
+        flags |= libc::CLONE_NEWUTS;
+    }
+    if holds.new_ipc {
+        flags |= libc::CLONE_NEWIPC;
+    }
+    // SAFETY: unshare takes flags only; this process has one thread here.
+    if flags != 0 && unsafe { libc::unshare(flags) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("cannot make the pod's UTS and IPC namespaces");
+    }
+    if let (true, Some(name)) = (holds.new_uts, &holds.hostname) {
+        // SAFETY: sethostname reads len bytes of the name (checked above: ≤ 64, no NUL).
+        if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot name the pod '{name}'"));
+        }
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: restoring a signal's default action.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    gate.ready().context("cannot report to create")?;
+    gate.wait_for_start()
+        .context("cannot take the start request")?;
+    loop {
+        // SAFETY: pause only waits for a signal.
+        unsafe { libc::pause() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_mark_their_sandboxes_by_annotation() {
+        let with = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(is_sandbox(&with(
+            "io.kubernetes.cri.container-type",
+            "sandbox"
+        )));
+        assert!(is_sandbox(&with(
+            "io.kubernetes.cri-o.ContainerType",
+            "sandbox"
+        )));
+        assert!(is_sandbox(&with("io.kubernetes.docker.type", "podsandbox")));
+        assert!(!is_sandbox(&with(
+            "io.kubernetes.cri.container-type",
+            "container"
+        )));
+        assert!(!is_sandbox(&with(
+            "io.kubernetes.cri-o.ContainerType",
+            "container"
+        )));
+        assert!(!is_sandbox(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn a_sandbox_holds_its_network_and_makes_its_uts_and_ipc() {
+        let dir = std::env::temp_dir().join(format!("flint-sandbox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"hostname": "pod1", "linux": {"namespaces": [
+                {"type": "network", "path": "/run/netns/cni-1"}, {"type": "uts"},
+                {"type": "ipc"}, {"type": "pid"}, {"type": "mount"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            read_holds(&dir).unwrap(),
+            Holds {
+                netns: Some(PathBuf::from("/run/netns/cni-1")),
+                new_uts: true,
+                new_ipc: true,
+                hostname: Some("pod1".into()),
+            }
+        );
+        std::fs::write(
+            dir.join("config.json"),
+            format!(r#"{{"hostname": "{}"}}"#, "x".repeat(65)),
+        )
+        .unwrap();
+        assert!(read_holds(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("not a hostname"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
