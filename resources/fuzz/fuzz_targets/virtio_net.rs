@@ -115,7 +115,11 @@ fuzz_target!(|data: &[u8]| {
     let mut tx = ring_at(TX_BASE, 1 << (input.u8() % 9));
 
     let (dev_end, peer) = seqpacket_pair();
-    let device = Net::new(Box::new(SocketBackend(dev_end)), Mac([6, 0, 0, 0, 0, 1]));
+    let device = Net::new(
+        Box::new(SocketBackend(dev_end)),
+        Mac([6, 0, 0, 0, 0, 1]),
+        None,
+    );
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut worker = device
         .start(ActivateContext {
