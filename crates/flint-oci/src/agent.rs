@@ -472,6 +472,20 @@ pub struct ExecIo<'a> {
     pub terminal: Option<BorrowedFd<'a>>,
 }
 
+#[cfg(test)]
+impl<'a> ExecIo<'a> {
+    /// No input, no signals, no terminal; stdout and stderr both to `out` (the tests' shape).
+    pub(crate) fn output_to(out: BorrowedFd<'a>) -> ExecIo<'a> {
+        ExecIo {
+            stdin: None,
+            stdout: out,
+            stderr: out,
+            signals: None,
+            terminal: None,
+        }
+    }
+}
+
 /// How an exec'd process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExecOutcome {
@@ -1322,13 +1336,7 @@ mod tests {
         let outcome = stream
             .start_exec(b"spec")
             .unwrap()
-            .relay(ExecIo {
-                stdin: None,
-                stdout: out.as_fd(),
-                stderr: out.as_fd(),
-                signals: None,
-                terminal: None,
-            })
+            .relay(ExecIo::output_to(out.as_fd()))
             .unwrap();
         agent.join().unwrap();
         assert_eq!(outcome.exit_code, 0);
@@ -1384,13 +1392,7 @@ mod tests {
         let e = stream
             .start_exec(b"spec")
             .unwrap()
-            .relay(ExecIo {
-                stdin: None,
-                stdout: out.as_fd(),
-                stderr: out.as_fd(),
-                signals: None,
-                terminal: None,
-            })
+            .relay(ExecIo::output_to(out.as_fd()))
             .unwrap_err();
         agent.join().unwrap();
         assert!(matches!(e, AgentError::Closed), "{e:?}");

@@ -264,15 +264,7 @@ fn exec_relays_stdin_stdout_stderr_and_the_exit_code() {
     // A signal kills it: 128+N. No stdin: it ends at once.
     let out = Capture::new(&agent.dir, "out2");
     let session = start(&agent, &sh("cat; kill -TERM $$"));
-    let outcome = session
-        .relay(ExecIo {
-            stdin: None,
-            stdout: out.0.as_fd(),
-            stderr: out.0.as_fd(),
-            signals: None,
-            terminal: None,
-        })
-        .unwrap();
+    let outcome = session.relay(ExecIo::output_to(out.0.as_fd())).unwrap();
     assert_eq!(outcome.exit_code, 128 + libc::SIGTERM);
     assert_eq!(out.text(), "");
 }
@@ -630,13 +622,7 @@ fn malformed_and_oversize_frames_close_the_connection() {
     let outcome = agent::AgentStream::from_stream(agent.connect())
         .start_exec(&sh("echo fine"))
         .unwrap()
-        .relay(ExecIo {
-            stdin: None,
-            stdout: out.0.as_fd(),
-            stderr: out.0.as_fd(),
-            signals: None,
-            terminal: None,
-        })
+        .relay(ExecIo::output_to(out.0.as_fd()))
         .map_err(|e| format!("{e:?}"))
         .unwrap();
     assert_eq!((outcome.exit_code, out.text().as_str()), (0, "fine\n"));
@@ -672,13 +658,7 @@ fn execs_run_side_by_side_up_to_the_limit() {
     let a = start(&agent, &sh("read x; echo \"a got $x\"; exit 1"));
     let b_out = Capture::new(&agent.dir, "b");
     let b = start(&agent, &sh("echo b; exit 2"))
-        .relay(ExecIo {
-            stdin: None,
-            stdout: b_out.0.as_fd(),
-            stderr: b_out.0.as_fd(),
-            signals: None,
-            terminal: None,
-        })
+        .relay(ExecIo::output_to(b_out.0.as_fd()))
         .unwrap();
     assert_eq!((b.exit_code, b_out.text().as_str()), (2, "b\n"));
     std::fs::File::from(a_in_w).write_all(b"late\n").unwrap();
@@ -748,13 +728,7 @@ fn a_host_that_stops_reading_holds_up_only_its_own_process() {
     // Others are served meanwhile.
     let out = Capture::new(&agent.dir, "out");
     let outcome = start(&agent, &sh("echo still-served"))
-        .relay(ExecIo {
-            stdin: None,
-            stdout: out.0.as_fd(),
-            stderr: out.0.as_fd(),
-            signals: None,
-            terminal: None,
-        })
+        .relay(ExecIo::output_to(out.0.as_fd()))
         .unwrap();
     assert_eq!(
         (outcome.exit_code, out.text().as_str()),
@@ -778,13 +752,7 @@ fn the_workloads_exit_cuts_off_running_execs() {
     let go = agent.dir.0.join("go");
     let relay = std::thread::spawn(move || {
         let sink = std::fs::File::create("/dev/null").unwrap();
-        session.relay(ExecIo {
-            stdin: None,
-            stdout: sink.as_fd(),
-            stderr: sink.as_fd(),
-            signals: None,
-            terminal: None,
-        })
+        session.relay(ExecIo::output_to(sink.as_fd()))
     });
     std::thread::sleep(Duration::from_millis(100));
     std::fs::write(go, b"").unwrap();
