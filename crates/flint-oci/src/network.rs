@@ -337,7 +337,7 @@ impl Netlink {
             link.attributes.push(LinkAttribute::Mtu(mtu));
         }
         self.request(
-            "bringing the TAP up",
+            &format!("bringing interface {index} up"),
             RouteNetlinkMessage::SetLink(link),
             NLM_F_ACK,
         )?;
