@@ -655,17 +655,20 @@ fn run_bundle(
 /// and its address and gateway on the kernel command line.
 fn connect_network(netns: &std::path::Path, args: &mut RunArgs) -> anyhow::Result<()> {
     jail::enter_netns(netns)?;
+    // Refused before anything is made in the namespace.
+    if !args.net.is_empty() {
+        if let Some(name) = flint_oci::network::interface()? {
+            anyhow::bail!(
+                "--net cannot be used with a bundle whose network namespace ({}) has an \
+                 interface ({name}): the VM's NIC is that interface",
+                netns.display()
+            );
+        }
+    }
     let Some(link) = flint_oci::network::connect()? else {
         // Loopback only (--network none): the guest has its own.
         return Ok(());
     };
-    if !args.net.is_empty() {
-        anyhow::bail!(
-            "--net cannot be used with a bundle whose network namespace ({}) has an interface: \
-             the VM's NIC is that interface",
-            netns.display()
-        );
-    }
     args.net.push(config::NetConfig {
         tap: link.tap,
         mac: Some(flint_vmm::devices::virtio::net::Mac(link.mac)),
@@ -1024,8 +1027,8 @@ fn real_main(start: Instant) -> ExitCode {
                 // A signal ends a container the way podman and containerd expect: by its
                 // status alone, with no message in the container's output.
                 quiet_signals = true;
-                let result = if gate.sandbox {
-                    runtime::sandbox::hold(&mut gate).map(|never| match never {})
+                let result = if let Some(holds) = gate.sandbox.take() {
+                    runtime::sandbox::hold(&mut gate, &holds).map(|never| match never {})
                 } else {
                     container(&mut gate, start)
                 };

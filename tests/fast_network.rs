@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flint_oci::network::{connect, NetworkError, TAP_NAME};
+use flint_oci::network::{connect, interface, NetworkError, TAP_NAME};
 use flint_vmm::devices::virtio::net::tap::Tap;
 
 /// A named network namespace (`ip netns`), deleted when dropped.
@@ -205,6 +205,16 @@ fn a_containers_interface_is_joined_to_flints_tap_both_ways() {
     std::thread::spawn(move || {
         let ns = Netns(name);
         ns.enter();
+        // What connect would join, found without making anything (`--net`'s refusal).
+        assert_eq!(interface().expect("interface").as_deref(), Some("eth0"));
+        let links = Command::new("ip")
+            .args(["-n", &ns.0, "-o", "link", "show"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&links.stdout).contains(TAP_NAME),
+            "interface() made no TAP"
+        );
         let connected = connect().expect("connect").expect("an interface");
         assert_eq!(connected.interface, "eth0");
         assert_eq!(connected.tap, TAP_NAME);
@@ -270,6 +280,7 @@ fn a_namespace_with_only_loopback_gives_the_vm_no_network() {
     std::thread::spawn(move || {
         let ns = Netns(name);
         ns.enter();
+        assert_eq!(interface().expect("interface"), None);
         assert_eq!(connect().expect("connect"), None);
         std::mem::forget(ns);
     })
@@ -304,6 +315,7 @@ fn two_interfaces_or_none_with_ipv4_are_refused_in_one_line() {
         let ns = Netns(ns_name);
         ns.enter();
         let e = connect().expect_err("two interfaces");
+        assert!(matches!(interface(), Err(NetworkError::TooMany(_))));
         std::mem::forget(ns);
         e
     })

@@ -121,8 +121,8 @@ pub struct Gate {
     pub vsock: PathBuf,
     /// The cgroup the VMM is to join (made by `create`'s side, joined by the VMM).
     pub cgroup: Option<PathBuf>,
-    /// A pod's sandbox: no VM, only its namespaces held (see [`sandbox`]).
-    pub sandbox: bool,
+    /// A pod's sandbox: no VM, only these namespaces held (see [`sandbox`]).
+    pub sandbox: Option<sandbox::Holds>,
     sync: Option<OwnedFd>,
     start: UnixListener,
 }
@@ -167,7 +167,11 @@ pub fn create(g: &Globals, args: &CreateArgs) -> anyhow::Result<Created> {
     }
     let bundle = std::fs::canonicalize(&args.bundle)
         .with_context(|| format!("the bundle {}", args.bundle.display()))?;
-    let (annotations, cgroups_path) = read_config(&bundle)?;
+    let Config {
+        annotations,
+        cgroups_path,
+        sandbox,
+    } = read_config(&bundle)?;
     let cgroup = match cgroups_path.as_deref().filter(|p| !p.is_empty()) {
         Some(p) => Some(cgroup::dir_for(p, g.systemd_cgroup)?),
         None => None,
@@ -177,7 +181,6 @@ pub fn create(g: &Globals, args: &CreateArgs) -> anyhow::Result<Created> {
         if let Some(dir) = &cgroup {
             cgroup::prepare(dir)?;
         }
-        let sandbox = sandbox::is_sandbox(&annotations);
         fork_container(&c, &bundle, cgroup.clone(), sandbox, args)
     })()
     .and_then(|forked| match forked {
@@ -226,7 +229,7 @@ fn fork_container(
     c: &Container,
     bundle: &Path,
     cgroup: Option<PathBuf>,
-    sandbox: bool,
+    sandbox: Option<sandbox::Holds>,
     args: &CreateArgs,
 ) -> anyhow::Result<Forked> {
     let slave = match &args.console_socket {
@@ -343,14 +346,20 @@ pub(crate) fn check_single_threaded() -> anyhow::Result<()> {
 /// What `create` itself needs of the bundle's config: its annotations (for `state`) and
 /// linux.cgroupsPath. The config is read once, at create: the VMM reads the rest when it
 /// builds the VM, before `create` returns.
-fn read_config(
-    bundle: &Path,
-) -> anyhow::Result<(std::collections::BTreeMap<String, String>, Option<String>)> {
+/// What `create` itself takes from config.json (the container's process reads the rest).
+struct Config {
+    annotations: std::collections::BTreeMap<String, String>,
+    cgroups_path: Option<String>,
+    /// Set for a pod's sandbox container.
+    sandbox: Option<sandbox::Holds>,
+}
+
+fn read_config(bundle: &Path) -> anyhow::Result<Config> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let annotations = value
+    let annotations: std::collections::BTreeMap<String, String> = value
         .get("annotations")
         .and_then(|a| a.as_object())
         .map(|a| {
@@ -363,7 +372,15 @@ fn read_config(
         .pointer("/linux/cgroupsPath")
         .and_then(|p| p.as_str())
         .map(str::to_string);
-    Ok((annotations, cgroups_path))
+    let sandbox = match sandbox::is_sandbox(&annotations) {
+        true => Some(sandbox::Holds::from_config(&value)?),
+        false => None,
+    };
+    Ok(Config {
+        annotations,
+        cgroups_path,
+        sandbox,
+    })
 }
 
 /// `flint start`: releases the created container's VMM.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 
@@ -30,8 +30,8 @@ pub fn is_sandbox(annotations: &BTreeMap<String, String>) -> bool {
 }
 
 /// What the sandbox's config asks it to hold.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Holds {
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Holds {
     /// The pod's network namespace (a path), if the engine made one.
     netns: Option<PathBuf>,
     /// A UTS namespace of its own (named `hostname`), and an IPC one.
@@ -40,50 +40,49 @@ struct Holds {
     hostname: Option<String>,
 }
 
-fn read_holds(bundle: &Path) -> anyhow::Result<Holds> {
-    let path = bundle.join("config.json");
-    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let mut holds = Holds {
-        hostname: value
-            .get("hostname")
-            .and_then(|h| h.as_str())
-            .filter(|h| !h.is_empty())
-            .map(str::to_string),
-        ..Holds::default()
-    };
-    let namespaces = value
-        .pointer("/linux/namespaces")
-        .and_then(|n| n.as_array())
-        .cloned()
-        .unwrap_or_default();
-    for ns in namespaces {
-        let kind = ns.get("type").and_then(|t| t.as_str()).unwrap_or_default();
-        let path = ns
-            .get("path")
-            .and_then(|p| p.as_str())
-            .filter(|p| !p.is_empty());
-        match (kind, path) {
-            ("network", Some(p)) => holds.netns = Some(PathBuf::from(p)),
-            ("uts", None) => holds.new_uts = true,
-            ("ipc", None) => holds.new_ipc = true,
-            _ => {}
+impl Holds {
+    /// Reads them from the sandbox's config.json (parsed once, by `create`), so a bad one fails
+    /// `create` before anything is forked.
+    pub fn from_config(value: &serde_json::Value) -> anyhow::Result<Holds> {
+        let mut holds = Holds {
+            hostname: value
+                .get("hostname")
+                .and_then(|h| h.as_str())
+                .filter(|h| !h.is_empty())
+                .map(str::to_string),
+            ..Holds::default()
+        };
+        let namespaces = value
+            .pointer("/linux/namespaces")
+            .and_then(|n| n.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for ns in namespaces {
+            let kind = ns.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+            let path = ns
+                .get("path")
+                .and_then(|p| p.as_str())
+                .filter(|p| !p.is_empty());
+            match (kind, path) {
+                ("network", Some(p)) => holds.netns = Some(PathBuf::from(p)),
+                ("uts", None) => holds.new_uts = true,
+                ("ipc", None) => holds.new_ipc = true,
+                _ => {}
+            }
         }
-    }
-    if let Some(h) = &holds.hostname {
-        if h.len() > 64 || h.contains('\0') {
-            anyhow::bail!("hostname: '{h}' is not a hostname (at most 64 bytes)");
+        if let Some(h) = &holds.hostname {
+            if h.len() > 64 || h.contains('\0') {
+                anyhow::bail!("hostname: '{h}' is not a hostname (at most 64 bytes)");
+            }
         }
+        Ok(holds)
     }
-    Ok(holds)
 }
 
 /// The sandbox's container process: takes up the pod's namespaces, reports ready, and once
 /// started waits until a signal ends it (TERM, INT, HUP or KILL, by their default action).
 /// Returns only if it could not get ready.
-pub fn hold(gate: &mut super::Gate) -> anyhow::Result<Infallible> {
-    let holds = read_holds(&gate.bundle)?;
+pub fn hold(gate: &mut super::Gate, holds: &Holds) -> anyhow::Result<Infallible> {
     if let Some(dir) = &gate.cgroup {
         flint_vmm::sandbox::cgroup::join(dir, &[])?;
     }
@@ -151,17 +150,14 @@ mod tests {
 
     #[test]
     fn a_sandbox_holds_its_network_and_makes_its_uts_and_ipc() {
-        let dir = std::env::temp_dir().join(format!("flint-sandbox-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("config.json"),
+        let config: serde_json::Value = serde_json::from_str(
             r#"{"hostname": "pod1", "linux": {"namespaces": [
                 {"type": "network", "path": "/run/netns/cni-1"}, {"type": "uts"},
                 {"type": "ipc"}, {"type": "pid"}, {"type": "mount"}]}}"#,
         )
         .unwrap();
         assert_eq!(
-            read_holds(&dir).unwrap(),
+            Holds::from_config(&config).unwrap(),
             Holds {
                 netns: Some(PathBuf::from("/run/netns/cni-1")),
                 new_uts: true,
@@ -169,15 +165,10 @@ mod tests {
                 hostname: Some("pod1".into()),
             }
         );
-        std::fs::write(
-            dir.join("config.json"),
-            format!(r#"{{"hostname": "{}"}}"#, "x".repeat(65)),
-        )
-        .unwrap();
-        assert!(read_holds(&dir)
+        let long = serde_json::json!({ "hostname": "x".repeat(65) });
+        assert!(Holds::from_config(&long)
             .unwrap_err()
             .to_string()
             .contains("not a hostname"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

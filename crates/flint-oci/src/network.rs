@@ -97,16 +97,8 @@ struct Interface {
 /// when the namespace has no interface but loopback (podman's `--network none`).
 pub fn connect() -> Result<Option<Connected>, NetworkError> {
     let mut nl = Netlink::open()?;
-    let links = nl.links()?;
-    let others: Vec<&Interface> = links.iter().filter(|l| l.name != TAP_NAME).collect();
-    let veth = match others.as_slice() {
-        [] => return Ok(None),
-        [one] => (*one).clone(),
-        many => {
-            return Err(NetworkError::TooMany(
-                many.iter().map(|l| l.name.clone()).collect(),
-            ))
-        }
+    let Some(veth) = the_interface(&mut nl)? else {
+        return Ok(None);
     };
     let (address, prefix) = nl
         .ipv4_address(veth.index)?
@@ -146,6 +138,26 @@ pub fn connect() -> Result<Option<Connected>, NetworkError> {
             .filter(|&m| m >= 68),
         kernel_arg: kernel_ip_arg(address, prefix, gateway),
     }))
+}
+
+/// The name of the current network namespace's one interface other than loopback (and
+/// [`TAP_NAME`]), if it has one: what [`connect`] would join, found without changing anything.
+pub fn interface() -> Result<Option<String>, NetworkError> {
+    Ok(the_interface(&mut Netlink::open()?)?.map(|i| i.name))
+}
+
+fn the_interface(nl: &mut Netlink) -> Result<Option<Interface>, NetworkError> {
+    let mut others: Vec<Interface> = nl
+        .links()?
+        .into_iter()
+        .filter(|l| l.name != TAP_NAME)
+        .collect();
+    match others.len() {
+        0 | 1 => Ok(others.pop()),
+        _ => Err(NetworkError::TooMany(
+            others.into_iter().map(|l| l.name).collect(),
+        )),
+    }
 }
 
 /// The kernel's `ip=client::gateway:netmask::eth0:off` (Documentation/admin-guide/nfs/
