@@ -42,9 +42,11 @@ prun() {
     echo "--- stderr"; cat /tmp/$name.err
     echo "--- code $code"
 }
-# wait_log ID TEXT: until the container's log has TEXT (60 s at most).
+# wait_log ID TEXT: until the container's log has TEXT (60 s at most, by the clock: one
+# `podman logs` takes about a second in the lab, so counting tries would wait ten minutes).
 wait_log() {
-    i=0; until podman logs "$1" 2>/dev/null | grep -q "$2" || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done
+    end=$(($(date +%s) + 60))
+    until podman logs "$1" 2>/dev/null | grep -q "$2" || [ "$(date +%s)" -ge $end ]; do sleep 0.1; done
 }
 left() { echo "left under the runtime root: $(ls -A /run/flint 2>/dev/null | wc -l)"; }
 "#;
@@ -105,6 +107,52 @@ printf '\003' >&3
 wait $p; echo "ctrl-c exit: $?"
 exec 3>&-
 echo "ctrl-c: $(tr -d '\r' < /tmp/cc-{runtime}.out | grep -c 'got INT')"
+left"#
+    )
+}
+
+/// Job control on the workload's terminal: an interactive shell (`sh -i` under the lab's
+/// `ptyrun`) stops a foreground job with Ctrl-Z, lists it, brings it back with `fg`, and
+/// Ctrl-C ends that job, not the shell.
+fn job_control(runtime: &str) -> String {
+    format!(
+        r#". /tmp/lib.sh
+rm -f /tmp/jc-{runtime}.in && mkfifo /tmp/jc-{runtime}.in
+timeout 300 ptyrun 40 100 podman --runtime {runtime} run --rm -it --network none localhost/probe sh -i \
+    </tmp/jc-{runtime}.in >/tmp/jc-{runtime}.out 2>&1 & p=$!
+exec 3>/tmp/jc-{runtime}.in
+# Typed once the shell is up (its banner), then each key after the one before has acted.
+until_seen() {{ i=0; until tr -d '\r' </tmp/jc-{runtime}.out | grep -q "$1" || [ $i -ge 900 ]; do sleep 0.1; i=$((i+1)); done; }}
+until_seen 'built-in shell'
+printf 'echo "up"\n' >&3; until_seen '^up'
+printf 'sleep 100\n' >&3; sleep 2
+printf '\032' >&3; until_seen 'Stopped'
+printf 'jobs\n' >&3; sleep 1
+printf 'fg\n' >&3; sleep 2
+printf '\003' >&3; sleep 1
+printf 'echo "after fg and ctrl-c: $?"; exit 4\n' >&3
+wait $p; echo "exit: $?"
+exec 3>&-
+tr -d '\r' </tmp/jc-{runtime}.out | sed 's/\x1b\[6n//g' | grep -E 'Stopped|^after fg'
+left"#
+    )
+}
+
+/// A stopped container started again (`podman start -a`): it sees what its first run wrote
+/// to its root; and `podman commit` of it makes an image holding that.
+fn restart(runtime: &str) -> String {
+    format!(
+        r#". /tmp/lib.sh
+id=$(podman --runtime {runtime} run -d --network none localhost/probe sh -c 'echo run >> /count; echo "runs: $(wc -l < /count)"')
+[ -n "$id" ] || {{ echo "podman run -d failed"; exit 1; }}
+echo "first exit: $(timeout 120 podman wait $id)"
+echo "first logs: $(podman logs $id | tr '\n' ' ')"
+timeout 300 podman start -a $id; echo "start: $?"
+echo "logs after start: $(podman logs $id | tr '\n' ' ')"
+timeout 300 podman commit -q $id localhost/committed-{runtime} >/dev/null; echo "commit: $?"
+echo "in the image: $(timeout 300 podman --runtime {runtime} run --rm --network none localhost/committed-{runtime} cat /count | tr '\n' ' ')"
+podman rm $id >/dev/null && echo "rm: ok"
+podman rmi localhost/committed-{runtime} >/dev/null && echo "rmi: ok"
 left"#
     )
 }
@@ -244,9 +292,11 @@ fn lab() -> &'static LabResults {
             list.push((format!("user-{rt}"), user(rt)));
             list.push((format!("tty-{rt}"), tty(rt)));
             list.push((format!("terminal-{rt}"), terminal(rt)));
+            list.push((format!("job-control-{rt}"), job_control(rt)));
             list.push((format!("detached-{rt}"), detached(rt)));
             list.push((format!("exec-{rt}"), exec(rt)));
             list.push((format!("volume-{rt}"), volume(rt)));
+            list.push((format!("restart-{rt}"), restart(rt)));
         }
         list.push(("network-crun".to_string(), network("crun", 8080)));
         list.push(("network-flint".to_string(), network("flint", 8081)));
@@ -333,6 +383,50 @@ fn a_terminal_has_the_users_size_and_ctrl_c_reaches_the_workload() {
         ] {
             assert!(has_line(out, line), "{rt}: {line}\n{out}");
         }
+    }
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn job_control_on_the_terminal_works_as_with_crun() {
+    // Each on its own: where the terminal echoes typed-ahead keys may differ.
+    for rt in ["crun", "flint"] {
+        let out = scenario(&format!("job-control-{rt}"));
+        let stopped = "[1]+  Stopped                    sleep 100";
+        assert_eq!(
+            out.lines().filter(|l| l.ends_with(stopped)).count(),
+            2,
+            "{rt}: Ctrl-Z stopped it and jobs listed it:\n{out}"
+        );
+        for line in [
+            "after fg and ctrl-c: 130",
+            "exit: 4",
+            "left under the runtime root: 0",
+        ] {
+            assert!(has_line(out, line), "{rt}: {line}\n{out}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "lab tier: boots the lab (minutes); run with --include-ignored"]
+fn a_stopped_container_restarts_and_commits_what_it_wrote_as_with_crun() {
+    let crun = scenario("restart-crun");
+    let out = scenario("restart-flint");
+    assert_eq!(out, crun, "flint differs from crun");
+    for line in [
+        "first exit: 0",
+        "first logs: runs: 1 ",
+        "runs: 2",
+        "start: 0",
+        "logs after start: runs: 1 runs: 2 ",
+        "commit: 0",
+        "in the image: run run ",
+        "rm: ok",
+        "rmi: ok",
+        "left under the runtime root: 0",
+    ] {
+        assert!(has_line(out, line), "{line}\n{out}");
     }
 }
 

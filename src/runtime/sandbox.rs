@@ -1,4 +1,4 @@
-//! A pod's sandbox container (Kubernetes' "pause", podman's pod infra container): it runs
+//! A pod's sandbox container (Kubernetes' "pause", from a CRI runtime): it runs
 //! nothing of the user's and only holds the pod's namespaces, which the pod's containers join
 //! by path (`/proc/PID/ns/...` of its process, or the engine's `/run/netns/...`). flint boots
 //! no VM for it: its container process (`create`'s fork) joins the pod's network namespace,
@@ -16,7 +16,7 @@ use anyhow::Context;
 const SANDBOX_ANNOTATIONS: &[(&str, &str)] = &[
     // containerd's CRI plugin.
     ("io.kubernetes.cri.container-type", "sandbox"),
-    // CRI-O, and podman's pods.
+    // CRI-O. (podman 4.3's pod infra container carries none of these: only io.podman.*.)
     ("io.kubernetes.cri-o.ContainerType", "sandbox"),
     // dockershim and cri-dockerd.
     ("io.kubernetes.docker.type", "podsandbox"),
