@@ -343,9 +343,6 @@ pub(crate) fn check_single_threaded() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `create` itself needs of the bundle's config: its annotations (for `state`) and
-/// linux.cgroupsPath. The config is read once, at create: the VMM reads the rest when it
-/// builds the VM, before `create` returns.
 /// What `create` itself takes from config.json (the container's process reads the rest).
 struct Config {
     annotations: std::collections::BTreeMap<String, String>,
@@ -354,6 +351,9 @@ struct Config {
     sandbox: Option<sandbox::Holds>,
 }
 
+/// What `create` itself needs of the bundle's config: its annotations (for `state`),
+/// linux.cgroupsPath, and a pod sandbox's namespaces. The config is read once, at create: the
+/// VMM reads the rest when it builds the VM, before `create` returns.
 fn read_config(bundle: &Path) -> anyhow::Result<Config> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -372,9 +372,10 @@ fn read_config(bundle: &Path) -> anyhow::Result<Config> {
         .pointer("/linux/cgroupsPath")
         .and_then(|p| p.as_str())
         .map(str::to_string);
-    let sandbox = match sandbox::is_sandbox(&annotations) {
-        true => Some(sandbox::Holds::from_config(&value)?),
-        false => None,
+    let sandbox = if sandbox::is_sandbox(&annotations) {
+        Some(sandbox::Holds::from_config(&value)?)
+    } else {
+        None
     };
     Ok(Config {
         annotations,

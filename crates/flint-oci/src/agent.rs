@@ -726,20 +726,10 @@ fn write_all_fd(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
 
 /// The terminal's size as a `RESIZE` payload, if `fd` is a terminal.
 fn window_size(fd: BorrowedFd<'_>) -> Option<[u8; 4]> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one winsize to the valid pointer; the descriptor is borrowed
-    // open for the call.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } < 0 {
-        return None;
-    }
+    let (rows, cols) = flint_vmm::terminal::size(fd.as_raw_fd())?;
     let mut size = [0u8; 4];
-    size[..2].copy_from_slice(&ws.ws_row.to_le_bytes());
-    size[2..].copy_from_slice(&ws.ws_col.to_le_bytes());
+    size[..2].copy_from_slice(&rows.to_le_bytes());
+    size[2..].copy_from_slice(&cols.to_le_bytes());
     Some(size)
 }
 

@@ -79,19 +79,10 @@ impl Control {
     }
 }
 
-/// `tty`'s size as rows << 16 | columns (None if it is no terminal).
+/// `tty`'s size as the console size port gives it: rows << 16 | columns (None if it is no
+/// terminal).
 pub fn terminal_size(tty: RawFd) -> Option<u32> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ fills the winsize it is given, or fails.
-    if unsafe { libc::ioctl(tty, libc::TIOCGWINSZ, &mut ws) } < 0 {
-        return None;
-    }
-    Some(u32::from(ws.ws_row) << 16 | u32::from(ws.ws_col))
+    crate::terminal::size(tty).map(|(rows, cols)| u32::from(rows) << 16 | u32::from(cols))
 }
 
 /// Presses the guest's power button; the error says why it could not (no ACPI, or the press

@@ -1,8 +1,24 @@
 //! Raw mode for an interactive console: keys go to the guest as typed (Ctrl-C included); the
-//! saved settings come back when the guard drops, on every exit path that unwinds.
+//! saved settings come back when the guard drops, on every exit path that unwinds. And a
+//! terminal's size.
 
 use std::io;
 use std::os::fd::RawFd;
+
+/// `fd`'s window size as (rows, columns); None if it is no terminal.
+pub fn size(fd: RawFd) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills the winsize it is given, or fails.
+    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } < 0 {
+        return None;
+    }
+    Some((ws.ws_row, ws.ws_col))
+}
 
 pub struct RawTerminal {
     fd: RawFd,

@@ -198,23 +198,18 @@ impl Vmm {
             .try_clone()
             .map_err(|e| VmmError::Io("dup", e))?;
         // The console's terminal size, for the guest's size port: read now and on SIGWINCH.
-        let console_size = self
-            .console_input
-            .filter(|fd| crate::event_loop::terminal_size(*fd).is_some())
-            .map(|fd| {
-                (
-                    fd,
-                    crate::bus::lock(&self.devices.guest_ports).console_size(),
-                )
-            });
-        let control = Control {
+        let console_size = self.console_input.and_then(|fd| {
+            let now = crate::event_loop::terminal_size(fd)?;
+            let size = crate::bus::lock(&self.devices.guest_ports).console_size();
+            size.store(now, std::sync::atomic::Ordering::Relaxed);
+            Some((fd, size))
+        });
+        em.add_subscriber(Arc::new(Mutex::new(Control {
             exit: self.ctx.exit.clone(),
             signals,
             power_button: self.devices.power_button.clone(),
             console_size,
-        };
-        control.update_console_size();
-        em.add_subscriber(Arc::new(Mutex::new(control)));
+        })));
         if let Some(listener) = self.api.take() {
             let controller = VmController {
                 power_button: self.devices.power_button.clone(),
