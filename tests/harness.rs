@@ -121,52 +121,6 @@ fn exited(code: i32, stdout: &str, stderr: &str) -> Output {
     }
 }
 
-#[test]
-fn failed_labs_are_run_again_and_each_rerun_is_recorded() {
-    let dir = Scratch::new("stalls");
-    let report = Report::quiet_at(&dir.0);
-    let mut runs = vec![
-        exited(125, "console line\nsoft lockup\n", "lab: error: stalled\n"),
-        exited(125, "", "lab: error: died\n"),
-        exited(0, "=== begin a\n=== end a 0\n", ""),
-    ]
-    .into_iter();
-    let out = rerun_failed_labs(&report, || runs.next().unwrap());
-    assert_eq!(out.status.code(), Some(0));
-    let log = dir.read(RERUNS_LOG);
-    let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines.len(), 2, "{log}");
-    assert!(
-        lines[0].starts_with(
-            "lab-stall harness: the lab failed (exit 125), run 2 of 3 follows; diagnostics: "
-        ),
-        "{log}"
-    );
-    assert!(lines[1].contains("run 3 of 3 follows"), "{log}");
-    let first = diagnostics(lines[0]);
-    assert!(first.contains("lab: error: stalled"), "{first}");
-    assert!(first.contains("soft lockup"), "{first}");
-    assert!(diagnostics(lines[1]).contains("lab: error: died"));
-
-    // Three failures: no fourth run, and the last failure is returned.
-    let dir = Scratch::new("stalls-3");
-    let report = Report::quiet_at(&dir.0);
-    let mut n = 0;
-    let out = rerun_failed_labs(&report, || {
-        n += 1;
-        exited(125, "", "")
-    });
-    assert_eq!((n, out.status.code()), (3, Some(125)));
-    assert_eq!(dir.read(RERUNS_LOG).lines().count(), 2);
-
-    // A failure of the command in the lab is not the lab's: no rerun.
-    let dir = Scratch::new("stalls-none");
-    let report = Report::quiet_at(&dir.0);
-    let out = rerun_failed_labs(&report, || exited(1, "", ""));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(!dir.0.join(RERUNS_LOG).exists());
-}
-
 fn list(names: &[&str]) -> Vec<(String, String)> {
     names
         .iter()
@@ -262,6 +216,49 @@ fn a_lab_that_keeps_failing_without_progress_is_given_up() {
     let (out, _) = resume_failed_labs(&report, &list(&["a", "b"]), |_| exited(1, "", ""));
     assert_eq!(out.status.code(), Some(1));
     assert!(!dir.0.join(RERUNS_LOG).exists());
+}
+
+#[test]
+fn a_group_cut_short_runs_again_whole() {
+    // b and c are a group (c reads what b left): the lab fails in c, so the next run begins
+    // at b, and only that run's b and c count.
+    let dir = Scratch::new("resume-group");
+    let report = Report::quiet_at(&dir.0);
+    let groups = vec![list(&["a"]), list(&["b", "c"]), list(&["d"])];
+    let mut asked: Vec<Vec<String>> = Vec::new();
+    let mut runs = vec![
+        exited(
+            125,
+            "=== begin a\na ran\n=== end a 0\n=== begin b\nb first\n=== end b 0\n=== begin c\n",
+            "lab: error: stalled\n",
+        ),
+        exited(
+            0,
+            "=== begin b\nb again\n=== end b 0\n=== begin c\nc ran\n=== end c 0\n\
+             === begin d\nd ran\n=== end d 0\n",
+            "",
+        ),
+    ]
+    .into_iter();
+    let (out, finished) = resume_failed_lab_groups(&report, &groups, |left| {
+        asked.push(left.iter().map(|(n, _)| n.clone()).collect());
+        runs.next().unwrap()
+    });
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(asked, [vec!["a", "b", "c", "d"], vec!["b", "c", "d"]]);
+    let results = scenarios(&finished);
+    assert_eq!(scenario(&results, "b"), &("b again\n".into(), 0));
+    assert_eq!(
+        finished_sections(&finished)
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "c", "d"]
+    );
+    reruns(
+        &dir,
+        &["lab-stall harness: the lab failed (exit 125) in scenario c (1 of 4 done); a new lab run takes up at b, the first of its group; diagnostics: "],
+    );
 }
 
 const HUNG_ONCE: &str = "\

@@ -145,117 +145,178 @@ fn lab() -> &'static common::LabResults {
         )
         .unwrap();
 
-        let script = r#"#!/bin/sh
-# Runs bundle $2 with runtime $3 (crun or flint) and stdin from $4 (default /dev/null): its
-# stdout, its stderr, their checksums and its exit code, as scenario $1.
-run() {
-    echo "=== begin $1"
-    in=${4:-/dev/null}
-    case $3 in
-        crun)  crun run --bundle "$2" "t-$1" <"$in" >/tmp/out 2>/tmp/err; code=$?
-               crun delete --force "t-$1" >/dev/null 2>&1 ;;
-        flint) flint run --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
-        flint-cold) flint run --cold --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
-        flint-user) su flint -c "flint run --oci-bundle $2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
-        flint-jail) flint run --jail --uid 1000 --gid 1000 --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
-        flint-live) flint run --live-root --oci-bundle "$2" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
-    esac
-    echo "--- stdout $(md5sum </tmp/out)"; cat /tmp/out
-    echo "--- stderr $(md5sum </tmp/err)"; cat /tmp/err
-    echo "=== end $1 $code"
-}
-printf 'a typed line\nand more\n' >/tmp/typed
-run probe-crun /bundles/probe crun
-echo "=== begin warm-before"
-ls -A /var/cache/flint/images/warm 2>&1
-echo "=== end warm-before 0"
-run probe-flint /bundles/probe flint
-echo "=== begin warm-made"
-for d in /var/cache/flint/images/warm /var/cache/flint/images/warm/*; do
-    stat -c '%n %a' "$d"; ls -A1 "$d"
-done
-echo "=== end warm-made 0"
-run probe-flint-restored /bundles/probe flint
-run probe-flint-cold /bundles/probe flint-cold
-run stdin-crun /bundles/probe crun /tmp/typed
-run stdin-flint /bundles/probe flint /tmp/typed
-run stdin-flint-cold /bundles/probe flint-cold /tmp/typed
-run default-crun /guest/bundle crun
-run default-flint /guest/bundle flint
-run default-flint-cold /guest/bundle flint-cold
-run badexec-flint /bundles/badexec flint
-mkdir -p /tmp/vol /tmp/vol-ro && echo host-vol > /tmp/vol/in.txt && echo host-ro > /tmp/vol-ro/in.txt
-echo host-file > /tmp/hostfile
-run binds-crun /bundles/binds crun
-echo "=== begin binds-crun-host"
-cat /tmp/vol/out.txt; ls -A /tmp/vol /tmp/vol-ro
-echo "=== end binds-crun-host 0"
-rm -f /tmp/vol/out.txt
-run binds-flint /bundles/binds flint
-echo "=== begin binds-flint-host"
-cat /tmp/vol/out.txt; ls -A /tmp/vol /tmp/vol-ro
-echo "virtiofsd left: $(for c in /proc/[0-9]*/comm; do cat "$c" 2>/dev/null; done | grep -cx virtiofsd)"
-echo "=== end binds-flint-host 0"
-rm -f /bundles/probe/rootfs/tmp/written
-run probe-flint-live /bundles/probe flint-live
-echo "=== begin probe-live-host"
-ls /bundles/probe/rootfs/tmp
-echo "=== end probe-live-host 0"
-run live-flint /bundles/live flint-live
-echo "=== begin live-host"
-cat /bundles/live/rootfs/written-by-workload
-echo "=== end live-host 0"
-run badexec-flint-cold /bundles/badexec flint-cold
-echo "=== begin clones"
-date +%s
-for i in 1 2; do flint run --oci-bundle /bundles/clone </dev/null; done
-date +%s
-echo "=== end clones $?"
-echo "=== begin warm-after"
-ls -A /var/cache/flint/images/warm
-echo "=== end warm-after 0"
-run probe-flint-rootless /bundles/probe flint-user
-run probe-flint-jailed /bundles/probe flint-jail
-echo "=== begin rootless-cache"
-stat -c 'cache %a %U' /home/flint/.cache/flint/images
-for f in /home/flint/.cache/flint/images/*; do stat -c 'entry %F %a %U' "$f"; done
-echo "=== end rootless-cache 0"
-echo "=== begin bench"
-flint bench startup --bundle /guest/bundle -n 2 --out /tmp/bench >/tmp/bench.out 2>&1
-code=$?
-for f in /tmp/bench.out /tmp/bench/startup.json /tmp/bench/startup.md /tmp/bench/startup.svg; do
-    echo "--- file $f"; cat "$f"
-done
-echo "=== end bench $code"
-for b in snapshot density; do
-    echo "=== begin bench-$b"
-    flint bench $b --bundle /bundles/ticker -n 2 --out /tmp/bench-$b >/tmp/bench-$b.out 2>&1
-    code=$?
-    for f in /tmp/bench-$b.out /tmp/bench-$b/$b.json /tmp/bench-$b/$b.md /tmp/bench-$b/$b.svg; do
-        echo "--- file $f"; cat "$f"
-    done
-    echo "=== end bench-$b $code"
-done
-echo "=== begin workdirs-left"
-ls -1 /tmp/bench
-ls -d /tmp/flint-bench-* /run/crun/* 2>/dev/null
-echo "=== end workdirs-left 0"
-"#;
-        let script = script.replacen(
-            "#!/bin/sh\n",
-            &format!("#!/bin/sh\n{}", common::LAB_USER_SETUP),
-            1,
-        );
-        let out = common::run_in_lab_with(
-            &script,
+        let setup = format!("{}{SETUP}", common::LAB_USER_SETUP);
+        common::run_scenario_groups_in_lab(
+            &setup,
+            &groups(),
+            300,
             &[
                 "--with-qemu".into(),
                 "--add".into(),
                 format!("{}:/bundles", bundles.dir.display()),
             ],
-        );
-        common::scenarios(&out)
+        )
     })
+}
+
+/// Every lab run's setup: `run_in BUNDLE RUNTIME [STDIN]` (in /tmp/oci.sh, for scenarios run in
+/// shells of their own) runs a bundle with crun or flint (`flint`, `flint-cold`, `flint-user`,
+/// `flint-jail`, `flint-live`) and stdin from STDIN (default /dev/null), prints its stdout and
+/// stderr, each after a line with its checksum, and returns its exit code; and the host files
+/// the scenarios read.
+const SETUP: &str = r#"
+cat >/tmp/oci.sh <<'EOF'
+run_in() {
+    in=${3:-/dev/null}
+    case $2 in
+        crun)  crun run --bundle "$1" "t-$$" <"$in" >/tmp/out 2>/tmp/err; code=$?
+               crun delete --force "t-$$" >/dev/null 2>&1 ;;
+        flint) flint run --oci-bundle "$1" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-cold) flint run --cold --oci-bundle "$1" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-user) su flint -c "flint run --oci-bundle $1" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-jail) flint run --jail --uid 1000 --gid 1000 --oci-bundle "$1" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
+        flint-live) flint run --live-root --oci-bundle "$1" <"$in" >/tmp/out 2>/tmp/err; code=$? ;;
+    esac
+    echo "--- stdout $(md5sum </tmp/out)"; cat /tmp/out
+    echo "--- stderr $(md5sum </tmp/err)"; cat /tmp/err
+    return $code
+}
+EOF
+printf 'a typed line\nand more\n' >/tmp/typed
+mkdir -p /tmp/vol /tmp/vol-ro && echo host-vol > /tmp/vol/in.txt && echo host-ro > /tmp/vol-ro/in.txt
+echo host-file > /tmp/hostfile
+"#;
+
+/// A scenario that runs `bundle` (under /bundles, or a path) with `runtime` and `stdin`.
+fn run(name: &str, bundle: &str, runtime: &str, stdin: &str) -> (String, String) {
+    let bundle = if bundle.starts_with('/') {
+        bundle.to_string()
+    } else {
+        format!("/bundles/{bundle}")
+    };
+    (
+        name.to_string(),
+        format!(". /tmp/oci.sh; run_in {bundle} {runtime} {stdin}"),
+    )
+}
+
+/// A scenario of shell commands.
+fn sh(name: &str, body: &str) -> (String, String) {
+    (name.to_string(), body.to_string())
+}
+
+/// The lab's scenarios, in order, grouped where a later one reads what an earlier one left in
+/// the lab: a lab run that fails in a group is followed by one that runs the group again whole.
+fn groups() -> Vec<Vec<(String, String)>> {
+    // The lab's boot, which warm-made and warm-after print: their keys must match when they
+    // ran in one lab run.
+    let boot = "echo \"boot: $(cat /proc/sys/kernel/random/boot_id)\"";
+    let warm_made = format!(
+        "for d in /var/cache/flint/images/warm /var/cache/flint/images/warm/*; do \
+         stat -c '%n %a' \"$d\"; ls -A1 \"$d\"; done; {boot}"
+    );
+    let mut groups = vec![
+        vec![run("probe-crun", "probe", "crun", "")],
+        // The first flint run makes the warm snapshot, privately.
+        vec![
+            sh(
+                "warm-before",
+                "ls -A /var/cache/flint/images/warm 2>&1; true",
+            ),
+            run("probe-flint", "probe", "flint", ""),
+            sh("warm-made", &warm_made),
+        ],
+    ];
+    for (name, bundle, runtime, stdin) in [
+        ("probe-flint-restored", "probe", "flint", ""),
+        ("probe-flint-cold", "probe", "flint-cold", ""),
+        ("stdin-crun", "probe", "crun", "/tmp/typed"),
+        ("stdin-flint", "probe", "flint", "/tmp/typed"),
+        ("stdin-flint-cold", "probe", "flint-cold", "/tmp/typed"),
+        ("default-crun", "/guest/bundle", "crun", ""),
+        ("default-flint", "/guest/bundle", "flint", ""),
+        ("default-flint-cold", "/guest/bundle", "flint-cold", ""),
+        ("badexec-flint", "badexec", "flint", ""),
+    ] {
+        groups.push(vec![run(name, bundle, runtime, stdin)]);
+    }
+    // Each binds run starts with no out.txt, and what it left on the host is looked at next.
+    for runtime in ["crun", "flint"] {
+        let host = if runtime == "flint" {
+            "; echo \"virtiofsd left: $(for c in /proc/[0-9]*/comm; do cat \"$c\" 2>/dev/null; \
+             done | grep -cx virtiofsd)\""
+        } else {
+            ""
+        };
+        groups.push(vec![
+            sh(&format!("binds-{runtime}-clean"), "rm -f /tmp/vol/out.txt"),
+            run(&format!("binds-{runtime}"), "binds", runtime, ""),
+            sh(
+                &format!("binds-{runtime}-host"),
+                &format!("cat /tmp/vol/out.txt; ls -A /tmp/vol /tmp/vol-ro{host}"),
+            ),
+        ]);
+    }
+    groups.extend([
+        // The crun runs wrote /tmp/written into the probe's root themselves.
+        vec![
+            sh("probe-live-clean", "rm -f /bundles/probe/rootfs/tmp/written"),
+            run("probe-flint-live", "probe", "flint-live", ""),
+            sh("probe-live-host", "ls /bundles/probe/rootfs/tmp"),
+        ],
+        vec![
+            run("live-flint", "live", "flint-live", ""),
+            sh("live-host", "cat /bundles/live/rootfs/written-by-workload"),
+        ],
+        vec![run("badexec-flint-cold", "badexec", "flint-cold", "")],
+        vec![
+            sh(
+                "clones",
+                "date +%s; for i in 1 2; do flint run --oci-bundle /bundles/clone </dev/null; \
+                 done; c=$?; date +%s; exit $c",
+            ),
+            sh(
+                "warm-after",
+                &format!("ls -A /var/cache/flint/images/warm; {boot}"),
+            ),
+        ],
+        vec![
+            run("probe-flint-rootless", "probe", "flint-user", ""),
+            sh(
+                "rootless-cache",
+                "stat -c 'cache %a %U' /home/flint/.cache/flint/images; \
+                 for f in /home/flint/.cache/flint/images/*; do stat -c 'entry %F %a %U' \"$f\"; done",
+            ),
+        ],
+        vec![run("probe-flint-jailed", "probe", "flint-jail", "")],
+    ]);
+    // Each benchmark's files, then what is left of it: its results, no scratch directory, no
+    // container state.
+    for (name, bench, bundle, out) in [
+        ("bench", "startup", "/guest/bundle", "/tmp/bench"),
+        (
+            "bench-snapshot",
+            "snapshot",
+            "/bundles/ticker",
+            "/tmp/bench-snapshot",
+        ),
+        (
+            "bench-density",
+            "density",
+            "/bundles/ticker",
+            "/tmp/bench-density",
+        ),
+    ] {
+        let body = format!(
+            "flint bench {bench} --bundle {bundle} -n 2 --out {out} >{out}.out 2>&1; code=$?; \
+             for f in {out}.out {out}/{bench}.json {out}/{bench}.md {out}/{bench}.svg; do \
+             echo \"--- file $f\"; cat \"$f\"; done; \
+             echo '--- file left'; ls -1 {out}; ls -d /tmp/flint-bench-* /run/crun/* 2>/dev/null; \
+             exit $code"
+        );
+        groups.push(vec![sh(name, &body)]);
+    }
+    groups
 }
 
 fn scenario(name: &str) -> &'static (String, i32) {
@@ -346,7 +407,7 @@ fn the_warm_snapshot_is_made_on_first_use_privately_and_once() {
     let (before, _) = scenario("warm-before");
     assert!(!before.lines().any(|l| l.len() == 32), "{before}");
     let (made, _) = scenario("warm-made");
-    let lines: Vec<&str> = made.lines().collect();
+    let (lines, made_boot) = without_boot(made);
     // The directory, 0700, holding one snapshot (named by its key), 0700, complete.
     assert_eq!(
         lines.first(),
@@ -362,9 +423,22 @@ fn the_warm_snapshot_is_made_on_first_use_privately_and_once() {
     let mut files: Vec<&str> = lines[3..].to_vec();
     files.sort();
     assert_eq!(files, ["empty", "memory", "state"], "{made}");
-    // Every later run used it: no second snapshot, nothing half-made left.
+    // Every later run used it: no second snapshot, nothing half-made left. (After a failed
+    // lab run, a new one made its own, under another key: the kernel's inode is the lab's.)
     let (after, _) = scenario("warm-after");
-    assert_eq!(after.trim(), key, "{after}");
+    let (after_lines, after_boot) = without_boot(after);
+    assert_eq!(after_lines.len(), 1, "{after}");
+    assert_eq!(after_lines[0].len(), 32, "{after}");
+    if after_boot == made_boot {
+        assert_eq!(after_lines[0], key, "{after}");
+    }
+}
+
+/// A scenario's lines without its `boot: ID` line, and the lab boot's ID.
+fn without_boot(out: &str) -> (Vec<&str>, Option<&str>) {
+    let boot = common::value(out, "boot: ");
+    let lines = out.lines().filter(|l| !l.starts_with("boot: ")).collect();
+    (lines, boot)
 }
 
 #[test]
@@ -492,11 +566,17 @@ fn startup_benchmark_writes_json_markdown_and_svg() {
     assert!(files["/tmp/bench.out"].contains(table_line));
     let svg = roxmltree::Document::parse(&files["/tmp/bench/startup.svg"]).expect("valid SVG");
     assert_eq!(svg.root_element().tag_name().name(), "svg");
-    // Only its results are left behind: no scratch directory, no container state.
-    let (left, _) = scenario("workdirs-left");
+    assert_left_only_results("bench", "startup");
+}
+
+/// Benchmark scenario `name` left only its results behind: no scratch directory, no container
+/// state.
+fn assert_left_only_results(name: &str, bench: &str) {
+    let left = &files_of(name)["left"];
     let mut left: Vec<&str> = left.lines().collect();
     left.sort();
-    assert_eq!(left, ["startup.json", "startup.md", "startup.svg"]);
+    let results = ["json", "md", "svg"].map(|ext| format!("{bench}.{ext}"));
+    assert_eq!(left, results, "{name}");
 }
 
 #[test]
@@ -555,6 +635,7 @@ fn bench_output(name: &str) -> serde_json::Value {
     let svg = roxmltree::Document::parse(&files[&format!("/tmp/bench-{name}/{name}.svg")])
         .expect("valid SVG");
     assert_eq!(svg.root_element().tag_name().name(), "svg");
+    assert_left_only_results(&scenario_name, name);
     json
 }
 

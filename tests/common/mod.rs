@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: run the real `flint` binary and inspect what it did.
 #![allow(dead_code)] // each test crate uses a different subset
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -432,24 +433,8 @@ where
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// How many times a lab run that failed by itself (exit 125) is tried in all.
-const LAB_ATTEMPTS: usize = 3;
 /// `resources/lab/run`'s status when the lab itself failed, not the command in it.
 const LAB_FAILED: i32 = 125;
-
-/// Runs `script` (a shell script) inside the lab with `lab/run` `options` (`--add HOST:/LAB`
-/// files, `--with-qemu`, …) and returns its stdout. Panics with what the lab printed if it
-/// fails. A failure of the lab itself (exit 125: it died booting, stalled, or stopped without
-/// CMD's status) is retried, up to [`LAB_ATTEMPTS`] runs in all, and every rerun is recorded
-/// (see [`rerun_failed_labs`]): QEMU/TCG emulating nested SVM stalls now and then (the lab
-/// kernel then reports a soft lockup on the CPU running a VM), in bursts. A list of scenarios
-/// is better run by [`run_scenarios_in_lab`], which resumes where a failed lab stopped.
-pub fn run_in_lab_with(script: &str, options: &[String]) -> String {
-    let out = rerun_failed_labs(&Report::default(), || lab_run(script, options));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_lab_ended(&out, &stdout);
-    stdout
-}
 
 /// One lab run of `script`: `resources/lab/run`'s output.
 fn lab_run(script: &str, options: &[String]) -> Output {
@@ -488,11 +473,28 @@ pub fn run_scenarios_in_lab(
     limit: u32,
     options: &[String],
 ) -> LabResults {
-    let (out, finished) = resume_failed_labs(&Report::default(), scenarios, |left| {
+    run_scenario_groups_in_lab(setup, &singles(scenarios), limit, options)
+}
+
+/// [`run_scenarios_in_lab`] for scenarios in groups: a group whose lab run failed before all of
+/// it finished is run again whole, for its later scenarios read what its earlier ones left in
+/// the lab (a file, the warm snapshot), which a new lab run does not have.
+pub fn run_scenario_groups_in_lab(
+    setup: &str,
+    groups: &[Vec<(String, String)>],
+    limit: u32,
+    options: &[String],
+) -> LabResults {
+    let (out, finished) = resume_failed_lab_groups(&Report::default(), groups, |left| {
         lab_run(&lab_script(setup, left, limit), options)
     });
     assert_lab_ended(&out, &String::from_utf8_lossy(&out.stdout));
     self::scenarios(&finished)
+}
+
+/// Each scenario a group of its own.
+fn singles(scenarios: &[(String, String)]) -> Vec<Vec<(String, String)>> {
+    scenarios.iter().map(|s| vec![s.clone()]).collect()
 }
 
 /// How many lab runs in a row may fail by themselves without finishing a scenario.
@@ -510,20 +512,40 @@ const LAB_ATTEMPTS_WITHOUT_PROGRESS: usize = 4;
 pub fn resume_failed_labs(
     report: &Report,
     scenarios: &[(String, String)],
+    lab: impl FnMut(&[(String, String)]) -> Output,
+) -> (Output, String) {
+    resume_failed_lab_groups(report, &singles(scenarios), lab)
+}
+
+/// [`resume_failed_labs`] for scenarios in groups (see [`run_scenario_groups_in_lab`]): `lab`
+/// is given the unfinished groups' scenarios, in order, and a group counts as finished only
+/// when all its scenarios did in one run.
+pub fn resume_failed_lab_groups(
+    report: &Report,
+    groups: &[Vec<(String, String)>],
     mut lab: impl FnMut(&[(String, String)]) -> Output,
 ) -> (Output, String) {
-    let mut left: Vec<(String, String)> = scenarios.to_vec();
+    let total: usize = groups.iter().map(Vec::len).sum();
+    let mut left: Vec<Vec<(String, String)>> =
+        groups.iter().filter(|g| !g.is_empty()).cloned().collect();
     let mut finished = String::new();
     let mut failures = 0;
     loop {
-        let out = lab(&left);
+        let scenarios: Vec<(String, String)> = left.iter().flatten().cloned().collect();
+        let out = lab(&scenarios);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let sections = finished_sections(&stdout);
-        let progress = !sections.is_empty();
-        for (name, text) in sections {
-            left.retain(|(n, _)| *n != name);
-            finished.push_str(&text);
-        }
+        let sections: HashMap<String, String> = finished_sections(&stdout).into_iter().collect();
+        let before = left.len();
+        left.retain(|group| {
+            if !group.iter().all(|(name, _)| sections.contains_key(name)) {
+                return true;
+            }
+            for (name, _) in group {
+                finished.push_str(&sections[name]);
+            }
+            false
+        });
+        let progress = left.len() < before;
         if out.status.code() != Some(LAB_FAILED) || left.is_empty() {
             return (out, finished);
         }
@@ -531,19 +553,26 @@ pub fn resume_failed_labs(
         if failures >= LAB_ATTEMPTS_WITHOUT_PROGRESS {
             return (out, finished);
         }
-        let done = scenarios.len() - left.len();
+        let done = total - left.iter().map(Vec::len).sum::<usize>();
+        let restart = &left[0][0].0;
+        let failed = left[0]
+            .iter()
+            .find(|(name, _)| !sections.contains_key(name))
+            .map_or(restart, |(name, _)| name);
+        let resume = if failed == restart {
+            "there".to_string()
+        } else {
+            format!("at {restart}, the first of its group")
+        };
         let summary = format!(
-            "the lab failed (exit {LAB_FAILED}) in scenario {} ({done} of {} done); a new lab \
-             run takes up there",
-            left[0].0,
-            scenarios.len()
+            "the lab failed (exit {LAB_FAILED}) in scenario {failed} ({done} of {total} done); a \
+             new lab run takes up {resume}"
         );
         let diagnostics = format!(
-            "The lab failed by itself (exit {LAB_FAILED}) in scenario {}; a new lab run takes up \
-             there ({failures} failure(s) in a row without a finished scenario, \
+            "The lab failed by itself (exit {LAB_FAILED}) in scenario {failed}; a new lab run \
+             takes up {resume} ({failures} failure(s) in a row without a finished scenario, \
              {LAB_ATTEMPTS_WITHOUT_PROGRESS} end it).\n--- its messages (stderr):\n{}\n\
              --- the end of its output (console):\n{}\n",
-            left[0].0,
             String::from_utf8_lossy(&out.stderr),
             tail(&stdout, 200)
         );
@@ -574,32 +603,6 @@ pub fn finished_sections(stdout: &str) -> Vec<(String, String)> {
         }
     }
     sections
-}
-
-/// Runs `lab` (one lab run) until it ends other than by a failure of the lab itself (exit
-/// 125), [`LAB_ATTEMPTS`] runs at most, and returns the last run's output. Each rerun is
-/// recorded in `report` as a `lab-stall`, with the failed run's stderr and console tail.
-pub fn rerun_failed_labs(report: &Report, mut lab: impl FnMut() -> Output) -> Output {
-    let mut out = lab();
-    for run in 2..=LAB_ATTEMPTS {
-        if out.status.code() != Some(LAB_FAILED) {
-            break;
-        }
-        let diagnostics = format!(
-            "The lab failed by itself (exit {LAB_FAILED}); run {run} of {LAB_ATTEMPTS} follows.\n\
-             --- its messages (stderr):\n{}\n--- the end of its output (console):\n{}\n",
-            String::from_utf8_lossy(&out.stderr),
-            tail(&String::from_utf8_lossy(&out.stdout), 200)
-        );
-        report.rerun(
-            Rerun::LabStall,
-            None,
-            &format!("the lab failed (exit {LAB_FAILED}), run {run} of {LAB_ATTEMPTS} follows"),
-            &diagnostics,
-        );
-        out = lab();
-    }
-    out
 }
 
 /// Shell functions that report why a scenario hangs: the state of every flint thread and KVM's
