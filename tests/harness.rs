@@ -121,6 +121,52 @@ fn exited(code: i32, stdout: &str, stderr: &str) -> Output {
     }
 }
 
+#[test]
+fn failed_labs_are_run_again_and_each_rerun_is_recorded() {
+    let dir = Scratch::new("stalls");
+    let report = Report::quiet_at(&dir.0);
+    let mut runs = vec![
+        exited(125, "console line\nsoft lockup\n", "lab: error: stalled\n"),
+        exited(125, "", "lab: error: died\n"),
+        exited(0, "=== begin a\n=== end a 0\n", ""),
+    ]
+    .into_iter();
+    let out = rerun_failed_labs(&report, || runs.next().unwrap());
+    assert_eq!(out.status.code(), Some(0));
+    let log = dir.read(RERUNS_LOG);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].starts_with(
+            "lab-stall harness: the lab failed (exit 125), run 2 of 3 follows; diagnostics: "
+        ),
+        "{log}"
+    );
+    assert!(lines[1].contains("run 3 of 3 follows"), "{log}");
+    let first = diagnostics(lines[0]);
+    assert!(first.contains("lab: error: stalled"), "{first}");
+    assert!(first.contains("soft lockup"), "{first}");
+    assert!(diagnostics(lines[1]).contains("lab: error: died"));
+
+    // Three failures: no fourth run, and the last failure is returned.
+    let dir = Scratch::new("stalls-3");
+    let report = Report::quiet_at(&dir.0);
+    let mut n = 0;
+    let out = rerun_failed_labs(&report, || {
+        n += 1;
+        exited(125, "", "")
+    });
+    assert_eq!((n, out.status.code()), (3, Some(125)));
+    assert_eq!(dir.read(RERUNS_LOG).lines().count(), 2);
+
+    // A failure of the command in the lab is not the lab's: no rerun.
+    let dir = Scratch::new("stalls-none");
+    let report = Report::quiet_at(&dir.0);
+    let out = rerun_failed_labs(&report, || exited(1, "", ""));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dir.0.join(RERUNS_LOG).exists());
+}
+
 fn list(names: &[&str]) -> Vec<(String, String)> {
     names
         .iter()

@@ -17,7 +17,9 @@
  * (zeros; pages in the sequential range must all be stamped). The last line, the run's proof
  * that the data moved is the data meant:
  *   blkbench-verify pages=N ok          (or exit 1 with "blkbench: data mismatch ...")
- * Writes go to the device: give it a scratch disk (zeroed, for the check to be exact). */
+ * Writes go to the device: give it a scratch disk (zeroed, for the check to be exact).
+ * BENCH_CORRUPT=1 in the environment writes one page wrong before the check (the check's own
+ * test: the run must then fail). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -222,6 +224,12 @@ int main(int argc, char **argv) {
         rc |= run_depth(fd, name, 0, 4096, rand_ops, size, depth);
         snprintf(name, sizeof name, "rand-write-4k-qd%d", depth);
         rc |= run_depth(fd, name, 1, 4096, rand_ops, size, depth);
+    }
+    const char *corrupt = getenv("BENCH_CORRUPT");
+    if (rc == 0 && corrupt && strcmp(corrupt, "1") == 0) {
+        memset(buf, 0xa5, PAGE);
+        if (pwrite(fd, buf, PAGE, 0) != PAGE)
+            rc = 1;
     }
     if (rc == 0)
         rc = verify(fd, size, (uint64_t)seq_mib << 20, buf);

@@ -7,7 +7,8 @@
  * asks it to quit. Each connection starts with a 9-byte request: an opcode and a 64-bit
  * little-endian argument.
  *   'S' sink:   the client sends bytes until it shuts down its side; the server answers with
- *               the count it received (8 bytes), so the client's clock stops only once
+ *               the count it received and where the data first differed from the stream
+ *               (8 bytes each; 0, or the offset + 1), so the client's clock stops only once
  *               everything arrived.
  *   'G' source: the server sends ARG bytes and closes.
  *   'P' ping:   the server echoes every byte back until the client closes.
@@ -18,6 +19,10 @@
  *   netbench rx mib_s=X secs=S          MIB MiB server -> client
  *   netbench rr lat_avg_us=A lat_p50_us=P lat_p99_us=Q rr_s=R
  *                                       PINGS round trips of 1 byte (default 2000), TCP_NODELAY
+ * Every stream is a known one (byte i is i % 251): each end checks what it received, and a byte
+ * that differs fails the test ("data mismatch"), as does a round trip that echoes another byte.
+ * BENCH_CORRUPT=1 in the client's environment makes it send one wrong byte (the check's own
+ * test: the run must then fail).
  * Every socket has 30 s send and receive timeouts: a stalled network fails instead of hanging.
  * The server also logs what it saw ("netbench-server ...") on stdout. */
 #define _GNU_SOURCE
@@ -41,6 +46,11 @@
 #define WARMUP_PINGS 20
 
 static char buf[BUF_SIZE];
+/* The stream's bytes repeat every PERIOD: the bytes at stream offset o are pattern + o % PERIOD. */
+#define PERIOD 251
+static char pattern[BUF_SIZE + PERIOD];
+/* BENCH_CORRUPT=1: the byte at this offset of the client's tx stream is sent wrong. */
+static uint64_t corrupt_at = UINT64_MAX;
 
 static void fail(const char *what) {
     fprintf(stderr, "netbench: %s: %s\n", what, strerror(errno));
@@ -100,9 +110,11 @@ static uint64_t get_u64(const unsigned char *p) {
     return v;
 }
 
-/* Reads until EOF; returns the byte count, or -1 on error. */
-static long long drain(int fd) {
+/* Reads until EOF; returns the byte count, or -1 on error. *bad is 0 if every byte was the
+ * stream's, else the offset of the first that was not, plus one. */
+static long long drain(int fd, uint64_t *bad) {
     long long total = 0;
+    *bad = 0;
     for (;;) {
         ssize_t r = read(fd, buf, sizeof(buf));
         if (r < 0 && errno == EINTR)
@@ -111,17 +123,32 @@ static long long drain(int fd) {
             return -1;
         if (r == 0)
             return total;
+        const char *want = pattern + total % PERIOD;
+        if (*bad == 0 && memcmp(buf, want, (size_t)r) != 0) {
+            ssize_t i = 0;
+            while (buf[i] == want[i])
+                i++;
+            *bad = (uint64_t)(total + i) + 1;
+        }
         total += r;
     }
 }
 
 /* Sends n bytes of buf; 0 on success. */
 static int send_bytes(int fd, uint64_t n) {
+    uint64_t sent = 0;
     while (n > 0) {
         size_t chunk = n < sizeof(buf) ? (size_t)n : sizeof(buf);
-        if (write_all(fd, buf, chunk) != 0)
+        const char *p = pattern + sent % PERIOD;
+        if (corrupt_at >= sent && corrupt_at < sent + chunk) {
+            memcpy(buf, p, chunk);
+            buf[corrupt_at - sent] ^= 0x55;
+            p = buf;
+        }
+        if (write_all(fd, p, chunk) != 0)
             return -1;
         n -= chunk;
+        sent += chunk;
     }
     return 0;
 }
@@ -138,12 +165,16 @@ static int serve_one(int fd) {
     double t0 = now_us();
     switch (req[0]) {
     case 'S': {
-        long long n = drain(fd);
-        unsigned char reply[8];
+        uint64_t bad;
+        long long n = drain(fd, &bad);
+        unsigned char reply[16];
         put_u64(reply, n < 0 ? 0 : (uint64_t)n);
+        put_u64(reply + 8, bad);
         double secs = (now_us() - t0) / 1e6;
         if (n < 0 || write_all(fd, reply, sizeof(reply)) != 0)
             printf("netbench-server sink failed: %s\n", strerror(errno));
+        else if (bad)
+            printf("netbench-server sink failed: data mismatch at byte %llu\n", (unsigned long long)bad - 1);
         else
             printf("netbench-server sink bytes=%lld secs=%.3f mib_s=%.1f\n", n, secs, n / 1048576.0 / secs);
         break;
@@ -248,18 +279,23 @@ static int client_tx(uint64_t bytes) {
     if (send_bytes(fd, bytes) != 0)
         fail("tx: send");
     shutdown(fd, SHUT_WR);
-    unsigned char reply[8];
+    unsigned char reply[16];
     if (read_all(fd, reply, sizeof(reply)) != 0)
         fail("tx: server's count");
     double secs = (now_us() - t0) / 1e6;
     close(fd);
-    uint64_t got = get_u64(reply);
+    uint64_t got = get_u64(reply), bad = get_u64(reply + 8);
+    if (bad) {
+        fprintf(stderr, "netbench: tx: data mismatch: the server received another byte at %llu\n",
+                (unsigned long long)bad - 1);
+        return 1;
+    }
     if (got != bytes) {
         fprintf(stderr, "netbench: tx: server received %llu of %llu bytes\n", (unsigned long long)got,
                 (unsigned long long)bytes);
         return 1;
     }
-    printf("netbench tx mib_s=%.1f secs=%.3f\n", bytes / 1048576.0 / secs, secs);
+    printf("netbench tx mib_s=%.1f secs=%.3f bytes=%llu\n", bytes / 1048576.0 / secs, secs, (unsigned long long)bytes);
     fflush(stdout);
     return 0;
 }
@@ -267,16 +303,21 @@ static int client_tx(uint64_t bytes) {
 static int client_rx(uint64_t bytes) {
     double t0 = now_us();
     int fd = open_request('G', bytes);
-    long long got = drain(fd);
+    uint64_t bad;
+    long long got = drain(fd, &bad);
     double secs = (now_us() - t0) / 1e6;
     if (got < 0)
         fail("rx: receive");
     close(fd);
+    if (bad) {
+        fprintf(stderr, "netbench: rx: data mismatch: another byte at %llu\n", (unsigned long long)bad - 1);
+        return 1;
+    }
     if ((uint64_t)got != bytes) {
         fprintf(stderr, "netbench: rx: received %lld of %llu bytes\n", got, (unsigned long long)bytes);
         return 1;
     }
-    printf("netbench rx mib_s=%.1f secs=%.3f\n", bytes / 1048576.0 / secs, secs);
+    printf("netbench rx mib_s=%.1f secs=%.3f bytes=%llu\n", bytes / 1048576.0 / secs, secs, (unsigned long long)bytes);
     fflush(stdout);
     return 0;
 }
@@ -288,12 +329,18 @@ static int client_rr(long pings) {
     int fd = open_request('P', 0);
     double start = 0;
     for (long i = -WARMUP_PINGS; i < pings; i++) {
-        char c = (char)i;
+        char c = (char)i, back;
         if (i == 0)
             start = now_us();
         double t0 = now_us();
-        if (write_all(fd, &c, 1) != 0 || read_all(fd, &c, 1) != 0)
+        if (write_all(fd, &c, 1) != 0 || read_all(fd, &back, 1) != 0)
             fail("rr: ping");
+        if (back != c) {
+            fprintf(stderr, "netbench: rr: data mismatch: round trip %ld came back as another byte\n", i);
+            close(fd);
+            free(lat);
+            return 1;
+        }
         if (i >= 0)
             lat[i] = now_us() - t0;
     }
@@ -304,14 +351,16 @@ static int client_rr(long pings) {
     for (long i = 0; i < pings; i++)
         sum += lat[i];
     long p99 = (long)(pings * 0.99) < pings ? (long)(pings * 0.99) : pings - 1;
-    printf("netbench rr lat_avg_us=%.1f lat_p50_us=%.1f lat_p99_us=%.1f rr_s=%.0f\n", sum / pings, lat[pings / 2],
-           lat[p99], pings / (total / 1e6));
+    printf("netbench rr lat_avg_us=%.1f lat_p50_us=%.1f lat_p99_us=%.1f rr_s=%.0f ops=%ld\n", sum / pings,
+           lat[pings / 2], lat[p99], pings / (total / 1e6), pings);
     fflush(stdout);
     free(lat);
     return 0;
 }
 
 int main(int argc, char **argv) {
+    for (size_t i = 0; i < sizeof(pattern); i++)
+        pattern[i] = (char)(i % PERIOD);
     signal(SIGPIPE, SIG_IGN);
     memset(buf, 0x5a, sizeof(buf));
     if (argc >= 2 && strcmp(argv[1], "server") == 0) {
@@ -326,6 +375,9 @@ int main(int argc, char **argv) {
             fprintf(stderr, "netbench: PORT, MIB and PINGS must be positive\n");
             return 2;
         }
+        const char *corrupt = getenv("BENCH_CORRUPT");
+        if (corrupt && strcmp(corrupt, "1") == 0)
+            corrupt_at = 12345;
         int rc = 0;
         rc |= client_tx((uint64_t)mib << 20);
         rc |= client_rx((uint64_t)mib << 20);

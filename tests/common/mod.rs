@@ -433,6 +433,9 @@ where
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// How many times a lab run that failed by itself (exit 125) is tried in all, where it cannot
+/// resume (see [`rerun_failed_labs`]).
+const LAB_ATTEMPTS: usize = 3;
 /// `resources/lab/run`'s status when the lab itself failed, not the command in it.
 const LAB_FAILED: i32 = 125;
 
@@ -603,6 +606,34 @@ pub fn finished_sections(stdout: &str) -> Vec<(String, String)> {
         }
     }
     sections
+}
+
+/// Runs `lab` (one lab run) until it ends other than by a failure of the lab itself (exit
+/// 125), [`LAB_ATTEMPTS`] runs at most, and returns the last run's output. Each rerun is
+/// recorded in `report` as a `lab-stall`, with the failed run's stderr and console tail. For a
+/// run with no scenarios to resume at (a benchmark script's own lab run); a list of scenarios is
+/// better run by [`run_scenarios_in_lab`].
+pub fn rerun_failed_labs(report: &Report, mut lab: impl FnMut() -> Output) -> Output {
+    let mut out = lab();
+    for run in 2..=LAB_ATTEMPTS {
+        if out.status.code() != Some(LAB_FAILED) {
+            break;
+        }
+        let diagnostics = format!(
+            "The lab failed by itself (exit {LAB_FAILED}); run {run} of {LAB_ATTEMPTS} follows.\n\
+             --- its messages (stderr):\n{}\n--- the end of its output (console):\n{}\n",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&String::from_utf8_lossy(&out.stdout), 200)
+        );
+        report.rerun(
+            Rerun::LabStall,
+            None,
+            &format!("the lab failed (exit {LAB_FAILED}), run {run} of {LAB_ATTEMPTS} follows"),
+            &diagnostics,
+        );
+        out = lab();
+    }
+    out
 }
 
 /// Shell functions that report why a scenario hangs: the state of every flint thread and KVM's
