@@ -8,7 +8,7 @@
  * requests at once (queue depth DEPTH: the guest's driver touches the device's registers while
  * the VMM is busy with other requests), as rand-read-4k-qdDEPTH and rand-write-4k-qdDEPTH.
  * One line per test:
- *   blkbench TEST mib_s=X iops=Y lat_avg_us=Z lat_p50_us=P lat_p99_us=Q bytes=B
+ *   blkbench TEST mib_s=X iops=Y lat_avg_us=Z lat_p50_us=P lat_p99_us=Q bytes=B ops=N
  * DEVICE may be a plain file too (a container's view of a host directory); where O_DIRECT is
  * refused (tmpfs), it is opened without, and a first line says which:
  *   blkbench-open direct=1|0
@@ -61,9 +61,9 @@ static void report(const char *test, double *lat, long n, size_t bs, double tota
     double sum = 0;
     for (long i = 0; i < n; i++)
         sum += lat[i];
-    printf("blkbench %s mib_s=%.1f iops=%.0f lat_avg_us=%.1f lat_p50_us=%.1f lat_p99_us=%.1f bytes=%lld\n",
+    printf("blkbench %s mib_s=%.1f iops=%.0f lat_avg_us=%.1f lat_p50_us=%.1f lat_p99_us=%.1f bytes=%lld ops=%ld\n",
            test, (double)n * bs / (1 << 20) / (total_us / 1e6), n / (total_us / 1e6), sum / n, lat[n / 2],
-           lat[(long)(n * 0.99) < n ? (long)(n * 0.99) : n - 1], (long long)n * (long long)bs);
+           lat[(long)(n * 0.99) < n ? (long)(n * 0.99) : n - 1], (long long)n * (long long)bs, n);
     fflush(stdout);
 }
 

@@ -2,8 +2,8 @@
 # lab output, printed as a table and written as STEM.json, STEM.md and STEM.svg.
 # Variables: rounds, stem, name (the benchmark's), systems (the columns, flint first), params
 # (JSON members for the settings).
-# Input lines: RESULT SYSTEM ROUND TEST key=value... (bytes= and ops= give the CPU metrics with
-# cpu_ticks=, and are not metrics themselves), MODE SYSTEM ROUND direct=0|1, INFO SYSTEM ROUND
+# Input lines: RESULT SYSTEM ROUND TEST key=value... (bytes= and ops= give the CPU and exit
+# metrics with cpu_ticks=, kvm_exits= and vmm_exits=, and are not metrics themselves), MODE SYSTEM ROUND direct=0|1, INFO SYSTEM ROUND
 # features=... mtu=...
 function median(key,    n, i, j, t, v) {
     n = count[key]
@@ -22,18 +22,25 @@ function cell(v) { return v < 0 ? "-" : (v >= 100 ? sprintf("%.0f", v) : sprintf
 $1 == "MODE" { split($4, kv, "="); direct[$2] = kv[2] }
 $1 == "INFO" && $4 ~ /^features=/ { features[$2] = substr($4, 10); mtu[$2] = substr($5, 5) }
 $1 == "RESULT" {
-    sys = $2; test = $4; bytes = 0; ops = 0; ticks = -1
+    sys = $2; test = $4; bytes = 0; ops = 0; ticks = -1; exits = -1; vmm = -1
     if (!(test in seen)) { seen[test] = 1; tests[++ntests] = test }
     for (i = 5; i <= NF; i++) {
         split($i, kv, "=")
         if (kv[1] == "bytes") bytes = kv[2]
         else if (kv[1] == "ops") ops = kv[2]
         else if (kv[1] == "cpu_ticks") ticks = kv[2]
+        else if (kv[1] == "kvm_exits") exits = kv[2]
+        else if (kv[1] == "vmm_exits") vmm = kv[2]
         else if (kv[1] != "secs") add(sys, test, kv[1], kv[2])
     }
-    # USER_HZ is 100: a tick is 10 ms.
-    if (ticks >= 0 && ops > 0) add(sys, test, "cpu_us_per_op", ticks * 10000 / ops)
-    else if (ticks >= 0 && bytes > 0) add(sys, test, "cpu_s_per_gib", ticks / 100 / (bytes / 1073741824))
+    # USER_HZ is 100: a tick is 10 ms. Per GiB where bytes are moved, else per operation.
+    if (ticks >= 0 && bytes > 0) add(sys, test, "cpu_s_per_gib", ticks / 100 / (bytes / 1073741824))
+    else if (ticks >= 0 && ops > 0) add(sys, test, "cpu_us_per_op", ticks * 10000 / ops)
+    # KVM exits (a container has none) per request, or per MiB for a stream.
+    per = ops > 0 ? ops : bytes / 1048576
+    unit = ops > 0 ? "op" : "mib"
+    if (exits >= 0 && per > 0) add(sys, test, "exits_per_" unit, exits / per)
+    if (vmm >= 0 && per > 0) add(sys, test, "vmm_exits_per_" unit, vmm / per)
 }
 END {
     n = split(systems, col, " ")
