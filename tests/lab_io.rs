@@ -87,12 +87,13 @@ fn flint_qemu_and_a_container_move_data_on_disk_and_network_side_by_side() {
         assert!(json["systems"][system].is_object(), "{}", json["systems"]);
     }
     let results = json["results"].as_array().expect("results");
-    let value = |test: &str, metric: &str, system: &str| -> Option<f64> {
+    let row = |test: &str, metric: &str| {
         results
             .iter()
             .find(|r| r["test"] == test && r["metric"] == metric)
-            .and_then(|r| r[system].as_f64())
+            .unwrap_or_else(|| panic!("no {test} {metric}: {json}"))
     };
+    let value = |test: &str, metric: &str, system: &str| row(test, metric)[system].as_f64();
     let tests = [
         ("seq-write-1m", "mib_s", "cpu_s_per_gib"),
         ("seq-read-1m", "mib_s", "cpu_s_per_gib"),
@@ -111,10 +112,7 @@ fn flint_qemu_and_a_container_move_data_on_disk_and_network_side_by_side() {
             let c = value(test, cpu, system);
             assert!(c.is_some_and(|c| c >= 0.0), "{test} {cpu} {system}: {json}");
         }
-        let row = results
-            .iter()
-            .find(|r| r["test"] == test && r["metric"] == rate)
-            .unwrap();
+        let row = row(test, rate);
         for other in ["qemu", "crun"] {
             let ratio = row[format!("flint_over_{other}")].as_f64();
             assert!(ratio.is_some_and(|r| r > 0.0), "{row}");
