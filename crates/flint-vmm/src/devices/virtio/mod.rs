@@ -9,9 +9,10 @@
 //! register access waits for its I/O.
 //!
 //! Everything in the rings is the guest's and may be hostile: [`pop_chain`] walks each chain
-//! from the descriptor table itself (no indirect tables, at most a queue size of descriptors,
-//! lengths that add up within 4 GiB, or the chain is an error), and a [`Budget`] bounds what
-//! one call may take from a queue.
+//! from the descriptor table itself (an indirect table only where the device offered them and
+//! only one, at the chain's end; at most a queue size of descriptors in the ring and
+//! [`INDIRECT_MAX`] in a table; lengths that add up within 4 GiB; or the chain is an error), and
+//! a [`Budget`] bounds what one call may take from a queue.
 
 pub mod block;
 pub mod fs;
@@ -32,6 +33,11 @@ pub use crate::devices::irq::IrqLine;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+
+/// Most descriptors an indirect table may hold. virtio lets a table be longer than the ring;
+/// flint's devices never need more than this, and the bound keeps one chain's walk short.
+pub const INDIRECT_MAX: u32 = 1024;
 
 /// Device status bits (virtio 1.1 §2.1).
 pub mod status {
@@ -154,7 +160,8 @@ pub enum Served {
 /// What one call may spend on a queue, so that a driver re-posting as fast as the device
 /// completes cannot keep the worker (and a vCPU resetting the device, which waits for it) in
 /// one call forever: at most a queue size of chains, and no new chain once twice the queue
-/// size of descriptors has been read (a chain in progress may read one queue size more).
+/// size of descriptors has been read (a chain in progress may read one queue size more, and
+/// [`INDIRECT_MAX`] more from an indirect table).
 pub struct Budget {
     chains: usize,
     descriptors: usize,
@@ -186,6 +193,11 @@ pub enum ChainError {
     Unreadable,
     #[error("an indirect descriptor, but VIRTIO_RING_F_INDIRECT_DESC was not negotiated")]
     Indirect,
+    #[error(
+        "an indirect descriptor chained on (NEXT) or inside a table, or a table that is empty, \
+         not whole descriptors or longer than {INDIRECT_MAX}"
+    )]
+    BadIndirect,
     #[error("the chain's buffers add up to more than 4 GiB")]
     LengthOverflow,
 }
@@ -200,11 +212,13 @@ pub enum Popped {
     Later,
 }
 
-/// Takes the next available chain from `queue` and walks it, charging `budget`. Err means the
-/// avail ring itself is broken (an index more than a queue ahead, or rings outside memory).
+/// Takes the next available chain from `queue` and walks it, charging `budget`; `indirect`
+/// says whether VIRTIO_RING_F_INDIRECT_DESC was negotiated. Err means the avail ring itself is
+/// broken (an index more than a queue ahead, or rings outside memory).
 pub fn pop_chain(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
+    indirect: bool,
     budget: &mut Budget,
 ) -> Result<Popped, virtio_queue::Error> {
     if budget.exhausted() {
@@ -219,43 +233,63 @@ pub fn pop_chain(
     budget.chains -= 1;
     Ok(Popped::Chain(
         head,
-        walk_chain(mem, table, size, head, budget),
+        walk_chain(mem, table, size, head, indirect, budget),
     ))
 }
 
 /// Bytes of one split-ring descriptor.
-const DESCRIPTOR_SIZE: u64 = 16;
+const DESCRIPTOR_SIZE: u32 = 16;
 
 /// Reads the chain at `head` from the descriptor table at `table` itself rather than through
 /// virtio-queue's iterator: that one follows INDIRECT descriptors unasked and ends a looping,
 /// overflowing or out-of-range chain silently, which would serve a truncated chain as if it
-/// were whole.
+/// were whole. With `indirect`, the chain may end in one descriptor that points at a table
+/// (virtio 1.1 §2.6.5.3): the table's descriptors follow, chained by NEXT from its first.
 fn walk_chain(
     mem: &GuestMemoryMmap,
     table: GuestAddress,
     size: u16,
     head: u16,
+    indirect: bool,
     budget: &mut Budget,
 ) -> Result<Vec<Descriptor>, ChainError> {
     let mut descs = Vec::new();
     let mut index = head;
     let mut total = 0u32;
+    // The table being walked: the ring's, then perhaps an indirect one.
+    let (mut table, mut size, mut in_table) = (table, u32::from(size), false);
+    // Descriptors read from the current table: more than it holds means one was read twice.
+    let mut read = 0u32;
     loop {
-        if index >= size {
+        if u32::from(index) >= size {
             return Err(ChainError::IndexOutOfRange(index));
         }
-        // A chain that visits more descriptors than the table holds has visited one twice.
-        if descs.len() >= usize::from(size) {
+        if read >= size {
             return Err(ChainError::TooLong);
         }
+        read += 1;
         budget.descriptors = budget.descriptors.saturating_sub(1);
         let addr = table
-            .checked_add(u64::from(index) * DESCRIPTOR_SIZE)
+            .checked_add(u64::from(index) * u64::from(DESCRIPTOR_SIZE))
             .ok_or(ChainError::Unreadable)?;
         let d: Descriptor = mem.read_obj(addr).map_err(|_| ChainError::Unreadable)?;
-        // flint offers no VIRTIO_RING_F_INDIRECT_DESC, so no driver may use one.
         if d.refers_to_indirect_table() {
-            return Err(ChainError::Indirect);
+            if !indirect {
+                return Err(ChainError::Indirect);
+            }
+            // One table per chain, at its end (never with NEXT, never inside a table), made
+            // of whole descriptors; its WRITE flag means nothing and is ignored.
+            let entries = d.len() / DESCRIPTOR_SIZE;
+            if in_table
+                || d.has_next()
+                || !d.len().is_multiple_of(DESCRIPTOR_SIZE)
+                || entries == 0
+                || entries > INDIRECT_MAX
+            {
+                return Err(ChainError::BadIndirect);
+            }
+            (table, size, in_table, read, index) = (d.addr(), entries, true, 0, 0);
+            continue;
         }
         total = total
             .checked_add(d.len())
@@ -272,10 +306,12 @@ fn walk_chain(
 /// `handle` gets each walked chain (or why it could not be walked) and returns the length to
 /// put in the used ring. With EVENT_IDX, notifications stay off while serving and the ring is
 /// re-checked before stopping. Then the driver is interrupted if the ring's rules ask for it.
+/// `indirect`: whether VIRTIO_RING_F_INDIRECT_DESC was negotiated.
 pub fn serve_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     interrupt: &Interrupt,
+    indirect: bool,
     mut handle: impl FnMut(Result<&[Descriptor], ChainError>) -> u32,
 ) -> Served {
     let event_idx = queue.event_idx_enabled();
@@ -284,7 +320,7 @@ pub fn serve_queue(
         return Served::Broken;
     }
     let outcome = loop {
-        let (head, len) = match pop_chain(queue, mem, &mut budget) {
+        let (head, len) = match pop_chain(queue, mem, indirect, &mut budget) {
             Ok(Popped::Chain(head, descs)) => (head, handle(descs.as_deref().map_err(|e| *e))),
             Ok(Popped::Later) => break Served::More,
             Ok(Popped::Empty) if !event_idx => break Served::Done,

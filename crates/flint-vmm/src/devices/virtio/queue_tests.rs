@@ -43,12 +43,44 @@ fn setup(event_idx: bool) -> Setup {
 
 /// Serves once; returns the outcome and what the handler saw of each chain (its length).
 fn serve(s: &mut Setup) -> (Served, Vec<Result<usize, ChainError>>) {
+    serve_with(s, false)
+}
+
+/// As `serve`, with VIRTIO_RING_F_INDIRECT_DESC negotiated or not.
+fn serve_with(s: &mut Setup, indirect: bool) -> (Served, Vec<Result<usize, ChainError>>) {
     let mut seen = Vec::new();
-    let served = serve_queue(&mut s.queue, &s.mem, &s.interrupt, |descs| {
+    let served = serve_queue(&mut s.queue, &s.mem, &s.interrupt, indirect, |descs| {
         seen.push(descs.map(<[Descriptor]>::len));
         0
     });
     (served, seen)
+}
+
+/// Writes descriptors (addr, len, flags, next) as a table at `at` in guest memory.
+fn write_table(mem: &GuestMemoryMmap, at: u64, descs: &[RawDesc]) {
+    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+        let d = Descriptor::new(addr, len, flags, next);
+        vm_memory::Bytes::write_obj(mem, d, GuestAddress(at + 16 * i as u64)).unwrap();
+    }
+}
+
+/// Serves one chain made of `ring` (in the ring's table) with indirect tables negotiated, and
+/// returns what the handler saw of it: the descriptors' (addr, len, flags).
+fn serve_indirect(s: &mut Setup, ring: &[RawDesc]) -> Result<Vec<(u64, u32, u16)>, ChainError> {
+    let head = s.q.put_raw(&s.mem, ring);
+    s.q.make_available(&s.mem, head);
+    let mut seen = Vec::new();
+    let served = serve_queue(&mut s.queue, &s.mem, &s.interrupt, true, |descs| {
+        seen.push(descs.map(|d| {
+            d.iter()
+                .map(|d| (d.addr().0, d.len(), d.flags()))
+                .collect::<Vec<_>>()
+        }));
+        0
+    });
+    assert_eq!(served, Served::Done);
+    assert_eq!(seen.len(), 1, "one chain served");
+    seen.remove(0)
 }
 
 /// What virtio-queue's own iterator yields for the next available chain (the queue is left
@@ -70,7 +102,7 @@ fn a_driver_that_keeps_reposting_gets_one_batch_per_call() {
     let (mem, mut posted) = (s.mem.clone(), 1u16);
     let (q, queue, interrupt) = (&s.q, &mut s.queue, &s.interrupt);
     let mut calls = 0usize;
-    let mut served = serve_queue(queue, &mem, interrupt, |_| {
+    let mut served = serve_queue(queue, &mem, interrupt, false, |_| {
         calls += 1;
         if posted < 1000 {
             q.put_avail_entry(&mem, posted, head);
@@ -88,7 +120,7 @@ fn a_driver_that_keeps_reposting_gets_one_batch_per_call() {
     let mut rounds = 1;
     while served == Served::More {
         let before = calls;
-        served = serve_queue(queue, &mem, interrupt, |_| {
+        served = serve_queue(queue, &mem, interrupt, false, |_| {
             calls += 1;
             if posted < 1000 {
                 q.put_avail_entry(&mem, posted, head);
@@ -239,8 +271,158 @@ fn a_served_chain_interrupts_the_driver() {
     let head = q.put_chain(&mem, &[(BUF, 1, F_WRITE)]);
     q.make_available(&mem, head);
     assert_eq!(
-        serve_queue(&mut queue, &mem, &interrupt, |_| 1),
+        serve_queue(&mut queue, &mem, &interrupt, false, |_| 1),
         Served::Done
     );
     assert_eq!(irq.read().unwrap(), 1);
+}
+
+#[test]
+fn an_indirect_table_is_followed_only_when_negotiated_and_only_as_virtio_allows() {
+    let table = [
+        (BUF, 16, F_NEXT, 1),
+        (BUF + 0x100, 8, F_NEXT | F_WRITE, 2),
+        (BUF + 0x200, 1, F_WRITE, 0),
+    ];
+    let want = vec![
+        (BUF, 16, F_NEXT),
+        (BUF + 0x100, 8, F_NEXT | F_WRITE),
+        (BUF + 0x200, 1, F_WRITE),
+    ];
+    // A table alone, and after a direct descriptor (virtio: zero or more direct ones, then
+    // one indirect); the indirect descriptor's own WRITE flag is ignored.
+    let mut s = setup(false);
+    write_table(&s.mem, TABLE, &table);
+    assert_eq!(
+        serve_indirect(&mut s, &[(TABLE, 48, F_INDIRECT | F_WRITE, 0)]),
+        Ok(want.clone())
+    );
+    let mut with_direct = vec![(BUF + 0x300, 4, F_NEXT)];
+    with_direct.extend(want.iter().copied());
+    let mut s2 = setup(false);
+    write_table(&s2.mem, TABLE, &table);
+    assert_eq!(
+        serve_indirect(
+            &mut s2,
+            &[(BUF + 0x300, 4, F_NEXT, 1), (TABLE, 48, F_INDIRECT, 0)]
+        ),
+        Ok(with_direct)
+    );
+    // The table's entries are chained by NEXT from its first, in any order.
+    write_table(
+        &s.mem,
+        TABLE,
+        &[
+            (BUF, 16, F_NEXT, 2),
+            (BUF + 0x200, 1, F_WRITE, 0),
+            (BUF + 0x100, 8, F_NEXT, 1),
+        ],
+    );
+    assert_eq!(
+        serve_indirect(&mut s, &[(TABLE, 48, F_INDIRECT, 0)]).map(|d| d.len()),
+        Ok(3)
+    );
+
+    let bad = |table: &[RawDesc], ring: &[RawDesc]| {
+        let mut s = setup(false);
+        write_table(&s.mem, TABLE, table);
+        serve_indirect(&mut s, ring)
+    };
+    let one = [(BUF, 16, 0, 0)];
+    assert_eq!(
+        bad(&one, &[(TABLE, 16, F_INDIRECT, 0)]).map(|d| d.len()),
+        Ok(1)
+    );
+    // INDIRECT with NEXT, a table inside a table, an empty table, a partial descriptor, a table
+    // longer than INDIRECT_MAX.
+    assert_eq!(
+        bad(&one, &[(TABLE, 16, F_INDIRECT | F_NEXT, 1), (BUF, 4, 0, 0)]),
+        Err(ChainError::BadIndirect)
+    );
+    assert_eq!(
+        bad(&[(TABLE, 16, F_INDIRECT, 0)], &[(TABLE, 16, F_INDIRECT, 0)]),
+        Err(ChainError::BadIndirect)
+    );
+    assert_eq!(
+        bad(&one, &[(TABLE, 0, F_INDIRECT, 0)]),
+        Err(ChainError::BadIndirect)
+    );
+    assert_eq!(
+        bad(&one, &[(TABLE, 20, F_INDIRECT, 0)]),
+        Err(ChainError::BadIndirect)
+    );
+    let max = super::INDIRECT_MAX * 16;
+    assert_eq!(
+        bad(&one, &[(TABLE, max, F_INDIRECT, 0)]).map(|d| d.len()),
+        Ok(1)
+    );
+    assert_eq!(
+        bad(&one, &[(TABLE, max + 16, F_INDIRECT, 0)]),
+        Err(ChainError::BadIndirect)
+    );
+    // Inside the table: a loop, a next beyond the table, a table outside guest memory.
+    assert_eq!(
+        bad(
+            &[(BUF, 16, F_NEXT, 1), (BUF, 16, F_NEXT, 0)],
+            &[(TABLE, 32, F_INDIRECT, 0)]
+        ),
+        Err(ChainError::TooLong)
+    );
+    assert_eq!(
+        bad(
+            &[(BUF, 16, F_NEXT, 2), (BUF, 16, 0, 0), (BUF, 16, 0, 0)],
+            &[(TABLE, 32, F_INDIRECT, 0)]
+        ),
+        Err(ChainError::IndexOutOfRange(2))
+    );
+    assert_eq!(
+        bad(&one, &[(4 << 20, 16, F_INDIRECT, 0)]),
+        Err(ChainError::Unreadable)
+    );
+    assert_eq!(
+        bad(&one, &[((4 << 20) - 8, 16, F_INDIRECT, 0)]),
+        Err(ChainError::Unreadable)
+    );
+    // Lengths still add up within 4 GiB across the ring and the table.
+    assert_eq!(
+        bad(
+            &[(BUF, u32::MAX, 0, 0)],
+            &[(BUF, 1, F_NEXT, 1), (TABLE, 16, F_INDIRECT, 0)]
+        ),
+        Err(ChainError::LengthOverflow)
+    );
+}
+
+#[test]
+fn a_long_indirect_table_is_read_once_and_the_budget_ends_the_call() {
+    // Tables of INDIRECT_MAX descriptors, a queue's worth of them: the walk reads each table
+    // once, and one call stops at its budget (twice the queue size of descriptors) with work
+    // left, instead of reading every table.
+    let mut s = setup(false);
+    let n = u16::try_from(super::INDIRECT_MAX).unwrap();
+    let table: Vec<RawDesc> = (0..n)
+        .map(|i| (BUF, 1, if i + 1 < n { F_NEXT } else { 0 }, i + 1))
+        .collect();
+    write_table(&s.mem, TABLE, &table);
+    for _ in 0..QSIZE {
+        let head =
+            s.q.put_raw(&s.mem, &[(TABLE, u32::from(n) * 16, F_INDIRECT, 0)]);
+        s.q.make_available(&s.mem, head);
+    }
+    let (served, seen) = serve_with(&mut s, true);
+    assert_eq!(served, Served::More);
+    assert_eq!(
+        seen,
+        vec![Ok(usize::from(n))],
+        "one table spends the budget"
+    );
+    let mut calls = 1;
+    while serve_with(&mut s, true).0 == Served::More {
+        calls += 1;
+        assert!(
+            calls <= usize::from(QSIZE),
+            "each call serves at least one chain"
+        );
+    }
+    assert_eq!(calls, usize::from(QSIZE));
 }

@@ -38,6 +38,17 @@ impl Harness {
     }
 
     fn with_image(name: &str, image: &[u8], read_only: bool, event_idx: bool) -> Harness {
+        Harness::with_acked(name, image, read_only, event_idx, true)
+    }
+
+    /// As `with_image`; `indirect` says whether the driver acked VIRTIO_RING_F_INDIRECT_DESC.
+    fn with_acked(
+        name: &str,
+        image: &[u8],
+        read_only: bool,
+        event_idx: bool,
+        indirect: bool,
+    ) -> Harness {
         let path = std::env::temp_dir().join(format!("flint-blk-{}-{name}", std::process::id()));
         std::fs::write(&path, image).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
@@ -49,6 +60,9 @@ impl Harness {
         let mut features = device.features();
         if !event_idx {
             features &= !crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX;
+        }
+        if !indirect {
+            features &= !crate::devices::virtio::VIRTIO_RING_F_INDIRECT_DESC;
         }
         let block = device
             .start(ActivateContext {
@@ -74,12 +88,20 @@ impl Harness {
 
     /// Makes `head` available, runs the device, returns the used ring entry's length.
     fn run(&mut self, head: u16) -> u32 {
+        self.run_calls(head, 1)
+    }
+
+    /// As `run`, for a chain long enough to spend a call's budget: the device may ask to be
+    /// called again, up to `calls` calls in all.
+    fn run_calls(&mut self, head: u16, calls: usize) -> u32 {
         self.q.make_available(&self.mem, head);
-        assert_eq!(
-            self.block.process_queue(0),
-            Served::Done,
-            "device must not need a reset"
-        );
+        let mut served = self.block.process_queue(0);
+        for _ in 1..calls {
+            if served == Served::More {
+                served = self.block.process_queue(0);
+            }
+        }
+        assert_eq!(served, Served::Done, "device must not need a reset");
         let n = self.q.made_available();
         assert_eq!(self.q.used_idx(&self.mem), n, "request completed");
         // Completed requests give their descriptors back.
@@ -306,31 +328,93 @@ fn chains_that_end_mid_walk_are_not_run() {
 }
 
 #[test]
-fn indirect_requests_are_not_run() {
-    // flint does not offer VIRTIO_RING_F_INDIRECT_DESC: a write request in an indirect table
-    // must not reach the disk.
-    let mut h = Harness::new("indirect", 8, false);
-    let table = 0x38_0000u64;
-    let descs = [
-        (HDR, 16u32, F_NEXT, 1u16),
-        (DATA, 512, F_NEXT, 2),
-        (STATUS, 1, W, 0),
-    ];
-    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-        let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, next);
-        h.mem
-            .write_obj(d, GuestAddress(table + 16 * i as u64))
-            .unwrap();
+fn a_request_in_an_indirect_table_is_run_only_when_the_driver_acked_them() {
+    // flint offers VIRTIO_RING_F_INDIRECT_DESC: a write request whose header, data and status
+    // are in a table reached the disk; a driver that did not ack the feature gets nothing run.
+    let image: Vec<u8> = vec![0; 8 * 512];
+    for acked in [true, false] {
+        let mut h = Harness::with_acked("indirect", &image, false, false, acked);
+        assert_ne!(
+            h.device.features() & crate::devices::virtio::VIRTIO_RING_F_INDIRECT_DESC,
+            0
+        );
+        let table = 0x38_0000u64;
+        let descs = [
+            (HDR, 16u32, F_NEXT, 1u16),
+            (DATA, 512, F_NEXT, 2),
+            (STATUS, 1, W, 0),
+        ];
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, next);
+            h.mem
+                .write_obj(d, GuestAddress(table + 16 * i as u64))
+                .unwrap();
+        }
+        h.header(VIRTIO_BLK_T_OUT, 2);
+        h.mem.write_slice(&[0x77; 512], GuestAddress(DATA)).unwrap();
+        h.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
+        let head = h.put_raw(&[(table, 48, F_INDIRECT, 0)]);
+        let len = h.run(head);
+        let status: u8 = h.mem.read_obj(GuestAddress(STATUS)).unwrap();
+        let file = h.file();
+        if acked {
+            assert_eq!((len, status), (1, VIRTIO_BLK_S_OK));
+            assert_eq!(&file[2 * 512..3 * 512], &[0x77; 512][..]);
+            assert_eq!(h.block.stats().dropped_chains, 0);
+        } else {
+            assert_eq!(
+                (len, status),
+                (0, 0xaa),
+                "no status: the chain is not a request"
+            );
+            assert_eq!(file, image);
+            assert_eq!(h.block.stats().dropped_chains, 1);
+        }
     }
-    h.header(VIRTIO_BLK_T_OUT, 2);
-    h.mem.write_slice(&[0x77; 512], GuestAddress(DATA)).unwrap();
-    h.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
-    let before = h.file();
-    let head = h.put_raw(&[(table, 48, F_INDIRECT, 0)]);
-    assert_eq!(h.run(head), 0);
-    assert_eq!(h.file(), before);
-    assert_eq!(h.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0xaa);
-    assert_eq!(h.block.stats().dropped_chains, 1);
+}
+
+#[test]
+fn a_request_longer_than_the_ring_fits_in_an_indirect_table_up_to_seg_max() {
+    // The ring holds QSIZE descriptors; a table holds a request of seg_max data buffers
+    // whatever the ring's size, and one more fails as without a table.
+    let seg_max = u32::from(super::device::QUEUE_SIZE) - 2;
+    let sectors = u64::from(seg_max) + 1;
+    for (data, ok) in [(seg_max, true), (seg_max + 1, false)] {
+        let mut h = Harness::new("indirect-long", sectors, false);
+        h.header(VIRTIO_BLK_T_IN, 0);
+        h.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
+        let table = 0x38_0000u64;
+        let mut descs = vec![(HDR, 16u32, 0u16)];
+        for i in 0..u64::from(data) {
+            descs.push((DATA + i * 512, 512, W));
+        }
+        descs.push((STATUS, 1, W));
+        let n = u16::try_from(descs.len()).unwrap();
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let i = u16::try_from(i).unwrap();
+            let flags = if i + 1 < n { flags | F_NEXT } else { flags };
+            let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, i + 1);
+            h.mem
+                .write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+                .unwrap();
+        }
+        assert!(usize::from(n) > usize::from(QSIZE), "longer than the ring");
+        let head = h.put_raw(&[(table, u32::from(n) * 16, F_INDIRECT, 0)]);
+        // A table this long spends the call's budget (twice the ring of descriptors).
+        let len = h.run_calls(head, 2);
+        let status: u8 = h.mem.read_obj(GuestAddress(STATUS)).unwrap();
+        if ok {
+            assert_eq!((len, status), (data * 512 + 1, VIRTIO_BLK_S_OK));
+            let last = DATA + (u64::from(data) - 1) * 512;
+            assert_eq!(
+                h.mem.read_obj::<u8>(GuestAddress(last)).unwrap(),
+                u8::try_from(data - 1).unwrap()
+            );
+        } else {
+            assert_eq!(status, VIRTIO_BLK_S_IOERR, "more than seg_max data buffers");
+            assert_eq!(h.block.stats().errors, 1);
+        }
+    }
 }
 
 #[test]

@@ -24,7 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     ActivateContext, Interrupt, QueueWorker, Served, VirtioDevice, INT_USED_RING,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 pub use backend::{Backend, FsError};
 pub use virtiofsd::Virtiofsd;
@@ -36,7 +36,6 @@ const NUM_QUEUES: usize = 2;
 const REQUEST_QUEUES: u32 = 1;
 /// Queue size: what Cloud Hypervisor offers; virtiofsd takes up to 32768.
 const QUEUE_SIZE: u16 = 1024;
-const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 /// What the guest may use of what the backend offers: the ring formats flint knows the
 /// transport can carry (split rings; no packed rings, no notification data).
 const GUEST_FEATURES: u64 =

@@ -250,7 +250,7 @@ impl NetWorker {
         } = self;
         let fd = backend.fd();
         let features = a.features;
-        serve_queue(&mut a.tx, &a.mem, &a.interrupt, |descs| {
+        serve_queue(&mut a.tx, &a.mem, &a.interrupt, false, |descs| {
             match descs
                 .map_err(TxDrop::Chain)
                 .and_then(|d| send(fd, d, &a.mem, features))
@@ -396,7 +396,7 @@ fn deliver(a: &mut Active, frame: &mut [u8], budget: &mut Budget) -> Delivery {
             too_many = true;
             break;
         }
-        let (head, descs) = match pop_chain(&mut a.rx, &a.mem, budget) {
+        let (head, descs) = match pop_chain(&mut a.rx, &a.mem, false, budget) {
             Ok(Popped::Chain(head, descs)) => (head, descs),
             // What was taken stays held for the next try.
             Ok(Popped::Empty) => return Delivery::NoBuffers,

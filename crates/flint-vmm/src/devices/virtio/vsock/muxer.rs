@@ -206,7 +206,7 @@ impl VsockWorker {
             ..
         } = self;
         let mem = &*mem;
-        serve_queue(tx, mem, interrupt, |descs| {
+        serve_queue(tx, mem, interrupt, false, |descs| {
             mux.guest_packet(mem, descs);
             0
         })
@@ -227,7 +227,7 @@ impl VsockWorker {
             }
             let (head, bufs) = match self.held.take() {
                 Some(chain) => chain,
-                None => match pop_chain(&mut self.rx, &self.mem, &mut budget) {
+                None => match pop_chain(&mut self.rx, &self.mem, false, &mut budget) {
                     Ok(Popped::Chain(head, descs)) => {
                         match descs.ok().and_then(|d| rx_chain(&self.mem, &d)) {
                             Some(bufs) => (head, bufs),
