@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout::{MMIO32_END, MMIO32_START};
 
@@ -64,30 +64,19 @@ pub fn create_guest_memory(mib: u64, shareable: bool) -> Result<GuestMemoryMmap,
         .map(|(a, l)| usize::try_from(l).map(|l| (a, l)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| MemoryError::TooLarge { mib })?;
-    let file = if shareable {
-        Some(Arc::new(
-            memfd(size).map_err(|source| MemoryError::Memfd { mib, source })?,
-        ))
+    let mem = if shareable {
+        let file = Arc::new(memfd(size).map_err(|source| MemoryError::Memfd { mib, source })?);
+        let mut offset = 0u64;
+        let mut with_files = Vec::with_capacity(ranges.len());
+        for (addr, len) in ranges {
+            with_files.push((addr, len, Some(FileOffset::from_arc(file.clone(), offset))));
+            offset += len as u64; // the ranges add up to `size`, a u64
+        }
+        GuestMemoryMmap::from_ranges_with_files(&with_files)
+            .map_err(|source| MemoryError::Map { mib, source })?
     } else {
-        None
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map { mib, source })?
     };
-    let mut offset = 0u64;
-    let mut regions = Vec::with_capacity(ranges.len());
-    for (addr, len) in ranges {
-        let file_offset = file
-            .as_ref()
-            .map(|f| FileOffset::from_arc(f.clone(), offset));
-        offset += len as u64; // the ranges add up to `size`, a u64
-        let _hole = AlignedHole::new(len);
-        regions.push(
-            GuestRegionMmap::from_range(addr, len, file_offset)
-                .map_err(|source| MemoryError::Map { mib, source })?,
-        );
-    }
-    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Map {
-        mib,
-        source: e.into(),
-    })?;
     for region in mem.iter() {
         // SAFETY: the range is exactly one mapping vm-memory made and owns; MADV_DONTDUMP only
         // sets a flag on it and never changes its contents.
@@ -98,71 +87,6 @@ pub fn create_guest_memory(mib: u64, shareable: bool) -> Result<GuestMemoryMmap,
         }
     }
     Ok(mem)
-}
-
-/// x86-64's huge page: guest RAM is placed at a multiple of it in flint's address space.
-const HUGE_PAGE: usize = 2 << 20;
-
-/// A hole of `len` bytes in flint's address space at a [`HUGE_PAGE`] boundary, between two
-/// PROT_NONE guards, made just before guest RAM is mapped: Linux puts a new mapping in the
-/// highest gap it fits, which is this hole. RAM that starts at a huge-page boundary, like the
-/// guest's physical addresses, lets the host back it with transparent huge pages that KVM maps
-/// whole (2 MiB in the guest's nested or shadow page tables instead of 512 faults of 4 KiB).
-/// Only a placement hint: if the mapping lands elsewhere, RAM works the same. Dropping it
-/// removes the guards.
-struct AlignedHole {
-    base: usize,
-    total: usize,
-    hole: usize,
-    len: usize,
-}
-
-impl AlignedHole {
-    fn new(len: usize) -> Option<AlignedHole> {
-        let total = len.checked_add(2 * HUGE_PAGE)?;
-        // SAFETY: a new PROT_NONE anonymous mapping at an address the kernel picks; nothing
-        // else refers to it.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                total,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return None;
-        }
-        let base = base as usize;
-        // Within the mapping: base + total does not overflow, and the hole ends before it.
-        let hole = (base + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
-        // SAFETY: [hole, hole + len) lies inside the mapping made above, which only this
-        // function knows of.
-        unsafe { libc::munmap(hole as *mut libc::c_void, len) };
-        Some(AlignedHole {
-            base,
-            total,
-            hole,
-            len,
-        })
-    }
-}
-
-impl Drop for AlignedHole {
-    fn drop(&mut self) {
-        let end = self.base + self.total;
-        // SAFETY: the two guards are what is left of the mapping `new` made ([base, hole) and
-        // [hole + len, end)); the hole itself, now guest RAM, is not touched.
-        unsafe {
-            libc::munmap(self.base as *mut libc::c_void, self.hole - self.base);
-            libc::munmap(
-                (self.hole + self.len) as *mut libc::c_void,
-                end - self.hole - self.len,
-            );
-        }
-    }
 }
 
 /// An empty memfd of `size` bytes (sparse: no page is allocated until written).
@@ -183,46 +107,6 @@ fn memfd(size: u64) -> std::io::Result<std::fs::File> {
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestMemoryRegion};
-
-    #[test]
-    fn guest_ram_starts_at_a_huge_page_boundary() {
-        // A placement hint another test thread's mmap may take first: one try in a few must
-        // land (an unaligned 64 MiB mapping is 2 MiB-aligned by chance 1 time in 512).
-        let aligned = (0..5).any(|_| {
-            let m = create_guest_memory(64, false).unwrap();
-            let s = create_guest_memory(64, true).unwrap();
-            [&m, &s].iter().all(|m| {
-                m.iter()
-                    .all(|r| (r.as_ptr() as usize).is_multiple_of(HUGE_PAGE))
-            })
-        });
-        assert!(aligned, "guest RAM is never at a 2 MiB boundary");
-    }
-
-    /// Whether every page of [start, end) is mapped (msync fails with ENOMEM on a gap).
-    fn mapped(start: usize, end: usize) -> bool {
-        // SAFETY: MS_ASYNC on anonymous memory only asks; it reads or changes nothing.
-        unsafe { libc::msync(start as *mut libc::c_void, end - start, libc::MS_ASYNC) == 0 }
-    }
-
-    #[test]
-    fn the_hole_is_aligned_and_its_guards_go_with_it() {
-        let len = 8 << 20;
-        let h = AlignedHole::new(len).unwrap();
-        let (base, hole, end) = (h.base, h.hole, h.base + h.total);
-        assert!(hole.is_multiple_of(HUGE_PAGE));
-        assert!(base <= hole && hole + len <= end);
-        assert!(!mapped(hole, hole + len), "the hole is free for guest RAM");
-        if base < hole {
-            assert!(mapped(base, hole), "the guard below");
-        }
-        assert!(mapped(hole + len, end), "the guard above");
-        drop(h);
-        if base < hole {
-            assert!(!mapped(base, hole), "the guard below is gone");
-        }
-        assert!(!mapped(hole + len, end), "the guard above is gone");
-    }
 
     #[test]
     fn small_memory_is_one_region() {
