@@ -389,7 +389,6 @@ fn fs_options_are_checked_before_anything_starts() {
     }
 }
 
-/// Processes named virtiofsd whose command line mentions `dir`.
 /// The virtiofsds still serving `dir` once they have had 5 s to end: flint waits for the one
 /// it started, but that one's own sandboxed child dies with it a moment later (CI once saw it
 /// still there right after flint's drop).
@@ -403,6 +402,7 @@ fn virtiofsds_left(dir: &Path) -> Vec<u32> {
     left
 }
 
+/// Processes named virtiofsd whose command line mentions `dir`.
 fn virtiofsds_for(dir: &Path) -> Vec<u32> {
     let needle = dir.to_str().unwrap();
     std::fs::read_dir("/proc")

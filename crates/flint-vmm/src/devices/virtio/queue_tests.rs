@@ -9,7 +9,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::testing::{TestQueue, F_INDIRECT, F_NEXT, F_WRITE};
+use super::testing::{write_descriptors, TestQueue, F_INDIRECT, F_NEXT, F_WRITE};
 use super::{serve_queue, ChainError, Interrupt, Served};
 use crate::devices::irq::IrqLine;
 
@@ -58,10 +58,7 @@ fn serve_with(s: &mut Setup, indirect: bool) -> (Served, Vec<Result<usize, Chain
 
 /// Writes descriptors (addr, len, flags, next) as a table at `at` in guest memory.
 fn write_table(mem: &GuestMemoryMmap, at: u64, descs: &[RawDesc]) {
-    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-        let d = Descriptor::new(addr, len, flags, next);
-        vm_memory::Bytes::write_obj(mem, d, GuestAddress(at + 16 * i as u64)).unwrap();
-    }
+    write_descriptors(mem, GuestAddress(at), descs);
 }
 
 /// Serves one chain made of `ring` (in the ring's table) with indirect tables negotiated, and
@@ -222,16 +219,14 @@ fn broken_chains_are_errors_not_truncated_chains() {
 }
 
 #[test]
-fn indirect_descriptors_are_not_followed() {
+fn indirect_descriptors_are_not_followed_unless_negotiated() {
     let mut s = setup(false);
     // A table of two descriptors elsewhere in RAM, and a chain that points at it.
-    let table = [
-        Descriptor::new(BUF, 16, F_NEXT, 1),
-        Descriptor::new(BUF + 0x100, 1, F_WRITE, 0),
-    ];
-    for (i, d) in table.iter().enumerate() {
-        vm_memory::Bytes::write_obj(&s.mem, *d, GuestAddress(TABLE + 16 * i as u64)).unwrap();
-    }
+    write_table(
+        &s.mem,
+        TABLE,
+        &[(BUF, 16, F_NEXT, 1), (BUF + 0x100, 1, F_WRITE, 0)],
+    );
     let head = s.q.put_raw(&s.mem, &[(TABLE, 32, F_INDIRECT, 0)]);
     s.q.make_available(&s.mem, head);
     // virtio-queue 0.18's iterator follows it whatever was negotiated.

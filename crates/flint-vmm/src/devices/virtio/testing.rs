@@ -18,6 +18,15 @@ pub const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
 #[allow(clippy::cast_possible_truncation)]
 pub const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
+/// Writes raw descriptors (addr, len, flags, next) one after the other from `at`: a ring's
+/// descriptor table, or an indirect table anywhere in guest memory.
+pub fn write_descriptors(mem: &GuestMemoryMmap, at: GuestAddress, descs: &[(u64, u32, u16, u16)]) {
+    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+        let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+        mem.write_obj(d, at.unchecked_add(16 * i as u64)).unwrap();
+    }
+}
+
 pub struct TestQueue {
     desc: GuestAddress,
     avail: GuestAddress,
@@ -77,11 +86,7 @@ impl TestQueue {
             head as usize + descs.len() <= self.size as usize,
             "descriptor table full"
         );
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            let at = self.desc.unchecked_add(16 * (head as u64 + i as u64));
-            mem.write_obj(d, at).unwrap();
-        }
+        write_descriptors(mem, self.desc.unchecked_add(16 * head as u64), descs);
         self.next_desc += u16::try_from(descs.len()).unwrap();
         head
     }

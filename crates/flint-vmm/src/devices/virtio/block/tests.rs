@@ -9,7 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::irq::IrqLine;
-use crate::devices::virtio::testing::{TestQueue, F_INDIRECT, F_NEXT, F_WRITE};
+use crate::devices::virtio::testing::{write_descriptors, TestQueue, F_INDIRECT, F_NEXT, F_WRITE};
 use crate::devices::virtio::{ActivateContext, Interrupt, QueueWorker, Served, VirtioDevice};
 
 const MEM_SIZE: usize = 4 << 20;
@@ -344,12 +344,7 @@ fn a_request_in_an_indirect_table_is_run_only_when_the_driver_acked_them() {
             (DATA, 512, F_NEXT, 2),
             (STATUS, 1, W, 0),
         ];
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, next);
-            h.mem
-                .write_obj(d, GuestAddress(table + 16 * i as u64))
-                .unwrap();
-        }
+        write_descriptors(&h.mem, GuestAddress(table), &descs);
         h.header(VIRTIO_BLK_T_OUT, 2);
         h.mem.write_slice(&[0x77; 512], GuestAddress(DATA)).unwrap();
         h.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
@@ -390,14 +385,14 @@ fn a_request_longer_than_the_ring_fits_in_an_indirect_table_up_to_seg_max() {
         }
         descs.push((STATUS, 1, W));
         let n = u16::try_from(descs.len()).unwrap();
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let i = u16::try_from(i).unwrap();
-            let flags = if i + 1 < n { flags | F_NEXT } else { flags };
-            let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, i + 1);
-            h.mem
-                .write_obj(d, GuestAddress(table + 16 * u64::from(i)))
-                .unwrap();
-        }
+        let linked: Vec<_> = (1..)
+            .zip(&descs)
+            .map(|(next, &(addr, len, flags))| {
+                let flags = if next < n { flags | F_NEXT } else { flags };
+                (addr, len, flags, next)
+            })
+            .collect();
+        write_descriptors(&h.mem, GuestAddress(table), &linked);
         assert!(usize::from(n) > usize::from(QSIZE), "longer than the ring");
         let head = h.put_raw(&[(table, u32::from(n) * 16, F_INDIRECT, 0)]);
         // A table this long spends the call's budget (twice the ring of descriptors).
